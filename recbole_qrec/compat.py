@@ -1,0 +1,31 @@
+"""Compatibility shims that let RecBole 1.2.1 run on numpy 2 without editing RecBole.
+
+RecBole's ``Config.compatibility_settings`` re-creates the numpy aliases removed in 1.20
+(``np.float = np.float_`` ...), but reads ``np.float_``, ``np.complex_`` and ``np.unicode_``,
+which numpy 2 removed as well. Restoring those three names (to the types they always aliased)
+before a ``Config`` is built is enough for RecBole's config, data and evaluator code to run.
+
+The other known breakages are handled where they belong:
+
+* checkpoints that load under ``torch.load(weights_only=True)``: :mod:`recbole_qrec.trainer`;
+* pandas 3 breaks RecBole's atomic-file loading: ``setup.py`` pins ``pandas<3``;
+* ``recbole.quick_start`` imports ray (needs numpy<2 and setuptools<81): this package never
+  imports it and drives RecBole through ``Config``/``create_dataset``/``data_preparation``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NUMPY_REMOVED_ALIASES: dict[str, type] = {
+    "float_": np.float64,
+    "complex_": np.complex128,
+    "unicode_": np.str_,
+}
+
+
+def patch_numpy_aliases() -> None:
+    """Restore the numpy 1.x aliases RecBole 1.2.1 reads, where numpy no longer has them."""
+    for name, target in NUMPY_REMOVED_ALIASES.items():
+        if name not in np.__dict__:
+            setattr(np, name, target)

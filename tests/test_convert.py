@@ -1,0 +1,129 @@
+"""dataset_prep.convert on the real Instruments data, and RecBole's split of the converted files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from recbole.data import create_dataset, data_preparation
+
+from dataset_prep.convert import convert, main as convert_main
+from dataset_prep.locate import find_processed_dataset
+from recbole_qrec.config import build_config
+from recbole_qrec.errors import DatasetNotFoundError, MalformedDataError
+
+MAX_LEN = 20
+
+
+@pytest.fixture(scope="module")
+def converted(amazon_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("converted")
+    stats = convert("Instruments", src=amazon_dir, out=out)
+    return out, stats
+
+
+def read_shipped_split(path: Path) -> list[tuple[str, tuple[str, ...], str]]:
+    """(user, last MAX_LEN history items, target) rows of a shipped ``Instruments.<split>.inter``."""
+    rows = []
+    for line in path.read_text().splitlines()[1:]:
+        user, history, target = line.split("\t")
+        rows.append((user, tuple(history.split()[-MAX_LEN:]), target))
+    return rows
+
+
+def recbole_rows(dataset) -> list[tuple[str, tuple[str, ...], str]]:
+    """(user, history, target) rows of a RecBole sequential split, as original tokens."""
+    feat = dataset.inter_feat
+    users = dataset.id2token("user_id", feat["user_id"].numpy())
+    targets = dataset.id2token("item_id", feat["item_id"].numpy())
+    histories = feat["item_id_list"].numpy()
+    lengths = feat["item_length"].numpy()
+    return [
+        (user, tuple(dataset.id2token("item_id", histories[i, : lengths[i]])), target)
+        for i, (user, target) in enumerate(zip(users, targets))
+    ]
+
+
+def test_statistics_match_the_papers(converted):
+    _, stats = converted
+    assert (stats["users"], stats["items"], stats["interactions"]) == (17112, 6250, 136226)
+    assert stats["avg_length"] == pytest.approx(136226 / 17112)
+    assert stats["sparsity"] == pytest.approx(1 - 136226 / (17112 * 6250))
+
+
+def test_inter_file_keeps_sequence_order(converted, amazon_dir):
+    out, _ = converted
+    lines = (out / "Instruments" / "Instruments.inter").read_text().splitlines()
+    assert lines[0] == "user_id:token\titem_id:token\ttimestamp:float"
+    sequences = json.loads((amazon_dir / "Instruments" / "Instruments.inter.json").read_text())
+    rebuilt: dict[str, list[tuple[float, str]]] = {}
+    for line in lines[1:]:
+        user, item, timestamp = line.split("\t")
+        rebuilt.setdefault(user, []).append((float(timestamp), item))
+    assert {u: [i for _, i in sorted(rows)] for u, rows in rebuilt.items()} == {
+        u: [str(i) for i in seq] for u, seq in sequences.items()
+    }
+
+
+def test_item_file_holds_both_code_languages(converted):
+    out, _ = converted
+    lines = (out / "Instruments" / "Instruments.item").read_text().splitlines()
+    assert lines[0] == "item_id:token\timage_codes:token_seq\ttext_codes:token_seq"
+    assert len(lines) == 1 + 6250
+    item, image, text = lines[1].split("\t")
+    assert item == "0" and text == "a_170 b_224 c_251 d_151" and image == "A_154 B_106 C_221 D_144"
+
+
+def test_recbole_split_equals_the_shipped_leave_one_out_split(converted, amazon_dir):
+    out, _ = converted
+    config = build_config("SASRec", "Instruments", cmd_args=[f"--data_path={out}"])
+    train, valid, test = data_preparation(config, create_dataset(config))
+    shipped = amazon_dir / "Instruments"
+    for name, loader in (("valid", valid), ("test", test)):
+        expected = read_shipped_split(shipped / f"Instruments.{name}.inter")
+        assert len(expected) == 17112
+        assert sorted(recbole_rows(loader._dataset)) == sorted(expected), name
+    expected_train = read_shipped_split(shipped / "Instruments.train.inter")
+    assert len(expected_train) == 136226 - 3 * 17112
+    assert sorted(recbole_rows(train._dataset)) == sorted(expected_train)
+
+
+def test_cli_prints_statistics(amazon_dir, tmp_path, capsys):
+    convert_main(["--dataset", "Instruments", "--src", str(amazon_dir), "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "users 17,112" in printed and "items 6,250" in printed and "interactions 136,226" in printed
+    assert not list(tmp_path.rglob("*.tmp")), "temporary files left behind"
+
+
+def test_missing_dataset_names_the_command_that_creates_it(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as err:
+        find_processed_dataset("Instruments", src=tmp_path)
+    message = str(err.value)
+    assert str(tmp_path / "Instruments") in message
+    assert "python -m dataset_prep.amazon18 --domain Musical_Instruments" in message
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("{not json", "is not valid JSON"),
+        ("[1, 2, 3]", "non-empty JSON object"),
+        ('{"0": [1, "x", 3]}', "list of integer item ids"),
+        ('{"0": [1, 2]}', "at least 3"),
+    ],
+)
+def test_malformed_inter_json_is_a_clear_error(tmp_path, content, fragment):
+    folder = tmp_path / "Toy"
+    folder.mkdir()
+    (folder / "Toy.inter.json").write_text(content)
+    with pytest.raises(MalformedDataError, match=fragment):
+        convert("Toy", src=tmp_path, out=tmp_path / "out")
+    assert not (tmp_path / "out" / "Toy" / "Toy.inter").exists()
+
+
+def test_converted_timestamps_are_positions(converted):
+    out, _ = converted
+    rows = np.loadtxt(out / "Instruments" / "Instruments.inter", skiprows=1, dtype=np.int64, max_rows=8)
+    assert rows[:, 2].tolist() == list(range(8)) and set(rows[:, 0]) == {0}

@@ -1,0 +1,73 @@
+"""The real entry point, ``python run_recbole_qrec.py``, on a 500-user subset of Instruments."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dataset_prep.locate import ENV_VAR
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENTRY_POINT = REPO_ROOT / "run_recbole_qrec.py"
+FAST = ["--epochs=1", "--train_batch_size=256", "--eval_batch_size=256", "--use_gpu=False"]
+
+
+def run_entry_point(args: list[str], cwd: Path, data_root: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, ENV_VAR: str(data_root)}
+    return subprocess.run(
+        [sys.executable, str(ENTRY_POINT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.parametrize("model", ["GRU4Rec", "SASRec", "BERT4Rec", "FDSA"])
+def test_baseline_trains_one_epoch_and_records_its_metrics(model, instruments_subset, tmp_path):
+    done = run_entry_point([f"--model={model}", "--dataset=Instruments", *FAST], tmp_path, instruments_subset)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "test result" in done.stderr + done.stdout
+    record = json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[-1])
+    assert record["model"] == model and record["dataset"] == "Instruments" and record["epochs"] == 1
+    assert set(record["test"]) == {"hit@1", "hit@5", "hit@10", "ndcg@1", "ndcg@5", "ndcg@10"}
+    assert all(0.0 <= value <= 1.0 for value in record["test"].values())
+    assert record["test"]["hit@1"] <= record["test"]["hit@5"] <= record["test"]["hit@10"]
+    assert len(record["config_hash"]) == 12 and record["seed"] == 2020 and record["wall_time_s"] > 0
+    assert (tmp_path / "dataset" / "Instruments" / "Instruments.inter").is_file(), "auto-conversion did not run"
+    assert Path(tmp_path / record["checkpoint"]).is_file()
+
+
+def test_user_config_file_and_cli_override_reach_the_run(instruments_subset, tmp_path):
+    (tmp_path / "mine.yaml").write_text("topk: [2, 3]\nmetrics: [Hit]\nvalid_metric: Hit@3\n")
+    done = run_entry_point(
+        ["--model=GRU4Rec", "--config_files", "mine.yaml", *FAST, "--topk=[3]"], tmp_path, instruments_subset
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "results" / "results.jsonl").read_text())
+    assert set(record["test"]) == {"hit@3"}
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--model=SASRek"], "Unknown model 'SASRek'"),
+        (["--model=SASRec", "--dataset=Beauty"], "python -m dataset_prep.amazon18"),
+        (["--model=FDSA", "--dataset=Arts"], "dataset Arts has no item content features"),
+        (["--model=SASRec", "--learing_rate=0.1"], "Did you mean 'learning_rate'"),
+        (["--model=SASRec", "--config_files", "absent.yaml"], "'absent.yaml' does not exist"),
+    ],
+)
+def test_bad_input_is_one_clear_line_not_a_traceback(args, fragment, instruments_subset, tmp_path):
+    done = run_entry_point(args, tmp_path, instruments_subset)
+    assert done.returncode != 0
+    assert fragment in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_malformed_inter_json_is_reported_by_the_entry_point(tmp_path):
+    (tmp_path / "src" / "Instruments").mkdir(parents=True)
+    (tmp_path / "src" / "Instruments" / "Instruments.inter.json").write_text('{"0": [1, 2')
+    done = run_entry_point(["--model=SASRec", "--data_path=fresh/"], tmp_path, tmp_path / "src")
+    assert done.returncode != 0 and "is not valid JSON" in done.stderr and "Traceback" not in done.stderr

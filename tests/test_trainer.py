@@ -1,0 +1,67 @@
+"""Checkpoints load under torch.load(weights_only=True); RecBole's own do not; no ray import."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.trainer import Trainer
+from recbole.utils import init_seed
+
+from dataset_prep.convert import convert
+from recbole_qrec.config import build_config
+from recbole_qrec.trainer import get_trainer
+from recbole_qrec.utils import get_model
+
+
+@pytest.fixture(scope="module")
+def trained(instruments_subset, tmp_path_factory):
+    """FDSA (whose other_parameter() lists a submodule) trained one epoch on the subset, and the test loader."""
+    work = tmp_path_factory.mktemp("trained")
+    config = build_config(
+        "FDSA", "Instruments",
+        config_dict={"data_path": str(work / "dataset"), "checkpoint_dir": str(work / "saved"), "epochs": 1,
+                     "use_gpu": False, "train_batch_size": 256},
+    )
+    convert("Instruments", src=instruments_subset, out=work / "dataset")
+    init_seed(config["seed"], True)
+    train, valid, test = data_preparation(config, create_dataset(config))
+    model = get_model("FDSA")(config, train._dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], "FDSA")(config, model)
+    trainer.fit(train, valid, saved=True)
+    return trainer, test
+
+
+def test_checkpoint_loads_with_weights_only(trained):
+    trainer, _ = trained
+    checkpoint = torch.load(trainer.saved_model_file, weights_only=True)
+    assert checkpoint["config"]["model"] == "FDSA" and isinstance(checkpoint["config"]["eval_args"], dict)
+    assert set(checkpoint["state_dict"]) == set(trainer.model.state_dict())
+    assert checkpoint["epoch"] == 0 and len(trainer.epoch_seconds) == 1
+
+
+def test_evaluate_reloads_the_best_checkpoint_and_resume_works(trained):
+    trainer, test = trained
+    first = trainer.evaluate(test, load_best_model=True)
+    with torch.no_grad():
+        for parameter in trainer.model.parameters():
+            parameter.add_(1.0)  # the reload must undo this
+    assert trainer.evaluate(test, load_best_model=True) == first
+    trainer.resume_checkpoint(trainer.saved_model_file)
+    assert trainer.start_epoch == 1
+
+
+def test_recbole_own_checkpoint_does_not_load_with_weights_only(trained, tmp_path):
+    trainer, _ = trained
+    Trainer._save_checkpoint(trainer, 0, saved_model_file=str(tmp_path / "recbole.pth"))
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(tmp_path / "recbole.pth", weights_only=True)
+
+
+def test_the_harness_never_imports_ray():
+    code = "import sys, recbole_qrec.quick_start; assert 'ray' not in sys.modules, 'ray imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
