@@ -40,12 +40,12 @@ def default_config_files(model_name: str, dataset: str) -> list[str]:
 
 @cache
 def known_config_keys() -> frozenset[str]:
-    """Every key any RecBole or recbole-qrec YAML or RecBole's argument lists define."""
+    """Keys of RecBole's YAMLs and argument lists and of our harness YAMLs (not the tokenizer's own file)."""
     keys = set(argument_list.general_arguments + argument_list.training_arguments)
     keys |= set(argument_list.evaluation_arguments + argument_list.dataset_arguments)
-    for root in (RECBOLE_PROPERTIES_DIR, PROPERTIES_DIR):
-        for path in root.rglob("*.yaml"):
-            keys |= set(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    harness_files = [PROPERTIES_DIR / "overall.yaml", *PROPERTIES_DIR.glob("model/*.yaml"), *PROPERTIES_DIR.glob("dataset/*.yaml")]
+    for path in [*RECBOLE_PROPERTIES_DIR.rglob("*.yaml"), *harness_files]:
+        keys |= set(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     return frozenset(keys)
 
 

@@ -1,0 +1,26 @@
+"""Item content features as ``.npy`` matrices: row ``i`` = item id ``i`` of the processed dataset, float32.
+
+CLI (``python -m dataset_prep.features``; ``--help`` on each sub-command):
+
+* ``text``  -- ``<name>.item.json`` -> transformers encoder, pooled (:mod:`.text`, template in :mod:`.items`);
+* ``image`` -- ``<image_dir>/<item>.jpg|.png|.jpeg`` -> open_clip image tower (:mod:`.image`);
+* ``codes`` -- ``<name>.index_*.json`` -> one-hot (optionally projected) proxy of the embeddings the
+  codes were made from (:mod:`.codes`; the only source available for the shared Amazon data).
+
+Every output comes with ``<stem>.mask.npy`` (False: the item had no input, zero row) and the
+progress sidecar ``<stem>.progress.json``; text and image runs are resumable (:mod:`.store`).
+Consumers read features with :func:`load_features`.
+"""
+
+from dataset_prep.features.codes import code_file_features, codes_to_features, extract_code_features, read_code_index
+from dataset_prep.features.encoding import EncodedRows
+from dataset_prep.features.image import ImageOptions, encode_images, extract_image_features
+from dataset_prep.features.items import item_text, read_item_json
+from dataset_prep.features.store import FeatureProgress, FeatureStateError, NonFiniteFeaturesError, load_features, load_mask
+from dataset_prep.features.text import TextOptions, encode_texts, extract_text_features
+
+__all__ = [
+    "EncodedRows", "FeatureProgress", "FeatureStateError", "ImageOptions", "NonFiniteFeaturesError", "TextOptions",
+    "code_file_features", "codes_to_features", "encode_images", "encode_texts", "extract_code_features", "extract_image_features",
+    "extract_text_features", "item_text", "load_features", "load_mask", "read_code_index", "read_item_json",
+]

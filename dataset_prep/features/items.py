@@ -1,0 +1,100 @@
+"""Item inputs: ``<name>.item.json`` (ids, text template) and the per-item image files.
+
+Text template (fields that are empty are left out, with their label; brand and image URL are not used)::
+
+    Title: <title>
+    Description: <description>
+    Categories: <category 1>, <category 2>, ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from recbole_qrec.errors import DatasetNotFoundError, MalformedDataError
+
+ITEM_JSON_SOURCE = (
+    "it is written by `python -m dataset_prep.amazon18 --domain <Amazon_2018_category> --name <name> "
+    "--raw-dir raw --out data --download` as data/<name>/<name>.item.json "
+    "(the processed LC-Rec/MQL4GRec downloads do not include it)"
+)
+IMAGE_DIR_SOURCE = (
+    "item images are fetched by `python -m dataset_prep.amazon18 ... --download-images [--image-dir DIR]` "
+    "(default folder data/<name>/images)"
+)
+IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")
+SHOWN_IDS = 10
+
+
+def format_ids(ids: Sequence[Any]) -> str:
+    """The first few ``ids``, comma-separated, with "..." when there are more."""
+    return ", ".join(map(str, ids[:SHOWN_IDS])) + (", ..." if len(ids) > SHOWN_IDS else "")
+
+
+def contiguous_item_count(ids: Iterable[str], source: Path) -> int:
+    """Number of items when ``ids`` are exactly ``"0"`` .. ``"n-1"``; otherwise a clear error."""
+    ids = list(ids)
+    if not ids:
+        raise MalformedDataError(f"{source} has no items.")
+    expected = {str(item) for item in range(len(ids))}
+    if set(ids) != expected:
+        missing = sorted(expected - set(ids), key=int)
+        unexpected = sorted(set(ids) - expected)
+        raise MalformedDataError(
+            f"{source}: item ids must be the integers 0..{len(ids) - 1} (feature row = item id); "
+            f"missing: {format_ids(missing) or 'none'}; unexpected: {format_ids(unexpected) or 'none'}."
+        )
+    return len(ids)
+
+
+def read_item_json(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of ``<name>.item.json`` in item-id order (ids checked to be ``0..n-1``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetNotFoundError(f"item file {path} not found: {ITEM_JSON_SOURCE}.")
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise MalformedDataError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(items, dict) or not all(isinstance(record, dict) for record in items.values()):
+        raise MalformedDataError(f"{path} must be a JSON object {{\"<item_int>\": {{\"title\": ..., ...}}}}.")
+    n_items = contiguous_item_count(items, path)
+    return [items[str(item)] for item in range(n_items)]
+
+
+def field_text(value: Any, separator: str) -> str:
+    """A text field as one stripped string (lists are joined with ``separator``)."""
+    if isinstance(value, list):
+        return separator.join(text for text in (field_text(part, " ") for part in value) if text)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def item_text(record: dict[str, Any]) -> str:
+    """The encoder input of one item (see the module docstring); "" when every field is empty."""
+    parts = (
+        ("Title", field_text(record.get("title"), " ")),
+        ("Description", field_text(record.get("description"), " ")),
+        ("Categories", field_text(record.get("categories"), ", ")),
+    )
+    return "\n".join(f"{label}: {text}" for label, text in parts if text)
+
+
+def check_image_dir(image_dir: str | os.PathLike) -> Path:
+    """``image_dir`` as a path, or a clear error when the folder does not exist."""
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise DatasetNotFoundError(f"image folder {image_dir} not found: {IMAGE_DIR_SOURCE}.")
+    return image_dir
+
+
+def find_image(image_dir: Path, item: int) -> Path | None:
+    """``<image_dir>/<item>.jpg`` (then ``.png``, ``.jpeg``) if one exists."""
+    for suffix in IMAGE_SUFFIXES:
+        path = image_dir / f"{item}{suffix}"
+        if path.is_file():
+            return path
+    return None
+

@@ -1,0 +1,336 @@
+"""dataset_prep.features on tiny randomly initialised models (BERT, GPT-2, open_clip ViT) saved to disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+from transformers import BertConfig, BertModel, BertTokenizer, GPT2Config, GPT2Model, PreTrainedTokenizerFast
+
+from dataset_prep.features import (
+    FeatureStateError, ImageOptions, NonFiniteFeaturesError, TextOptions, codes_to_features, encode_images,
+    encode_texts, extract_code_features, extract_image_features, extract_text_features, item_text, load_features,
+    load_mask, read_code_index,
+)
+from dataset_prep.features.__main__ import main
+from dataset_prep.features.store import FeaturePaths
+from recbole_qrec.errors import DatasetNotFoundError, MalformedDataError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORDS = ("guitar string strings drum drums red blue black acoustic electric pick picks amp cable steel nylon "
+         "the a of and with for set pack title description categories instruments accessories poison").split()
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+ITEMS = {
+    "0": {"title": "Red acoustic guitar", "description": "A guitar with steel strings",
+          "categories": ["Instruments", "Guitar"], "brand": "X", "image_url": None},
+    "1": {"title": "Pick pack", "description": "", "categories": ["Accessories"], "brand": "", "image_url": None},
+    "2": {"title": "", "description": "", "categories": [], "brand": "Y", "image_url": None},
+    "3": {"title": "Electric drum set", "description": "Black drums with cable and amp for the drum",
+          "categories": ["Instruments", "Drums"], "brand": "", "image_url": None},
+    "4": {"title": "Nylon strings", "description": "A set of nylon strings",
+          "categories": [], "brand": "", "image_url": None},
+}
+TINY_CLIP = "qrec-test-tiny-vit"
+TINY_CLIP_CONFIG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def write_json(path: Path, obj: object) -> Path:
+    path.write_text(json.dumps(obj), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-layer, 32-d BERT and its WordPiece tokenizer, saved like a Hugging Face model folder."""
+    folder = tmp_path_factory.mktemp("bert")
+    (folder / "vocab.txt").write_text("\n".join(SPECIAL + WORDS) + "\n", encoding="utf-8")
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                        vocab_size=len(SPECIAL) + len(WORDS), max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-layer decoder-only model whose tokenizer has no pad token (only EOS)."""
+    folder = tmp_path_factory.mktemp("gpt2")
+    vocab = {word: index for index, word in enumerate(["<unk>", "</s>", *WORDS, ":", ",", "."])}
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>").save_pretrained(folder)
+    torch.manual_seed(0)
+    GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=64, vocab_size=len(vocab))).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clip_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """State dict of a registered tiny open_clip ViT (32 px, 8 px patches, 16-d embeddings)."""
+    folder = tmp_path_factory.mktemp("clip")
+    write_json(folder / f"{TINY_CLIP}.json", TINY_CLIP_CONFIG)
+    open_clip.add_model_config(folder)
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY_CLIP, pretrained=None)
+    torch.save(model.state_dict(), folder / "tiny.pt")
+    return folder / "tiny.pt"
+
+
+@pytest.fixture
+def item_json(tmp_path: Path) -> Path:
+    return write_json(tmp_path / "Toy.item.json", ITEMS)
+
+
+def bert_options(bert_dir: Path, **overrides: object) -> TextOptions:
+    return TextOptions(**{"model": str(bert_dir), "batch_size": 2, "max_length": 32, "device": "cpu", **overrides})
+
+
+# --------------------------------------------------------------------------- text
+
+
+def test_item_text_template() -> None:
+    assert item_text(ITEMS["0"]) == ("Title: Red acoustic guitar\nDescription: A guitar with steel strings\n"
+                                     "Categories: Instruments, Guitar")
+    assert item_text(ITEMS["1"]) == "Title: Pick pack\nCategories: Accessories"
+    assert item_text(ITEMS["2"]) == ""
+
+
+def test_text_features_are_masked_means_of_the_last_hidden_state(bert_dir: Path, item_json: Path, tmp_path: Path) -> None:
+    result = extract_text_features(item_json, tmp_path / "text.npy", bert_options(bert_dir), chunk_size=2, progress=False)
+    features, mask = load_features(tmp_path / "text.npy", n_items=5), load_mask(tmp_path / "text.npy")
+    assert result.complete and features.shape == (5, 32) and features.dtype == np.float32
+    assert np.isfinite(features).all()
+    assert mask.tolist() == [True, True, False, True, True] and not features[2].any()
+
+    tokenizer, model = BertTokenizer.from_pretrained(bert_dir), BertModel.from_pretrained(bert_dir).eval()
+    texts = [item_text(ITEMS["1"]), item_text(ITEMS["3"])]  # item 1 is the shorter: padded in this batch
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state[0]
+    real_tokens = int(batch["attention_mask"][0].sum())
+    assert real_tokens < batch["attention_mask"].shape[1]
+    np.testing.assert_allclose(features[1], hidden[:real_tokens].mean(0).numpy(), atol=1e-5)
+
+
+def test_text_vector_does_not_depend_on_padding(bert_dir: Path) -> None:
+    short, long = "Title: Pick pack", item_text(ITEMS["3"])
+    alone = encode_texts([short], bert_options(bert_dir)).features[0]
+    padded = encode_texts([short, long], bert_options(bert_dir)).features[0]
+    np.testing.assert_allclose(alone, padded, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "pooler"])
+def test_text_cls_and_pooler_pooling(bert_dir: Path, pooling: str) -> None:
+    text = item_text(ITEMS["0"])
+    features = encode_texts([text], bert_options(bert_dir, pooling=pooling)).features[0]
+    tokenizer, model = BertTokenizer.from_pretrained(bert_dir), BertModel.from_pretrained(bert_dir).eval()
+    with torch.no_grad():
+        outputs = model(**tokenizer([text], return_tensors="pt"))
+    expected = outputs.last_hidden_state[0, 0] if pooling == "cls" else outputs.pooler_output[0]
+    np.testing.assert_allclose(features, expected.numpy(), atol=1e-5)
+
+
+def test_decoder_only_model_without_pad_token(gpt2_dir: Path) -> None:
+    short, long = "red guitar", "black electric drum set with cable and amp"
+    options = TextOptions(model=str(gpt2_dir), device="cpu")
+    alone = encode_texts([short], options).features
+    batch = encode_texts([short, long], options).features
+    assert batch.shape == (2, 32) and np.isfinite(batch).all()
+    np.testing.assert_allclose(alone[0], batch[0], atol=1e-5)
+
+
+def test_text_extraction_resumes_after_a_stop(bert_dir: Path, item_json: Path, tmp_path: Path) -> None:
+    out = tmp_path / "resumed.npy"
+    paths = FeaturePaths.of(out)
+    first = extract_text_features(item_json, out, bert_options(bert_dir), chunk_size=2, max_chunks=1, progress=False)
+    assert (first.complete, first.rows_done) == (False, 2)
+    assert not out.exists() and not paths.mask.exists()
+    assert json.loads(paths.progress.read_text())["rows_done"] == 2
+    with pytest.raises(FeatureStateError, match="incomplete: 2 of 5 rows"):
+        load_features(out)
+
+    partial = np.load(paths.partial_features, mmap_mode="r+")
+    partial[0] = 7.0  # a marker: a rerun that restarted instead of continuing would overwrite it
+    partial.flush()
+    del partial
+    resumed = extract_text_features(item_json, out, bert_options(bert_dir), chunk_size=2, progress=False)
+    once = tmp_path / "once.npy"
+    one_shot = extract_text_features(item_json, once, bert_options(bert_dir), progress=False)
+    assert resumed.complete and resumed.present == one_shot.present == 4
+    assert not paths.partial_features.exists() and json.loads(paths.progress.read_text())["complete"]
+    resumed_rows, one_shot_rows = load_features(out), load_features(once)
+    assert (resumed_rows[0] == 7.0).all()
+    np.testing.assert_allclose(resumed_rows[1:], one_shot_rows[1:], atol=1e-6)
+    np.testing.assert_array_equal(load_mask(out), load_mask(once))
+
+
+def test_text_rerun_with_other_settings_is_an_error(bert_dir: Path, item_json: Path, tmp_path: Path) -> None:
+    out = tmp_path / "text.npy"
+    extract_text_features(item_json, out, bert_options(bert_dir), max_chunks=1, chunk_size=2, progress=False)
+    with pytest.raises(FeatureStateError, match=r"started with other settings.*pooling: 'mean' -> 'cls'"):
+        extract_text_features(item_json, out, bert_options(bert_dir, pooling="cls"), progress=False)
+    write_json(item_json, {**ITEMS, "5": ITEMS["0"]})
+    with pytest.raises(FeatureStateError, match="n_items: 5 -> 6"):
+        extract_text_features(item_json, out, bert_options(bert_dir), progress=False)
+    result = extract_text_features(item_json, out, bert_options(bert_dir, pooling="cls"), overwrite=True, progress=False)
+    assert result.complete and load_features(out).shape == (6, 32)
+
+
+def test_nan_features_name_the_items(bert_dir: Path, item_json: Path, tmp_path: Path) -> None:
+    poisoned = tmp_path / "poisoned"
+    model = BertModel.from_pretrained(bert_dir)
+    with torch.no_grad():
+        model.embeddings.word_embeddings.weight[len(SPECIAL) + WORDS.index("nylon")] = float("nan")
+    model.save_pretrained(poisoned)
+    BertTokenizer.from_pretrained(bert_dir).save_pretrained(poisoned)
+    with pytest.raises(NonFiniteFeaturesError, match=r"1 item\(s\), ids 4\b"):
+        extract_text_features(item_json, tmp_path / "text.npy", bert_options(poisoned), progress=False)
+
+    foreign = tmp_path / "foreign.npy"
+    np.save(foreign, np.array([[0.0, 1.0], [np.inf, 0.0], [1.0, np.nan]], np.float32))
+    with pytest.raises(NonFiniteFeaturesError, match="ids 1, 2"):
+        load_features(foreign)
+
+
+# --------------------------------------------------------------------------- image
+
+
+def write_images(image_dir: Path) -> None:
+    """Items 0-2: valid PNG/JPG/JPEG; 3: no file; 4: a corrupt JPG."""
+    image_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for item, suffix in ((0, "png"), (1, "jpg"), (2, "jpeg")):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(image_dir / f"{item}.{suffix}")
+    (image_dir / "4.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+
+
+def test_image_features_mask_missing_and_corrupt_images(clip_checkpoint: Path, item_json: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    write_images(tmp_path / "images")
+    out = tmp_path / "image.npy"
+    main(["image", "--item-json", str(item_json), "--image-dir", str(tmp_path / "images"), "--model", TINY_CLIP,
+          "--pretrained", str(clip_checkpoint), "--batch-size", "2", "--chunk-size", "3", "--device", "cpu",
+          "--no-progress", "--out", str(out)])
+    assert "1 of them had an unreadable input file: items 4" in capsys.readouterr().out
+    features, mask = load_features(out), load_mask(out)
+    assert features.shape == (5, 16) and mask.tolist() == [True, True, True, False, False]
+    assert not features[3:].any() and np.isfinite(features).all() and np.abs(features[:3]).sum(1).min() > 0
+    assert json.loads(FeaturePaths.of(out).progress.read_text())["unreadable"] == [4]
+
+    paths = [tmp_path / "images" / name for name in ("0.png", "1.jpg", "2.jpeg", "4.jpg")] + [None]
+    in_memory = encode_images(paths, ImageOptions(TINY_CLIP, str(clip_checkpoint), device="cpu"))
+    np.testing.assert_allclose(in_memory.features[:3], features[:3], atol=1e-5)
+    assert in_memory.present.tolist() == [True, True, True, False, False] and in_memory.unreadable == [3]
+
+
+def test_missing_image_dir_names_the_download_option(item_json: Path, tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError, match="nowhere.*--download-images"):
+        extract_image_features(item_json, tmp_path / "nowhere", tmp_path / "image.npy", progress=False)
+
+
+# --------------------------------------------------------------------------- codes
+
+
+def test_code_one_hot_blocks_are_exact(tmp_path: Path) -> None:
+    index = write_json(tmp_path / "Toy.index_vitemb.json", {"0": ["<A_1>", "<B_0>", "<C_7>"], "2": ["<A_7>", "<B_3>", "<C_3>"]})
+    result = extract_code_features(index, 4, tmp_path / "codes.npy", codebook_size=8, progress=False)
+    expected = np.zeros((4, 24), np.float32)
+    expected[0, [1, 8 + 0, 16 + 7]] = 1.0
+    expected[2, [7, 8 + 3, 16 + 3]] = 1.0
+    np.testing.assert_array_equal(load_features(tmp_path / "codes.npy"), expected)
+    assert load_mask(tmp_path / "codes.npy").tolist() == [True, False, True, False]
+    assert (result.dim, result.present) == (24, 2)
+
+
+def test_codes_cli_stops_and_continues(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    index = write_json(tmp_path / "Toy.index_lemb.json", {str(item): [f"<a_{item}>", "<b_1>"] for item in range(5)})
+    command = ["codes", "--index", str(index), "--n-items", "5", "--out", str(tmp_path / "codes.npy"),
+               "--project-dim", "8", "--chunk-size", "2", "--no-progress"]
+    main([*command, "--max-chunks", "1"])
+    assert "stopped at 2 of 5 rows" in capsys.readouterr().out
+    main(command)
+    assert "5 x 8 float32; 5 items with features, 0 without" in capsys.readouterr().out
+    expected = codes_to_features({item: [item, 1] for item in range(5)}, 5, project_dim=8).features
+    np.testing.assert_allclose(load_features(tmp_path / "codes.npy"), expected, atol=1e-6)
+
+
+def test_module_entry_point_help() -> None:
+    done = subprocess.run([sys.executable, "-m", "dataset_prep.features", "image", "--help"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, check=True)
+    assert "--pretrained" in done.stdout and "--image-dir" in done.stdout
+
+
+def test_code_projection_is_seeded_and_has_the_requested_dim() -> None:
+    codes = {0: [1, 2], 1: [3, 0], 3: [1, 2]}
+    first = codes_to_features(codes, 5, codebook_size=4, project_dim=6, seed=3)
+    again = codes_to_features(codes, 5, codebook_size=4, project_dim=6, seed=3)
+    other = codes_to_features(codes, 5, codebook_size=4, project_dim=6, seed=4)
+    assert first.features.shape == (5, 6)
+    np.testing.assert_array_equal(first.features, again.features)
+    assert not np.allclose(first.features[0], other.features[0])
+    np.testing.assert_array_equal(first.features[0], first.features[3])  # same codes, same row
+    assert not first.features[[2, 4]].any() and first.present.tolist() == [True, True, False, True, False]
+
+
+@pytest.mark.parametrize("index, message", [
+    ({"0": ["<a_1>", "<c_2>"]}, r"level 1: token '<c_2>' is not of the form <b_N>"),
+    ({"0": ["<a_1>"], "9": ["<a_2>"]}, r"item ids 9 are outside 0..3"),
+    ({"0": ["<a_1>"], "1": ["<a_300>"]}, r"codes must lie in 0..255"),
+    ({"0": ["<a_1>", "<b_2>"], "1": ["<a_3>"]}, r"different numbers of code levels \[1, 2\]"),
+])
+def test_malformed_code_files(tmp_path: Path, index: dict, message: str) -> None:
+    with pytest.raises(MalformedDataError, match=message):
+        extract_code_features(write_json(tmp_path / "bad.json", index), 4, tmp_path / "codes.npy", progress=False)
+
+
+@pytest.mark.parametrize("suffix", ["index_lemb", "index_vitemb"])
+def test_real_instruments_codes(amazon_dir: Path, tmp_path: Path, suffix: str) -> None:
+    index = amazon_dir / "Instruments" / f"Instruments.{suffix}.json"
+    extract_code_features(index, 6250, tmp_path / "codes.npy", progress=False)
+    features = load_features(tmp_path / "codes.npy", n_items=6250)
+    assert features.shape == (6250, 4 * 256) and set(np.unique(features)) == {0.0, 1.0}
+    assert (features.sum(1) == 4).all() and (features.reshape(6250, 4, 256).sum(2) == 1).all()
+    assert len(read_code_index(index)) == 6250
+
+
+# --------------------------------------------------------------------------- clear errors
+
+
+def test_missing_item_json_names_its_producer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit, match=r"item file .*absent.item.json not found.*python -m dataset_prep.amazon18"):
+        main(["text", "--item-json", str(tmp_path / "absent.item.json"), "--out", str(tmp_path / "t.npy")])
+
+
+def test_missing_index_file_names_its_source(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"code file .*absent.json not found.*index_lemb.json"):
+        main(["codes", "--index", str(tmp_path / "absent.json"), "--n-items", "3", "--out", str(tmp_path / "c.npy")])
+
+
+def test_non_contiguous_item_ids(tmp_path: Path) -> None:
+    item_json = write_json(tmp_path / "gap.item.json", {"0": ITEMS["0"], "2": ITEMS["1"]})
+    with pytest.raises(MalformedDataError, match=r"0\.\.1 .*missing: 1; unexpected: 2"):
+        extract_text_features(item_json, tmp_path / "text.npy", progress=False)
+
+
+def test_foreign_output_is_not_replaced_without_overwrite(tmp_path: Path) -> None:
+    index = write_json(tmp_path / "Toy.index_lemb.json", {"0": ["<a_1>"]})
+    np.save(tmp_path / "codes.npy", np.ones((1, 3), np.float32))
+    with pytest.raises(FeatureStateError, match="no progress file"):
+        extract_code_features(index, 1, tmp_path / "codes.npy", progress=False)
+    extract_code_features(index, 1, tmp_path / "codes.npy", overwrite=True, progress=False)
+    assert load_features(tmp_path / "codes.npy").shape == (1, 256)

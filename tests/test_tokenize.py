@@ -1,0 +1,67 @@
+"""python -m recbole_qrec.tokenize: features -> RQ-VAE -> <dataset>.sid + report, read back through RecBole."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from recbole.data import create_dataset
+
+from dataset_prep.convert import convert
+from dataset_prep.features import code_file_features
+from recbole_qrec.config import build_config
+from recbole_qrec.data.sid import load_code_table
+from recbole_qrec.tokenize import main as tokenize_main
+
+TINY = ["epochs=2", "hidden_dims=[64]", "batch_size=512", "codebook_size=64", "code_dim=8"]
+
+
+@pytest.fixture(scope="module")
+def workspace(instruments_subset, amazon_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tokenize")
+    convert("Instruments", src=instruments_subset, out=root / "dataset")
+    features = root / "text.npy"
+    np.save(features, code_file_features(amazon_dir / "Instruments" / "Instruments.index_lemb.json"))
+    return root, features
+
+
+def test_cli_writes_collision_free_sids_that_recbole_models_can_read(workspace, capsys):
+    root, features = workspace
+    tokenize_main(["--dataset", "Instruments", "--features", str(features), "--data_path", str(root / "dataset"),
+                   "--device", "cpu", "--set", *TINY])
+    assert "collisions" in capsys.readouterr().out
+    folder = root / "dataset" / "Instruments"
+    lines = (folder / "Instruments.sid").read_text().splitlines()
+    assert lines[0] == "item_id:token\tsid:token_seq" and len(lines) == 1 + 6250
+    tuples = [line.split("\t")[1] for line in lines[1:]]
+    assert len(set(tuples)) == len(tuples), "semantic IDs collide"
+    assert all(token[0] in "abcd" for token in tuples[0].split())
+
+    report = json.loads((folder / "Instruments.sid.json").read_text())
+    assert report["n_items"] == 6250 and report["levels"] == 4 and report["collision_rate_after"] == 0.0
+    assert 0.0 < report["collision_rate_before"] <= 1.0
+    assert len(report["utilisation"]) == 4 and all(0 < u <= 1 for u in report["utilisation"])
+    assert all(1.0 <= p <= 64 for p in report["perplexity"]) and report["config"]["codebook_size"] == 64
+    assert not list(folder.glob("*.tmp"))
+
+    config = build_config("SASRec", "Instruments", cmd_args=[f"--data_path={root / 'dataset'}"])
+    dataset = create_dataset(config)
+    table = load_code_table(dataset, folder / "Instruments.sid", "sid", pad_code=64)
+    assert table.shape == (dataset.item_num, 4) and int(table[1:].max()) < 64
+    assert len({tuple(row) for row in table[1:].tolist()}) == dataset.item_num - 1
+
+
+def test_bad_features_are_clear_errors(workspace, tmp_path):
+    root, features = workspace
+    matrix = np.load(features)
+    matrix[7, 3] = np.nan
+    np.save(tmp_path / "nan.npy", matrix)
+    np.save(tmp_path / "short.npy", np.load(features)[:100])
+    args = ["--dataset", "Instruments", "--data_path", str(root / "dataset"), "--device", "cpu", "--set", *TINY]
+    with pytest.raises(SystemExit, match=r"nan.npy: NaN or infinite features for 1 item\(s\), ids 7"):
+        tokenize_main([*args, "--features", str(tmp_path / "nan.npy")])
+    with pytest.raises(SystemExit, match="short.npy has 100 rows"):
+        tokenize_main([*args, "--features", str(tmp_path / "short.npy")])
+    with pytest.raises(SystemExit, match="Unknown tokenizer setting 'epoch'"):
+        tokenize_main([*args, "--features", str(features), "--set", "epoch=3"])
