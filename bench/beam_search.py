@@ -1,0 +1,178 @@
+"""Users/second of the batched constrained beam search vs ``generate`` + ``prefix_allowed_tokens_fn``.
+
+A TIGER-sized T5 (random weights) decodes the top-20 items for users with 20-item histories, over
+(a) Instruments' semantic IDs (``Instruments.index_lemb.json`` made unique by a 5th level = index
+within each duplicate group; random codes when the file is absent) and (b) 1,000,000 random unique
+4 x 256 code tuples. ``generate`` is timed on fewer users; on those users both result lists are
+compared. Writes ``<out>.json`` and ``<out>.csv`` with the exact command, machine and date.
+
+    python bench/beam_search.py --device cuda --out docs/results/beam_search
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+from bench.baselines import machine_name  # noqa: E402
+from dataset_prep.locate import ENV_VAR, SHARED_DATA_DIR  # noqa: E402
+from recbole_qrec.fileio import atomic_open, write_json_atomic  # noqa: E402
+from recbole_qrec.generation import (  # noqa: E402
+    PrefixIndex,
+    SemanticIdVocab,
+    TokenTrie,
+    constrained_beam_search,
+    generate_with_trie,
+)
+
+CODEBOOK = 256
+HISTORY_ITEMS = 20
+COLUMNS = ["table", "items", "levels", "beam", "batch", "users", "seconds", "users_per_s", "generate_batch",
+           "generate_users", "generate_seconds", "generate_users_per_s", "speedup", "identical_lists",
+           "same_item_sets", "max_abs_score_diff", "index_build_s"]
+
+
+def instruments_codes(seed: int) -> tuple[str, torch.Tensor]:
+    """Instruments' text codes plus a disambiguation level, or random codes of the same size."""
+    path = Path(os.environ.get(ENV_VAR) or SHARED_DATA_DIR) / "Instruments" / "Instruments.index_lemb.json"
+    if not path.is_file():
+        return "instruments-sized random", random_unique_codes(6250, 4, seed)
+    tokens = json.loads(path.read_text(encoding="utf-8"))
+    codes = torch.tensor([[int(token.strip("<>").rsplit("_", 1)[1]) for token in tokens[key]]
+                          for key in sorted(tokens, key=int)])
+    return "Instruments index_lemb + level 5", torch.cat([codes, duplicate_rank(codes)[:, None]], dim=1)
+
+
+def duplicate_rank(codes: torch.Tensor) -> torch.Tensor:
+    """Index of each row among the earlier rows with the same code tuple (0 for unique rows)."""
+    _, group = torch.unique(codes, dim=0, return_inverse=True)
+    order = torch.argsort(group, stable=True)
+    ranks = torch.empty_like(group)
+    ranks[order] = torch.arange(len(group)) - torch.searchsorted(group[order], group[order])
+    return ranks
+
+
+def random_unique_codes(n_items: int, levels: int, seed: int) -> torch.Tensor:
+    """``n_items`` distinct uniformly random code tuples of ``levels`` x ``CODEBOOK``."""
+    generator = torch.Generator().manual_seed(seed)
+    keys = torch.unique(torch.randint(0, CODEBOOK**levels, (2 * n_items,), generator=generator))
+    keys = keys[torch.randperm(len(keys), generator=generator)[:n_items]]
+    return torch.stack([keys // CODEBOOK ** (levels - 1 - level) % CODEBOOK for level in range(levels)], dim=1)
+
+
+def tiger_t5(vocab: SemanticIdVocab, seed: int) -> T5ForConditionalGeneration:
+    """4 + 4 layers, d_model 128, 6 heads of 64, d_ff 1024; random weights."""
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=vocab.size, d_model=128, d_kv=64, d_ff=1024, num_layers=4, num_decoder_layers=4,
+                      num_heads=6, dropout_rate=0.0, decoder_start_token_id=vocab.decoder_start_id)
+    return T5ForConditionalGeneration(config).eval()
+
+
+def user_histories(codes: torch.Tensor, vocab: SemanticIdVocab, users: int, seed: int) -> torch.Tensor:
+    """Token ids of ``HISTORY_ITEMS`` random items per user, then EOS."""
+    items = torch.randint(0, len(codes), (users, HISTORY_ITEMS), generator=torch.Generator().manual_seed(seed))
+    return torch.cat([vocab.encode(codes[items]).flatten(1), torch.full((users, 1), vocab.eos_id)], dim=1)
+
+
+def timed_batches(decode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], inputs: torch.Tensor,
+                  batch_size: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Decode ``inputs`` batch by batch after one warm-up batch: ``(items, scores, seconds)``."""
+    decode(inputs[:batch_size])
+    synchronize(inputs.device)
+    start = time.perf_counter()
+    results = [decode(inputs[first:first + batch_size]) for first in range(0, len(inputs), batch_size)]
+    synchronize(inputs.device)
+    seconds = time.perf_counter() - start
+    return torch.cat([items.cpu() for items, _ in results]), torch.cat([scores.cpu() for _, scores in results]), seconds
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_table(name: str, codes: torch.Tensor, args: argparse.Namespace) -> dict:
+    vocab = SemanticIdVocab(codes.shape[1], CODEBOOK)
+    device = torch.device(args.device)
+    model = tiger_t5(vocab, args.seed).to(device)
+    synchronize(device)
+    start = time.perf_counter()
+    index = PrefixIndex(codes.to(device), CODEBOOK)
+    synchronize(device)
+    build_seconds = time.perf_counter() - start
+    inputs = user_histories(codes, vocab, args.users, args.seed).to(device)
+    ones = torch.ones_like(inputs)
+    items, scores, seconds = timed_batches(
+        lambda batch: constrained_beam_search(model, batch, ones[: len(batch)], index, vocab, args.beam),
+        inputs, args.batch_size)
+    trie = TokenTrie(codes, vocab)
+    reference = inputs[: args.generate_users]
+    ref_items, ref_scores, ref_seconds = timed_batches(
+        lambda batch: generate_with_trie(model, batch, ones[: len(batch)], trie, args.beam),
+        reference, args.generate_batch_size)
+    ours_items, ours_scores = items[: len(reference)], scores[: len(reference)]
+    rate, ref_rate = len(inputs) / seconds, len(reference) / ref_seconds
+    return {
+        "table": name, "items": len(codes), "levels": codes.shape[1], "beam": args.beam, "batch": args.batch_size,
+        "users": len(inputs), "seconds": round(seconds, 4), "users_per_s": round(rate, 1),
+        "generate_batch": args.generate_batch_size, "generate_users": len(reference),
+        "generate_seconds": round(ref_seconds, 4), "generate_users_per_s": round(ref_rate, 2),
+        "speedup": round(rate / ref_rate, 1),
+        "identical_lists": (ours_items == ref_items).all(dim=1).float().mean().item(),
+        "same_item_sets": (ours_items.sort(dim=1).values == ref_items.sort(dim=1).values).all(dim=1).float().mean().item(),
+        "max_abs_score_diff": (ours_scores - ref_scores).abs().max().item(),
+        "index_build_s": round(build_seconds, 4),
+    }
+
+
+def write_outputs(out: str, rows: list[dict], args: argparse.Namespace, command: str) -> None:
+    record = {"machine": machine_name(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "command": command, "settings": vars(args), "rows": rows}
+    write_json_atomic(f"{out}.json", record)
+    with atomic_open(f"{out}.csv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def print_table(rows: list[dict]) -> None:
+    widths = [max(len(column), *(len(str(row[column])) for row in rows)) for column in COLUMNS]
+    for line in [COLUMNS, *[[str(row[column]) for column in COLUMNS] for row in rows]]:
+        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--users", type=int, default=4096, help="users decoded by our search, per table")
+    parser.add_argument("--batch-size", type=int, default=256, help="users per batch of our search")
+    parser.add_argument("--generate-users", type=int, default=128, help="users decoded by generate (also compared)")
+    parser.add_argument("--generate-batch-size", type=int, default=32)
+    parser.add_argument("--beam", type=int, default=20)
+    parser.add_argument("--million-items", type=int, default=1_000_000, help="size of the random table (b)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(REPO_ROOT / "docs" / "results" / "beam_search"), help="output path without extension")
+    args = parser.parse_args()
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    tables = [instruments_codes(args.seed), ("random 4x256", random_unique_codes(args.million_items, 4, args.seed))]
+    rows = [bench_table(name, codes, args) for name, codes in tables]
+    print_table(rows)
+    write_outputs(args.out, rows, args, command)
+    print(f"wrote {args.out}.json and {args.out}.csv")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,8 @@
+"""Constrained generation of semantic IDs shared by the generative recommenders (TIGER, MQL4GRec)."""
+
+from recbole_qrec.generation.beam_search import constrained_beam_search
+from recbole_qrec.generation.prefix_index import PrefixIndex
+from recbole_qrec.generation.reference import TokenTrie, generate_with_trie
+from recbole_qrec.generation.vocab import SemanticIdVocab
+
+__all__ = ["PrefixIndex", "SemanticIdVocab", "TokenTrie", "constrained_beam_search", "generate_with_trie"]
