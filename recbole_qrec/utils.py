@@ -15,7 +15,7 @@ from recbole_qrec.errors import UnknownModelError
 
 def qrec_model_names() -> list[str]:
     """Module names of the models recbole-qrec ships (one model per file)."""
-    return sorted(info.name for info in pkgutil.iter_modules(recbole_qrec.model.__path__))
+    return sorted(info.name for info in pkgutil.iter_modules(recbole_qrec.model.__path__) if not info.ispkg)
 
 
 def get_model(model_name: str) -> type[AbstractRecommender]:

@@ -1,0 +1,145 @@
+"""Q-Bert4Rec (Huang & Gai, arXiv 2512.02474): BERT4Rec over quantized multimodal semantic IDs.
+
+Three stages:
+
+1. dynamic cross-modal semantic injection: text/image features are fused into learnable item ID
+   vectors (:mod:`~recbole_qrec.model.qbert4rec_modules.injection`);
+2. semantic quantization: an RQ-VAE turns the fused embeddings into unique ``L``-level codes
+   (:func:`recbole_qrec.quantization.fit_tokenizer`, collisions re-ranked);
+3. a bidirectional transformer over the code tokens, trained by multi-mask pretraining and then
+   fine-tuned to predict the codes of the next item.
+
+Stages 1-2 run once, in the constructor, and are cached on disk
+(:mod:`~recbole_qrec.model.qbert4rec_modules.semantic_ids`); the code table is a buffer, so a
+saved state dict carries it. Stage 3 is trained by :class:`~recbole_qrec.trainer.qbert4rec_trainer.QBert4RecTrainer`:
+``pretrain_epochs`` epochs of :meth:`QBert4Rec.pretrain_loss`, then RecBole's usual fit with
+:meth:`QBert4Rec.calculate_loss`.
+
+Input layout: the ``S`` history items become ``S * L`` tokens (item by item, level by level)
+and one more slot of ``L`` tokens follows, holding [MASK] right after the last real item (RecBole
+left-aligns histories, so the slot is position ``item_length``). Token ids: 0 padding, 1 [MASK],
+``2 + level * K + code`` for a code. Each token's embedding is its token + item position + level
+embedding. The score of an item is ``sum_l log p_l(code_l(item))`` under the per-level
+distributions at the slot.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from recbole.config import Config
+from recbole.data.dataset import Dataset
+from recbole.data.interaction import Interaction
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.model.layers import TransformerEncoder
+from torch import Tensor, nn
+
+from recbole_qrec.errors import ConfigError
+from recbole_qrec.model.qbert4rec_modules.level_heads import LevelHeads
+from recbole_qrec.model.qbert4rec_modules.masking import MultiMask
+from recbole_qrec.model.qbert4rec_modules.semantic_ids import semantic_ids
+
+PAD_TOKEN = 0
+MASK_TOKEN = 1
+FIRST_CODE_TOKEN = 2
+
+
+class QBert4Rec(SequentialRecommender):
+    """Semantic-ID BERT4Rec with multimodal item codes; scores all items from the [MASK] slot's code distributions."""
+
+    def __init__(self, config: Config, dataset: Dataset) -> None:
+        super().__init__(config, dataset)
+        if config["loss_type"] != "CE":
+            raise ConfigError(f"QBert4Rec needs loss_type CE (per-level cross-entropy), not {config['loss_type']}.")
+        ids = semantic_ids(config, dataset)
+        self.codes_from_cache = ids.from_cache
+        self.register_buffer("item_codes", ids.codes)
+        self.levels = ids.codes.shape[1]
+        codebook_size = config["sid_codebook_size"]
+        self.register_buffer("level_offsets", FIRST_CODE_TOKEN + torch.arange(self.levels) * codebook_size,
+                             persistent=False)
+        self.masker = MultiMask(config["mask_strategy"], config["mask_prob"], self.levels, config["mask_regions"])
+
+        hidden = config["hidden_size"]
+        self.initializer_range = config["initializer_range"]
+        vocabulary = FIRST_CODE_TOKEN + self.levels * codebook_size
+        self.token_embedding = nn.Embedding(vocabulary, hidden, padding_idx=PAD_TOKEN)
+        self.position_embedding = nn.Embedding(self.max_seq_length + 1, hidden)
+        self.level_embedding = nn.Embedding(self.levels, hidden)
+        self.input_norm = nn.LayerNorm(hidden, eps=config["layer_norm_eps"])
+        self.dropout = nn.Dropout(config["hidden_dropout_prob"])
+        self.encoder = TransformerEncoder(
+            n_layers=config["n_layers"],
+            n_heads=config["n_heads"],
+            hidden_size=hidden,
+            inner_size=config["inner_size"],
+            hidden_dropout_prob=config["hidden_dropout_prob"],
+            attn_dropout_prob=config["attn_dropout_prob"],
+            hidden_act=config["hidden_act"],
+            layer_norm_eps=config["layer_norm_eps"],
+        )
+        self.heads = LevelHeads(self.levels, codebook_size, hidden, self.initializer_range)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """BERT4Rec's initialisation: normal linear/embedding weights, zero biases, unit LayerNorm."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+
+    def item_tokens(self, items: Tensor) -> Tensor:
+        """Item ids ``[B, S]`` -> code token ids ``[B, S, L]`` (padding items -> padding tokens)."""
+        tokens = self.item_codes[items] + self.level_offsets
+        return tokens.masked_fill((items == 0).unsqueeze(-1), PAD_TOKEN)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Token ids ``[B, S, L]`` -> hidden states ``[B, S, L, H]`` (bidirectional, padding hidden)."""
+        batch, slots, levels = tokens.shape
+        flat = tokens.flatten(1)
+        positions = torch.arange(slots, device=tokens.device).repeat_interleave(levels)
+        level_ids = torch.arange(levels, device=tokens.device).repeat(slots)
+        embedded = self.token_embedding(flat) + self.position_embedding(positions) + self.level_embedding(level_ids)
+        embedded = self.dropout(self.input_norm(embedded))
+        attention_mask = self.get_attention_mask(flat, bidirectional=True)
+        hidden = self.encoder(embedded, attention_mask, output_all_encoded_layers=False)[-1]
+        return hidden.view(batch, slots, levels, -1)
+
+    def slot_log_probs(self, interaction: Interaction) -> Tensor:
+        """Per-level code log-probabilities ``[B, L, K]`` at the [MASK] slot after each history."""
+        lengths = interaction[self.ITEM_SEQ_LEN]
+        tokens = self.item_tokens(F.pad(interaction[self.ITEM_SEQ], (0, 1)))
+        rows = torch.arange(len(tokens), device=tokens.device)
+        tokens[rows, lengths] = MASK_TOKEN
+        return self.heads(self.forward(tokens)[rows, lengths]).log_softmax(-1)
+
+    def pretrain_loss(self, interaction: Interaction) -> Tensor:
+        """Multi-mask pretraining: mean cross-entropy over the masked tokens of history + target item."""
+        lengths, targets = interaction[self.ITEM_SEQ_LEN].unsqueeze(1), interaction[self.POS_ITEM_ID].unsqueeze(1)
+        tokens = self.item_tokens(F.pad(interaction[self.ITEM_SEQ], (0, 1)).scatter(1, lengths, targets))
+        masked = self.masker(tokens.flatten(1) != PAD_TOKEN).view_as(tokens)
+        logits = self.heads(self.forward(tokens.masked_fill(masked, MASK_TOKEN)))
+        loss = F.cross_entropy(logits[masked], (tokens - self.level_offsets)[masked], reduction="sum")
+        return loss / masked.sum().clamp(min=1)
+
+    def calculate_loss(self, interaction: Interaction) -> Tensor:
+        """Fine-tuning: per-level cross-entropy of the target item's codes at the slot, summed over levels."""
+        targets = self.item_codes[interaction[self.POS_ITEM_ID]].unsqueeze(2)  # [B, L, 1]
+        return -code_log_likelihood(self.slot_log_probs(interaction), targets).mean()
+
+    def predict(self, interaction: Interaction) -> Tensor:
+        codes = self.item_codes[interaction[self.ITEM_ID]].unsqueeze(2)  # [B, L, 1]
+        return code_log_likelihood(self.slot_log_probs(interaction), codes).squeeze(1)
+
+    def full_sort_predict(self, interaction: Interaction) -> Tensor:
+        log_probs = self.slot_log_probs(interaction)
+        codes = self.item_codes.T.unsqueeze(0).expand(len(log_probs), -1, -1)  # [B, L, n_items]
+        return code_log_likelihood(log_probs, codes)
+
+
+def code_log_likelihood(log_probs: Tensor, codes: Tensor) -> Tensor:
+    """``sum_l log_probs[b, l, codes[b, l, n]]``: ``[B, L, K]`` and ``[B, L, N]`` -> ``[B, N]``."""
+    return log_probs.gather(2, codes).sum(1)

@@ -1,0 +1,111 @@
+"""Stage 1 of Q-Bert4Rec: dynamic cross-modal semantic injection into learnable item ID vectors.
+
+Each item ``i`` has a learnable ID vector ``q_i``. Its modality features (text, image) are
+L2-normalised and linearly projected to the shared dimension; each projected view ``p_m`` is
+weighted by ``softmax_m(cos(q_i, p_m) / tau)`` over the modalities the item has, and the weighted
+views are the keys/values of up to ``layers`` cross-attention blocks whose query is the item's
+state ``h`` (``h_0 = q_i``).
+
+Adaptive depth (``dynamic=True``): after block ``l`` (``l < layers - 1``) a gate
+``g_l = sigmoid(MLP_l(h))`` decides whether the item continues into block ``l + 1``.
+
+* Inference (hard): an item stops after the first block whose gate is below ``gate_threshold``;
+  its depth is the number of blocks it went through (1 .. ``layers``).
+* Training (soft): the hard rule "continue while every gate so far is open" is relaxed to the
+  running product ``c_l = g_0 * ... * g_{l-1}`` (``c_0 = 1``), and
+  ``h_{l+1} = c_l * block_l(h_l) + (1 - c_l) * h_l``: a closed gate fades out all deeper blocks,
+  as stopping does at inference.
+
+``dynamic=False`` (``fusion: static``): every item goes through all blocks, no gates.
+
+Loss: multi-view InfoNCE between the fused ID view ``h_i`` and each modality view, and between
+every two modality views, each over the items that have the views it compares; plus the
+ID-consistency term ``consistency_weight * mean(1 - cos(h_i, q_i))``, which keeps the fused
+embedding anchored to the item's own ID vector (the gates trade this against injecting content).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recbole_qrec.model.qbert4rec_modules.contrastive import masked_info_nce
+from recbole_qrec.model.qbert4rec_modules.cross_attention_block import CrossAttentionBlock
+
+
+@dataclass
+class InjectionOutput:
+    """``fused`` ``[n, d]`` item embeddings ``h``, the ``ids`` ``q`` and projected ``views`` (one
+    ``[n, d]`` per modality) they came from, and each item's ``depth``: blocks applied under the
+    hard rule (in training mode every item passes every block, softly weighted)."""
+
+    fused: Tensor
+    ids: Tensor
+    views: list[Tensor]
+    depth: Tensor
+
+
+class CrossModalInjection(nn.Module):
+    """Fuses text/image features into learnable item ID vectors (stage 1 of Q-Bert4Rec)."""
+
+    def __init__(self, n_items: int, modality_dims: Sequence[int], dim: int, layers: int, heads: int,
+                 temperature: float, gate_threshold: float, dynamic: bool, consistency_weight: float) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.gate_threshold = gate_threshold
+        self.consistency_weight = consistency_weight
+        self.id_embedding = nn.Embedding(n_items, dim)
+        self.projections = nn.ModuleList(nn.Linear(in_dim, dim) for in_dim in modality_dims)
+        self.blocks = nn.ModuleList(CrossAttentionBlock(dim, heads) for _ in range(layers))
+        gate_count = layers - 1 if dynamic else 0
+        self.gates = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1)) for _ in range(gate_count)
+        )
+
+    def forward(self, items: Tensor, features: Sequence[Tensor], present: Tensor) -> InjectionOutput:
+        """``items`` ``[n]`` row indices, ``features`` one ``[n, dim_m]`` per modality, ``present`` ``[n, M]``."""
+        ids = self.id_embedding(items)
+        views = [projection(F.normalize(x, dim=-1)) for projection, x in zip(self.projections, features)]
+        modalities = self.weighted_modalities(ids, torch.stack(views, 1), present)
+        fused, depth = self.fuse(ids, modalities, present)
+        return InjectionOutput(fused, ids, views, depth)
+
+    def weighted_modalities(self, ids: Tensor, views: Tensor, present: Tensor) -> Tensor:
+        """Each view times ``softmax`` over the item's present modalities of ``cos(q_i, view) / tau``."""
+        similarity = F.cosine_similarity(ids.unsqueeze(1), views, dim=-1) / self.temperature
+        weights = similarity.masked_fill(~present, float("-inf")).softmax(1).nan_to_num(0.0)
+        return weights.unsqueeze(-1) * views
+
+    def fuse(self, ids: Tensor, modalities: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
+        """Run the blocks with soft (training) or hard (inference) gating; returns ``(h, depth)``."""
+        state = ids
+        carry = torch.ones(len(ids), 1, device=ids.device)  # soft: P(still going); hard: 0/1
+        depth = torch.zeros(len(ids), dtype=torch.long, device=ids.device)
+        for index, block in enumerate(self.blocks):
+            state = carry * block(state, modalities, present) + (1 - carry) * state
+            depth += carry.squeeze(1).gt(0).long()
+            if index < len(self.gates):
+                gate = torch.sigmoid(self.gates[index](state))
+                carry = carry * (gate if self.training else (gate >= self.gate_threshold).float())
+        return state, depth
+
+    def loss(self, output: InjectionOutput, present: Tensor) -> Tensor:
+        """Multi-view InfoNCE (ID-modality and modality-modality pairs) plus the ID-consistency term."""
+        everyone = torch.ones(len(present), dtype=torch.bool, device=present.device)
+        views = [(output.fused, everyone)] + [(view, present[:, m]) for m, view in enumerate(output.views)]
+        contrastive = sum(
+            masked_info_nce(first, second, first_rows & second_rows, self.temperature)
+            for (first, first_rows), (second, second_rows) in combinations(views, 2)
+        )
+        consistency = (1 - F.cosine_similarity(output.fused, output.ids, dim=-1)).mean()
+        return contrastive + self.consistency_weight * consistency
+
+
+def depth_histogram(depth: Tensor, layers: int) -> list[int]:
+    """Item counts per injection depth ``0 .. layers`` (real items have depth >= 1)."""
+    return torch.bincount(depth, minlength=layers + 1).tolist()

@@ -1,0 +1,42 @@
+"""Train the stage-1 injection module on all items, then read out fused embeddings and depths."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from recbole_qrec.model.qbert4rec_modules.injection import CrossModalInjection
+from recbole_qrec.model.qbert4rec_modules.item_features import ItemFeatures
+
+
+def train_injection(module: CrossModalInjection, features: ItemFeatures, epochs: int, batch_size: int,
+                    learning_rate: float, generator: torch.Generator) -> list[float]:
+    """AdamW over shuffled item batches (``features`` on the module's device); mean loss per epoch."""
+    optimizer = torch.optim.AdamW(module.parameters(), lr=learning_rate)
+    n_items = len(features.present)
+    module.train()
+    history = []
+    for _ in range(epochs):
+        batches = torch.randperm(n_items, generator=generator, device=generator.device).split(batch_size)
+        total = torch.zeros((), device=features.present.device)
+        for rows in batches:
+            present = features.present[rows]
+            output = module(rows, [matrix[rows] for matrix in features.matrices], present)
+            loss = module.loss(output, present)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+        history.append(float(total / len(batches)))
+    return history
+
+
+@torch.no_grad()
+def fuse_items(module: CrossModalInjection, features: ItemFeatures, batch_size: int) -> tuple[Tensor, Tensor]:
+    """Hard-gated inference for every item: fused embeddings ``[n, d]`` and depths ``[n]``."""
+    module.eval()
+    outputs = [
+        module(rows, [matrix[rows] for matrix in features.matrices], features.present[rows])
+        for rows in torch.arange(len(features.present), device=features.present.device).split(batch_size)
+    ]
+    return torch.cat([out.fused for out in outputs]), torch.cat([out.depth for out in outputs])

@@ -1,0 +1,313 @@
+"""Q-Bert4Rec on a 500-user subset of Instruments: the three stages, scoring, persistence, entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import init_seed
+
+from dataset_prep.convert import convert
+from dataset_prep.locate import ENV_VAR
+from recbole_qrec.config import build_config
+from recbole_qrec.errors import ConfigError
+from recbole_qrec.model.qbert4rec import FIRST_CODE_TOKEN, MASK_TOKEN, QBert4Rec
+from recbole_qrec.model.qbert4rec_modules.contrastive import masked_info_nce
+from recbole_qrec.model.qbert4rec_modules.injection import depth_histogram
+from recbole_qrec.model.qbert4rec_modules.injection_training import fuse_items, train_injection
+from recbole_qrec.model.qbert4rec_modules.item_features import load_item_features
+from recbole_qrec.model.qbert4rec_modules.masking import MultiMask
+from recbole_qrec.model.qbert4rec_modules.semantic_ids import build_injection, cache_path
+from recbole_qrec.trainer.qbert4rec_trainer import QBert4RecTrainer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "injection_dim": 32, "injection_epochs": 2, "injection_batch_size": 512,
+    "sid_levels": 3, "sid_codebook_size": 32, "sid_code_dim": 16, "sid_epochs": 3,
+    "hidden_size": 32, "inner_size": 64, "n_layers": 1, "n_heads": 2, "MAX_ITEM_LIST_LENGTH": 8,
+    "pretrain_epochs": 1, "epochs": 1, "train_batch_size": 256, "eval_batch_size": 256, "use_gpu": False,
+}
+LEVELS, LENGTHS = 4, (80, 40, 12, 4)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tensors here are tiny: one intra-op thread avoids oversubscribing a shared CPU (several times faster)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def subset_config(work, **overrides):
+    settings = {"data_path": str(work / "dataset"), "checkpoint_dir": str(work / "saved"), **TINY, **overrides}
+    return build_config("QBert4Rec", "Instruments", config_dict=settings)
+
+
+@pytest.fixture(scope="module")
+def work(instruments_subset, tmp_path_factory):
+    """A folder with the subset converted to atomic files under ``dataset/``."""
+    folder = tmp_path_factory.mktemp("qbert4rec")
+    convert("Instruments", src=instruments_subset, out=folder / "dataset")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prepared(work):
+    """Config, dataset and loaders of the subset, and a QBert4Rec built on them (stages 1-2 run)."""
+    config = subset_config(work)
+    init_seed(config["seed"], True)
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    model = QBert4Rec(config, train._dataset)
+    return config, train, valid, test, model
+
+
+@pytest.fixture(scope="module")
+def features(prepared):
+    config, train, *_ = prepared
+    return load_item_features(config, train._dataset)
+
+
+def first_batch(loader):
+    batch = next(iter(loader))
+    return batch[0] if isinstance(batch, tuple) else batch
+
+
+# Stage 1: cross-modal semantic injection
+
+def test_npy_features_follow_the_item_tokens_and_zero_rows_mark_a_missing_modality(prepared, work, tmp_path):
+    dataset = prepared[1]._dataset
+    tokens = list(dataset.field2id_token["item_id"][1:])
+    matrix = np.arange(1, max(map(int, tokens)) + 2, dtype=np.float32)[:, None].repeat(3, 1)  # row r holds r + 1
+    matrix[int(tokens[3])] = 0
+    np.save(tmp_path / "image.npy", matrix)
+    features = load_item_features(subset_config(work, image_feature_file=str(tmp_path / "image.npy")), dataset)
+    text, image = features.matrices
+    assert text.shape[1] == 4 * 256 and bool((text.sum(1) == 4).all())  # one-hot of the 4 text code levels
+    expected = [0.0 if index == 3 else int(token) + 1.0 for index, token in enumerate(tokens)]
+    assert image[:, 0].tolist() == expected
+    assert features.present[:, 1].tolist() == [index != 3 for index in range(len(tokens))]
+
+
+def test_injection_loss_decreases_and_gates_give_different_depths(prepared, features):
+    config = prepared[0]
+    torch.manual_seed(0)
+    module = build_injection(config, features)
+    losses = train_injection(module, features, epochs=4, batch_size=512, learning_rate=1e-3,
+                             generator=torch.Generator().manual_seed(0))
+    assert losses[-1] < losses[0]
+    _, depth = fuse_items(module, features, batch_size=1024)
+    assert depth.unique().numel() > 1, "hard gating sent every item through the same number of blocks"
+    histogram = depth_histogram(depth, config["injection_layers"])
+    assert histogram[0] == 0 and sum(histogram) == len(features.present)
+
+
+def test_static_fusion_uses_every_block(work, features):
+    config = subset_config(work, fusion="static")
+    module = build_injection(config, features)
+    _, depth = fuse_items(module, features, batch_size=1024)
+    assert len(module.gates) == 0 and bool((depth == config["injection_layers"]).all())
+
+
+def test_items_missing_a_modality_are_left_out_of_its_contrastive_terms():
+    first, second = torch.randn(6, 8), torch.randn(6, 8)
+    rows = torch.tensor([True, True, False, True, False, True])
+    changed = second.clone()
+    changed[~rows] = torch.randn(2, 8) * 100
+    assert masked_info_nce(first, second, rows, 0.1) == masked_info_nce(first, changed, rows, 0.1)
+    assert masked_info_nce(first, second, torch.zeros(6, dtype=torch.bool), 0.1) == 0
+
+
+# Multi-mask pretraining strategies, on a hand-made batch (lengths in tokens, 4 levels per item)
+
+@pytest.fixture
+def real_tokens():
+    positions = torch.arange(84)
+    return torch.stack([positions < length for length in LENGTHS])
+
+
+def runs(row):
+    """(start, end) of every run of True in a 1-D bool tensor."""
+    padded = torch.cat([torch.tensor([False]), row, torch.tensor([False])]).int()
+    edges = padded.diff()
+    return list(zip(edges.eq(1).nonzero().flatten().tolist(), edges.eq(-1).nonzero().flatten().tolist()))
+
+
+@pytest.mark.parametrize("strategy", ["mlm", "span", "tail", "multi"])
+def test_padding_is_never_masked_and_every_sequence_gets_a_mask(strategy, real_tokens):
+    masker = MultiMask(strategy, 0.3, LEVELS, regions=3)
+    for _ in range(50):
+        mask = masker(real_tokens)
+        assert not (mask & ~real_tokens).any()
+        if strategy != "mlm":
+            assert mask.any(1).all()
+
+
+@pytest.mark.parametrize(("strategies", "prob"), [(["span", "bert"], 0.3), ([], 0.3), ("mlm", 1.5)])
+def test_bad_mask_settings_are_config_errors(strategies, prob):
+    with pytest.raises(ConfigError):
+        MultiMask(strategies, prob, LEVELS, regions=3)
+
+
+def test_tail_masks_exactly_the_last_items_tokens(real_tokens):
+    mask = MultiMask("tail", 0.3, LEVELS, regions=3)(real_tokens)
+    for row, length in zip(mask, LENGTHS):
+        assert row.nonzero().flatten().tolist() == list(range(length - LEVELS, length))
+
+
+def test_span_is_one_contiguous_run(real_tokens):
+    masker = MultiMask("span", 0.3, LEVELS, regions=3)
+    for _ in range(50):
+        for row, length in zip(masker(real_tokens), LENGTHS):
+            (start, end), = runs(row)
+            assert end - start == max(1, round(0.3 * length))
+
+
+def test_multi_region_masks_several_disjoint_spans(real_tokens):
+    masker = MultiMask("multi", 0.3, LEVELS, regions=3)
+    for _ in range(50):
+        mask = masker(real_tokens)
+        assert [len(runs(row)) for row in mask[:3]] == [3, 3, 3]  # 80, 40 and 12 tokens leave room for 3 gaps
+
+
+@pytest.mark.parametrize("strategy", ["mlm", "span", "multi"])
+def test_masked_share_is_the_mask_probability(strategy, real_tokens):
+    masker = MultiMask(strategy, 0.3, LEVELS, regions=3)
+    long_rows = real_tokens[:2]
+    share = torch.stack([masker(long_rows).sum() / long_rows.sum() for _ in range(300)]).mean()
+    assert abs(float(share) - 0.3) < 0.02
+
+
+def test_mixed_strategies_draw_one_strategy_per_sequence(real_tokens):
+    masker = MultiMask(["span", "tail"], 0.3, LEVELS, regions=3)
+    tails = MultiMask("tail", 0.3, LEVELS, regions=3)(real_tokens)
+    kinds = set()
+    for _ in range(40):
+        for row, tail in zip(masker(real_tokens)[:2], tails[:2]):
+            kinds.add("tail" if torch.equal(row, tail) else "span")
+            assert len(runs(row)) == 1
+    assert kinds == {"span", "tail"}
+
+
+# Stage 3: the semantic-ID transformer
+
+def test_codes_are_unique_and_row_zero_is_padding(prepared):
+    codes = prepared[4].item_codes
+    assert codes.shape == (prepared[1]._dataset.item_num, 3)
+    assert bool((codes[0] == 0).all()) and len(codes[1:].unique(dim=0)) == len(codes) - 1
+
+
+@pytest.mark.parametrize("loss_name", ["pretrain_loss", "calculate_loss"])
+def test_stage3_loss_decreases(prepared, loss_name):
+    config, train, *_ = prepared
+    model = QBert4Rec(config, train._dataset)
+    batch = first_batch(train)[:64]
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    losses = []
+    for _ in range(12):
+        loss = getattr(model, loss_name)(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-3:]) / 3 < losses[0] * 0.95
+
+
+def slow_scores(model, item_seq, length, items):
+    """One user at a time, no padding, per-level log-probabilities summed by explicit loops."""
+    levels, codebook = model.levels, model.heads.weight.shape[1]
+    history = [[FIRST_CODE_TOKEN + level * codebook + int(model.item_codes[item, level]) for level in range(levels)]
+               for item in item_seq[:length].tolist()]
+    tokens = torch.tensor([history + [[MASK_TOKEN] * levels]])
+    hidden = model(tokens)[0, length]
+    scores = []
+    for item in items:
+        total = 0.0
+        for level in range(levels):
+            logits = hidden[level] @ model.heads.weight[level].T + model.heads.bias[level]
+            total += float(logits.log_softmax(-1)[model.item_codes[item, level]])
+        scores.append(total)
+    return torch.tensor(scores)
+
+
+def test_full_sort_predict_matches_a_slow_reference(prepared):
+    model, test = prepared[4], prepared[3]
+    model.eval()
+    interaction = first_batch(test)[:4]
+    items = [1, 2, 7, 50, model.n_items - 1]
+    with torch.no_grad():
+        fast = model.full_sort_predict(interaction)
+        assert fast.shape == (4, model.n_items)
+        for row in range(4):
+            slow = slow_scores(model, interaction["item_id_list"][row], int(interaction["item_length"][row]), items)
+            torch.testing.assert_close(fast[row, items], slow, atol=1e-5, rtol=0)
+        targets = interaction["item_id"].unsqueeze(1)
+        torch.testing.assert_close(model.predict(interaction), fast.gather(1, targets).squeeze(1))
+
+
+def test_saved_state_reloads_to_identical_scores_and_codes_come_from_the_cache(prepared, features, tmp_path):
+    config, train, _, test, model = prepared
+    path = cache_path(config, train._dataset, features)
+    written = path.stat().st_mtime_ns
+    assert not model.codes_from_cache
+    torch.save(model.state_dict(), tmp_path / "state.pth")
+    fresh = QBert4Rec(config, train._dataset)
+    assert fresh.codes_from_cache and path.stat().st_mtime_ns == written
+    fresh.load_state_dict(torch.load(tmp_path / "state.pth", weights_only=True))
+    model.eval(), fresh.eval()
+    interaction = first_batch(test)
+    with torch.no_grad():
+        assert torch.equal(model.full_sort_predict(interaction), fresh.full_sort_predict(interaction))
+
+
+def test_stage3_initialisation_is_the_same_whether_codes_are_computed_or_cached(prepared, work, tmp_path):
+    config, dataset = subset_config(work, checkpoint_dir=str(tmp_path)), prepared[1]._dataset
+    init_seed(7, True)
+    computed = QBert4Rec(config, dataset)
+    init_seed(7, True)
+    cached = QBert4Rec(config, dataset)
+    assert not computed.codes_from_cache and cached.codes_from_cache
+    for (name, first), second in zip(computed.state_dict().items(), cached.state_dict().values()):
+        assert torch.equal(first, second), name
+
+
+# Training and the entry point
+
+def test_trainer_pretrains_then_fine_tunes(prepared):
+    config, train, valid, *_ = prepared
+    model = QBert4Rec(config, train._dataset)
+    trainer = QBert4RecTrainer(config, model)
+    losses = trainer.pretrain(train, verbose=False)
+    assert len(losses) == config["pretrain_epochs"]
+    assert trainer.optimizer.param_groups[0]["lr"] == config["learning_rate"]  # the fine-tuning optimizer is back
+    best_score, best_result = trainer.fit(train, valid, saved=False)
+    assert 0 <= best_score <= 1 and trainer.cur_step == 0
+
+
+def test_harness_uses_the_qbert4rec_trainer():
+    from recbole_qrec.trainer import get_trainer
+    assert issubclass(get_trainer("sequential", "QBert4Rec"), QBert4RecTrainer)
+
+
+def test_entry_point_runs_qbert4rec_end_to_end(instruments_subset, tmp_path):
+    overrides = [f"--{key}={value}" for key, value in TINY.items()]
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), "--model=QBert4Rec", "--dataset=Instruments",
+         *overrides],
+        cwd=tmp_path, env={**os.environ, ENV_VAR: str(instruments_subset), "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[-1])
+    assert record["model"] == "QBert4Rec" and record["test"]
+    assert all(0.0 <= value <= 1.0 for value in record["test"].values())
+    assert list((tmp_path / "saved").glob("QBert4Rec-Instruments-*.sid.pt"))
