@@ -5,6 +5,12 @@ RecBole's ``Config.compatibility_settings`` re-creates the numpy aliases removed
 which numpy 2 removed as well. Restoring those three names (to the types they always aliased)
 before a ``Config`` is built is enough for RecBole's config, data and evaluator code to run.
 
+RecBole's ``recbole/model/sequential_recommender/sine.py`` calls
+``torch.autograd.set_detect_anomaly(True)`` at import time, and RecBole's ``get_model`` imports it
+with every sequential model. Anomaly detection then stays on for the whole process: every autograd
+op records a traceback (training steps several times slower) and any NaN in a backward pass raises.
+:func:`import_recbole_models` imports RecBole's sequential models once, up front, and turns it off.
+
 The other known breakages are handled where they belong:
 
 * checkpoints that load under ``torch.load(weights_only=True)``: :mod:`recbole_qrec.trainer`;
@@ -16,6 +22,7 @@ The other known breakages are handled where they belong:
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 NUMPY_REMOVED_ALIASES: dict[str, type] = {
     "float_": np.float64,
@@ -29,3 +36,10 @@ def patch_numpy_aliases() -> None:
     for name, target in NUMPY_REMOVED_ALIASES.items():
         if name not in np.__dict__:
             setattr(np, name, target)
+
+
+def import_recbole_models() -> None:
+    """Import RecBole's sequential models now and undo the global anomaly detection that SINE's module turns on."""
+    import recbole.model.sequential_recommender  # noqa: F401  (imports sine.py)
+
+    torch.autograd.set_detect_anomaly(False)

@@ -65,3 +65,12 @@ def test_recbole_own_checkpoint_does_not_load_with_weights_only(trained, tmp_pat
 def test_the_harness_never_imports_ray():
     code = "import sys, recbole_qrec.quick_start; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_anomaly_detection_stays_off_after_recbole_models_are_looked_up():
+    """RecBole's sine.py turns torch's anomaly detection on at import; the package turns it off again."""
+    code = ("import torch, recbole_qrec; from recbole_qrec.utils import get_model; get_model('SINE'); "
+            "get_model('SASRec'); assert not torch.is_anomaly_enabled(), 'anomaly detection is on'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    bare = "import torch, recbole.model.sequential_recommender; assert torch.is_anomaly_enabled()"
+    subprocess.run([sys.executable, "-c", bare], check=True)
