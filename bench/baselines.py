@@ -66,6 +66,17 @@ def markdown(rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_outputs(out: Path, payload: dict, rows: list[dict], table: str) -> None:
+    """``<out>.json`` (every record), ``<out>.csv`` (the table's rows) and ``<out>.md``, each written atomically."""
+    write_json_atomic(out.with_suffix(".json"), payload)
+    with atomic_open(out.with_suffix(".csv"), "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    with atomic_open(out.with_suffix(".md"), "w", encoding="utf-8") as handle:
+        handle.write(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="Instruments")
@@ -87,14 +98,8 @@ def main() -> None:
               f"- config hashes: " + ", ".join(f"{r['model']}={r['config_hash']}" for r in results))
     table = markdown(rows, header)
     print(table)
-    out = Path(args.out)
-    write_json_atomic(out.with_suffix(".json"), {"command": command, "machine": machine_name(), "date": date, "results": results})
-    with atomic_open(out.with_suffix(".csv"), "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    with atomic_open(out.with_suffix(".md"), "w", encoding="utf-8") as handle:
-        handle.write(table)
+    payload = {"command": command, "machine": machine_name(), "date": date, "results": results}
+    write_outputs(Path(args.out), payload, rows, table)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,17 @@ def check_time_field_loaded(config: Config) -> None:
         )
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def check_matmul_precision(config: Config) -> None:
+    """``float32_matmul_precision`` must be one of torch's settings."""
+    value = config["float32_matmul_precision"]
+    if value not in MATMUL_PRECISIONS:
+        raise ConfigError(f"float32_matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)} "
+                          f"(torch.set_float32_matmul_precision), got {value!r}.")
+
+
 def check_user_files_exist(config_file_list: Sequence[str]) -> None:
     for path in config_file_list:
         if not Path(path).is_file():
@@ -103,4 +114,5 @@ def build_config(
         config = Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
     check_config_keys(list(config.external_config_dict))
     check_time_field_loaded(config)
+    check_matmul_precision(config)
     return config

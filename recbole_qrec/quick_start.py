@@ -16,6 +16,7 @@ from logging import getLogger
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_logger, init_seed, set_color
@@ -67,6 +68,7 @@ def run_recbole_qrec(
     config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
     check_item_features(config)
     init_seed(config["seed"], config["reproducibility"])
+    torch.set_float32_matmul_precision(config["float32_matmul_precision"])
     init_logger(config)
     logger = getLogger()
     logger.info(sys.argv)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
+from dataset_prep.convert import convert
 from dataset_prep.locate import ENV_VAR, SHARED_DATA_DIR
+from dataset_prep.subset import write_user_subset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SUBSET_USERS = 500
@@ -32,13 +33,21 @@ def amazon_dir() -> Path:
 @pytest.fixture(scope="session")
 def instruments_subset(amazon_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A processed-format copy of the first 500 users of Instruments (with the real code files)."""
-    root = tmp_path_factory.mktemp("subset")
-    target = root / "Instruments"
-    target.mkdir()
-    source = amazon_dir / "Instruments"
-    sequences = json.loads((source / "Instruments.inter.json").read_text())
-    subset = dict(list(sequences.items())[:SUBSET_USERS])
-    (target / "Instruments.inter.json").write_text(json.dumps(subset))
-    for code_file in source.glob("Instruments.index*.json"):
-        shutil.copy(code_file, target / code_file.name)
-    return root
+    return write_user_subset("Instruments", amazon_dir / "Instruments", tmp_path_factory.mktemp("subset"), SUBSET_USERS)
+
+
+@pytest.fixture(scope="module")
+def work(instruments_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder per test module with the subset converted to atomic files under ``dataset/``."""
+    folder = tmp_path_factory.mktemp("work")
+    convert("Instruments", src=instruments_subset, out=folder / "dataset")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny tensors: one intra-op thread avoids oversubscribing a shared CPU (several times faster)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

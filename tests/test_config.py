@@ -64,5 +64,12 @@ def test_unknown_key_suggests_the_close_one():
         build_config("SASRec", "Instruments", cmd_args=["--stoping_step=3"])
 
 
+def test_matmul_precision_is_checked_and_the_t5_models_use_tf32():
+    with pytest.raises(ConfigError, match="float32_matmul_precision must be one of"):
+        build_config("SASRec", "Instruments", cmd_args=["--float32_matmul_precision=fast"])
+    assert build_config("SASRec", "Instruments")["float32_matmul_precision"] == "highest"
+    assert build_config("TIGER", "Instruments")["float32_matmul_precision"] == "high"
+
+
 def test_numpy_aliases_recbole_reads_exist():
     assert np.float_ is np.float64 and np.complex_ is np.complex128 and np.unicode_ is np.str_

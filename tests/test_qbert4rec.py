@@ -14,7 +14,6 @@ import torch
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_seed
 
-from dataset_prep.convert import convert
 from dataset_prep.locate import ENV_VAR
 from recbole_qrec.config import build_config
 from recbole_qrec.errors import ConfigError
@@ -25,7 +24,7 @@ from recbole_qrec.model.qbert4rec_modules.injection_training import fuse_items, 
 from recbole_qrec.model.qbert4rec_modules.item_features import load_item_features
 from recbole_qrec.model.qbert4rec_modules.masking import MultiMask
 from recbole_qrec.model.qbert4rec_modules.semantic_ids import build_injection, cache_path
-from recbole_qrec.trainer.qbert4rec_trainer import QBert4RecTrainer
+from recbole_qrec.trainer import QBert4RecTrainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -37,13 +36,7 @@ TINY = {
 LEVELS, LENGTHS = 4, (80, 40, 12, 4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tensors here are tiny: one intra-op thread avoids oversubscribing a shared CPU (several times faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def subset_config(work, **overrides):
@@ -51,23 +44,19 @@ def subset_config(work, **overrides):
     return build_config("QBert4Rec", "Instruments", config_dict=settings)
 
 
-@pytest.fixture(scope="module")
-def work(instruments_subset, tmp_path_factory):
-    """A folder with the subset converted to atomic files under ``dataset/``."""
-    folder = tmp_path_factory.mktemp("qbert4rec")
-    convert("Instruments", src=instruments_subset, out=folder / "dataset")
-    return folder
+def load_data(config):
+    """RecBole's dataset and its train/valid/test loaders for ``config``, seeded as the entry point seeds them."""
+    init_seed(config["seed"], True)
+    dataset = create_dataset(config)
+    return (dataset, *data_preparation(config, dataset))
 
 
 @pytest.fixture(scope="module")
 def prepared(work):
     """Config, dataset and loaders of the subset, and a QBert4Rec built on them (stages 1-2 run)."""
     config = subset_config(work)
-    init_seed(config["seed"], True)
-    dataset = create_dataset(config)
-    train, valid, test = data_preparation(config, dataset)
-    model = QBert4Rec(config, train._dataset)
-    return config, train, valid, test, model
+    _, train, valid, test = load_data(config)
+    return config, train, valid, test, QBert4Rec(config, train._dataset)
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +245,7 @@ def test_full_sort_predict_matches_a_slow_reference(prepared):
 
 def test_saved_state_reloads_to_identical_scores_and_codes_come_from_the_cache(prepared, features, tmp_path):
     config, train, _, test, model = prepared
-    path = cache_path(config, train._dataset, features)
+    path = cache_path(config, {config["dataset"]: train._dataset}, features)
     written = path.stat().st_mtime_ns
     assert not model.codes_from_cache
     torch.save(model.state_dict(), tmp_path / "state.pth")

@@ -63,6 +63,11 @@ def load_code_table(dataset: Dataset, path: str | Path, field: str, pad_code: in
     return table
 
 
+def with_padding_row(values: torch.Tensor) -> torch.Tensor:
+    """Prepend a zero row for RecBole's padding item (internal id 0)."""
+    return torch.cat([values.new_zeros((1, *values.shape[1:])), values])
+
+
 def sid_path(dataset: Dataset) -> Path:
     """Where the tokenizer writes the semantic IDs of ``dataset``."""
     return Path(dataset.dataset_path) / f"{dataset.dataset_name}.{SID_SUFFIX}"

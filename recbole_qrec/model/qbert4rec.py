@@ -11,9 +11,17 @@ Three stages:
 
 Stages 1-2 run once, in the constructor, and are cached on disk
 (:mod:`~recbole_qrec.model.qbert4rec_modules.semantic_ids`); the code table is a buffer, so a
-saved state dict carries it. Stage 3 is trained by :class:`~recbole_qrec.trainer.qbert4rec_trainer.QBert4RecTrainer`:
+saved state dict carries it. Stage 3 is trained by :class:`~recbole_qrec.trainer.PretrainFineTuneTrainer`:
 ``pretrain_epochs`` epochs of :meth:`QBert4Rec.pretrain_loss`, then RecBole's usual fit with
-:meth:`QBert4Rec.calculate_loss`.
+:meth:`QBert4Rec.calculate_loss`; ``pretrain_epochs: 0`` means no pretraining.
+
+Cross-domain: with ``pretrain_datasets: [Arts, Games]`` the constructor also builds those source
+domains (:func:`~recbole_qrec.data.cross_domain.load_source_domains`, kept in ``pretrain_domains``),
+stages 1-2 run once over the union of the target's and the sources' items (one tokenizer, codes
+unique across domains), and pretraining runs on the sources' training splits, each batch scored
+with its own domain's code table (``source_codes``: non-persistent buffers, moved with the model but
+not saved, since fine-tuning and evaluation need only the target's ``item_codes``). All domains
+share the code-token vocabulary and the transformer; item ids stay per domain.
 
 Input layout: the ``S`` history items become ``S * L`` tokens (item by item, level by level)
 and one more slot of ``L`` tokens follows, holding [MASK] right after the last real item (RecBole
@@ -34,6 +42,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 from torch import Tensor, nn
 
+from recbole_qrec.data.cross_domain import load_source_domains
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.model.qbert4rec_modules.level_heads import LevelHeads
 from recbole_qrec.model.qbert4rec_modules.masking import MultiMask
@@ -51,9 +60,11 @@ class QBert4Rec(SequentialRecommender):
         super().__init__(config, dataset)
         if config["loss_type"] != "CE":
             raise ConfigError(f"QBert4Rec needs loss_type CE (per-level cross-entropy), not {config['loss_type']}.")
-        ids = semantic_ids(config, dataset)
+        self.pretrain_domains = load_source_domains(config)
+        ids = semantic_ids(config, dataset, self.pretrain_domains)
         self.codes_from_cache = ids.from_cache
         self.register_buffer("item_codes", ids.codes)
+        self.source_codes = nn.ModuleDict({name: CodeTable(codes) for name, codes in ids.source_codes.items()})
         self.levels = ids.codes.shape[1]
         codebook_size = config["sid_codebook_size"]
         self.register_buffer("level_offsets", FIRST_CODE_TOKEN + torch.arange(self.levels) * codebook_size,
@@ -91,9 +102,13 @@ class QBert4Rec(SequentialRecommender):
         if isinstance(module, nn.Linear) and module.bias is not None:
             module.bias.data.zero_()
 
-    def item_tokens(self, items: Tensor) -> Tensor:
-        """Item ids ``[B, S]`` -> code token ids ``[B, S, L]`` (padding items -> padding tokens)."""
-        tokens = self.item_codes[items] + self.level_offsets
+    def domain_codes(self, domain: str | None) -> Tensor:
+        """The code table of pretraining source ``domain``, or the target's ``item_codes`` for ``None``."""
+        return self.item_codes if domain is None else self.source_codes[domain].codes
+
+    def item_tokens(self, items: Tensor, codes: Tensor) -> Tensor:
+        """Item ids ``[B, S]`` -> code token ids ``[B, S, L]`` under ``codes`` (padding items -> padding tokens)."""
+        tokens = codes[items] + self.level_offsets
         return tokens.masked_fill((items == 0).unsqueeze(-1), PAD_TOKEN)
 
     def forward(self, tokens: Tensor) -> Tensor:
@@ -111,15 +126,20 @@ class QBert4Rec(SequentialRecommender):
     def slot_log_probs(self, interaction: Interaction) -> Tensor:
         """Per-level code log-probabilities ``[B, L, K]`` at the [MASK] slot after each history."""
         lengths = interaction[self.ITEM_SEQ_LEN]
-        tokens = self.item_tokens(F.pad(interaction[self.ITEM_SEQ], (0, 1)))
+        tokens = self.item_tokens(F.pad(interaction[self.ITEM_SEQ], (0, 1)), self.item_codes)
         rows = torch.arange(len(tokens), device=tokens.device)
         tokens[rows, lengths] = MASK_TOKEN
         return self.heads(self.forward(tokens)[rows, lengths]).log_softmax(-1)
 
-    def pretrain_loss(self, interaction: Interaction) -> Tensor:
-        """Multi-mask pretraining: mean cross-entropy over the masked tokens of history + target item."""
+    def pretrain_loss(self, interaction: Interaction, domain: str | None = None) -> Tensor:
+        """Multi-mask pretraining: mean cross-entropy over the masked tokens of history + target item.
+
+        ``domain``: the pretraining source the interaction comes from (its item ids index that source's
+        code table), ``None`` for the target.
+        """
         lengths, targets = interaction[self.ITEM_SEQ_LEN].unsqueeze(1), interaction[self.POS_ITEM_ID].unsqueeze(1)
-        tokens = self.item_tokens(F.pad(interaction[self.ITEM_SEQ], (0, 1)).scatter(1, lengths, targets))
+        items = F.pad(interaction[self.ITEM_SEQ], (0, 1)).scatter(1, lengths, targets)
+        tokens = self.item_tokens(items, self.domain_codes(domain))
         masked = self.masker(tokens.flatten(1) != PAD_TOKEN).view_as(tokens)
         logits = self.heads(self.forward(tokens.masked_fill(masked, MASK_TOKEN)))
         loss = F.cross_entropy(logits[masked], (tokens - self.level_offsets)[masked], reduction="sum")
@@ -138,6 +158,14 @@ class QBert4Rec(SequentialRecommender):
         log_probs = self.slot_log_probs(interaction)
         codes = self.item_codes.T.unsqueeze(0).expand(len(log_probs), -1, -1)  # [B, L, n_items]
         return code_log_likelihood(log_probs, codes)
+
+
+class CodeTable(nn.Module):
+    """A pretraining source's code table ``[n_items, L]`` as a non-persistent buffer (moved with the model, not saved)."""
+
+    def __init__(self, codes: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("codes", codes, persistent=False)
 
 
 def code_log_likelihood(log_probs: Tensor, codes: Tensor) -> Tensor:

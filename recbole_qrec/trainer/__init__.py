@@ -1,6 +1,12 @@
-"""Trainers: RecBole's trainers with checkpoints that load under ``torch.load(weights_only=True)``."""
+"""Trainers: RecBole's trainers with checkpoints that load under ``torch.load(weights_only=True)``.
 
-from recbole_qrec.trainer.checkpoint import SafeCheckpointMixin, get_trainer, plain_config
-from recbole_qrec.trainer.qbert4rec_trainer import QBert4RecTrainer
+``get_trainer`` picks ``<Model>Trainer`` from this module when it exists, RecBole's choice otherwise.
+"""
 
-__all__ = ["QBert4RecTrainer", "SafeCheckpointMixin", "get_trainer", "plain_config"]
+from recbole_qrec.trainer.checkpoint import SafeCheckpointMixin, get_trainer, plain_config, with_safe_checkpoint
+from recbole_qrec.trainer.pretrain_trainer import PretrainFineTuneTrainer
+
+QBert4RecTrainer = MQL4GRecTrainer = with_safe_checkpoint(PretrainFineTuneTrainer)
+
+__all__ = ["MQL4GRecTrainer", "PretrainFineTuneTrainer", "QBert4RecTrainer", "SafeCheckpointMixin", "get_trainer",
+           "plain_config", "with_safe_checkpoint"]

@@ -1,7 +1,8 @@
-"""Q-Bert4Rec's two training phases: multi-mask pretraining, then fine-tuning with early stopping."""
+"""Pretrain-then-fine-tune training for the semantic-ID models (QBert4Rec, MQL4GRec)."""
 
 from __future__ import annotations
 
+from functools import partial
 from time import time
 from typing import Any, Callable
 
@@ -10,15 +11,17 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 
-class QBert4RecTrainer(Trainer):
+class PretrainFineTuneTrainer(Trainer):
     """RecBole's trainer with a pretraining phase in front of :meth:`fit`.
 
-    Pretraining runs ``pretrain_epochs`` epochs of ``model.pretrain_loss`` over the training
-    sequences with its own optimizer (``pretrain_learning_rate``), without validation, checkpoints
-    or early stopping. Fine-tuning is RecBole's ``fit`` unchanged (``model.calculate_loss``,
-    ``learning_rate``, ``epochs``), so early stopping counts fine-tuning epochs only. A fit resumed
-    from a checkpoint (``start_epoch > 0``) skips pretraining. Both phases' epochs are timed
-    (``epoch_seconds`` of the safe-checkpoint mixin).
+    Pretraining runs ``pretrain_epochs`` epochs of ``model.pretrain_loss(interaction, domain)`` with
+    its own optimizer (``pretrain_learning_rate``), without validation, checkpoints or early
+    stopping. Its data are the training splits of the model's ``pretrain_domains`` (the
+    :class:`~recbole_qrec.data.cross_domain.SourceDomain` list built from ``pretrain_datasets``), one
+    pass over each domain per epoch with ``domain`` set to the source's name; with no sources it is
+    the target's own training data with ``domain=None``. Fine-tuning is RecBole's ``fit`` unchanged
+    (``model.calculate_loss``, ``learning_rate``, ``epochs``), so early stopping counts fine-tuning
+    epochs only. A fit resumed from a checkpoint (``start_epoch > 0``) skips pretraining.
     """
 
     def fit(self, train_data: AbstractDataLoader, valid_data: AbstractDataLoader | None = None, verbose: bool = True,
@@ -28,18 +31,26 @@ class QBert4RecTrainer(Trainer):
             self.pretrain(train_data, verbose, show_progress)
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
+    def pretraining_data(self, train_data: AbstractDataLoader) -> list[tuple[str | None, AbstractDataLoader]]:
+        """``(domain, loader)`` pairs of one pretraining epoch."""
+        sources = getattr(self.model, "pretrain_domains", [])
+        return [(source.name, source.train_data) for source in sources] or [(None, train_data)]
+
     def pretrain(self, train_data: AbstractDataLoader, verbose: bool = True,
                  show_progress: bool = False) -> list[float]:
-        """Multi-mask pretraining; returns the summed loss of each epoch."""
+        """Pretraining; returns the summed loss of each epoch (over all domains)."""
         fine_tune_optimizer = self.optimizer
         self.optimizer = self._build_optimizer(learning_rate=self.config["pretrain_learning_rate"])
         losses = []
         for epoch in range(self.config["pretrain_epochs"]):
             start = time()
-            losses.append(self._train_epoch(train_data, epoch, loss_func=self.model.pretrain_loss,
-                                            show_progress=show_progress))
+            epoch_loss = 0.0
+            for domain, loader in self.pretraining_data(train_data):
+                loss_func = partial(self.model.pretrain_loss, domain=domain)
+                epoch_loss += float(self._train_epoch(loader, epoch, loss_func=loss_func, show_progress=show_progress))
+            losses.append(epoch_loss)
             if verbose:
                 self.logger.info(set_color(f"pretrain epoch {epoch}", "green")
-                                 + f" [time: {time() - start:.2f}s, multi-mask loss: {losses[-1]:.4f}]")
+                                 + f" [time: {time() - start:.2f}s, pretraining loss: {epoch_loss:.4f}]")
         self.optimizer = fine_tune_optimizer
         return losses

@@ -78,7 +78,9 @@ class CrossModalInjection(nn.Module):
     def weighted_modalities(self, ids: Tensor, views: Tensor, present: Tensor) -> Tensor:
         """Each view times ``softmax`` over the item's present modalities of ``cos(q_i, view) / tau``."""
         similarity = F.cosine_similarity(ids.unsqueeze(1), views, dim=-1) / self.temperature
-        weights = similarity.masked_fill(~present, float("-inf")).softmax(1).nan_to_num(0.0)
+        # An item with no modality at all gets all-zero weights (finite in both passes, no softmax over -inf only).
+        has_any = present.any(1, keepdim=True)
+        weights = similarity.masked_fill(~present & has_any, float("-inf")).softmax(1) * present
         return weights.unsqueeze(-1) * views
 
     def fuse(self, ids: Tensor, modalities: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,17 +1,25 @@
 """Item modality features for stage 1, one row per RecBole internal item id (padding excluded).
 
-Per modality, the source is either a ``.npy`` matrix named by ``text_feature_file`` /
-``image_feature_file`` (row ``r`` = item token ``str(r)``, read with
-:func:`dataset_prep.features.load_features`), or, when that key is null and the dataset declares
-the field in ``item_content_fields``, the content-code proxy of ``dataset_prep.features``
-(:func:`~dataset_prep.features.codes_to_features`: one-hot of the 4 levels x 256) of the codes
-(``text_codes`` / ``image_codes``) that ``dataset_prep.convert`` wrote into ``<dataset>.item``.
-A modality with neither source is left out; an all-zero row marks an item missing that modality.
+``modalities`` (e.g. ``[text]``; null, the default: every modality the target dataset has) selects
+the modalities stage 1 fuses. Per modality,
+the source is either a ``.npy`` matrix named by ``text_feature_file`` / ``image_feature_file``
+(row ``r`` = item token ``str(r)``, read with :func:`dataset_prep.features.load_features`), or,
+when that key is null and the dataset declares the field in ``item_content_fields``, the
+content-code proxy of ``dataset_prep.features`` (:func:`~dataset_prep.features.codes_to_features`:
+one-hot of the 4 levels x 256) of the codes (``text_codes`` / ``image_codes``) that
+``dataset_prep.convert`` wrote into ``<dataset>.item``. An all-zero row marks an item missing
+that modality.
+
+The target dataset must have every selected modality (:func:`load_item_features`). A pretraining
+source is aligned with the target (:func:`load_source_features`): the same modalities and widths,
+all-zero rows for a modality it lacks; a source with no content at all (Arts) has only missing
+rows, so its items are represented by their learnable ID vectors alone.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,54 +33,103 @@ from dataset_prep.features import codes_to_features, load_features
 from recbole_qrec.data.sid import read_code_column
 from recbole_qrec.errors import ConfigError, MalformedDataError
 
-# (config key of a .npy feature file, content-code field of <dataset>.item) per modality.
-MODALITY_SOURCES = (("text_feature_file", "text_codes"), ("image_feature_file", "image_codes"))
+# modality -> (config key of a .npy feature file, content-code field of <dataset>.item).
+MODALITY_SOURCES = {"text": ("text_feature_file", "text_codes"), "image": ("image_feature_file", "image_codes")}
 
 
 @dataclass
 class ItemFeatures:
-    """``matrices``: one float32 ``[n_items - 1, dim_m]`` tensor per available modality (row ``j`` =
-    internal item id ``j + 1``); ``present``: ``[n_items - 1, M]`` bool, False for all-zero rows."""
+    """``matrices``: one float32 ``[n, dim_m]`` tensor per modality named in ``modalities`` (row ``j``
+    = internal item id ``j + 1``); ``present``: ``[n, M]`` bool, False for all-zero rows."""
 
+    modalities: list[str]
     matrices: list[Tensor]
     present: Tensor
 
     def digest(self) -> str:
-        """SHA-256 of the feature values, so cached semantic IDs follow the features they came from."""
-        sha = hashlib.sha256()
+        """SHA-256 of the modality names and feature values, so cached semantic IDs follow their features."""
+        sha = hashlib.sha256(" ".join(self.modalities).encode())
         for matrix in self.matrices:
             sha.update(str(tuple(matrix.shape)).encode())
             sha.update(matrix.contiguous().cpu().numpy().tobytes())
         return sha.hexdigest()
 
     def to(self, device: torch.device) -> ItemFeatures:
-        return ItemFeatures([matrix.to(device) for matrix in self.matrices], self.present.to(device))
+        return ItemFeatures(self.modalities, [matrix.to(device) for matrix in self.matrices], self.present.to(device))
+
+
+def from_matrices(modalities: list[str], matrices: list[Tensor]) -> ItemFeatures:
+    """Features with ``present`` derived from the non-zero rows."""
+    return ItemFeatures(modalities, matrices, torch.stack([matrix.abs().sum(1) > 0 for matrix in matrices], 1))
+
+
+def concat_features(parts: Sequence[ItemFeatures]) -> ItemFeatures:
+    """The rows of ``parts`` (aligned: same modalities and widths) one after the other."""
+    matrices = [torch.cat(column) for column in zip(*(part.matrices for part in parts))]
+    return ItemFeatures(parts[0].modalities, matrices, torch.cat([part.present for part in parts]))
+
+
+def selected_modalities(config: Config) -> list[str] | None:
+    """The validated ``modalities`` list; None (unset) means every modality the target has."""
+    names = config["modalities"]
+    if names is None:
+        return None
+    names = [names] if isinstance(names, str) else list(names)
+    known = list(MODALITY_SOURCES)
+    if not names or any(name not in known for name in names) or len(set(names)) != len(names):
+        raise ConfigError(f"modalities {names} must list one or more of {known} without repeats, e.g. [text, image] "
+                          "(or be null: every modality the dataset has).")
+    return names
+
+
+def modality_matrix(config: Config, dataset: Dataset, modality: str) -> Tensor | None:
+    """``[n_items - 1, dim]`` features of ``modality`` for ``dataset``'s items, None when it has no source."""
+    file_key, code_field = MODALITY_SOURCES[modality]
+    rows = item_rows(dataset)
+    if config[file_key]:
+        matrix, source = load_features(config[file_key]), config[file_key]
+    elif code_field in (config["item_content_fields"] or []):
+        item_file = Path(dataset.dataset_path) / f"{dataset.dataset_name}.item"
+        matrix, source = code_proxy(item_file, code_field, min_items=max(rows) + 1), f"{item_file}:{code_field}"
+    else:
+        return None
+    if len(matrix) <= max(rows):
+        raise MalformedDataError(f"{source} has {len(matrix)} rows, but item token {max(rows)} needs a row.")
+    return torch.from_numpy(np.ascontiguousarray(matrix[rows], dtype=np.float32))
 
 
 def load_item_features(config: Config, dataset: Dataset) -> ItemFeatures:
-    """Every available modality of ``dataset``'s items; :class:`ConfigError` when there is none."""
-    rows = item_rows(dataset)
-    content_fields = config["item_content_fields"] or []
-    item_file = Path(dataset.dataset_path) / f"{dataset.dataset_name}.item"
-    matrices = []
-    for file_key, code_field in MODALITY_SOURCES:
-        if config[file_key]:
-            matrix, source = load_features(config[file_key]), config[file_key]
-        elif code_field in content_fields:
-            matrix, source = code_proxy(item_file, code_field, min_items=max(rows) + 1), f"{item_file}:{code_field}"
-        else:
-            continue
-        if len(matrix) <= max(rows):
-            raise MalformedDataError(f"{source} has {len(matrix)} rows, but item token {max(rows)} needs a row.")
-        matrices.append(torch.from_numpy(np.ascontiguousarray(matrix[rows], dtype=np.float32)))
-    if not matrices:
+    """The target ``dataset``'s features of the selected modalities; :class:`ConfigError` if one is unavailable
+    (with ``modalities`` unset: if it has none at all)."""
+    requested = selected_modalities(config)
+    matrices = {modality: modality_matrix(config, dataset, modality) for modality in requested or MODALITY_SOURCES}
+    available = {modality: matrix for modality, matrix in matrices.items() if matrix is not None}
+    missing = [modality for modality in matrices if modality not in available]
+    if not available or (requested and missing):
+        fix = " or remove them from modalities" if requested else ""
         raise ConfigError(
-            f"QBert4Rec needs item features, but dataset {config['dataset']} has no content codes "
-            f"(item_content_fields: {content_fields}) and text_feature_file / image_feature_file are null: "
-            "set one of them to a .npy file with one row per item id."
+            f"QBert4Rec needs {missing} item features (modalities: {requested or 'every available one'}), but dataset "
+            f"{config['dataset']} has none: its item_content_fields are {config['item_content_fields'] or []} and "
+            f"{' / '.join(MODALITY_SOURCES[m][0] for m in missing)} null. Set the feature file key to a .npy file "
+            f"with one row per item id{fix}."
         )
-    present = torch.stack([matrix.abs().sum(1) > 0 for matrix in matrices], 1)
-    return ItemFeatures(matrices, present)
+    return from_matrices(list(available), list(available.values()))
+
+
+def load_source_features(config: Config, dataset: Dataset, target: ItemFeatures) -> ItemFeatures:
+    """A pretraining source's features aligned with the ``target``'s: zero rows for a modality it lacks."""
+    matrices = []
+    for modality, like in zip(target.modalities, target.matrices):
+        matrix = modality_matrix(config, dataset, modality)
+        if matrix is None:
+            matrix = like.new_zeros(dataset.item_num - 1, like.shape[1])
+        elif matrix.shape[1] != like.shape[1]:
+            raise MalformedDataError(
+                f"{modality} features of pretraining source {config['dataset']} have width {matrix.shape[1]}, the "
+                f"target's {like.shape[1]}: every domain needs the same {modality} encoder (or code proxy)."
+            )
+        matrices.append(matrix)
+    return from_matrices(target.modalities, matrices)
 
 
 def item_rows(dataset: Dataset) -> list[int]:

@@ -1,0 +1,23 @@
+"""Small real datasets for tests and smoke runs: the first ``N`` users of a processed dataset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+
+def write_user_subset(dataset: str, source: Path, out: Path, users: int) -> Path:
+    """Write the first ``users`` users of ``source/<dataset>.inter.json`` (and its code files) to ``out/<dataset>/``.
+
+    The result is in the same processed format, so ``dataset_prep.convert`` reads it with ``--src out``.
+    Returns ``out``.
+    """
+    target = out / dataset
+    target.mkdir(parents=True, exist_ok=True)
+    sequences = json.loads((source / f"{dataset}.inter.json").read_text(encoding="utf-8"))
+    subset = dict(list(sequences.items())[:users])
+    (target / f"{dataset}.inter.json").write_text(json.dumps(subset), encoding="utf-8")
+    for code_file in source.glob(f"{dataset}.index*.json"):
+        shutil.copy(code_file, target / code_file.name)
+    return out

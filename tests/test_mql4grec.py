@@ -1,0 +1,303 @@
+"""MQL4GRec on a 500-user Instruments subset (text + image codes) with a 300-user Games source (text codes only)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.data.interaction import Interaction
+from recbole.utils import init_seed
+
+from dataset_prep.convert import convert
+from dataset_prep.subset import write_user_subset
+from dataset_prep.locate import ENV_VAR
+from recbole_qrec.config import build_config
+from recbole_qrec.data.sid import load_code_table
+from recbole_qrec.errors import ConfigError
+from recbole_qrec.generation import constrained_beam_search
+from recbole_qrec.model.mql4grec import MQL4GRec
+from recbole_qrec.model.mql4grec_modules.fusion import fuse_beams
+from recbole_qrec.model.mql4grec_modules.tasks import N_SPECIAL
+from recbole_qrec.trainer import PretrainFineTuneTrainer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
+    "MAX_ITEM_LIST_LENGTH": 8, "epochs": 1, "train_batch_size": 256, "eval_batch_size": 256, "use_gpu": False,
+}
+SUBSET_USERS = {"Instruments": 500, "Games": 300}
+BEAM = 20
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def work(amazon_dir, tmp_path_factory):
+    """``processed/`` with the first 500 Instruments and 300 Games users, both converted into ``dataset/``."""
+    folder = tmp_path_factory.mktemp("mql4grec")
+    for name, users in SUBSET_USERS.items():
+        write_user_subset(name, amazon_dir / name, folder / "processed", users)
+        convert(name, src=folder / "processed", out=folder / "dataset")
+    return folder
+
+
+def subset_config(work: Path, **overrides):
+    settings = {"data_path": str(work / "dataset"), "checkpoint_dir": str(work / "saved"), **TINY, **overrides}
+    return build_config("MQL4GRec", "Instruments", config_dict=settings)
+
+
+@pytest.fixture(scope="module")
+def prepared(work):
+    """Config, loaders and an untrained MQL4GRec (no sources) on the Instruments subset."""
+    config = subset_config(work)
+    init_seed(config["seed"], True)
+    train, valid, test = data_preparation(config, create_dataset(config))
+    return config, train, valid, test, MQL4GRec(config, train._dataset).eval()
+
+
+@pytest.fixture(scope="module")
+def cross_domain(work, prepared):
+    """The config with Games as pretraining source, and an MQL4GRec built from it."""
+    config = subset_config(work, pretrain_datasets=["Games"], pretrain_epochs=2, pretrain_learning_rate=3e-3)
+    torch.manual_seed(0)
+    return config, MQL4GRec(config, prepared[1]._dataset)
+
+
+def first_batch(loader) -> Interaction:
+    batch = next(iter(loader))
+    return batch[0] if isinstance(batch, tuple) else batch
+
+
+def item_file_codes(work: Path, dataset, field: str) -> torch.Tensor:
+    return load_code_table(dataset, work / "dataset" / "Instruments" / "Instruments.item", field, pad_code=0)
+
+
+# Languages and task examples
+
+def test_both_languages_are_unique_codes_in_disjoint_token_blocks(prepared, work):
+    model, dataset = prepared[4], prepared[1]._dataset
+    text, image = model.target_codes.codes("text"), model.target_codes.codes("image")
+    assert torch.equal(text[:, :4], item_file_codes(work, dataset, "text_codes"))
+    assert torch.equal(image[:, :4], item_file_codes(work, dataset, "image_codes"))
+    for codes in (text, image):
+        assert codes.shape == (dataset.item_num, 5) and len(codes[1:].unique(dim=0)) == dataset.item_num - 1
+    size = model.vocabs["text"].codebook_size
+    assert size == max(int(text.max()), int(image.max())) + 1 == model.vocabs["image"].codebook_size
+    text_ids = set(model.vocabs["text"].encode(text[1:]).flatten().tolist())
+    image_ids = set(model.vocabs["image"].encode(image[1:]).flatten().tolist())
+    assert not text_ids & image_ids and min(text_ids | image_ids) >= N_SPECIAL
+    assert max(image_ids) < model.t5.config.vocab_size == N_SPECIAL + 10 * size
+
+
+def test_task_examples_match_the_code_tables_by_hand(prepared):
+    model, batch = prepared[4], first_batch(prepared[1])
+    examples = model.task_examples(batch)
+    assert list(examples) == ["text_next", "image_next", "text_to_image_next", "image_to_text_next",
+                              "text_to_image", "image_to_text"]
+    size = model.vocabs["text"].codebook_size
+
+    def text(item: int) -> list[int]:
+        codes = model.target_codes.codes("text")[item].tolist()
+        return [N_SPECIAL + level * size + code for level, code in enumerate(codes)]
+
+    def image(item: int) -> list[int]:
+        codes = model.target_codes.codes("image")[item].tolist()
+        return [N_SPECIAL + (5 + level) * size + code for level, code in enumerate(codes)]
+
+    prompts = {name: example.input_ids[:, 0].unique().tolist() for name, example in examples.items()}
+    assert all(len(tokens) == 1 and 2 <= tokens[0] < N_SPECIAL for tokens in prompts.values())
+    assert len({tokens[0] for tokens in prompts.values()}) == 6
+    for row in (0, 1, 7):
+        history = batch["item_id_list"][row, : batch["item_length"][row]].tolist()
+        target = int(batch["item_id"][row])
+        expected = {
+            "text_next": (sum(map(text, history), []), text(target)),
+            "image_next": (sum(map(image, history), []), image(target)),
+            "text_to_image_next": (sum(map(text, history), []), image(target)),
+            "image_to_text_next": (sum(map(image, history), []), text(target)),
+            "text_to_image": (text(target), image(target)),
+            "image_to_text": (image(target), text(target)),
+        }
+        for name, (source, labels) in expected.items():
+            example = examples[name]
+            tokens = [prompts[name][0], *source]
+            padding = [0] * (example.input_ids.shape[1] - len(tokens))
+            assert example.input_ids[row].tolist() == tokens + padding, name
+            assert example.attention_mask[row].tolist() == [1] * len(tokens) + padding, name
+            assert example.labels[row].tolist() == labels, name
+
+
+def test_a_domain_without_image_codes_trains_only_text_tasks(cross_domain, work):
+    _, model = cross_domain
+    games = model.pretrain_domains[0]
+    assert games.name == "Games" and model.source_codes["Games"].languages == ("text",)
+    codes = model.source_codes["Games"].codes("text")
+    assert codes.shape == (games.dataset.item_num, 5) and int(codes.max()) < model.vocabs["text"].codebook_size
+    assert not [key for key in model.state_dict() if "Games" in key], "source tables are for pretraining only"
+    batch = first_batch(games.train_data)
+    examples = model.task_examples(batch, domain="Games")
+    assert list(examples) == ["text_next"]
+    assert torch.equal(examples["text_next"].labels, model.vocabs["text"].encode(codes[batch["item_id"]]))
+    assert torch.isfinite(model.pretrain_loss(batch, "Games"))
+
+
+# Training
+
+@pytest.mark.parametrize("domain", ["Games", "fine-tune"])
+def test_training_steps_decrease_the_loss(cross_domain, prepared, domain):
+    config, _ = cross_domain
+    torch.manual_seed(0)
+    model = MQL4GRec(config, prepared[1]._dataset)
+    loader = model.pretrain_domains[0].train_data if domain == "Games" else prepared[1]
+    batch = first_batch(loader)[:64]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss = model.calculate_loss(batch) if domain == "fine-tune" else model.pretrain_loss(batch, domain)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-3:]) / 3 < losses[0] * 0.9
+
+
+def test_pretraining_on_the_games_source_lowers_the_epoch_loss(cross_domain, prepared):
+    config, model = cross_domain
+    losses = PretrainFineTuneTrainer(config, model).pretrain(prepared[1], verbose=False)
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    assert losses[1] < losses[0]  # by about 7% on this subset
+
+
+# Ranking
+
+def reference_fusion(beams: list[tuple[list[int], list[float]]]) -> dict[int, float]:
+    """Slow fusion of one user's beams: sum of scores, a beam's lowest score for an item it lacks."""
+    lists = [{item: score for item, score in zip(items, scores) if score > -math.inf} for items, scores in beams]
+    floors = [min(scores.values()) for scores in lists]
+    return {item: sum(scores.get(item, floor) for scores, floor in zip(lists, floors)) for item in set().union(*lists)}
+
+
+def test_fusion_of_hand_made_beams():
+    text = (torch.tensor([[3, 5, 7]]), torch.tensor([[-1.0, -2.0, -4.0]]))
+    image = (torch.tensor([[5, 9, -1]]), torch.tensor([[-0.5, -3.0, -math.inf]]))
+    expected = torch.full((1, 10), -math.inf)
+    expected[0, [3, 5, 7, 9]] = torch.tensor([-1.0 - 3.0, -2.0 - 0.5, -4.0 - 3.0, -4.0 - 3.0])
+    assert torch.equal(fuse_beams([text, image], 10), expected)
+    assert torch.equal(fuse_beams([text], 10)[0, [3, 5, 7]], text[1][0])
+
+
+def test_full_sort_predict_follows_the_fusion_of_both_beams(prepared):
+    model, interaction = prepared[4], first_batch(prepared[3])[:16]
+    with torch.no_grad():
+        scores = model.full_sort_predict(interaction)
+        beams = [model.beam(interaction, language) for language in ("text", "image")]
+    assert model.ranking_languages == ["text", "image"] and scores.shape == (16, model.n_items)
+    for row in range(16):
+        reference = reference_fusion([(items[row].tolist(), values[row].tolist()) for items, values in beams])
+        finite = torch.isfinite(scores[row]).nonzero().flatten().tolist()
+        assert sorted(finite) == sorted(reference) and 0 not in finite
+        torch.testing.assert_close(scores[row, finite], torch.tensor([reference[item] for item in finite]))
+        top = scores[row].topk(10).indices.tolist()
+        best = sorted(reference.values(), reverse=True)[:10]
+        torch.testing.assert_close(torch.tensor([reference[item] for item in top]), torch.tensor(best))
+
+
+def test_predict_scores_items_as_a_beam_over_all_items_would(prepared, work):
+    config, train, _, test, model = prepared
+    exhaustive = MQL4GRec(subset_config(work, beam_size=model.n_items), train._dataset).eval()
+    exhaustive.load_state_dict(model.state_dict())
+    interaction = first_batch(test)[:3]
+    candidates = interaction.repeat_interleave(model.n_items - 1)
+    candidates.update(Interaction({"item_id": torch.arange(1, model.n_items).repeat(3)}))
+    with torch.no_grad():
+        full = exhaustive.full_sort_predict(interaction)
+        forced = model.predict(candidates).view(3, -1)
+    assert torch.isfinite(full[:, 1:]).all()  # every item is in both exhaustive beams: no floors
+    torch.testing.assert_close(forced, full[:, 1:], atol=2e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_sequence_that_is_no_item_is_never_recommended(prepared, seed):
+    config, train, _, test, _ = prepared
+    torch.manual_seed(seed)
+    model = MQL4GRec(config, train._dataset).eval()
+    interaction = first_batch(test)[:32]
+    with torch.no_grad():
+        finite = torch.isfinite(model.full_sort_predict(interaction))
+        found = torch.zeros_like(finite)
+        for language in ("text", "image"):
+            vocab, codes = model.vocabs[language], model.target_codes.codes(language)
+            tokens, mask = model.history_input(interaction, language)
+            items, _, generated = constrained_beam_search(model.t5, tokens, mask, model.indexes[language], vocab, BEAM,
+                                                          return_tokens=True)
+            assert bool((items >= 1).all()) and torch.equal(vocab.decode(generated), codes[items])
+            found.scatter_(1, items, True)
+            free = level_wise_greedy(model, tokens, mask, language)
+            item_tuples = {tuple(row) for row in codes[1:].tolist()}
+            assert any(tuple(row) not in item_tuples for row in free.tolist()), "free decoding never left the items"
+    assert torch.equal(finite, found)
+
+
+def level_wise_greedy(model: MQL4GRec, tokens: torch.Tensor, mask: torch.Tensor, language: str) -> torch.Tensor:
+    """Greedy ``generate`` restricted only to each level's token block (no item constraint), as codes."""
+    vocab = model.vocabs[language]
+
+    def level_block(batch_id: int, decoded: torch.Tensor) -> list[int]:
+        return list(range(vocab.level_start(len(decoded) - 1), vocab.level_start(len(decoded))))
+
+    output = model.t5.generate(input_ids=tokens, attention_mask=mask, max_new_tokens=vocab.levels, num_beams=1,
+                               do_sample=False, prefix_allowed_tokens_fn=level_block)
+    return vocab.decode(output[:, 1:])
+
+
+# Settings and the entry point
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"tasks": ["text_next", "captioning"]}, "tasks must be a non-empty list"),
+    ({"beam_size": 5}, "beam_size"),
+    ({"image_sid_source": "video_codes"}, "image_sid_source must be"),
+    ({"tasks": ["text_to_image", "image_to_text"]}, "next-item generation task"),
+    ({"pretrain_datasets": ["Games"]}, "pretrain_epochs"),
+    ({"pretrain_datasets": ["Games"], "pretrain_epochs": 1, "tasks": ["image_next"]}, "pretraining source Games"),
+])
+def test_bad_settings_are_config_errors(prepared, work, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        MQL4GRec(subset_config(work, **overrides), prepared[1]._dataset)
+
+
+def test_text_only_target_ranks_with_the_text_beam(prepared, work):
+    config, train, _, test, _ = prepared
+    model = MQL4GRec(subset_config(work, image_sid_source=None), train._dataset).eval()
+    interaction = first_batch(test)[:8]
+    with torch.no_grad():
+        items, scores = model.beam(interaction, "text")
+        full = model.full_sort_predict(interaction)
+    assert model.ranking_languages == ["text"] and list(model.task_examples(first_batch(train))) == ["text_next"]
+    torch.testing.assert_close(full.gather(1, items), scores)
+    assert torch.isfinite(full).sum().item() == 8 * BEAM
+
+
+def test_entry_point_pretrains_on_games_and_fine_tunes_on_instruments(work, tmp_path):
+    settings = {**TINY, "pretrain_datasets": "['Games']", "pretrain_epochs": 1}
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), "--model=MQL4GRec", "--dataset=Instruments",
+         *(f"--{key}={value}" for key, value in settings.items())],
+        cwd=tmp_path, env={**os.environ, ENV_VAR: str(work / "processed"), "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = next((tmp_path / "log" / "MQL4GRec").glob("*.log")).read_text()
+    assert "pretraining source Games" in log and "pretrain epoch 0" in log
+    assert (tmp_path / "dataset" / "Games" / "Games.inter").is_file(), "the source was converted on the way"
+    record = json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[-1])
+    assert record["model"] == "MQL4GRec"
+    assert set(record["test"]) == {"hit@1", "hit@5", "hit@10", "ndcg@1", "ndcg@5", "ndcg@10"}
+    assert all(0.0 <= value <= 1.0 for value in record["test"].values())

@@ -1,0 +1,149 @@
+"""Q-Bert4Rec across domains and modalities, on small subsets of the real data in one data_path.
+
+Target Instruments (text + image codes, 500 users); sources Games (text codes only, 300 users)
+and Arts (no content, 200 users). Stages 1-2 run once over the union of their items; pretraining
+runs on the sources, fine-tuning on the target.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from recbole.utils import init_seed
+
+from dataset_prep.convert import convert
+from dataset_prep.subset import write_user_subset
+from recbole_qrec.config import build_config
+from recbole_qrec.errors import ConfigError
+from recbole_qrec.model.qbert4rec import QBert4Rec
+from recbole_qrec.model.qbert4rec_modules.item_features import load_item_features
+from recbole_qrec.model.qbert4rec_modules.semantic_ids import domain_features
+from recbole_qrec.trainer import get_trainer
+from test_qbert4rec import TINY, load_data
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SUBSET_USERS = {"Instruments": 500, "Games": 300, "Arts": 200}
+SOURCES = ["Games", "Arts"]
+SETTINGS = {**TINY, "pretrain_epochs": 3, "pretrain_learning_rate": 0.003}  # pretraining long enough to learn
+
+
+@pytest.fixture(scope="module")
+def work(amazon_dir, tmp_path_factory):
+    """A folder whose ``data/`` holds the three subsets as atomic files (``saved/``: checkpoints and codes)."""
+    root = tmp_path_factory.mktemp("cross_domain")
+    for name, users in SUBSET_USERS.items():
+        write_user_subset(name, amazon_dir / name, root / "processed", users)
+        convert(name, src=root / "processed", out=root / "data")
+    return root
+
+
+def make_config(work, dataset="Instruments", **overrides):
+    settings = {"data_path": str(work / "data"), "checkpoint_dir": str(work / "saved"), **SETTINGS, **overrides}
+    return build_config("QBert4Rec", dataset, config_dict=settings)
+
+
+@pytest.fixture(scope="module")
+def cross(work):
+    """Config, target loaders and a QBert4Rec built with both sources (stages 1-2 over the union)."""
+    config = make_config(work, pretrain_datasets=SOURCES)
+    _, train, valid, test = load_data(config)
+    init_seed(config["seed"], True)
+    return config, train, valid, test, QBert4Rec(config, train._dataset)
+
+
+def harness_trainer(config, model):
+    """The entry point's trainer: the pretrain/fine-tune trainer with weights-only-loadable checkpoints."""
+    return get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+
+
+def code_tables(model):
+    return {"Instruments": model.item_codes, **{name: table.codes for name, table in model.source_codes.items()}}
+
+
+def test_every_domain_has_a_code_table_with_a_padding_row(cross):
+    config, train, _, _, model = cross
+    tables = code_tables(model)
+    item_counts = {"Instruments": train._dataset.item_num,
+                   **{domain.name: domain.dataset.item_num for domain in model.pretrain_domains}}
+    assert [domain.name for domain in model.pretrain_domains] == SOURCES
+    for name, codes in tables.items():
+        assert codes.shape == (item_counts[name], config["sid_levels"]), name
+        assert bool((codes[0] == 0).all()), name
+
+
+def test_codes_are_unique_over_the_union_of_the_domains(cross):
+    real_rows = torch.cat([codes[1:] for codes in code_tables(cross[4]).values()])
+    assert len(real_rows.unique(dim=0)) == len(real_rows)
+
+
+def test_sources_are_aligned_with_the_target_modalities(cross):
+    config, train, *_, model = cross
+    features = domain_features(config, train._dataset, model.pretrain_domains)
+    assert list(features) == ["Instruments", *SOURCES]
+    widths = [[matrix.shape[1] for matrix in part.matrices] for part in features.values()]
+    assert all(part.modalities == ["text", "image"] for part in features.values()) and widths[1:] == widths[:-1]
+    assert bool(features["Instruments"].present.all())
+    assert bool(features["Games"].present[:, 0].all()) and not features["Games"].present[:, 1].any()
+    assert not features["Arts"].present.any()  # no content: its items have their ID vectors only
+
+
+def test_only_the_target_codes_are_saved_and_the_source_codes_follow_the_model(cross):
+    model = cross[4]
+    assert "item_codes" in model.state_dict()
+    assert not [key for key in model.state_dict() if key.startswith("source_codes")]
+    assert {name for name, _ in model.named_buffers()} >= {f"source_codes.{name}.codes" for name in SOURCES}
+
+
+def test_pretraining_runs_on_the_sources_and_lowers_the_loss(cross, tmp_path, monkeypatch):
+    config, train, *_, model = cross
+    monkeypatch.chdir(tmp_path)  # the trainer opens ./log_tensorboard
+    trainer = harness_trainer(config, model)
+    assert [domain for domain, _ in trainer.pretraining_data(train)] == SOURCES
+    losses = trainer.pretrain(train, verbose=False)
+    assert len(losses) == config["pretrain_epochs"] and losses[-1] < losses[0]
+
+
+def test_fine_tuned_checkpoint_reloads_weights_only_to_identical_scores(cross, tmp_path, monkeypatch):
+    """RecBole's fit (pretraining on the sources, then fine-tuning) saves a checkpoint that a fresh model,
+    its codes read from the cache, reloads with ``torch.load(weights_only=True)``."""
+    config, train, valid, test, model = cross
+    monkeypatch.chdir(tmp_path)
+    trainer = harness_trainer(config, model)
+    trainer.fit(train, valid, saved=True)
+    checkpoint = torch.load(trainer.saved_model_file, weights_only=True)
+    fresh = QBert4Rec(config, train._dataset)
+    assert fresh.codes_from_cache
+    fresh.load_state_dict(checkpoint["state_dict"])
+    model.eval(), fresh.eval()
+    interaction = next(iter(test))[0]
+    with torch.no_grad():
+        assert torch.equal(model.full_sort_predict(interaction), fresh.full_sort_predict(interaction))
+    for name, codes in code_tables(model).items():
+        assert torch.equal(codes, code_tables(fresh)[name]), name
+
+
+def test_text_only_codes_differ_from_both_modalities(work):
+    config = make_config(work, modalities=["text"])
+    dataset = load_data(config)[1]._dataset
+    assert load_item_features(config, dataset).modalities == ["text"]
+    text_only = QBert4Rec(config, dataset).item_codes
+    both = QBert4Rec(make_config(work), dataset).item_codes
+    assert text_only.shape == both.shape
+    assert (text_only != both).any(1).float().mean() > 0.5
+
+
+@pytest.mark.parametrize(("dataset", "modalities"), [("Instruments", ["audio"]), ("Instruments", []),
+                                                     ("Instruments", ["text", "text"]), ("Games", ["image"])])
+def test_unknown_or_unavailable_modalities_are_config_errors(work, dataset, modalities):
+    config = make_config(work, dataset, modalities=modalities)
+    with pytest.raises(ConfigError, match="modalities"):
+        load_item_features(config, load_data(config)[1]._dataset)
+
+
+@pytest.mark.parametrize("overrides", [{"pretrain_datasets": ["Games", "Instruments"]},
+                                       {"pretrain_datasets": ["Games"], "pretrain_epochs": 0}])
+def test_pretraining_sources_that_cannot_work_are_config_errors(work, overrides):
+    config = make_config(work, **overrides)
+    with pytest.raises(ConfigError, match="pretrain_datasets"):
+        QBert4Rec(config, load_data(config)[1]._dataset)

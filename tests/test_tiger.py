@@ -1,0 +1,236 @@
+"""TIGER on a 500-user subset of Instruments: semantic IDs, training, constrained ranking, metrics, entry point."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.data.interaction import Interaction
+from recbole.evaluator import Collector, Evaluator
+from recbole.utils import init_seed
+
+from dataset_prep.features import code_file_features
+from dataset_prep.locate import ENV_VAR
+from recbole_qrec.config import build_config
+from recbole_qrec.data.sid import load_code_table, sid_path
+from recbole_qrec.errors import ConfigError, MalformedDataError
+from recbole_qrec.generation import constrained_beam_search
+from recbole_qrec.model.tiger import TIGER
+from recbole_qrec.quantization import append_level
+from recbole_qrec.tokenize import main as tokenize_main
+from recbole_qrec.trainer import get_trainer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
+    "MAX_ITEM_LIST_LENGTH": 8, "epochs": 1, "train_batch_size": 256, "eval_batch_size": 256, "use_gpu": False,
+}
+TINY_TOKENIZER = ["epochs=2", "hidden_dims=[64]", "batch_size=512", "codebook_size=64", "code_dim=8"]
+BEAM = 20
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def subset_config(data_path: Path, **overrides):
+    settings = {"data_path": str(data_path), "checkpoint_dir": str(data_path.parent / "saved"), **TINY, **overrides}
+    return build_config("TIGER", "Instruments", config_dict=settings)
+
+
+@pytest.fixture(scope="module")
+def prepared(work):
+    """Config, loaders and a TIGER (text_codes + extra level) on the subset."""
+    config = subset_config(work / "dataset")
+    init_seed(config["seed"], True)
+    train, valid, test = data_preparation(config, create_dataset(config))
+    return config, train, valid, test, TIGER(config, train._dataset).eval()
+
+
+def first_batch(loader) -> Interaction:
+    batch = next(iter(loader))
+    return batch[0] if isinstance(batch, tuple) else batch
+
+
+def beam(model: TIGER, interaction: Interaction, **kwargs) -> tuple[torch.Tensor, ...]:
+    """The shared constrained beam search, called directly on the model's own inputs."""
+    tokens, mask = model.encoder_inputs(interaction)
+    return constrained_beam_search(model.t5, tokens, mask, model.index, model.vocab, BEAM, **kwargs)
+
+
+# Semantic IDs
+
+def test_text_codes_get_the_disambiguation_level_and_are_unique(prepared, work):
+    model, dataset = prepared[4], prepared[1]._dataset
+    content = load_code_table(dataset, work / "dataset" / "Instruments" / "Instruments.item", "text_codes", pad_code=0)
+    codes = model.item_codes
+    assert codes.shape == (dataset.item_num, 5) and bool((codes[0] == 0).all())
+    assert torch.equal(codes[:, :4], content)
+    assert codes[1:, 4].tolist() == append_level(content[1:].numpy())[:, 4].tolist()
+    assert int(codes[1:, 4].max()) > 0, "the subset's LLaMA codes collide, so the extra level must be used"
+    assert len(codes[1:].unique(dim=0)) == dataset.item_num - 1
+
+
+def test_sid_file_source_reads_the_tokenizer_output(prepared, work, amazon_dir):
+    features = work / "text.npy"
+    np.save(features, code_file_features(amazon_dir / "Instruments" / "Instruments.index_lemb.json"))
+    tokenize_main(["--dataset", "Instruments", "--features", str(features), "--data_path", str(work / "dataset"),
+                   "--device", "cpu", "--set", *TINY_TOKENIZER])
+    dataset = prepared[1]._dataset
+    model = TIGER(subset_config(work / "dataset", sid_source="file"), dataset)
+    assert torch.equal(model.item_codes, load_code_table(dataset, sid_path(dataset), "sid", pad_code=0))
+    assert model.vocab.levels == 4 and model.vocab.codebook_size <= 64
+
+
+def test_colliding_sid_file_is_a_clear_error(prepared, work, tmp_path):
+    shutil.copytree(work / "dataset", tmp_path / "dataset")
+    config = subset_config(tmp_path / "dataset", sid_source="file")
+    dataset = create_dataset(config)
+    tokens = dataset.field2id_token["item_id"][1:]
+    lines = [f"{token}\ta_{index // 2} b_0" for index, token in enumerate(tokens)]  # pairs of items share a tuple
+    sid_path(dataset).write_text("item_id:token\tsid:token_seq\n" + "\n".join(lines) + "\n")
+    with pytest.raises(MalformedDataError, match="not collision-free"):
+        TIGER(config, dataset)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [({"sid_source": "titles"}, "sid_source must be"),
+                                                    ({"beam_size": 5}, "beam_size")])
+def test_bad_settings_are_config_errors(prepared, work, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        TIGER(subset_config(work / "dataset", **overrides), prepared[1]._dataset)
+
+
+# Training and ranking
+
+def test_training_steps_decrease_the_loss(prepared):
+    config, train, *_ = prepared
+    torch.manual_seed(0)
+    model = TIGER(config, train._dataset)
+    batch = first_batch(train)[:64]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss = model.calculate_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-3:]) / 3 < losses[0] * 0.9
+
+
+def test_full_sort_predict_scores_exactly_the_beam(prepared):
+    model, test = prepared[4], prepared[3]
+    interaction = first_batch(test)[:16]
+    with torch.no_grad():
+        scores = model.full_sort_predict(interaction)
+        items, beam_scores = beam(model, interaction)
+        candidates = interaction.repeat_interleave(BEAM)
+        candidates.update(Interaction({"item_id": items.flatten()}))
+        forced = model.predict(candidates).view(len(items), BEAM)
+    assert scores.shape == (16, model.n_items)
+    finite = torch.isfinite(scores)
+    assert finite.sum(1).tolist() == [BEAM] * 16 and not finite[:, 0].any()
+    for row in range(16):
+        assert sorted(finite[row].nonzero().flatten().tolist()) == sorted(items[row].tolist())
+    torch.testing.assert_close(scores.gather(1, items), beam_scores)
+    torch.testing.assert_close(forced, beam_scores, atol=1e-4, rtol=1e-5)  # predict gives any item its beam score
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_sequence_that_is_no_item_is_never_recommended(prepared, seed):
+    config, train, _, test, _ = prepared
+    torch.manual_seed(seed)
+    model = TIGER(config, train._dataset).eval()
+    interaction = first_batch(test)[:32]
+    with torch.no_grad():
+        items, _, tokens = beam(model, interaction, return_tokens=True)
+        finite = torch.isfinite(model.full_sort_predict(interaction))
+        greedy = greedy_codes(model, interaction)
+    item_tuples = {tuple(row) for row in model.item_codes[1:].tolist()}
+    assert any(tuple(row) not in item_tuples for row in greedy.tolist()), "unconstrained decoding never left the items"
+    assert bool((items >= 1).all())
+    assert torch.equal(model.vocab.decode(tokens), model.item_codes[items])  # each beam spells its item's codes
+    assert all(tuple(model.item_codes[column].tolist()) in item_tuples for column in finite.nonzero()[:, 1].tolist())
+
+
+def greedy_codes(model: TIGER, interaction: Interaction) -> torch.Tensor:
+    """Unconstrained greedy decoding of ``L`` code tokens (each level's most likely code), as codes."""
+    tokens, mask = model.encoder_inputs(interaction)
+    decoded = torch.full((len(tokens), 1), model.vocab.decoder_start_id)
+    for level in range(model.vocab.levels):
+        logits = model.t5(input_ids=tokens, attention_mask=mask, decoder_input_ids=decoded).logits[:, -1]
+        best = logits[:, model.vocab.level_slice(level)].argmax(-1) + model.vocab.level_start(level)
+        decoded = torch.cat([decoded, best[:, None]], dim=1)
+    return model.vocab.decode(decoded[:, 1:])
+
+
+# Metrics through RecBole's evaluator
+
+def hand_metrics(ranks: list[float]) -> dict[str, float]:
+    """HR@k and NDCG@k of one target per user at 1-based ``ranks`` (``inf``: not recommended)."""
+    result = {}
+    for k in (1, 5, 10):
+        result[f"hit@{k}"] = sum(rank <= k for rank in ranks) / len(ranks)
+        result[f"ndcg@{k}"] = sum(1 / math.log2(rank + 1) for rank in ranks if rank <= k) / len(ranks)
+    return result
+
+
+def target_rank(beam_items: list[int], target: int) -> float:
+    return beam_items.index(target) + 1 if target in beam_items else math.inf
+
+
+def test_known_beam_ranks_give_hand_computed_metrics(prepared):
+    config, _, _, test, model = prepared
+    ranks = [1, 2, 3, 5, 6, 8, 10, 11, 15, 20, math.inf, math.inf]
+    interaction = first_batch(test)[: len(ranks)]
+    with torch.no_grad():
+        items = beam(model, interaction)[0].tolist()
+    outside = [next(item for item in range(1, model.n_items) if item not in row) for row in items]
+    targets = torch.tensor([row[rank - 1] if rank < math.inf else other
+                            for row, rank, other in zip(items, ranks, outside)])
+    interaction.update(Interaction({"item_id": targets}))
+    with torch.no_grad():
+        scores = model.full_sort_predict(interaction)
+    collector = Collector(config)
+    collector.eval_batch_collect(scores, interaction, torch.arange(len(ranks)), targets)
+    result = Evaluator(config).evaluate(collector.get_data_struct())
+    assert result == pytest.approx(hand_metrics(ranks), abs=1e-4)
+
+
+def test_trainer_evaluation_equals_the_ranks_in_the_beam(prepared):
+    config, train, valid, test, _ = prepared
+    init_seed(config["seed"], True)
+    model = TIGER(config, train._dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], "TIGER")(config, model)
+    trainer.fit(train, valid, saved=False)
+    result = trainer.evaluate(test, load_best_model=False)
+    ranks = []
+    with torch.no_grad():
+        for interaction, _, _, positive_i in test:
+            items = beam(model, interaction)[0].tolist()
+            ranks += [target_rank(row, target) for row, target in zip(items, positive_i.tolist())]
+    assert result == pytest.approx(hand_metrics(ranks), abs=1e-4)
+
+
+# The entry point
+
+def test_entry_point_runs_tiger_end_to_end(instruments_subset, tmp_path):
+    overrides = [f"--{key}={value}" for key, value in TINY.items()]
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), "--model=TIGER", "--dataset=Instruments", *overrides],
+        cwd=tmp_path, env={**os.environ, ENV_VAR: str(instruments_subset), "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[-1])
+    assert record["model"] == "TIGER" and record["epochs"] == 1
+    assert set(record["test"]) == {"hit@1", "hit@5", "hit@10", "ndcg@1", "ndcg@5", "ndcg@10"}
+    assert all(0.0 <= value <= 1.0 for value in record["test"].values())
