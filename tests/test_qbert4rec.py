@@ -282,6 +282,22 @@ def test_trainer_pretrains_then_fine_tunes(prepared):
     assert 0 <= best_score <= 1 and trainer.cur_step == 0
 
 
+def test_pretraining_batches_by_its_own_size_and_is_checkpointed(prepared, tmp_path):
+    config, train, valid, *_ = prepared
+    model = QBert4Rec(config, train._dataset)
+    trainer = QBert4RecTrainer(config, model)
+    trainer.saved_model_file = str(tmp_path / "QBert4Rec.pth")
+    (_, loader), = trainer.pretraining_data(train)
+    assert config["pretrain_batch_size"] != config["train_batch_size"]
+    assert max(len(batch) for batch in loader) == config["pretrain_batch_size"]
+    assert len(loader) == -(-len(train._dataset) // config["pretrain_batch_size"])
+    trainer.fit(train, valid, saved=True)
+    pretrained = torch.load(tmp_path / "QBert4Rec-pretrained.pth", weights_only=True)
+    fine_tuned = torch.load(tmp_path / "QBert4Rec.pth", weights_only=True)
+    assert pretrained["epoch"] == -1 and pretrained["state_dict"].keys() == fine_tuned["state_dict"].keys()
+    assert not torch.equal(pretrained["state_dict"]["heads.weight"], fine_tuned["state_dict"]["heads.weight"])
+
+
 def test_harness_uses_the_qbert4rec_trainer():
     from recbole_qrec.trainer import get_trainer
     assert issubclass(get_trainer("sequential", "QBert4Rec"), QBert4RecTrainer)

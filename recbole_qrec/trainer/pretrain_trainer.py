@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from functools import partial
+from pathlib import Path
 from time import time
 from typing import Any, Callable
 
@@ -11,41 +13,63 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 
+def with_batch_size(loader: AbstractDataLoader, batch_size: int) -> AbstractDataLoader:
+    """RecBole training loader ``loader`` with ``batch_size`` rows per batch (same data, sampler and shuffling)."""
+    if loader.config["train_batch_size"] == batch_size:
+        return loader
+    config = copy.copy(loader.config)
+    config.final_config_dict = {**loader.config.final_config_dict, "train_batch_size": batch_size}
+    return type(loader)(config, loader._dataset, loader._sampler, shuffle=loader.shuffle)
+
+
+def pretrained_model_file(saved_model_file: str) -> str:
+    """Where the checkpoint at the end of pretraining goes: ``<fine-tuning checkpoint>-pretrained.pth``."""
+    path = Path(saved_model_file)
+    return str(path.with_name(f"{path.stem}-pretrained{path.suffix}"))
+
+
 class PretrainFineTuneTrainer(Trainer):
     """RecBole's trainer with a pretraining phase in front of :meth:`fit`.
 
     Pretraining runs ``pretrain_epochs`` epochs of ``model.pretrain_loss(interaction, domain)`` with
-    its own optimizer (``pretrain_learning_rate``), without validation, checkpoints or early
-    stopping. Its data are the training splits of the model's ``pretrain_domains`` (the
-    :class:`~recbole_qrec.data.cross_domain.SourceDomain` list built from ``pretrain_datasets``), one
-    pass over each domain per epoch with ``domain`` set to the source's name; with no sources it is
-    the target's own training data with ``domain=None``. Fine-tuning is RecBole's ``fit`` unchanged
-    (``model.calculate_loss``, ``learning_rate``, ``epochs``), so early stopping counts fine-tuning
-    epochs only. A fit resumed from a checkpoint (``start_epoch > 0``) skips pretraining.
+    its own optimizer (``pretrain_learning_rate``) and batch size (``pretrain_batch_size``), without
+    validation or early stopping. Its data are the training splits of the model's
+    ``pretrain_domains`` (the :class:`~recbole_qrec.data.cross_domain.SourceDomain` list built from
+    ``pretrain_datasets``), one pass over each domain per epoch with ``domain`` set to the source's
+    name; with no sources it is the target's own training data with ``domain=None``. When saving,
+    the pretrained model is checkpointed to ``<saved_model_file stem>-pretrained.pth``. Fine-tuning is
+    RecBole's ``fit`` unchanged (``model.calculate_loss``, ``learning_rate``, ``epochs``), so early
+    stopping counts fine-tuning epochs only. A fit resumed from a checkpoint (``start_epoch > 0``)
+    skips pretraining.
     """
 
     def fit(self, train_data: AbstractDataLoader, valid_data: AbstractDataLoader | None = None, verbose: bool = True,
             saved: bool = True, show_progress: bool = False,
             callback_fn: Callable[[int, float], Any] | None = None) -> tuple[float, dict | None]:
-        if self.start_epoch == 0:
+        if self.start_epoch == 0 and self.config["pretrain_epochs"]:
             self.pretrain(train_data, verbose, show_progress)
+            if saved:
+                self._save_checkpoint(-1, verbose=verbose, saved_model_file=pretrained_model_file(self.saved_model_file))
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
     def pretraining_data(self, train_data: AbstractDataLoader) -> list[tuple[str | None, AbstractDataLoader]]:
-        """``(domain, loader)`` pairs of one pretraining epoch."""
+        """``(domain, loader)`` pairs of one pretraining epoch, batched by ``pretrain_batch_size``."""
         sources = getattr(self.model, "pretrain_domains", [])
-        return [(source.name, source.train_data) for source in sources] or [(None, train_data)]
+        pairs = [(source.name, source.train_data) for source in sources] or [(None, train_data)]
+        batch_size = self.config["pretrain_batch_size"] or self.config["train_batch_size"]
+        return [(domain, with_batch_size(loader, batch_size)) for domain, loader in pairs]
 
     def pretrain(self, train_data: AbstractDataLoader, verbose: bool = True,
                  show_progress: bool = False) -> list[float]:
         """Pretraining; returns the summed loss of each epoch (over all domains)."""
         fine_tune_optimizer = self.optimizer
         self.optimizer = self._build_optimizer(learning_rate=self.config["pretrain_learning_rate"])
+        data = self.pretraining_data(train_data)
         losses = []
         for epoch in range(self.config["pretrain_epochs"]):
             start = time()
             epoch_loss = 0.0
-            for domain, loader in self.pretraining_data(train_data):
+            for domain, loader in data:
                 loss_func = partial(self.model.pretrain_loss, domain=domain)
                 epoch_loss += float(self._train_epoch(loader, epoch, loss_func=loss_func, show_progress=show_progress))
             losses.append(epoch_loss)
