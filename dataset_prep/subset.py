@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
+
+from dataset_prep.convert import convert
 
 
 def write_user_subset(dataset: str, source: Path, out: Path, users: int) -> Path:
@@ -20,4 +23,13 @@ def write_user_subset(dataset: str, source: Path, out: Path, users: int) -> Path
     (target / f"{dataset}.inter.json").write_text(json.dumps(subset), encoding="utf-8")
     for code_file in source.glob(f"{dataset}.index*.json"):
         shutil.copy(code_file, target / code_file.name)
+    return out
+
+
+def convert_user_subsets(source_root: Path, out: Path, users: Mapping[str, int]) -> Path:
+    """For each ``dataset: N`` of ``users``: its first ``N`` users in processed format under ``out/processed``
+    and as RecBole atomic files under ``out/dataset``. Returns ``out``."""
+    for dataset, count in users.items():
+        write_user_subset(dataset, source_root / dataset, out / "processed", count)
+        convert(dataset, src=out / "processed", out=out / "dataset")
     return out

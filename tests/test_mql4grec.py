@@ -15,8 +15,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
-from dataset_prep.convert import convert
-from dataset_prep.subset import write_user_subset
+from dataset_prep.subset import convert_user_subsets
 from dataset_prep.locate import ENV_VAR
 from recbole_qrec.config import build_config
 from recbole_qrec.data.sid import load_code_table
@@ -42,11 +41,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def work(amazon_dir, tmp_path_factory):
     """``processed/`` with the first 500 Instruments and 300 Games users, both converted into ``dataset/``."""
-    folder = tmp_path_factory.mktemp("mql4grec")
-    for name, users in SUBSET_USERS.items():
-        write_user_subset(name, amazon_dir / name, folder / "processed", users)
-        convert(name, src=folder / "processed", out=folder / "dataset")
-    return folder
+    return convert_user_subsets(amazon_dir, tmp_path_factory.mktemp("mql4grec"), SUBSET_USERS)
 
 
 def subset_config(work: Path, **overrides):

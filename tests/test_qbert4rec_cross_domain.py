@@ -11,8 +11,7 @@ import pytest
 import torch
 from recbole.utils import init_seed
 
-from dataset_prep.convert import convert
-from dataset_prep.subset import write_user_subset
+from dataset_prep.subset import convert_user_subsets
 from recbole_qrec.config import build_config
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.model.qbert4rec import QBert4Rec
@@ -30,16 +29,12 @@ SETTINGS = {**TINY, "pretrain_epochs": 3, "pretrain_learning_rate": 0.003}  # pr
 
 @pytest.fixture(scope="module")
 def work(amazon_dir, tmp_path_factory):
-    """A folder whose ``data/`` holds the three subsets as atomic files (``saved/``: checkpoints and codes)."""
-    root = tmp_path_factory.mktemp("cross_domain")
-    for name, users in SUBSET_USERS.items():
-        write_user_subset(name, amazon_dir / name, root / "processed", users)
-        convert(name, src=root / "processed", out=root / "data")
-    return root
+    """A folder whose ``dataset/`` holds the three subsets as atomic files (``saved/``: checkpoints and codes)."""
+    return convert_user_subsets(amazon_dir, tmp_path_factory.mktemp("cross_domain"), SUBSET_USERS)
 
 
 def make_config(work, dataset="Instruments", **overrides):
-    settings = {"data_path": str(work / "data"), "checkpoint_dir": str(work / "saved"), **SETTINGS, **overrides}
+    settings = {"data_path": str(work / "dataset"), "checkpoint_dir": str(work / "saved"), **SETTINGS, **overrides}
     return build_config("QBert4Rec", dataset, config_dict=settings)
 
 
