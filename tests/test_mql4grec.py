@@ -146,6 +146,16 @@ def test_a_domain_without_image_codes_trains_only_text_tasks(cross_domain, work)
 
 # Training
 
+def test_task_mixture_loss_is_the_mean_of_the_per_task_losses(prepared):
+    model, batch = prepared[4], first_batch(prepared[1])[:64]
+    examples = model.task_examples(batch)
+    with torch.no_grad():
+        per_task = torch.stack([model.t5(**example._asdict()).loss for example in examples.values()])
+        mixture = model.calculate_loss(batch)
+    assert len({example.input_ids.shape[1] for example in examples.values()}) == 2
+    torch.testing.assert_close(mixture, per_task.mean(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("domain", ["Games", "fine-tune"])
 def test_training_steps_decrease_the_loss(cross_domain, prepared, domain):
     config, _ = cross_domain

@@ -84,9 +84,15 @@ class MQL4GRec(SequentialRecommender):
                 for task in usable_tasks(self.tasks, codes.languages)}
 
     def task_mixture_loss(self, interaction: Interaction, domain: str | None) -> Tensor:
-        """Mean over tasks of T5's token cross-entropy of each task's examples."""
-        examples = self.task_examples(interaction, domain).values()
-        return torch.stack([self.t5(**example._asdict()).loss for example in examples]).mean()
+        """Mean over tasks of T5's token cross-entropy of each task's examples.
+
+        Tasks whose encoder inputs have the same length (the history tasks; the translation tasks) go
+        through T5 as one batch: every example has ``L`` label tokens, so a group's token mean weighted
+        by its number of tasks sums to the mean of the per-task losses, with one T5 call per group.
+        """
+        examples = list(self.task_examples(interaction, domain).values())
+        groups = examples_by_input_length(examples)
+        return sum(self.t5(**stacked_examples(group)._asdict()).loss * len(group) for group in groups) / len(examples)
 
     def pretrain_loss(self, interaction: Interaction, domain: str | None = None) -> Tensor:
         """The task mixture on source ``domain``'s rows (the target's for ``None``)."""
@@ -118,6 +124,19 @@ class MQL4GRec(SequentialRecommender):
                                           self.target_codes.tokens(language, items, self.vocabs[language]))
                   for language in self.ranking_languages]
         return torch.stack(scores).sum(0)
+
+
+def examples_by_input_length(examples: list[TaskExample]) -> list[list[TaskExample]]:
+    """``examples`` grouped by encoder input length, in order of first appearance."""
+    groups: dict[int, list[TaskExample]] = {}
+    for example in examples:
+        groups.setdefault(example.input_ids.shape[1], []).append(example)
+    return list(groups.values())
+
+
+def stacked_examples(examples: list[TaskExample]) -> TaskExample:
+    """Same-length ``examples`` as one batch: the rows of the first, then of the second, ..."""
+    return TaskExample(*(torch.cat(parts) for parts in zip(*examples)))
 
 
 def ranking_languages(tasks: list[Task], languages: tuple[str, ...]) -> list[str]:
