@@ -111,7 +111,10 @@ def build_config(
     check_user_files_exist(config_file_list)
     files = default_config_files(model_class.__name__, dataset) + list(config_file_list)
     with command_line(cmd_args):
-        config = Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
+        try:
+            config = Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
+        except SyntaxError as err:  # RecBole's report of a command-line key given twice with different values
+            raise ConfigError(f"RecBole rejected the command line: {err.msg} Give each --key=value once.") from err
     check_config_keys(list(config.external_config_dict))
     check_time_field_loaded(config)
     check_matmul_precision(config)

@@ -83,6 +83,8 @@ def run_recbole_qrec(
     model_obj = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(model_obj)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+    if config["resume_checkpoint"]:
+        trainer.resume_checkpoint(config["resume_checkpoint"])
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
@@ -102,9 +104,10 @@ def run_recbole_qrec(
         "epochs": len(trainer.epoch_seconds),
         "train_seconds_per_epoch": round(sum(trainer.epoch_seconds) / max(len(trainer.epoch_seconds), 1), 3),
         "best_valid_score": float(best_valid_score),
-        "valid": {k: float(v) for k, v in best_valid_result.items()},
+        "valid": {k: float(v) for k, v in (best_valid_result or {}).items()},  # None: no new best after a resume
         "test": {k: float(v) for k, v in test_result.items()},
         "checkpoint": trainer.saved_model_file if saved else None,
+        "resumed_from": config["resume_checkpoint"],
     }
     path = append_result(record, config["results_dir"])
     logger.info(f"result recorded in {path}")

@@ -49,6 +49,19 @@ def test_user_config_file_and_cli_override_reach_the_run(instruments_subset, tmp
     assert set(record["test"]) == {"hit@3"}
 
 
+def test_a_run_resumed_from_its_checkpoint_trains_only_the_remaining_epochs(instruments_subset, tmp_path):
+    first = run_entry_point(["--model=SASRec", *FAST], tmp_path, instruments_subset)
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoint = json.loads((tmp_path / "results" / "results.jsonl").read_text())["checkpoint"]
+    three_epochs = [arg for arg in FAST if not arg.startswith("--epochs=")] + ["--epochs=3"]
+    resumed = run_entry_point(["--model=SASRec", *three_epochs, f"--resume_checkpoint={checkpoint}"],
+                              tmp_path, instruments_subset)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    record = json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[-1])
+    assert record["epochs"] == 2 and record["resumed_from"] == checkpoint and record["checkpoint"] == checkpoint
+    assert "Resume training from epoch 1" in resumed.stderr + resumed.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
@@ -57,6 +70,8 @@ def test_user_config_file_and_cli_override_reach_the_run(instruments_subset, tmp
         (["--model=FDSA", "--dataset=Arts"], "dataset Arts has no item content features"),
         (["--model=SASRec", "--learing_rate=0.1"], "Did you mean 'learning_rate'"),
         (["--model=SASRec", "--config_files", "absent.yaml"], "'absent.yaml' does not exist"),
+        (["--model=SASRec", "--resume_checkpoint=absent.pth"], "resume_checkpoint 'absent.pth' does not exist"),
+        (["--model=SASRec", "--epochs=2", "--epochs=3"], "Give each --key=value once"),
     ],
 )
 def test_bad_input_is_one_clear_line_not_a_traceback(args, fragment, instruments_subset, tmp_path):

@@ -297,6 +297,16 @@ def test_pretraining_batches_by_its_own_size_and_is_checkpointed(prepared, tmp_p
     assert pretrained["epoch"] == -1 and pretrained["state_dict"].keys() == fine_tuned["state_dict"].keys()
     assert not torch.equal(pretrained["state_dict"]["heads.weight"], fine_tuned["state_dict"]["heads.weight"])
 
+    resumed = QBert4RecTrainer(config, QBert4Rec(config, train._dataset))
+    resumed.saved_model_file = str(tmp_path / "QBert4Rec-again.pth")
+    resumed.resume_checkpoint(tmp_path / "QBert4Rec-pretrained.pth")
+    assert resumed.start_epoch == 0 and resumed.saved_model_file == str(tmp_path / "QBert4Rec-again.pth")
+    assert torch.equal(resumed.model.state_dict()["heads.weight"], pretrained["state_dict"]["heads.weight"])
+    resumed.fit(train, valid, saved=True)
+    assert len(resumed.epoch_seconds) == config["epochs"], "pretraining ran again after the resume"
+    kept = torch.load(tmp_path / "QBert4Rec-pretrained.pth", weights_only=True)["state_dict"]["heads.weight"]
+    assert torch.equal(kept, pretrained["state_dict"]["heads.weight"])
+
 
 def test_harness_uses_the_qbert4rec_trainer():
     from recbole_qrec.trainer import get_trainer

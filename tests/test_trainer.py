@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from recbole.utils import init_seed
 
 from dataset_prep.convert import convert
 from recbole_qrec.config import build_config
+from recbole_qrec.errors import ConfigError
 from recbole_qrec.trainer import get_trainer
 from recbole_qrec.utils import get_model
 
@@ -53,6 +55,34 @@ def test_evaluate_reloads_the_best_checkpoint_and_resume_works(trained):
     assert trainer.evaluate(test, load_best_model=True) == first
     trainer.resume_checkpoint(trainer.saved_model_file)
     assert trainer.start_epoch == 1
+
+
+def test_resumed_training_continues_at_the_next_epoch_with_the_saved_optimizer(trained, tmp_path):
+    trainer, test = trained
+    checkpoint = tmp_path / "FDSA.pth"
+    shutil.copy(trainer.saved_model_file, checkpoint)
+    config = trainer.config
+    config["epochs"] = 2
+    try:
+        resumed = get_trainer(config["MODEL_TYPE"], "FDSA")(config, get_model("FDSA")(config, test._dataset))
+        resumed.resume_checkpoint(checkpoint)
+    finally:
+        config["epochs"] = 1
+    assert resumed.start_epoch == 1 and resumed.saved_model_file == str(checkpoint)
+    assert resumed.optimizer.state, "the optimizer's moments were not restored"
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, trainer.model.state_dict()[name])
+
+
+def test_resuming_a_missing_or_foreign_checkpoint_is_a_config_error(trained, tmp_path):
+    trainer, _ = trained
+    with pytest.raises(ConfigError, match="does not exist"):
+        trainer.resume_checkpoint(tmp_path / "absent.pth")
+    checkpoint = torch.load(trainer.saved_model_file, weights_only=True)
+    checkpoint["config"]["model"] = "SASRec"
+    torch.save(checkpoint, tmp_path / "sasrec.pth")
+    with pytest.raises(ConfigError, match="was written by SASRec, not FDSA"):
+        trainer.resume_checkpoint(tmp_path / "sasrec.pth")
 
 
 def test_recbole_own_checkpoint_does_not_load_with_weights_only(trained, tmp_path):

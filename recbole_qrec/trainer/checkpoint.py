@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from recbole.utils import get_trainer as get_recbole_trainer
 from recbole.utils import set_color
 
 import recbole_qrec.trainer as qrec_trainers
+from recbole_qrec.errors import ConfigError
 from recbole_qrec.fileio import atomic_path
 
 
@@ -60,6 +62,18 @@ class SafeCheckpointMixin:
         loss = super()._train_epoch(*args, **kwargs)
         self.epoch_seconds.append(time.perf_counter() - start)
         return loss
+
+    def resume_checkpoint(self, resume_file: str | Path) -> None:
+        """RecBole's resume, after checking that ``resume_file`` exists and was written for this model."""
+        path = Path(resume_file)
+        if not path.is_file():
+            raise ConfigError(f"resume_checkpoint '{path}' does not exist: give a checkpoint written by an earlier "
+                              f"run of {self.config['model']} (under checkpoint_dir, e.g. saved/).")
+        written_for = torch.load(path, map_location="cpu", weights_only=True)["config"]["model"]
+        if written_for != self.config["model"]:
+            raise ConfigError(f"resume_checkpoint '{path}' was written by {written_for}, not {self.config['model']}: "
+                              f"resume with --model={written_for} or give a {self.config['model']} checkpoint.")
+        super().resume_checkpoint(str(path))
 
     def _save_checkpoint(self, epoch: int, verbose: bool = True, **kwargs: Any) -> None:
         if not self.config["single_spec"] and self.config["local_rank"] != 0:

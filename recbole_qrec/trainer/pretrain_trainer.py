@@ -39,14 +39,26 @@ class PretrainFineTuneTrainer(Trainer):
     name; with no sources it is the target's own training data with ``domain=None``. When saving,
     the pretrained model is checkpointed to ``<saved_model_file stem>-pretrained.pth``. Fine-tuning is
     RecBole's ``fit`` unchanged (``model.calculate_loss``, ``learning_rate``, ``epochs``), so early
-    stopping counts fine-tuning epochs only. A fit resumed from a checkpoint (``start_epoch > 0``)
-    skips pretraining.
+    stopping counts fine-tuning epochs only. A fit after :meth:`resume_checkpoint` skips pretraining:
+    every checkpoint is written after it. Resuming from the pretraining checkpoint fine-tunes the
+    pretrained model from epoch 0 into a new checkpoint file, leaving the pretrained one as it is.
     """
+
+    def __init__(self, config, model) -> None:
+        super().__init__(config, model)
+        self.pretrained = False
+
+    def resume_checkpoint(self, resume_file: str) -> None:
+        fine_tuning_file = self.saved_model_file
+        super().resume_checkpoint(resume_file)
+        self.pretrained = True
+        if self.start_epoch == 0:  # the checkpoint at the end of pretraining (epoch -1)
+            self.saved_model_file = fine_tuning_file
 
     def fit(self, train_data: AbstractDataLoader, valid_data: AbstractDataLoader | None = None, verbose: bool = True,
             saved: bool = True, show_progress: bool = False,
             callback_fn: Callable[[int, float], Any] | None = None) -> tuple[float, dict | None]:
-        if self.start_epoch == 0 and self.config["pretrain_epochs"]:
+        if not self.pretrained and self.config["pretrain_epochs"]:
             self.pretrain(train_data, verbose, show_progress)
             if saved:
                 self._save_checkpoint(-1, verbose=verbose, saved_model_file=pretrained_model_file(self.saved_model_file))
