@@ -37,6 +37,12 @@ def machine_name() -> str:
     return f"{gpu}; {platform.processor() or platform.machine()}; torch {torch.__version__}"
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (a no-op off CUDA), so that wall-clock timings cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def run_model(model: str, dataset: str, overrides: list[str], results_dir: Path, log_dir: Path) -> dict:
     """Run one model to completion and return its recorded result line."""
     command = [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), f"--model={model}", f"--dataset={dataset}",

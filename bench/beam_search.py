@@ -27,7 +27,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-from bench.baselines import machine_name  # noqa: E402
+from bench.baselines import machine_name, synchronize  # noqa: E402
 from dataset_prep.locate import ENV_VAR, SHARED_DATA_DIR  # noqa: E402
 from recbole_qrec.fileio import atomic_open, write_json_atomic  # noqa: E402
 from recbole_qrec.generation import (  # noqa: E402
@@ -97,11 +97,6 @@ def timed_batches(decode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Ten
     synchronize(inputs.device)
     seconds = time.perf_counter() - start
     return torch.cat([items.cpu() for items, _ in results]), torch.cat([scores.cpu() for _, scores in results]), seconds
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_table(name: str, codes: torch.Tensor, args: argparse.Namespace) -> dict:

@@ -1,9 +1,10 @@
 """Training-step time of TIGER and MQL4GRec in fp32 (TF32 matmuls) and under autocast (fp16 + GradScaler, bf16).
 
-For each model: the harness config (``build_config``) at ``--batch-size``, RecBole's training loader on
-the real dataset, the first ``--steps`` batches moved to the device once, then for each precision a
-freshly seeded model trained on those batches with AdamW; the median step time after ``--warmup``
-steps (device-synchronised) and the first/last loss. fp16 is what RecBole's ``enable_amp: True`` +
+For each model: the harness config at ``--batch-size`` and RecBole's training loader on the real
+dataset (config, data and seeded models built by ``bench/qbert4rec_efficiency.py``'s helpers); the
+first ``--steps`` batches moved to the device once, then for each precision a freshly seeded model
+trained on those batches with AdamW; the median step time after ``--warmup`` steps
+(device-synchronised) and the first/last loss. fp16 is what RecBole's ``enable_amp: True`` +
 ``enable_scaler: True`` do. The epoch estimate is the median step time times the loader's batches.
 
     python bench/generative_precision.py --device cuda --out docs/results/generative_precision
@@ -25,18 +26,11 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-from bench.baselines import machine_name  # noqa: E402
-from recbole_qrec.config import build_config  # noqa: E402
-from recbole_qrec.data import ensure_atomic_files  # noqa: E402
+from bench.baselines import machine_name, synchronize  # noqa: E402
+from bench.qbert4rec_efficiency import build_model, load_data, make_config, prepare_data  # noqa: E402
 from recbole_qrec.fileio import write_json_atomic  # noqa: E402
-from recbole_qrec.utils import get_model  # noqa: E402
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_steps(model: torch.nn.Module, batches: list, dtype: torch.dtype | None, device: torch.device,
@@ -60,22 +54,17 @@ def time_steps(model: torch.nn.Module, batches: list, dtype: torch.dtype | None,
     return {"median_s_per_step": statistics.median(seconds[warmup:]), "first_loss": losses[0], "last_loss": losses[-1]}
 
 
-def measure_model(name: str, args: argparse.Namespace, data_path: Path) -> dict:
+def measure_model(name: str, args: argparse.Namespace, data_path: Path, work: Path) -> dict:
     """Step times of ``name`` in every precision on the same batches."""
-    from recbole.data import create_dataset, data_preparation
-
-    device = torch.device(args.device)
-    settings = {"data_path": f"{data_path}/", "train_batch_size": args.batch_size,
-                "use_gpu": device.type == "cuda", "show_progress": False}
-    config = build_config(name, args.dataset, config_dict=settings, cmd_args=[f"--{item}" for item in args.set])
+    overrides = [f"train_batch_size={args.batch_size}", *args.set]
+    config = make_config(name, args.dataset, data_path, work / name, args.device, overrides)
     torch.set_float32_matmul_precision(config["float32_matmul_precision"])
-    ensure_atomic_files(config)
-    train_data, _, _ = data_preparation(config, create_dataset(config))
+    _, train_data, _, _ = load_data(config)
+    device = config["device"]
     batches = [batch.to(device) for _, batch in zip(range(args.steps), train_data)]
     results = {}
     for precision, dtype in PRECISIONS.items():
-        torch.manual_seed(config["seed"])
-        model = get_model(name)(config, train_data._dataset).to(device).train()
+        model = build_model(config, train_data).train()
         result = time_steps(model, batches, dtype, device, args.warmup)
         result["epoch_estimate_s"] = result["median_s_per_step"] * len(train_data)
         results[precision] = {**result, "steps_per_epoch": len(train_data)}
@@ -89,7 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="Instruments")
     parser.add_argument("--models", nargs="+", default=["TIGER", "MQL4GRec"])
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default="cuda", help="cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=45, help="training batches timed per precision")
     parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the median")
@@ -101,7 +90,8 @@ def main() -> None:
         parser.error("--steps must exceed --warmup")
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work_dir or Path(tmp)
-        results = {name: measure_model(name, args, work / name) for name in args.models}
+        data_path = prepare_data(args.dataset, work, users=None)
+        results = {name: measure_model(name, args, data_path, work) for name in args.models}
     write_json_atomic(args.out.with_suffix(".json"), {
         "command": " ".join(sys.argv), "machine": machine_name(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "batch_size": args.batch_size,

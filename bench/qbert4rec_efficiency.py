@@ -49,7 +49,7 @@ from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-from bench.baselines import machine_name  # noqa: E402
+from bench.baselines import machine_name, synchronize  # noqa: E402
 from dataset_prep.convert import convert  # noqa: E402
 from dataset_prep.locate import find_processed_dataset  # noqa: E402
 from dataset_prep.subset import write_user_subset  # noqa: E402
@@ -188,11 +188,6 @@ def analytic_bert4rec_flops(config, n_items: int) -> dict[str, int]:
 
 # Timing
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def test_users(test_loader):
     """Every test user's interaction (history, length, target), in RecBole's order, as one Interaction."""
     from recbole.data.interaction import cat_interactions
@@ -212,11 +207,11 @@ def full_sort_latency(model, users, batch_size: int, device: torch.device, warmu
         torch.cuda.reset_peak_memory_stats(device)
     seconds = []
     for run in range(warmup + runs):
-        sync(device)
+        synchronize(device)
         start = time.perf_counter()
         for batch in batches:
             model.full_sort_predict(batch)
-        sync(device)
+        synchronize(device)
         if run >= warmup:
             seconds.append(time.perf_counter() - start)
     median = statistics.median(seconds)
@@ -231,10 +226,10 @@ def epoch_seconds(trainer, train, device: torch.device, epochs: int, loss_func=N
     """One warm-up epoch of ``trainer._train_epoch``, then ``epochs`` timed ones (synchronised)."""
     times = []
     for epoch in range(1 + epochs):
-        sync(device)
+        synchronize(device)
         start = time.perf_counter()
         trainer._train_epoch(train, epoch, loss_func=loss_func)
-        sync(device)
+        synchronize(device)
         if epoch:
             times.append(time.perf_counter() - start)
     return {"seconds": statistics.median(times), "epoch_seconds": times, "batches": len(train),
@@ -418,10 +413,10 @@ def measure(args, command: str, qbert_overrides: list[str], data_path: Path, wor
 
     # Q-Bert4Rec: data, stages 1-2 (timed), parameters, FLOPs, latency.
     dataset, train, _, test = load_data(qconfig)
-    sync(device)
+    synchronize(device)
     start = time.perf_counter()
     model = build_model(qconfig, train)
-    sync(device)
+    synchronize(device)
     stage12_seconds = time.perf_counter() - start
     assert not model.codes_from_cache, "fresh checkpoint_dir expected"
     # Q-Bert4Rec epochs first, on a freshly built model: fine-tuning (calculate_loss) and multi-mask
