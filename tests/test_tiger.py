@@ -24,7 +24,7 @@ from recbole_qrec.config import build_config
 from recbole_qrec.data.sid import load_code_table, sid_path
 from recbole_qrec.errors import ConfigError, MalformedDataError
 from recbole_qrec.generation import constrained_beam_search
-from recbole_qrec.model.tiger import TIGER
+from recbole_qrec.model.tiger import TIGER, length_bucketed_loss
 from recbole_qrec.quantization import append_level
 from recbole_qrec.tokenize import main as tokenize_main
 from recbole_qrec.trainer import get_trainer
@@ -102,7 +102,8 @@ def test_colliding_sid_file_is_a_clear_error(prepared, work, tmp_path):
 
 
 @pytest.mark.parametrize(("overrides", "message"), [({"sid_source": "titles"}, "sid_source must be"),
-                                                    ({"beam_size": 5}, "beam_size")])
+                                                    ({"beam_size": 5}, "beam_size"),
+                                                    ({"length_buckets": 0}, "length_buckets must be")])
 def test_bad_settings_are_config_errors(prepared, work, overrides, message):
     with pytest.raises(ConfigError, match=message):
         TIGER(subset_config(work / "dataset", **overrides), prepared[1]._dataset)
@@ -124,6 +125,18 @@ def test_training_steps_decrease_the_loss(prepared):
         optimizer.step()
         losses.append(loss.item())
     assert sum(losses[-3:]) / 3 < losses[0] * 0.9
+
+
+@pytest.mark.parametrize("buckets", [2, 3, 64])
+def test_length_buckets_give_the_loss_of_one_call_on_the_padded_batch(prepared, buckets):
+    model, batch = prepared[4], first_batch(prepared[1])[:64]
+    tokens, mask = model.encoder_inputs(batch)
+    labels = model.item_tokens(batch["item_id"])
+    assert len(mask.sum(1).unique()) > 3, "the rows must have histories of several lengths"
+    with torch.no_grad():
+        one_call = model.t5(input_ids=tokens, attention_mask=mask, labels=labels).loss
+        bucketed = length_bucketed_loss(model.t5, tokens, mask, labels, buckets)
+    torch.testing.assert_close(bucketed, one_call, rtol=1e-5, atol=1e-6)
 
 
 def test_full_sort_predict_scores_exactly_the_beam(prepared):
