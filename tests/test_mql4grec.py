@@ -146,8 +146,10 @@ def test_a_domain_without_image_codes_trains_only_text_tasks(cross_domain, work)
 
 # Training
 
-def test_task_mixture_loss_is_the_mean_of_the_per_task_losses(prepared):
+@pytest.mark.parametrize("part_rows", [0, 64])  # the history tasks' 256 rows in one T5 call, or in 4 length buckets
+def test_task_mixture_loss_is_the_mean_of_the_per_task_losses(prepared, part_rows, monkeypatch):
     model, batch = prepared[4], first_batch(prepared[1])[:64]
+    monkeypatch.setattr(model, "length_bucket_rows", part_rows)
     examples = model.task_examples(batch)
     with torch.no_grad():
         per_task = torch.stack([model.t5(**example._asdict()).loss for example in examples.values()])

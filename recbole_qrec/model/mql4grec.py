@@ -37,7 +37,7 @@ from recbole_qrec.model.mql4grec_modules.languages import (DomainCodes, language
                                                            target_codes)
 from recbole_qrec.model.mql4grec_modules.tasks import (Task, TaskExample, encoder_input, generation_task,
                                                        select_tasks, task_example, usable_tasks)
-from recbole_qrec.model.tiger import (check_beam_size, checked_length_buckets, length_bucketed_loss, t5_config,
+from recbole_qrec.model.tiger import (check_beam_size, checked_length_bucket_rows, length_bucketed_loss, t5_config,
                                      teacher_forced_log_prob)
 
 
@@ -48,7 +48,7 @@ class MQL4GRec(SequentialRecommender):
         super().__init__(config, dataset)
         check_beam_size(config["beam_size"], config["topk"])
         self.beam_size = config["beam_size"]
-        self.length_buckets = checked_length_buckets(config["length_buckets"])
+        self.length_bucket_rows = checked_length_bucket_rows(config["length_bucket_rows"])
         self.tasks = select_tasks(config["tasks"])
         self.target_codes = target_codes(config, dataset)
         self.ranking_languages = ranking_languages(self.tasks, self.target_codes.languages)
@@ -91,11 +91,11 @@ class MQL4GRec(SequentialRecommender):
         Tasks whose encoder inputs have the same length (the history tasks; the translation tasks) go
         through T5 as one batch: every example has ``L`` label tokens, so a group's token mean weighted
         by its number of tasks sums to the mean of the per-task losses, with one T5 call per group (or per
-        ``length_buckets`` part of it, :func:`~recbole_qrec.model.tiger.length_bucketed_loss`).
+        part of ``length_bucket_rows`` rows of it, :func:`~recbole_qrec.model.tiger.length_bucketed_loss`).
         """
         examples = list(self.task_examples(interaction, domain).values())
         groups = examples_by_input_length(examples)
-        return sum(length_bucketed_loss(self.t5, *stacked_examples(group), self.length_buckets) * len(group)
+        return sum(length_bucketed_loss(self.t5, *stacked_examples(group), self.length_bucket_rows) * len(group)
                    for group in groups) / len(examples)
 
     def pretrain_loss(self, interaction: Interaction, domain: str | None = None) -> Tensor:

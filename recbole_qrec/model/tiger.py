@@ -46,7 +46,7 @@ class TIGER(SequentialRecommender):
         super().__init__(config, dataset)
         check_beam_size(config["beam_size"], config["topk"])
         self.beam_size = config["beam_size"]
-        self.length_buckets = checked_length_buckets(config["length_buckets"])
+        self.length_bucket_rows = checked_length_bucket_rows(config["length_bucket_rows"])
         codes = item_code_table(config, dataset)
         self.register_buffer("item_codes", codes)
         self.vocab = SemanticIdVocab(levels=codes.shape[1], codebook_size=int(codes.max()) + 1)
@@ -67,7 +67,7 @@ class TIGER(SequentialRecommender):
         """Teacher-forced cross-entropy of the next item's ``L`` tokens (T5 shifts the labels right)."""
         tokens, mask = self.encoder_inputs(interaction)
         labels = self.item_tokens(interaction[self.POS_ITEM_ID])
-        return length_bucketed_loss(self.t5, tokens, mask, labels, self.length_buckets)
+        return length_bucketed_loss(self.t5, tokens, mask, labels, self.length_bucket_rows)
 
     def predict(self, interaction: Interaction) -> Tensor:
         """Log-probability of each row's candidate item (``ITEM_ID``): the score the beam search would give it."""
@@ -94,30 +94,32 @@ def check_beam_size(beam_size: int, topk: list[int]) -> None:
                           "the beam all score -inf, so a shorter beam cannot rank the whole top-k.")
 
 
-def checked_length_buckets(value: object) -> int:
-    """``length_buckets`` if it is a positive int, else a :class:`ConfigError` saying what to set."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"length_buckets must be an int >= 1 (1: one T5 call per training batch); got {value!r}.")
+def checked_length_bucket_rows(value: object) -> int:
+    """``length_bucket_rows`` if it is an int >= 0, else a :class:`ConfigError` saying what to set."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"length_bucket_rows must be an int >= 0 (rows per T5 call of a training batch split by "
+                          f"history length; 0: one call per batch); got {value!r}.")
     return value
 
 
 def length_bucketed_loss(t5: T5ForConditionalGeneration, tokens: Tensor, mask: Tensor, labels: Tensor,
-                         buckets: int) -> Tensor:
-    """T5's mean token cross-entropy of a batch, run as up to ``buckets`` calls on rows of similar input length.
+                         part_rows: int) -> Tensor:
+    """T5's mean token cross-entropy of a batch, run in parts of at least ``part_rows`` rows of similar input length.
 
-    The rows are sorted by input length and split into ``buckets`` equal parts, each cut to its own longest
-    input. Inputs are right-padded and padding is masked, so this drops only padding: the loss equals one
-    call on the whole batch (every row has the same number of label tokens, so the parts' means weighted by
-    their row counts give the batch mean), at a fraction of the encoder's work on short histories.
+    The rows are sorted by input length and split into ``len(rows) // part_rows`` equal parts (one call when
+    ``part_rows`` is 0 or exceeds half the batch), each cut to its own longest input. Inputs are right-padded
+    and padding is masked, so this drops only padding: the loss equals one call on the whole batch (every row
+    has the same number of label tokens, so the parts' means weighted by their row counts give the batch
+    mean), with less encoder work on short histories but one T5 call per part.
     """
+    parts = len(tokens) // part_rows if part_rows else 1
     lengths = mask.sum(1)
-    if buckets == 1 or bool(lengths.min() == lengths.max()):
+    if parts <= 1 or bool(lengths.min() == lengths.max()):
         return t5(input_ids=tokens, attention_mask=mask, labels=labels).loss
     sorted_lengths, order = lengths.sort()
-    parts = [rows for rows in order.tensor_split(buckets) if len(rows)]
-    widths = torch.stack([part[-1] for part in sorted_lengths.tensor_split(buckets) if len(part)]).tolist()
-    losses = [t5(input_ids=tokens[rows, :width], attention_mask=mask[rows, :width], labels=labels[rows]).loss * len(rows)
-              for rows, width in zip(parts, widths)]
+    widths = torch.stack([part[-1] for part in sorted_lengths.tensor_split(parts)]).tolist()
+    losses = [t5(input_ids=tokens[rows, :width], attention_mask=mask[rows, :width], labels=labels[rows]).loss
+              * len(rows) for rows, width in zip(order.tensor_split(parts), widths)]
     return torch.stack(losses).sum() / len(tokens)
 
 
