@@ -113,14 +113,14 @@ def length_bucketed_loss(t5: T5ForConditionalGeneration, tokens: Tensor, mask: T
     mean), with less encoder work on short histories but one T5 call per part.
     """
     parts = len(tokens) // part_rows if part_rows else 1
-    lengths = mask.sum(1)
-    if parts <= 1 or bool(lengths.min() == lengths.max()):
-        return t5(input_ids=tokens, attention_mask=mask, labels=labels).loss
-    sorted_lengths, order = lengths.sort()
-    widths = torch.stack([part[-1] for part in sorted_lengths.tensor_split(parts)]).tolist()
-    losses = [t5(input_ids=tokens[rows, :width], attention_mask=mask[rows, :width], labels=labels[rows]).loss
-              * len(rows) for rows, width in zip(order.tensor_split(parts), widths)]
-    return torch.stack(losses).sum() / len(tokens)
+    if parts > 1:
+        sorted_lengths, order = mask.sum(1).sort()
+        if bool(sorted_lengths[0] < sorted_lengths[-1]):
+            widths = torch.stack([part[-1] for part in sorted_lengths.tensor_split(parts)]).tolist()
+            losses = [t5(input_ids=tokens[rows, :width], attention_mask=mask[rows, :width], labels=labels[rows]).loss
+                      * len(rows) for rows, width in zip(order.tensor_split(parts), widths)]
+            return torch.stack(losses).sum() / len(tokens)
+    return t5(input_ids=tokens, attention_mask=mask, labels=labels).loss
 
 
 def item_code_table(config: Config, dataset: Dataset, key: str = "sid_source") -> Tensor:
