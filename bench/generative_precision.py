@@ -10,6 +10,8 @@ trained on those batches with AdamW; the median step time after ``--warmup`` ste
     python bench/generative_precision.py --device cuda --out docs/results/generative_precision
     python bench/generative_precision.py --device cpu --batch-size 32 --steps 4 --warmup 1 \\
         --set MAX_ITEM_LIST_LENGTH=8 --out /tmp/generative_precision     # local smoke test
+    python bench/generative_precision.py --device cuda --precisions fp32 --set length_bucket_rows=0 \
+        --out /tmp/one_call                                                # length bucketing off
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def measure_model(name: str, args: argparse.Namespace, data_path: Path, work: Pa
     device = config["device"]
     batches = [batch.to(device) for _, batch in zip(range(args.steps), train_data)]
     results = {}
-    for precision, dtype in PRECISIONS.items():
+    for precision in args.precisions:
+        dtype = PRECISIONS[precision]
         model = build_model(config, train_data).train()
         result = time_steps(model, batches, dtype, device, args.warmup)
         result["epoch_estimate_s"] = result["median_s_per_step"] * len(train_data)
@@ -79,6 +82,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="Instruments")
     parser.add_argument("--models", nargs="+", default=["TIGER", "MQL4GRec"])
     parser.add_argument("--device", default="cuda", help="cpu, cuda or cuda:N")
+    parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS))
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=45, help="training batches timed per precision")
     parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the median")
