@@ -10,7 +10,7 @@ trained on those batches with AdamW; the median step time after ``--warmup`` ste
     python bench/generative_precision.py --device cuda --out docs/results/generative_precision
     python bench/generative_precision.py --device cpu --batch-size 32 --steps 4 --warmup 1 \\
         --set MAX_ITEM_LIST_LENGTH=8 --out /tmp/generative_precision     # local smoke test
-    python bench/generative_precision.py --device cuda --precisions fp32 --set length_bucket_rows=0 \
+    python bench/generative_precision.py --device cuda --precisions fp32 --set length_bucket_rows=0 \\
         --out /tmp/one_call                                                # length bucketing off
 """
 
