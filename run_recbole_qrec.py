@@ -1,6 +1,6 @@
-"""Entry point: ``python run_recbole_qrec.py --model=SASRec --dataset=Instruments [--key=value ...]``."""
+"""Entry point: ``python run_recbole_qrec.py --model=SASRec --dataset=Instruments [--key=value ...]`` (see --help)."""
 
-from recbole_qrec.quick_start import main
+from recbole_qrec.cli import main
 
 if __name__ == "__main__":
-    main()
+    main(prog="python run_recbole_qrec.py")

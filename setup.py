@@ -1,6 +1,10 @@
-"""Install recbole-qrec: ``pip install -e .[test]``."""
+"""Install recbole-qrec: ``pip install -e '.[image,test]'`` (README: Quick start)."""
+
+from pathlib import Path
 
 from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
 
 INSTALL_REQUIRES = [
     # The RecBole release this plugin extends; its internals (Config layering, trainer
@@ -12,21 +16,41 @@ INSTALL_REQUIRES = [
     # numpy 2 works through recbole_qrec.compat (restores np.float_, np.complex_, np.unicode_).
     "numpy>=1.24",
     "scikit-learn>=1.2",
-    "transformers>=4.40",
-    "open_clip_torch>=2.24",
+    # Tested on 5.17 and 5.24; the beam search uses the public Cache API of transformers 5.
+    "transformers>=5.17,<6",
+    "pillow>=9.0",
     "pyyaml>=6.0",
     "tqdm>=4.60",
+]
+
+EXTRAS_REQUIRE = {
+    # Image features (python -m dataset_prep.features image). open_clip_torch brings torchvision, which
+    # must be the build made for the installed torch (e.g. torch==2.14.1 with torchvision==0.29.1).
+    "image": ["open_clip_torch>=2.24"],
+    # setuptools with its own bdist_wheel: tests/test_packaging.py builds the package without build isolation.
+    "test": ["pytest>=7.0", "setuptools>=70.1"],
+}
+
+# The YAML defaults stay in the top-level properties/ folder and install as recbole_qrec/properties/.
+PROPERTIES_PACKAGES = [
+    "recbole_qrec.properties",
+    *(f"recbole_qrec.properties.{folder.name}" for folder in sorted((HERE / "properties").iterdir()) if any(folder.glob("*.yaml"))),
 ]
 
 setup(
     name="recbole-qrec",
     version="0.1.0",
     description="Semantic-ID multimodal sequential recommenders (Q-Bert4Rec, TIGER, MQL4GRec) for RecBole",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["recbole_qrec", "recbole_qrec.*", "dataset_prep", "dataset_prep.*"]),
+    packages=[
+        *find_packages(where=str(HERE), include=["recbole_qrec", "recbole_qrec.*", "dataset_prep", "dataset_prep.*"]),
+        *PROPERTIES_PACKAGES,
+    ],
+    package_dir={"recbole_qrec.properties": "properties"},
+    package_data={package: ["*.yaml"] for package in PROPERTIES_PACKAGES},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=7.0", "pillow>=9.0"]},
-    entry_points={"console_scripts": ["recbole-qrec=recbole_qrec.quick_start:main"]},
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["recbole-qrec=recbole_qrec.cli:main"]},
 )

@@ -1,8 +1,8 @@
 """Users/second of the batched constrained beam search vs ``generate`` + ``prefix_allowed_tokens_fn``.
 
 A TIGER-sized T5 (random weights) decodes the top-20 items for users with 20-item histories, over
-(a) Instruments' semantic IDs (``Instruments.index_lemb.json`` made unique by a 5th level = index
-within each duplicate group; random codes when the file is absent) and (b) 1,000,000 random unique
+(a) Instruments' semantic IDs (``Instruments.index_lemb.json`` under ``--data_path`` or ``$QREC_DATA_DIR``,
+made unique by a 5th level = index within each duplicate group; random codes when the file is absent) and (b) 1,000,000 random unique
 4 x 256 code tuples. ``generate`` is timed on fewer users; on those users both result lists are
 compared. Writes ``<out>.json`` and ``<out>.csv`` with the exact command, machine and date.
 
@@ -14,23 +14,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shlex
 import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-from bench.baselines import machine_name, synchronize  # noqa: E402
-from dataset_prep.locate import ENV_VAR, SHARED_DATA_DIR  # noqa: E402
-from recbole_qrec.fileio import atomic_open, write_json_atomic  # noqa: E402
-from recbole_qrec.generation import (  # noqa: E402
+from common import REPO_ROOT, machine_name, processed_file, synchronize
+from recbole_qrec.fileio import atomic_open, write_json_atomic
+from recbole_qrec.generation import (
     PrefixIndex,
     SemanticIdVocab,
     TokenTrie,
@@ -45,10 +40,10 @@ COLUMNS = ["table", "items", "levels", "beam", "batch", "users", "seconds", "use
            "same_item_sets", "max_abs_score_diff", "index_build_s"]
 
 
-def instruments_codes(seed: int) -> tuple[str, torch.Tensor]:
+def instruments_codes(seed: int, data_path: str | None) -> tuple[str, torch.Tensor]:
     """Instruments' text codes plus a disambiguation level, or random codes of the same size."""
-    path = Path(os.environ.get(ENV_VAR) or SHARED_DATA_DIR) / "Instruments" / "Instruments.index_lemb.json"
-    if not path.is_file():
+    path = processed_file(data_path, "Instruments", "Instruments.index_lemb.json")
+    if path is None:
         return "instruments-sized random", random_unique_codes(6250, 4, seed)
     tokens = json.loads(path.read_text(encoding="utf-8"))
     codes = torch.tensor([[int(token.strip("<>").rsplit("_", 1)[1]) for token in tokens[key]]
@@ -159,10 +154,11 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=20)
     parser.add_argument("--million-items", type=int, default=1_000_000, help="size of the random table (b)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data_path", help="folder of the processed datasets (default: $QREC_DATA_DIR)")
     parser.add_argument("--out", default=str(REPO_ROOT / "docs" / "results" / "beam_search"), help="output path without extension")
     args = parser.parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    tables = [instruments_codes(args.seed), ("random 4x256", random_unique_codes(args.million_items, 4, args.seed))]
+    tables = [instruments_codes(args.seed, args.data_path), ("random 4x256", random_unique_codes(args.million_items, 4, args.seed))]
     rows = [bench_table(name, codes, args) for name, codes in tables]
     print_table(rows)
     write_outputs(args.out, rows, args, command)

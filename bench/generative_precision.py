@@ -1,7 +1,8 @@
 """Training-step time of TIGER and MQL4GRec in fp32 (TF32 matmuls) and under autocast (fp16 + GradScaler, bf16).
 
 For each model: the harness config at ``--batch-size`` and RecBole's training loader on the real
-dataset (config, data and seeded models built by ``bench/qbert4rec_efficiency.py``'s helpers); the
+dataset (under ``--data_path`` or ``$QREC_DATA_DIR``; config, data and seeded models built by
+``bench/common.py``'s helpers); the
 first ``--steps`` batches moved to the device once, then for each precision a freshly seeded model
 trained on those batches with AdamW; the median step time after ``--warmup`` steps
 (device-synchronised) and the first/last loss. fp16 is what RecBole's ``enable_amp: True`` +
@@ -26,11 +27,8 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-from bench.baselines import machine_name, synchronize  # noqa: E402
-from bench.qbert4rec_efficiency import build_model, load_data, make_config, prepare_data  # noqa: E402
-from recbole_qrec.fileio import write_json_atomic  # noqa: E402
+from common import build_model, load_data, machine_name, make_config, prepare_data, synchronize
+from recbole_qrec.fileio import write_json_atomic
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -80,6 +78,7 @@ def measure_model(name: str, args: argparse.Namespace, data_path: Path, work: Pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="Instruments")
+    parser.add_argument("--data_path", help="folder of the processed datasets (default: $QREC_DATA_DIR)")
     parser.add_argument("--models", nargs="+", default=["TIGER", "MQL4GRec"])
     parser.add_argument("--device", default="cuda", help="cpu, cuda or cuda:N")
     parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS))
@@ -94,7 +93,7 @@ def main() -> None:
         parser.error("--steps must exceed --warmup")
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work_dir or Path(tmp)
-        data_path = prepare_data(args.dataset, work, users=None)
+        data_path = prepare_data(args.dataset, work, users=None, data_path=args.data_path)
         results = {name: measure_model(name, args, data_path, work) for name in args.models}
     write_json_atomic(args.out.with_suffix(".json"), {
         "command": " ".join(sys.argv), "machine": machine_name(),

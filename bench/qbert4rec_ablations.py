@@ -6,21 +6,22 @@ Variants (the paper's ablation grid, each a set of config overrides on top of th
 pretraining) and ``cross_domain_games`` (pretrained on Games instead of the target's own sequences;
 stages 1-2 over the union of both domains' items).
 
-Each variant runs ``run_recbole_qrec.py`` in its own process (:func:`bench.baselines.run_model`,
+Each variant runs ``run_recbole_qrec.py`` in its own process (:func:`common.run_model`,
 ``--parallel`` at a time, all on the default GPU), with its own checkpoint folder (RecBole names
-checkpoints by model and second, so parallel runs of one model would overwrite each other's). The
-atomic files of the target and the sources are converted once before the runs start. ``--set
-key=value ...`` applies to every variant (a variant's own keys win), e.g. the epoch caps that make the
-grid fit a time budget; relative paths in them are relative to the repository root, where the runs
-start. Output: the Markdown table on stdout and ``<out>.md`` / ``<out>.json`` /
+checkpoints by model and second, so parallel runs of one model would overwrite each other's) and its
+own copy of the atomic files of the target and the sources (each variant's tokenize stage writes its
+own ``<dataset>.sid``). The atomic files are read from ``data_path`` (``--set data_path=DIR``, default
+``dataset/``; written by ``python -m dataset_prep.convert``). ``--set key=value ...`` applies to every
+variant (a variant's own keys win), e.g. the epoch caps that make the grid fit a time budget; relative
+paths in them are relative to the repository root, where the runs start. Output: the Markdown table on stdout and ``<out>.md`` / ``<out>.json`` /
 ``<out>.csv`` (atomically written), with the command, machine, date and every variant's overrides.
 
     python bench/qbert4rec_ablations.py --dataset Instruments --parallel 7 \\
         --set epochs=10 pretrain_epochs=4 float32_matmul_precision=high --out docs/results/qbert4rec_ablations_instruments
 
 That command took 7 min 11 s on one H100 (16 cores; the runs are CPU-bound, about 21 s per epoch each with 7 at once).
-CPU smoke test: point ``QREC_DATA_DIR`` at a folder of small processed subsets (Instruments, Games) and
-add ``--set use_gpu=False data_path=/tmp/subset_atomic`` plus tiny model and epoch settings.
+CPU smoke test: convert small subsets (Instruments, Games) into ``/tmp/subset_atomic`` and add ``--set
+use_gpu=False data_path=/tmp/subset_atomic allow_data_mismatch=True`` plus tiny model and epoch settings.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -35,11 +37,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-from bench.baselines import machine_name, markdown, run_model, table_rows, write_outputs  # noqa: E402
-from recbole_qrec.config import build_config  # noqa: E402
-from recbole_qrec.data import ensure_atomic_files  # noqa: E402
+from common import REPO_ROOT, machine_name, markdown, run_model, table_rows, write_outputs
+from recbole_qrec.config import build_config
+from recbole_qrec.data import ensure_atomic_files
+from recbole_qrec.data.sid import SID_SUFFIX
 
 MODEL = "QBert4Rec"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -69,18 +70,23 @@ def variant_settings(common: dict[str, str], variant: str) -> dict[str, str]:
     return {**common, **{key: repr(value) for key, value in VARIANTS[variant].items()}}
 
 
-def prepare_datasets(dataset: str, variants: list[str], common: dict[str, str]) -> None:
-    """Convert the target and every pretraining source of ``variants`` once, before the parallel runs."""
+def dataset_folders(dataset: str, variants: list[str], common: dict[str, str]) -> list[Path]:
+    """The atomic-file folders of the target and of every pretraining source of ``variants`` (checked to exist)."""
     sources = {name for variant in variants for name in VARIANTS[variant].get("pretrain_datasets", [])}
-    for name in [dataset, *sorted(sources)]:
-        ensure_atomic_files(build_config(MODEL, name, cmd_args=[f"--{key}={value}" for key, value in common.items()]))
+    configs = [build_config(MODEL, name, cmd_args=[f"--{key}={value}" for key, value in common.items()])
+               for name in [dataset, *sorted(sources)]]
+    return [ensure_atomic_files(config).parent for config in configs]
 
 
-def run_variant(variant: str, dataset: str, common: dict[str, str], work: Path) -> dict[str, Any]:
-    """Train and test one variant; its result record with ``variant`` added, or ``{variant, error}``."""
+def run_variant(variant: str, dataset: str, common: dict[str, str], folders: list[Path], work: Path) -> dict[str, Any]:
+    """Train and test one variant on its own copy of the atomic files; its result record with ``variant``
+    added, or ``{variant, error}``."""
     folder = work / variant
-    folder.mkdir(parents=True, exist_ok=True)
-    settings = {**variant_settings(common, variant), "checkpoint_dir": str(folder / "saved")}
+    for source in folders:
+        shutil.copytree(source, folder / "dataset" / source.name, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(f"*.{SID_SUFFIX}*"))
+    settings = {**variant_settings(common, variant), "checkpoint_dir": str(folder / "saved"),
+                "data_path": str(folder / "dataset")}
     try:
         record = run_model(MODEL, dataset, [f"--{key}={value}" for key, value in settings.items()], folder, folder)
     except RuntimeError as err:
@@ -99,7 +105,8 @@ def report(dataset: str, command: str, date: str, common: dict[str, str], result
               f"- command: `{command}`\n- machine: {machine_name()}\n- date: {date}\n"
               f"- common settings: {common or 'harness defaults'}\n"
               + "".join(f"- {result['variant']}: {VARIANTS[result['variant']] or 'no overrides'}\n" for result in results)
-              + "- epochs and train_seconds_per_epoch count pretraining and fine-tuning epochs together")
+              + "- epochs and train_seconds_per_epoch count fine-tuning epochs (pretraining epochs are recorded apart, "
+                "as pretrain_epochs in the JSON)")
     failures = [f"\n## {result['variant']} failed\n\n```\n{result['error']}\n```\n" for result in results if "error" in result]
     return markdown(finished_rows(results), header) + "".join(failures)
 
@@ -126,11 +133,12 @@ def main() -> None:
     os.chdir(REPO_ROOT)  # relative paths (data_path, ...) mean the same here as in the runs, which start there
     # Parallel runs share the CPU too: split its cores between them unless told otherwise.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.parallel)))
-    prepare_datasets(args.dataset, args.variants, common)
+    folders = dataset_folders(args.dataset, args.variants, common)
     with tempfile.TemporaryDirectory() as tmp:
         work = work_dir or Path(tmp)
         with ThreadPoolExecutor(args.parallel) as pool:
-            results = list(pool.map(lambda variant: run_variant(variant, args.dataset, common, work), args.variants))
+            results = list(pool.map(lambda variant: run_variant(variant, args.dataset, common, folders, work),
+                                    args.variants))
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     table = report(args.dataset, command, date, common, results)
     print(table)

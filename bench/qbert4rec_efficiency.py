@@ -1,8 +1,8 @@
 """Efficiency of Q-Bert4Rec on one dataset: parameters, FLOPs, full-ranking latency, epoch time, injection depths.
 
-Measured on the harness's own data path (processed dataset -> ``dataset_prep.convert`` -> RecBole
-``create_dataset`` / ``data_preparation``) and configs (``build_config("QBert4Rec", ...)`` and
-``build_config("BERT4Rec", ...)``):
+Measured on the harness's own data path (processed dataset under ``--data_path`` or ``$QREC_DATA_DIR`` ->
+``dataset_prep.convert`` -> the tokenize stage -> ``recbole_qrec.data.create_dataset`` / ``data_preparation``)
+and configs (``build_config("QBert4Rec", ...)`` and ``build_config("BERT4Rec", ...)``):
 
 * trainable parameters of the stage-3 model, of the stage-1 injection module and of the stage-2
   RQ-VAE (both discarded after the codes are made; rebuilt here only to be counted), and of BERT4Rec;
@@ -18,7 +18,8 @@ Measured on the harness's own data path (processed dataset -> ``dataset_prep.con
   its multi-mask pretraining (``pretrain_loss``) and of RecBole's BERT4Rec, each model alone on the
   device, one warm-up epoch then the median of ``--epochs`` epochs; both at their harness configs and
   at one common ``train_batch_size``;
-* the stage-1 injection depth histogram (items per number of cross-attention blocks applied).
+* the stage-1 injection depth histogram (items per number of cross-attention blocks applied), from the
+  tokenize stage's ``<dataset>.sid.json``.
 
 Stages 1-2 run with the configured (paper) epochs by default: they take seconds on a GPU, and the
 depth histogram only means something for a trained injection module. ``--quick-stages`` cuts them
@@ -32,6 +33,7 @@ to a few epochs for smoke tests. Stage 3 is not trained: timings do not depend o
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import statistics
@@ -47,63 +49,16 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-from bench.baselines import machine_name, synchronize  # noqa: E402
-from dataset_prep.convert import convert  # noqa: E402
-from dataset_prep.locate import find_processed_dataset  # noqa: E402
-from dataset_prep.subset import write_user_subset  # noqa: E402
-from recbole_qrec.config import build_config  # noqa: E402
-from recbole_qrec.fileio import atomic_open, write_json_atomic  # noqa: E402
+from common import build_model, load_data, machine_name, make_config, prepare_data, synchronize
+from recbole_qrec.data.sid import SID_SUFFIX, sid_metadata_path
+from recbole_qrec.fileio import atomic_open, write_json_atomic
+from recbole_qrec.tokenize import ensure_semantic_ids
 
 PAPER = {"parameters_instruments": 3.71e6, "median_depth": 2, "ms_per_user_target": 0.05, "epoch_ratio_target": 1.2}
 QUICK_STAGES = ["injection_epochs=2", "sid_epochs=5"]
 
 
-# Data and models
-
-def prepare_data(dataset: str, root: Path, users: int | None) -> Path:
-    """Convert the processed dataset (its first ``users`` users, if given) into ``<root>/data``; returns the data_path."""
-    source = find_processed_dataset(dataset)
-    if users:
-        source = write_user_subset(dataset, source, root / "subset", users)
-    convert(dataset, src=source, out=root / "data")
-    return root / "data"
-
-
-def device_args(device: str) -> list[str]:
-    """RecBole selects its device through use_gpu / gpu_id."""
-    if device == "cpu":
-        return ["--use_gpu=False"]
-    if device == "cuda" or device.startswith("cuda:"):
-        return ["--use_gpu=True", f"--gpu_id={device.partition(':')[2] or 0}"]
-    raise SystemExit(f"error: --device must be cpu, cuda or cuda:N, not {device!r}")
-
-
-def make_config(model: str, dataset: str, data_path: Path, work: Path, device: str, overrides: list[str]):
-    args = [f"--data_path={data_path}", f"--checkpoint_dir={work / 'saved'}", "--show_progress=False",
-            *device_args(device), *(f"--{item}" for item in overrides)]
-    return build_config(model, dataset, cmd_args=args)
-
-
-def load_data(config):
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import init_seed
-
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    train, valid, test = data_preparation(config, dataset)
-    return dataset, train, valid, test
-
-
-def build_model(config, train):
-    from recbole.utils import init_seed
-
-    from recbole_qrec.utils import get_model
-
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    return get_model(config["model"])(config, train._dataset).to(config["device"])
-
+# Models
 
 def trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
@@ -118,8 +73,8 @@ def parameter_breakdown(module: nn.Module) -> dict[str, int]:
 
 def stage12_parameters(config, dataset) -> dict[str, Any]:
     """Parameters of the stage-1 injection module and the stage-2 RQ-VAE (fresh modules: same shapes)."""
-    from recbole_qrec.model.qbert4rec_modules.item_features import load_item_features
-    from recbole_qrec.model.qbert4rec_modules.semantic_ids import build_injection, tokenizer_config
+    from recbole_qrec.data.item_features import load_item_features
+    from recbole_qrec.qbert4rec_stage import build_injection, tokenizer_config
     from recbole_qrec.quantization.tokenizer import build_rqvae
 
     features = load_item_features(config, dataset)
@@ -129,15 +84,13 @@ def stage12_parameters(config, dataset) -> dict[str, Any]:
             "rqvae": trainable(rqvae), "feature_dims": [m.shape[1] for m in features.matrices]}
 
 
-def injection_depths(config, dataset) -> tuple[list[int], float]:
-    """Items per injection depth ``0..injection_layers`` (real items only) and the median depth."""
-    from recbole_qrec.model.qbert4rec_modules.injection import depth_histogram
-    from recbole_qrec.model.qbert4rec_modules.semantic_ids import semantic_ids
-
-    ids = semantic_ids(config, dataset)  # the model's constructor cached them: read back, with the depths
-    assert ids.from_cache, "semantic IDs were recomputed instead of read from the cache"
-    depths = ids.depths[1:]
-    return depth_histogram(depths, config["injection_layers"]), float(depths.float().median())
+def injection_depths(config) -> tuple[list[int], float]:
+    """Items per injection depth ``0..injection_layers`` (real items only) and the median depth, as the tokenize
+    stage recorded them."""
+    sid_file = Path(config["data_path"]) / f"{config['dataset']}.{SID_SUFFIX}"
+    histogram = json.loads(sid_metadata_path(sid_file).read_text(encoding="utf-8"))["depth_histogram"][config["dataset"]]
+    depths = torch.repeat_interleave(torch.arange(len(histogram)), torch.tensor(histogram))
+    return histogram, float(depths.float().median())
 
 
 # FLOPs
@@ -277,7 +230,7 @@ def markdown(result: dict[str, Any]) -> str:
         + (f" (first {result['users_subset']} users only)" if result["users_subset"] else ""),
         f"- QBert4Rec: {result['settings']['qbert4rec']}",
         f"- BERT4Rec: {result['settings']['bert4rec']}",
-        f"- stages 1-2 (injection + RQ-VAE, computed in the constructor): {q['stage12_seconds']:.1f} s; "
+        f"- stages 1-2 (injection + RQ-VAE: the tokenize stage, reading the dataset included): {q['stage12_seconds']:.1f} s; "
         f"fp32 throughout (float32 matmul precision '{result['settings']['float32_matmul_precision']}', no AMP)",
         "",
         "## Parameters (trainable)",
@@ -379,7 +332,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="QBert4Rec config overrides, e.g. --set injection_epochs=5 hidden_size=64")
     parser.add_argument("--bert-set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="BERT4Rec config overrides")
-    parser.add_argument("--data-path", help="keep the converted atomic files here (default: a temporary folder)")
+    parser.add_argument("--data_path", help="folder of the processed datasets (default: $QREC_DATA_DIR)")
+    parser.add_argument("--atomic-dir", help="keep the converted atomic files here (default: a temporary folder)")
     parser.add_argument("--out", default="docs/results/qbert4rec_efficiency", help="output path without extension")
     return parser.parse_args(argv)
 
@@ -391,8 +345,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out).resolve()
     with tempfile.TemporaryDirectory(prefix="qbert4rec_efficiency_") as tmp:
         work = Path(tmp)
-        data_root = Path(args.data_path).resolve() if args.data_path else work
-        data_path = prepare_data(args.dataset, data_root, args.users)
+        data_root = Path(args.atomic_dir).resolve() if args.atomic_dir else work
+        data_path = prepare_data(args.dataset, data_root, args.users, args.data_path)
         with working_directory(work):
             result = measure(args, command, qbert_overrides, data_path, work)
     write_json_atomic(out.with_suffix(".json"), result)
@@ -411,20 +365,22 @@ def measure(args, command: str, qbert_overrides: list[str], data_path: Path, wor
     device = qconfig["device"]
     common = qconfig["train_batch_size"] if args.common_batch_size is None else args.common_batch_size
 
-    # Q-Bert4Rec: data, stages 1-2 (timed), parameters, FLOPs, latency.
-    dataset, train, _, test = load_data(qconfig)
+    # Q-Bert4Rec: stages 1-2 (the tokenize stage, timed), data, parameters, FLOPs, latency.
     synchronize(device)
     start = time.perf_counter()
-    model = build_model(qconfig, train)
+    if not ensure_semantic_ids(qconfig):
+        raise SystemExit("error: the semantic IDs in --atomic-dir were up to date, so stages 1-2 were not timed — "
+                         "give a fresh --atomic-dir")
     synchronize(device)
     stage12_seconds = time.perf_counter() - start
-    assert not model.codes_from_cache, "fresh checkpoint_dir expected"
+    dataset, train, _, test = load_data(qconfig)
+    model = build_model(qconfig, train)
     # Q-Bert4Rec epochs first, on a freshly built model: fine-tuning (calculate_loss) and multi-mask
     # pretraining, harness batch size.
     qtrainer = get_trainer(qconfig["MODEL_TYPE"], qconfig["model"])(qconfig, model)
     fine_tune = epoch_seconds(qtrainer, train, device, args.epochs)
     pretrain = epoch_seconds(qtrainer, train, device, args.epochs, loss_func=model.pretrain_loss)
-    histogram, median_depth = injection_depths(qconfig, train._dataset)
+    histogram, median_depth = injection_depths(qconfig)
     stage12 = stage12_parameters(qconfig, train._dataset)
     users = test_users(test)
     model.eval()

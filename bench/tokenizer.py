@@ -3,7 +3,7 @@
 Rows: a synthetic catalog (clustered Gaussian features generated on the device, fixed seed;
 default 1,000,000 items x 4096 dims, budget 300 s per fit) and Instruments (6,250 items; the
 one-hot of the 4 text-code levels of ``Instruments.index_lemb.json``, 1024 dims; found under
-``$QREC_DATA_DIR``, else ``../shared/data/amazon``, else skipped), each with every collision strategy.
+``--data_path``, else ``$QREC_DATA_DIR``, else skipped), each with every collision strategy.
 On CUDA the MLPs run under bf16 autocast; nearest-code distances stay in full fp32 (no TF32), so
 near-ties are decided exactly. The training loop never waits on the host.
 
@@ -23,15 +23,11 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-from baselines import machine_name  # noqa: E402  (bench/ is on sys.path: it holds this script)
-
-from dataset_prep.locate import search_roots  # noqa: E402
-from recbole_qrec.fileio import atomic_open, write_json_atomic  # noqa: E402
-from dataset_prep.features import code_file_features  # noqa: E402
-from recbole_qrec.quantization import TokenizerConfig, fit_tokenizer  # noqa: E402
-from recbole_qrec.quantization.config import COLLISION_STRATEGIES  # noqa: E402
+from common import machine_name, processed_file
+from dataset_prep.features import code_file_features
+from recbole_qrec.fileio import atomic_open, write_json_atomic
+from recbole_qrec.quantization import TokenizerConfig, fit_tokenizer
+from recbole_qrec.quantization.config import COLLISION_STRATEGIES
 
 COLUMNS = ["dataset", "items", "dim", "strategy", "epochs", "batch_size", "train_s", "assign_s", "collisions_s",
            "total_s", "reconstruction_loss", "collision_rate_before", "collision_rate_after", "levels",
@@ -51,15 +47,6 @@ def clustered_features(items: int, dim: int, clusters: int, seed: int, device: t
         noise = torch.randn(len(labels[rows]), dim, generator=generator, device=device)
         features[rows] = (centres[labels[rows]] + 0.5 * noise).to(dtype)
     return features
-
-
-def instruments_path() -> Path | None:
-    """``Instruments/Instruments.index_lemb.json`` in the first data root that has it."""
-    for root in search_roots():
-        path = root / "Instruments" / "Instruments.index_lemb.json"
-        if path.is_file():
-            return path
-    return None
 
 
 def bench_row(name: str, features: torch.Tensor, config: TokenizerConfig, device: torch.device, budget: float) -> dict:
@@ -98,6 +85,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--budget", type=float, default=300.0, help="seconds allowed per fit (train+assign+collisions)")
+    parser.add_argument("--data_path", help="folder of the processed datasets (default: $QREC_DATA_DIR)")
     parser.add_argument("--out", default="docs/results/tokenizer", help="output path without extension (.json, .csv)")
     args = parser.parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
@@ -107,9 +95,9 @@ def main() -> None:
     synthetic = clustered_features(args.items, args.dim, args.clusters, args.seed, device)
     print(f"synthetic features {tuple(synthetic.shape)} {synthetic.dtype} built in {time.perf_counter() - started:.1f} s")
     datasets = [("synthetic", synthetic, {"batch_size": args.batch_size})]
-    path = instruments_path()
+    path = processed_file(args.data_path, "Instruments", "Instruments.index_lemb.json")
     if path is None:
-        print("Instruments skipped: no Instruments/Instruments.index_lemb.json under $QREC_DATA_DIR or ../shared/data/amazon")
+        print("Instruments skipped: no Instruments/Instruments.index_lemb.json under --data_path or $QREC_DATA_DIR")
     else:
         datasets.append(("Instruments", torch.from_numpy(code_file_features(path)), {}))
 

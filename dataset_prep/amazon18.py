@@ -33,7 +33,6 @@ import http.client
 import json
 import re
 import shutil
-import sys
 import urllib.request
 import zlib
 from collections import Counter, defaultdict
@@ -46,7 +45,7 @@ from tqdm import tqdm
 
 from dataset_prep.locate import AMAZON18_DOMAINS
 from dataset_prep.stats import format_stats, sequence_stats
-from recbole_qrec.errors import DatasetNotFoundError, MalformedDataError, QRecError
+from recbole_qrec.errors import DEBUG_EPILOG, DatasetNotFoundError, MalformedDataError, QRecError, user_errors
 from recbole_qrec.fileio import atomic_open, atomic_path, write_json_atomic
 
 BASE_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/"
@@ -130,13 +129,14 @@ def ensure_raw_files(urls: Mapping[str, str], raw_dir: Path, download: bool) -> 
     """
     missing = {name: url for name, url in urls.items() if not (raw_dir / name).is_file()}
     if missing and not download:
-        lines = "\n".join(f"  {raw_dir / name}  (from {url})" for name, url in missing.items())
-        raise DatasetNotFoundError(f"Missing raw Amazon 2018 file(s):\n{lines}\nPass --download to fetch them.")
+        files = "; ".join(f"{raw_dir / name} (from {url})" for name, url in missing.items())
+        raise DatasetNotFoundError(f"missing raw Amazon 2018 file(s): {files} — pass --download to fetch them")
     for name, url in missing.items():
         try:
             fetch(url, raw_dir / name)
         except (OSError, ValueError, http.client.HTTPException) as err:
-            raise QRecError(f"Could not download {url} to {raw_dir / name}: {err}") from err
+            raise QRecError(f"Could not download {url} to {raw_dir / name} ({err}) — check the address (--base-url) "
+                            "and the connection, or put the file there yourself") from err
     return [raw_dir / name for name in urls]
 
 
@@ -164,7 +164,7 @@ def iter_records(path: Path) -> Iterator[dict[str, Any] | None]:
                     yield parse_record(line)
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as err:
         raise MalformedDataError(
-            f"{path} is not a readable gzip JSON-lines file ({err}); delete it and re-run with --download."
+            f"{path} is not a readable gzip JSON-lines file ({err}) — delete it and re-run with --download"
         ) from err
 
 
@@ -294,7 +294,7 @@ def build_dataset(
     if not kept:
         raise MalformedDataError(
             f"No interactions left in {reviews_path} after the {k}-core filter"
-            f"{' and dropping items without a title' if require_title else ''}."
+            f"{' and dropping items without a title' if require_title else ''} — lower --k or pass --no-require-title"
         )
     sequences = user_sequences(kept)
     user_ids, item_ids = assign_ids(sequences)
@@ -366,7 +366,13 @@ def format_image_report(report: ImageReport, image_dir: Path) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dataset_prep.amazon18",
+        description="Build a processed dataset (<name>.inter.json, item2id, user2id, item.json) from the raw Amazon "
+        "Review Data 2018 files of one category: earliest review per user and item, items with a title, iterative "
+        "k-core, per-user sequences in time order, contiguous integer ids.",
+        epilog=f"Then: python -m dataset_prep.convert --dataset NAME --src OUT. {DEBUG_EPILOG}",
+    )
     parser.add_argument("--domain", required=True, help="Amazon 2018 category file name, e.g. Musical_Instruments")
     parser.add_argument("--name", help="output dataset name (default: Instruments/Arts/Games or the domain)")
     parser.add_argument("--raw-dir", type=Path, default=Path("raw"), help="raw .json.gz folder (default: raw)")
@@ -395,14 +401,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     urls = raw_file_urls(args.domain, args.five_core_file, args.base_url)
-    try:
+    with user_errors():
         reviews_path, meta_path = ensure_raw_files(urls, args.raw_dir, args.download)
         report = build_dataset(reviews_path, meta_path, args.out, args.name, args.k, args.require_title)
-    except QRecError as err:
-        sys.exit(f"error: {err}")
-    print(format_report(report, reviews_path, meta_path, args.k))
-    if args.download_images:
-        print(format_image_report(download_images(report.image_urls, args.image_dir), args.image_dir))
+        print(format_report(report, reviews_path, meta_path, args.k))
+        if args.download_images:
+            print(format_image_report(download_images(report.image_urls, args.image_dir), args.image_dir))
     print(format_stats(args.name, report.stats))
     print(f"wrote {args.out / args.name}")
 

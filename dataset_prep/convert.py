@@ -12,19 +12,21 @@ Output (``<out>/<name>/``):
 * ``<name>.item`` -- ``item_id:token`` plus one ``token_seq`` column per code file
   (``text_codes`` / ``image_codes``), tokens like ``a_12 b_7 c_201 d_3``.
 
-Usage: ``python -m dataset_prep.convert --dataset Instruments [--src DIR] [--out dataset]``
+Usage: ``python -m dataset_prep.convert --dataset Instruments [--src DIR] [--out dataset]``. Runs read
+these files from their ``data_path``; nothing converts a dataset automatically.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+import re
 from pathlib import Path
+from typing import Any
 
 from dataset_prep.locate import find_processed_dataset
 from dataset_prep.stats import format_stats, sequence_stats
-from recbole_qrec.errors import MalformedDataError, QRecError
+from recbole_qrec.errors import DEBUG_EPILOG, MalformedDataError, user_errors
 from recbole_qrec.fileio import atomic_open
 
 # Code file suffix -> item feature field. LLaMA text codes are lower-case levels, CLIP image codes upper-case.
@@ -33,6 +35,7 @@ CODE_FILES = {
     "index": "text_codes",
     "index_vitemb": "image_codes",
 }
+CODE_TOKEN = re.compile(r"<([A-Za-z]_\d+)>")
 MIN_SEQUENCE_LENGTH = 3  # one training target, one validation target, one test target
 
 
@@ -41,19 +44,29 @@ def load_sequences(folder: Path, name: str) -> dict[str, list[int]]:
     path = folder / f"{name}.inter.json"
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise MalformedDataError(f"{path} is not valid JSON ({err}); re-create it with dataset_prep.amazon18.") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MalformedDataError(f"{path} is not valid JSON ({err}) — re-create it with dataset_prep.amazon18") from err
     if not isinstance(raw, dict) or not raw:
-        raise MalformedDataError(f"{path} must be a non-empty JSON object {{user_id: [item_id, ...]}}.")
+        raise MalformedDataError(f"{path} is not a non-empty JSON object — write it as {{\"user_id\": [item_id, ...]}}")
     for user, items in raw.items():
-        if not isinstance(items, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
-            raise MalformedDataError(f"{path}: user {user!r} must map to a list of integer item ids, got {items!r:.80}.")
+        if not isinstance(items, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items):
+            raise MalformedDataError(f"{path}: user {user!r} maps to {items!r:.80} — each user needs a list of "
+                                     "non-negative integer item ids in time order")
         if len(items) < MIN_SEQUENCE_LENGTH:
             raise MalformedDataError(
                 f"{path}: user {user!r} has {len(items)} interactions; leave-one-out needs at least "
-                f"{MIN_SEQUENCE_LENGTH}. Filter the data (e.g. 5-core) before converting."
+                f"{MIN_SEQUENCE_LENGTH} — filter the data (e.g. 5-core) before converting"
             )
     return raw
+
+
+def code_token(token: Any, path: Path, item: str, level: int) -> str:
+    """``"<a_12>"`` -> ``"a_12"``, checking its form."""
+    match = CODE_TOKEN.fullmatch(token) if isinstance(token, str) else None
+    if match is None:
+        raise MalformedDataError(f"{path}: item {item!r}, level {level}: token {token!r} is not of the form <a_12> — "
+                                 "list each item's level tokens in order, e.g. [\"<a_12>\", \"<b_7>\"]")
+    return match.group(1)
 
 
 def load_code_files(folder: Path, name: str) -> dict[str, dict[str, list[str]]]:
@@ -63,10 +76,15 @@ def load_code_files(folder: Path, name: str) -> dict[str, dict[str, list[str]]]:
         path = folder / f"{name}.{suffix}.json"
         if not path.is_file() or field in fields:
             continue
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise MalformedDataError(f"{path} is not valid JSON ({err}) — re-create or re-download it") from err
         if not isinstance(raw, dict) or not all(isinstance(v, list) for v in raw.values()):
-            raise MalformedDataError(f"{path} must be a JSON object {{item_id: [\"<a_1>\", ...]}}.")
-        fields[field] = {item: [token.strip("<>") for token in codes] for item, codes in raw.items()}
+            raise MalformedDataError(f"{path} is not a JSON object of code lists — write it as "
+                                     "{\"item_id\": [\"<a_1>\", ...]}")
+        fields[field] = {item: [code_token(token, path, item, level) for level, token in enumerate(codes)]
+                         for item, codes in raw.items()}
     return fields
 
 
@@ -101,15 +119,19 @@ def convert(name: str, src: str | Path | None = None, out: str | Path = "dataset
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dataset_prep.convert",
+        description="Convert a processed dataset (<name>.inter.json and its <name>.index*.json code files, the "
+        "LC-Rec/MQL4GRec format) into RecBole atomic files <out>/<name>/<name>.inter and <name>.item, and print "
+        "its statistics.",
+        epilog=DEBUG_EPILOG,
+    )
     parser.add_argument("--dataset", required=True, help="dataset name, e.g. Instruments")
-    parser.add_argument("--src", help="folder with <dataset>/<dataset>.inter.json (default: $QREC_DATA_DIR, then ../shared/data/amazon)")
-    parser.add_argument("--out", default="dataset", help="RecBole data_path to write <dataset>/<dataset>.inter into")
+    parser.add_argument("--src", help="folder holding <dataset>/<dataset>.inter.json (default: $QREC_DATA_DIR)")
+    parser.add_argument("--out", default="dataset", help="RecBole data_path to write <dataset>/ into (default: dataset)")
     args = parser.parse_args(argv)
-    try:
+    with user_errors():
         stats = convert(args.dataset, args.src, args.out)
-    except QRecError as err:
-        sys.exit(f"error: {err}")
     print(format_stats(args.dataset, stats))
     print(f"wrote {Path(args.out) / args.dataset}")
 

@@ -1,8 +1,7 @@
-"""recbole-qrec: semantic-ID multimodal sequential recommenders as a RecBole plugin."""
+"""recbole-qrec: semantic-ID multimodal sequential recommenders as a RecBole plugin.
 
-from recbole_qrec.compat import import_recbole_models, patch_numpy_aliases
-
-patch_numpy_aliases()
-import_recbole_models()
+Importing the package loads nothing heavy: torch, RecBole and the models are imported by the modules
+that use them (:mod:`recbole_qrec.config`, :func:`recbole_qrec.utils.get_model`, ...).
+"""
 
 __version__ = "0.1.0"

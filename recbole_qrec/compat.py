@@ -1,15 +1,17 @@
-"""Compatibility shims that let RecBole 1.2.1 run on numpy 2 without editing RecBole.
+"""Compatibility shims that let RecBole 1.2.1 run on today's numpy and torch without editing RecBole.
 
-RecBole's ``Config.compatibility_settings`` re-creates the numpy aliases removed in 1.20
-(``np.float = np.float_`` ...), but reads ``np.float_``, ``np.complex_`` and ``np.unicode_``,
-which numpy 2 removed as well. Restoring those three names (to the types they always aliased)
-before a ``Config`` is built is enough for RecBole's config, data and evaluator code to run.
+Nothing here runs on ``import recbole_qrec``; the two shims run where RecBole is first used:
 
-RecBole's ``recbole/model/sequential_recommender/sine.py`` calls
-``torch.autograd.set_detect_anomaly(True)`` at import time, and RecBole's ``get_model`` imports it
-with every sequential model. Anomaly detection then stays on for the whole process: every autograd
-op records a traceback (training steps several times slower) and any NaN in a backward pass raises.
-:func:`import_recbole_models` imports RecBole's sequential models once, up front, and turns it off.
+* :func:`prepare_recbole`, called before a RecBole ``Config`` is built: RecBole's
+  ``Config.compatibility_settings`` re-creates the numpy aliases removed in 1.20 (``np.float =
+  np.float_`` ...) but reads ``np.float_``, ``np.complex_`` and ``np.unicode_``, which numpy 2 removed
+  as well. Restoring those three names (to the types they always aliased) is enough for RecBole's
+  config, data and evaluator code to run.
+* :func:`undo_sine_anomaly_detection`, around a model lookup: RecBole's
+  ``recbole/model/sequential_recommender/sine.py`` calls ``torch.autograd.set_detect_anomaly(True)``
+  at import time, and RecBole's ``get_model`` imports it with every sequential model. Anomaly
+  detection would then stay on for the whole process: every autograd op records a traceback
+  (training steps several times slower) and any NaN in a backward pass raises.
 
 The other known breakages are handled where they belong:
 
@@ -21,25 +23,35 @@ The other known breakages are handled where they belong:
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
-import torch
 
 NUMPY_REMOVED_ALIASES: dict[str, type] = {
     "float_": np.float64,
     "complex_": np.complex128,
     "unicode_": np.str_,
 }
+SINE_MODULE = "recbole.model.sequential_recommender.sine"
 
 
-def patch_numpy_aliases() -> None:
-    """Restore the numpy 1.x aliases RecBole 1.2.1 reads, where numpy no longer has them."""
+def prepare_recbole() -> None:
+    """Restore the numpy 1.x aliases RecBole 1.2.1's ``Config`` reads, where numpy no longer has them."""
     for name, target in NUMPY_REMOVED_ALIASES.items():
         if name not in np.__dict__:
             setattr(np, name, target)
 
 
-def import_recbole_models() -> None:
-    """Import RecBole's sequential models now and undo the global anomaly detection that SINE's module turns on."""
-    import recbole.model.sequential_recommender  # noqa: F401  (imports sine.py)
+@contextmanager
+def undo_sine_anomaly_detection() -> Iterator[None]:
+    """Switch torch's anomaly detection off again if RecBole's ``sine.py`` is first imported inside the block."""
+    imported_before = SINE_MODULE in sys.modules
+    try:
+        yield
+    finally:
+        if not imported_before and SINE_MODULE in sys.modules:
+            import torch
 
-    torch.autograd.set_detect_anomaly(False)
+            torch.autograd.set_detect_anomaly(False)

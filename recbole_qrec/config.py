@@ -1,17 +1,32 @@
-"""Build a RecBole ``Config`` with recbole-qrec's ``properties/`` layered under the user's settings.
+"""recbole-qrec's RecBole ``Config``: our ``properties/`` YAMLs as defaults, the user's settings checked on top.
 
-Order (later wins), exactly RecBole's own layering with our files inserted first among the
-external files: RecBole's internal defaults < ``properties/overall.yaml`` <
-``properties/model/<model>.yaml`` < ``properties/dataset/<dataset>.yaml`` < the user's
-config files < ``config_dict`` < ``--key=value`` command-line arguments.
+:class:`QRecConfig` subclasses RecBole's ``Config`` the way RecBole-GNN does: its hooks resolve the model
+with :func:`recbole_qrec.utils.get_model`, add our YAML files to the internal defaults, and take the
+command-line overrides from an argument list instead of ``sys.argv``. Layering (later wins):
+
+1. RecBole's internal defaults (its ``overall.yaml``, model YAML, dataset YAMLs and quick-start YAML for the
+   model type);
+2. ``properties/overall.yaml``;
+3. ``properties/model/<model>.yaml``;
+4. ``properties/dataset/<dataset>.yaml``;
+5. the user's ``--config_files``, in the order given;
+6. ``config_dict`` (the Python API);
+7. ``--key=value`` command-line overrides.
+
+Layers 1-4 are ``Config.internal_config_dict`` (the defaults), 5-7 ``Config.external_config_dict`` (the
+user's settings). Before RecBole post-processes anything, every user key must be one that some RecBole or
+recbole-qrec component reads, and every value must fit its key (:data:`VALUE_RULES`, then the default's
+type); each problem is a one-line :class:`~recbole_qrec.errors.ConfigError`.
 """
 
 from __future__ import annotations
 
 import difflib
-import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -21,10 +36,11 @@ from recbole.config import Config
 from recbole.utils import argument_list
 
 import recbole
-from recbole_qrec.errors import ConfigError
+from recbole_qrec.compat import prepare_recbole
+from recbole_qrec.errors import ConfigError, QRecError
+from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.utils import get_model
 
-PROPERTIES_DIR = Path(__file__).resolve().parents[1] / "properties"
 RECBOLE_PROPERTIES_DIR = Path(recbole.__file__).resolve().parent / "properties"
 
 
@@ -38,6 +54,55 @@ def default_config_files(model_name: str, dataset: str) -> list[str]:
     return [str(path) for path in candidates if path.is_file()]
 
 
+def read_config_file(path: str | os.PathLike, loader: type[yaml.Loader] = yaml.SafeLoader) -> dict[str, Any]:
+    """The ``key: value`` mapping of a YAML config file; a missing, empty or malformed file is a ConfigError."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"Config file '{name}' does not exist — check the path given to --config_files") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"Config file '{name}' is not UTF-8 text — save it as a UTF-8 YAML file") from None
+    except OSError as err:
+        raise ConfigError(f"Config file '{name}' cannot be read ({err.strerror}) — give a readable YAML file") from None
+    try:
+        content = yaml.load(text, Loader=loader)
+    except yaml.MarkedYAMLError as err:
+        mark, context = err.problem_mark, err.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        started = f" ({err.context} started at line {context.line + 1})" if context and err.context else ""
+        raise ConfigError(f"Config file '{name}' is not valid YAML{where}: {err.problem}{started} — "
+                          "fix that line (one 'key: value' per line)") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Config file '{name}' is not valid YAML: {err} — fix it (one 'key: value' per line)") from None
+    if content is None:
+        raise ConfigError(f"Config file '{name}' is empty or holds only comments — write 'key: value' lines "
+                          "in it, or leave it out of --config_files")
+    if not isinstance(content, dict):
+        raise ConfigError(f"Config file '{name}' holds a YAML {type(content).__name__}, not a mapping — write one "
+                          "'key: value' per line, e.g. 'epochs: 50'")
+    not_names = [key for key in content if not isinstance(key, str)]
+    if not_names:
+        raise ConfigError(f"Config file '{name}' has the key {not_names[0]!r}, which is not a name — "
+                          "keys are config names such as 'epochs'")
+    return content
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, str]:
+    """``--key=value`` arguments as ``{key: value}`` (values still strings, as RecBole reads them)."""
+    overrides: dict[str, str] = {}
+    for arg in args:
+        key, equals, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if not key or not equals:
+            example = f"{arg}=<value>" if arg.startswith("--") and len(arg) > 2 else "--key=value, e.g. --epochs=50"
+            raise ConfigError(f"Command-line argument '{arg}' is not of the form --key=value — write {example}")
+        if key in overrides and overrides[key] != value:
+            raise ConfigError(f"--{key} is given twice with different values ({overrides[key]!r} and {value!r}) — "
+                              "give each --key=value once")
+        overrides[key] = value
+    return overrides
+
+
 @cache
 def known_config_keys() -> frozenset[str]:
     """Keys of RecBole's YAMLs and argument lists and of our harness YAMLs (not the tokenizer's own file)."""
@@ -49,25 +114,139 @@ def known_config_keys() -> frozenset[str]:
     return frozenset(keys)
 
 
-def check_config_keys(keys: Sequence[str]) -> None:
+def check_config_keys(keys: Sequence[str], model: str) -> None:
     """Raise :class:`ConfigError` for a key no RecBole or recbole-qrec component reads."""
     known = known_config_keys()
     for key in keys:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"Unknown config key '{key}': no RecBole or recbole-qrec component reads it.{hint}")
+            fix = f"did you mean '{close[0]}'?" if close else f"check the spelling (recbole-qrec --model={model} --help lists the keys)"
+            raise ConfigError(f"Unknown config key '{key}': no RecBole or recbole-qrec component reads it — {fix}")
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class ValueRule:
+    """What a key accepts: an ``int`` or any number (``float``), within optional bounds; ``listed`` also
+    takes a non-empty list of such values."""
+
+    kind: type
+    minimum: float | None = None
+    maximum: float | None = None
+    above_minimum: bool = False  # the minimum itself is excluded
+    listed: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        if self.listed and isinstance(value, list):
+            return bool(value) and all(self.accepts_one(item) for item in value)
+        return self.accepts_one(value)
+
+    def accepts_one(self, value: Any) -> bool:
+        if not is_number(value) or not math.isfinite(value) or (self.kind is int and not isinstance(value, int)):
+            return False
+        if self.minimum is not None and (value <= self.minimum if self.above_minimum else value < self.minimum):
+            return False
+        return self.maximum is None or value <= self.maximum
+
+    def describe(self) -> str:
+        """E.g. ``an integer >= 1``, ``a number in [0, 1]``."""
+        one = self.describe_values(plural=False)
+        return f"a non-empty list of {self.describe_values(plural=True)} (or {one})" if self.listed else one
+
+    def describe_values(self, plural: bool) -> str:
+        noun = {(int, False): "an integer", (int, True): "integers"}.get((self.kind, plural), "numbers" if plural else "a number")
+        if self.minimum is not None and self.maximum is not None:
+            return f"{noun} in [{self.minimum:g}, {self.maximum:g}]"
+        if self.minimum is not None:
+            return f"{noun} {'>' if self.above_minimum else '>='} {self.minimum:g}"
+        return noun
+
+
+POSITIVE_INT = ValueRule(int, 1)
+COUNT = ValueRule(int, 0)
+POSITIVE_NUMBER = ValueRule(float, 0, above_minimum=True)
+NON_NEGATIVE_NUMBER = ValueRule(float, 0)
+PROBABILITY = ValueRule(float, 0, 1)
+
+# Range rules by key pattern (fnmatch, case-sensitive), first match wins. They apply to keys whose default is
+# a number (``topk`` always); any other numeric key gets the generic rule of its default's type.
+VALUE_RULES: tuple[tuple[str, ValueRule], ...] = (
+    ("topk", ValueRule(int, 1, listed=True)),
+    ("epochs", POSITIVE_INT),
+    ("*_epochs", COUNT),  # pretrain_epochs, injection_epochs, sid_epochs: 0 skips the stage
+    ("stopping_step", POSITIVE_INT),
+    ("eval_step", POSITIVE_INT),
+    ("*batch_size", POSITIVE_INT),
+    ("length_bucket_rows", COUNT),
+    ("worker", COUNT),
+    ("*_decimal_place", COUNT),
+    ("*learning_rate", POSITIVE_NUMBER),
+    ("*dropout*", PROBABILITY),
+    ("*_prob", PROBABILITY),
+    ("*_ratio", PROBABILITY),
+    ("gate_threshold", PROBABILITY),
+    ("weight_decay", NON_NEGATIVE_NUMBER),
+    ("*_weight", NON_NEGATIVE_NUMBER),
+    ("*temperature", POSITIVE_NUMBER),
+    ("layer_norm_eps", POSITIVE_NUMBER),
+    ("initializer_range", POSITIVE_NUMBER),
+    ("MAX_ITEM_LIST_LENGTH", POSITIVE_INT),
+    ("*_size", POSITIVE_INT),  # hidden_size, inner_size, embedding_size, beam_size, sid_codebook_size
+    ("*_dim", POSITIVE_INT),
+    ("d_model", POSITIVE_INT),
+    ("d_kv", POSITIVE_INT),
+    ("d_ff", POSITIVE_INT),
+    ("*layers", POSITIVE_INT),
+    ("*heads", POSITIVE_INT),
+    ("sid_levels", POSITIVE_INT),
+    ("mask_regions", POSITIVE_INT),
+)
+
+
+def value_rule(key: str, default: Any) -> ValueRule | None:
+    """The rule for ``key`` given its default: a matching :data:`VALUE_RULES` entry, else the default's type."""
+    for pattern, rule in VALUE_RULES:
+        if fnmatchcase(key, pattern) and (is_number(default) or rule.listed):
+            return rule
+    if is_number(default):
+        return ValueRule(type(default))
+    return None
+
+
+def as_argument(value: Any) -> str:
+    """``value`` as it would be written after ``--key=`` (lists without spaces)."""
+    return "".join(str(value).split()) if isinstance(value, (list, dict)) else str(value)
+
+
+def check_config_values(settings: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` for a user value that does not fit its key's rule or its default's type."""
+    for key, value in settings.items():
+        default = defaults.get(key)
+        example = f"e.g. --{key}={as_argument(default)} (the default)"
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{key} must be True or False, got {value!r} — {example}")
+        rule = value_rule(key, default)
+        if rule is not None and not rule.accepts(value):
+            if default is None:
+                example = f"e.g. --{key}={as_argument([10] if rule.listed else rule.minimum)}"
+            raise ConfigError(f"{key} must be {rule.describe()}, got {value!r} — {example}")
 
 
 def check_time_field_loaded(config: Config) -> None:
     """A time-ordered split needs the timestamp column in ``load_col``."""
     load_col = config["load_col"]
+    if load_col is not None and not isinstance(load_col, dict):
+        raise ConfigError(f"load_col must map file suffixes to field lists, got {load_col!r} — e.g. "
+                          "--load_col=\"{'inter': ['user_id', 'item_id', 'timestamp']}\"")
     if config["eval_args"]["order"] != "TO" or load_col is None:
         return
     if config["TIME_FIELD"] not in load_col.get("inter", []):
         raise ConfigError(
             f"eval_args.order is TO (time order) but load_col.inter {load_col.get('inter')} lacks "
-            f"'{config['TIME_FIELD']}': add it, e.g. load_col: {{inter: [user_id, item_id, {config['TIME_FIELD']}]}}."
+            f"'{config['TIME_FIELD']}' — add it, e.g. load_col: {{inter: [user_id, item_id, {config['TIME_FIELD']}]}}"
         )
 
 
@@ -79,24 +258,49 @@ def check_matmul_precision(config: Config) -> None:
     value = config["float32_matmul_precision"]
     if value not in MATMUL_PRECISIONS:
         raise ConfigError(f"float32_matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)} "
-                          f"(torch.set_float32_matmul_precision), got {value!r}.")
+                          f"(torch.set_float32_matmul_precision), got {value!r} — e.g. --float32_matmul_precision=highest")
 
 
-def check_user_files_exist(config_file_list: Sequence[str]) -> None:
-    for path in config_file_list:
-        if not Path(path).is_file():
-            raise ConfigError(f"Config file '{path}' does not exist (given in --config_files).")
+class QRecConfig(Config):
+    """RecBole's ``Config`` with recbole-qrec's defaults, model lookup and checks (layering: module docstring)."""
 
+    def __init__(
+        self,
+        model: str | type,
+        dataset: str,
+        config_file_list: Sequence[str] | None = None,
+        config_dict: dict[str, Any] | None = None,
+        cmd_args: Sequence[str] = (),
+    ) -> None:
+        self.cmd_args = list(cmd_args)
+        super().__init__(model, dataset, list(config_file_list or []), config_dict)
 
-@contextmanager
-def command_line(args: Sequence[str]) -> Iterator[None]:
-    """Show RecBole's ``Config`` exactly ``args`` as the command line (it parses ``sys.argv``)."""
-    saved = sys.argv
-    sys.argv = [saved[0], *args]
-    try:
-        yield
-    finally:
-        sys.argv = saved
+    def compatibility_settings(self) -> None:
+        prepare_recbole()
+        super().compatibility_settings()
+
+    def _load_config_files(self, file_list: list[str]) -> dict[str, Any]:
+        settings: dict[str, Any] = {}
+        for path in file_list:
+            settings.update(read_config_file(path, self.yaml_loader))
+        return settings
+
+    def _load_cmd_line(self) -> dict[str, Any]:
+        return self._convert_config_dict(parse_overrides(self.cmd_args))
+
+    def _get_model_and_dataset(self, model: str | type, dataset: str) -> tuple[str, type, str]:
+        model_class = get_model(model) if isinstance(model, str) else model
+        return model_class.__name__, model_class, dataset
+
+    def _load_internal_config_dict(self, model: str, model_class: type, dataset: str) -> None:
+        super()._load_internal_config_dict(model, model_class, dataset)
+        for path in default_config_files(model, dataset):
+            self.internal_config_dict.update(read_config_file(path, self.yaml_loader))
+
+    def _get_final_config_dict(self) -> dict[str, Any]:
+        check_config_keys(list(self.external_config_dict), self.model)
+        check_config_values(self.external_config_dict, self.internal_config_dict)
+        return super()._get_final_config_dict()
 
 
 def build_config(
@@ -105,17 +309,16 @@ def build_config(
     config_file_list: Sequence[str] = (),
     config_dict: dict[str, Any] | None = None,
     cmd_args: Sequence[str] = (),
-) -> Config:
-    """Resolve ``model`` and build its RecBole ``Config`` with recbole-qrec's defaults underneath."""
-    model_class = get_model(model)
-    check_user_files_exist(config_file_list)
-    files = default_config_files(model_class.__name__, dataset) + list(config_file_list)
-    with command_line(cmd_args):
-        try:
-            config = Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
-        except SyntaxError as err:  # RecBole's report of a command-line key given twice with different values
-            raise ConfigError(f"RecBole rejected the command line: {err.msg} Give each --key=value once.") from err
-    check_config_keys(list(config.external_config_dict))
+) -> QRecConfig:
+    """Resolve ``model`` and build its checked ``Config`` (layering: module docstring); nothing is written."""
+    try:
+        config = QRecConfig(model, dataset, config_file_list, config_dict, cmd_args)
+    except QRecError:
+        raise
+    except (ValueError, TypeError, NotImplementedError) as err:  # RecBole's own checks of the final values
+        message = " ".join(str(err).split())
+        raise ConfigError(f"RecBole rejected the configuration: {message} — correct that setting "
+                          f"(recbole-qrec --model={model} --help lists the defaults)") from err
     check_time_field_loaded(config)
     check_matmul_precision(config)
     return config

@@ -1,4 +1,16 @@
-"""Errors that carry a message for the user: the entry point prints them without a traceback."""
+"""Errors that carry a message for the user, and the one path that reports them: ``error: <message>`` on
+stderr and exit status 2, the traceback only with ``--debug`` or ``QREC_DEBUG=1``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+DEBUG_ENV = "QREC_DEBUG"
+DEBUG_EPILOG = (f"A problem with the input prints one line 'error: ...' and exits with status 2 "
+                f"({DEBUG_ENV}=1 shows the traceback).")
 
 
 class QRecError(Exception):
@@ -19,3 +31,42 @@ class DatasetNotFoundError(QRecError, FileNotFoundError):
 
 class MalformedDataError(QRecError, ValueError):
     """An input file does not have the documented format."""
+
+
+class PackagingError(QRecError):
+    """The installed package lacks a file it ships (a broken install)."""
+
+
+class CheckpointError(QRecError, ValueError):
+    """A checkpoint that cannot be read, or that was written for another model, dataset or configuration."""
+
+
+class DataMismatchError(QRecError, ValueError):
+    """A dataset's files do not have the users, items or interactions its dataset YAML expects."""
+
+
+class MissingDependencyError(QRecError, ImportError):
+    """An optional dependency (an extra such as ``pip install 'recbole-qrec[image]'``) is not installed."""
+
+
+def debug_requested(argv: list[str] | tuple[str, ...] = ()) -> bool:
+    """``--debug`` among ``argv`` or ``QREC_DEBUG`` set (to anything but 0)."""
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def single_line(error: BaseException) -> str:
+    """An error's message with its line breaks folded."""
+    return " ".join(str(error).split())
+
+
+@contextmanager
+def user_errors(debug: bool = False) -> Iterator[None]:
+    """Report a :class:`QRecError` as one ``error:`` line and exit 2; with ``debug`` (or ``QREC_DEBUG=1``) let it
+    through with its traceback."""
+    try:
+        yield
+    except QRecError as err:
+        if debug or debug_requested():
+            raise
+        print(f"error: {single_line(err)}", file=sys.stderr)
+        sys.exit(2)

@@ -1,4 +1,7 @@
-"""Shared fixtures: the real Amazon data (skipped with a reason when absent) and small subsets of it."""
+"""Shared fixtures: the real Amazon data (``$QREC_DATA_DIR``) and small subsets of it.
+
+Without the data a test that needs it is skipped with the reason, except in CI (``CI=true``), where it fails.
+"""
 
 from __future__ import annotations
 
@@ -9,25 +12,29 @@ import pytest
 import torch
 
 from dataset_prep.convert import convert
-from dataset_prep.locate import ENV_VAR, SHARED_DATA_DIR
+from dataset_prep.locate import ENV_VAR
 from dataset_prep.subset import write_user_subset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SUBSET_USERS = 500
 
 
-def real_data_dir() -> Path:
-    """``$QREC_DATA_DIR`` if set, else ``../shared/data/amazon``."""
-    return Path(os.environ.get(ENV_VAR) or SHARED_DATA_DIR)
+def in_ci() -> bool:
+    """True when run by CI, which sets ``CI=true``."""
+    return os.environ.get("CI", "").lower() in ("true", "1")
 
 
 @pytest.fixture(scope="session")
 def amazon_dir() -> Path:
-    """Folder with the processed Amazon datasets; skips the test when the data is not there."""
-    root = real_data_dir()
-    if not (root / "Instruments" / "Instruments.inter.json").is_file():
-        pytest.skip(f"real Amazon data not found at {root}: set {ENV_VAR} or provide ../shared/data/amazon")
-    return root
+    """``$QREC_DATA_DIR``, the folder with the processed Amazon datasets; skips the test (fails it in CI) without it."""
+    root = os.environ.get(ENV_VAR)
+    if root and (Path(root) / "Instruments" / "Instruments.inter.json").is_file():
+        return Path(root).resolve()  # subprocesses of the tests run in other folders
+    found = f"{ENV_VAR}={root} has no Instruments/Instruments.inter.json" if root else f"{ENV_VAR} is not set"
+    reason = f"real Amazon data not found ({found}) — set {ENV_VAR} to the folder holding Instruments/, Arts/, Games/"
+    if in_ci():
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

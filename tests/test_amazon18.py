@@ -192,12 +192,19 @@ def test_without_title_filter_keeps_items_without_meta(raw: Path, tmp_path: Path
     assert items[str(item2id["I6"])] == empty  # title is only markup
 
 
-def test_missing_raw_file_names_it_and_download(tmp_path: Path) -> None:
+def cli_error(capsys: pytest.CaptureFixture[str], raw: Path, out: Path, *extra: str) -> str:
+    """The one-line error of a failing run (exit status 2)."""
+    with pytest.raises(SystemExit) as exc:
+        run_cli(raw, out, *extra)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    return err
+
+
+def test_missing_raw_file_names_it_and_download(tmp_path: Path, capsys) -> None:
     raw = tmp_path / "raw"
     write_gzip_lines(raw / f"{DOMAIN}.json.gz", review_lines())
-    with pytest.raises(SystemExit) as exc:
-        run_cli(raw, tmp_path / "out")
-    message = str(exc.value.code)
+    message = cli_error(capsys, raw, tmp_path / "out")
     assert str(raw / f"meta_{DOMAIN}.json.gz") in message
     assert str(raw / f"{DOMAIN}.json.gz") not in message  # the present reviews file is not reported
     assert "--download" in message
@@ -205,15 +212,13 @@ def test_missing_raw_file_names_it_and_download(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("broken", ["not gzip", "truncated gzip"])
-def test_malformed_gzip_names_the_file(raw: Path, tmp_path: Path, broken: str) -> None:
+def test_malformed_gzip_names_the_file(raw: Path, tmp_path: Path, broken: str, capsys) -> None:
     reviews = raw / f"{DOMAIN}.json.gz"
     data = reviews.read_bytes()
     reviews.write_bytes(b'{"reviewerID": "UA"}\n' if broken == "not gzip" else data[: len(data) // 2])
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exc:
-        run_cli(raw, out)
-    assert str(reviews) in str(exc.value.code)
-    assert "gzip" in str(exc.value.code)
+    message = cli_error(capsys, raw, out)
+    assert str(reviews) in message and "gzip" in message
     assert not out.exists()
 
 
@@ -250,11 +255,10 @@ def test_download_fetches_missing_files_only(raw: Path, tmp_path: Path) -> None:
     assert ensure_raw_files(urls, target, download=True) == [target / f"{DOMAIN}_5.json.gz", present_meta]
 
 
-def test_failed_download_is_clear_and_leaves_nothing(tmp_path: Path) -> None:
+def test_failed_download_is_clear_and_leaves_nothing(tmp_path: Path, capsys) -> None:
     raw = tmp_path / "raw"
-    with pytest.raises(SystemExit) as exc:
-        run_cli(raw, tmp_path / "out", "--download", "--base-url", (tmp_path / "empty_mirror").as_uri())
-    assert "Could not download" in str(exc.value.code)
+    message = cli_error(capsys, raw, tmp_path / "out", "--download", "--base-url", (tmp_path / "empty_mirror").as_uri())
+    assert "Could not download" in message
     assert not raw.exists() or list(raw.iterdir()) == []
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
 import pytest
 
-import recbole_qrec  # noqa: F401  (applies the numpy compatibility shim)
-from recbole_qrec.config import build_config, default_config_files
+from recbole_qrec.config import build_config, check_config_values, default_config_files, read_config_file
 from recbole_qrec.errors import ConfigError, UnknownModelError
 from recbole_qrec.utils import get_model
 
@@ -29,6 +29,12 @@ def test_properties_sit_between_recbole_defaults_and_the_user(tmp_path):
     assert config["topk"] == [7] and config["hidden_size"] == 16
 
 
+def test_properties_are_internal_defaults_and_only_the_users_settings_are_external(tmp_path):
+    config = build_config("TIGER", "Instruments", cmd_args=["--epochs=3"])
+    assert config.internal_config_dict["beam_size"] == 20 and config.internal_config_dict["topk"] == [1, 5, 10]
+    assert config.external_config_dict == {"epochs": 3}
+
+
 def test_default_files_are_layered_overall_model_dataset():
     files = default_config_files("SASRec", "Games")
     assert [f.split("properties/")[1] for f in files] == ["overall.yaml", "model/SASRec.yaml", "dataset/Games.yaml"]
@@ -42,10 +48,15 @@ def test_harness_protocol():
     assert config["train_neg_sample_args"]["distribution"] == "none"
 
 
-def test_build_config_restores_sys_argv():
-    before = list(sys.argv)
-    build_config("SASRec", "Instruments", cmd_args=["--epochs=3"])
-    assert sys.argv == before
+def test_build_config_reads_its_arguments_not_sys_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["run_recbole_qrec.py", "--epochs=7", "--no_such_key=1"])
+    assert build_config("SASRec", "Instruments")["epochs"] == 300
+    assert build_config("SASRec", "Instruments", cmd_args=["--epochs=3"])["epochs"] == 3
+
+
+def test_allow_data_mismatch_is_a_config_key():
+    assert build_config("SASRec", "Instruments")["allow_data_mismatch"] is False
+    assert build_config("SASRec", "Instruments", cmd_args=["--allow_data_mismatch=True"])["allow_data_mismatch"] is True
 
 
 def test_model_lookup_prefers_recbole_qrec_then_recbole():
@@ -54,13 +65,20 @@ def test_model_lookup_prefers_recbole_qrec_then_recbole():
         get_model("sasrec_typo")
 
 
+@pytest.mark.parametrize(("typed", "meant"), [("tiger", "TIGER"), ("Qbert4rec", "QBert4Rec"), ("sasrec", "SASRec")])
+def test_a_wrong_case_model_name_suggests_one_that_works(typed, meant):
+    with pytest.raises(UnknownModelError, match=f"Unknown model '{typed}' — did you mean '{meant}'?"):
+        build_config(typed, "Instruments")
+    assert build_config(meant, "Instruments")["model"] == meant
+
+
 def test_time_ordered_split_requires_the_timestamp_column():
     with pytest.raises(ConfigError, match="lacks 'timestamp'"):
         build_config("SASRec", "Instruments", config_dict={"load_col": {"inter": ["user_id", "item_id"]}})
 
 
 def test_unknown_key_suggests_the_close_one():
-    with pytest.raises(ConfigError, match="Did you mean 'stopping_step'"):
+    with pytest.raises(ConfigError, match="did you mean 'stopping_step'"):
         build_config("SASRec", "Instruments", cmd_args=["--stoping_step=3"])
 
 
@@ -71,5 +89,84 @@ def test_matmul_precision_is_checked_and_the_t5_models_use_tf32():
     assert build_config("TIGER", "Instruments")["float32_matmul_precision"] == "high"
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "default", "expected"),
+    [
+        ("epochs", "abc", 300, "an integer >= 1"),
+        ("epochs", 0, 300, "an integer >= 1"),
+        ("epochs", True, 300, "an integer >= 1"),
+        ("pretrain_epochs", -1, 30, "an integer >= 0"),
+        ("sid_epochs", 1.5, 100, "an integer >= 0"),
+        ("eval_batch_size", 0, 4096, "an integer >= 1"),
+        ("pretrain_batch_size", "abc", 512, "an integer >= 1"),
+        ("learning_rate", -0.1, 0.001, "a number > 0"),
+        ("injection_learning_rate", "abc", 0.001, "a number > 0"),
+        ("dropout_prob", 1.1, 0.3, "a number in [0, 1]"),
+        ("dropout_prob", 0.5, 0, None),  # an int default of a probability still takes a fraction
+        ("attn_dropout_prob", float("nan"), 0.5, "a number in [0, 1]"),
+        ("mask_ratio", -0.2, 0.2, "a number in [0, 1]"),
+        ("gate_threshold", 2, 0.5, "a number in [0, 1]"),
+        ("weight_decay", -1e-4, 0.01, "a number >= 0"),
+        ("consistency_weight", -1, 0.1, "a number >= 0"),
+        ("injection_temperature", 0, 0.1, "a number > 0"),
+        ("inner_size", 0, 256, "an integer >= 1"),
+        ("sid_code_dim", 0, 32, "an integer >= 1"),
+        ("d_ff", 0, 1024, "an integer >= 1"),
+        ("num_decoder_layers", 0, 4, "an integer >= 1"),
+        ("num_heads", -2, 6, "an integer >= 1"),
+        ("MAX_ITEM_LIST_LENGTH", 0, 20, "an integer >= 1"),
+        ("length_bucket_rows", -1, 1024, "an integer >= 0"),
+        ("length_bucket_rows", 0, 1024, None),
+        ("topk", [5, 0], [10], "a non-empty list of integers >= 1 (or an integer >= 1)"),
+        ("topk", 5, [10], None),
+        ("seed", "abc", 2020, "an integer"),
+        ("initializer_range", 0.02, 0.02, None),
+        ("reproducibility", "yes", True, "True or False"),
+        ("mlp_hidden_size", [64, 32], [128, 64], None),  # a list-valued *_size key keeps its list
+    ],
+)
+def test_every_numeric_key_is_checked_by_its_rule_or_its_defaults_type(key, value, default, expected):
+    if expected is None:
+        check_config_values({key: value}, {key: default})
+        return
+    with pytest.raises(ConfigError, match=f"^{key} must be {re.escape(expected)}, got "):
+        check_config_values({key: value}, {key: default})
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "is empty or holds only comments"),
+        ("# a comment\n", "is empty or holds only comments"),
+        ("epochs: [1\n", "is not valid YAML at line 2, column 1"),
+        ("[1, 2]\n", "holds a YAML list, not a mapping"),
+        ("1: 2\n", "has the key 1, which is not a name"),
+    ],
+)
+def test_config_files_that_say_nothing_or_cannot_be_read_are_errors(text, fragment, tmp_path):
+    path = tmp_path / "user.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=fragment):
+        read_config_file(path)
+    with pytest.raises(ConfigError, match=fragment):
+        build_config("SASRec", "Instruments", [str(path)])
+
+
+def test_a_config_file_that_is_not_utf8_or_not_a_file_is_an_error(tmp_path):
+    (tmp_path / "latin1.yaml").write_bytes("epochs: 3 # \xe9t\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        read_config_file(tmp_path / "latin1.yaml")
+    with pytest.raises(ConfigError, match=r"cannot be read \(Is a directory\)"):
+        read_config_file(tmp_path)
+
+
+def test_recbole_rejections_and_bad_structures_are_config_errors():
+    with pytest.raises(ConfigError, match="RecBole rejected the configuration: There is no metric named 'Foo'"):
+        build_config("SASRec", "Instruments", config_dict={"metrics": ["Foo"]})
+    with pytest.raises(ConfigError, match="load_col must map file suffixes to field lists"):
+        build_config("SASRec", "Instruments", cmd_args=["--load_col=[1]"])
+
+
 def test_numpy_aliases_recbole_reads_exist():
+    build_config("SASRec", "Instruments")  # a Config restores them
     assert np.float_ is np.float64 and np.complex_ is np.complex128 and np.unicode_ is np.str_

@@ -113,7 +113,7 @@ def test_prefix_index_rejects_shared_code_tuples():
 
 
 def test_prefix_index_rejects_codes_out_of_range():
-    with pytest.raises(MalformedDataError, match=r"codes must lie in 0\.\.2; found 0\.\.3"):
+    with pytest.raises(MalformedDataError, match=r"codes range over 0\.\.3 — they must lie in 0\.\.2"):
         PrefixIndex(torch.tensor(HAND_TABLE), 3)
 
 

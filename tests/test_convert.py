@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +15,10 @@ from recbole.data import create_dataset, data_preparation
 from dataset_prep.convert import convert, main as convert_main
 from dataset_prep.locate import find_processed_dataset
 from recbole_qrec.config import build_config
-from recbole_qrec.errors import DatasetNotFoundError, MalformedDataError
+from recbole_qrec.errors import DatasetNotFoundError
 
 MAX_LEN = 20
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -106,21 +110,41 @@ def test_missing_dataset_names_the_command_that_creates_it(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("content", "fragment"),
+    ("files", "fragment"),
     [
-        ("{not json", "is not valid JSON"),
-        ("[1, 2, 3]", "non-empty JSON object"),
-        ('{"0": [1, "x", 3]}', "list of integer item ids"),
-        ('{"0": [1, 2]}', "at least 3"),
+        ({"Toy.inter.json": "{not json"}, r"Toy.inter.json is not valid JSON \(Expecting property name"),
+        ({"Toy.inter.json": "[1, 2, 3]"}, r"Toy.inter.json is not a non-empty JSON object — write it as"),
+        ({"Toy.inter.json": '{"0": [1, "x", 3]}'}, r"user '0' maps to \[1, 'x', 3\] — each user needs a list of "
+                                                   "non-negative integer item ids"),
+        ({"Toy.inter.json": '{"0": [1, -2, 3]}'}, r"user '0' maps to \[1, -2, 3\]"),
+        ({"Toy.inter.json": '{"0": [1, 2]}'}, r"user '0' has 2 interactions; leave-one-out needs at least 3 — "),
+        ({"Toy.inter.json": '{"0": [1, 2, 3]}', "Toy.index.json": '{"1": ["<a_1>", "b_2"]}'},
+         r"Toy.index.json: item '1', level 1: token 'b_2' is not of the form <a_12> — "),
+        ({"Toy.inter.json": '{"0": [1, 2, 3]}', "Toy.index_vitemb.json": "{"}, r"Toy.index_vitemb.json is not valid JSON"),
     ],
 )
-def test_malformed_inter_json_is_a_clear_error(tmp_path, content, fragment):
+def test_a_bad_processed_file_is_one_error_line_with_status_2_and_writes_nothing(tmp_path, capsys, files, fragment):
     folder = tmp_path / "Toy"
     folder.mkdir()
-    (folder / "Toy.inter.json").write_text(content)
-    with pytest.raises(MalformedDataError, match=fragment):
-        convert("Toy", src=tmp_path, out=tmp_path / "out")
-    assert not (tmp_path / "out" / "Toy" / "Toy.inter").exists()
+    for name, content in files.items():
+        (folder / name).write_text(content)
+    with pytest.raises(SystemExit) as exit_:
+        convert_main(["--dataset", "Toy", "--src", str(tmp_path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert re.search(fragment, err), err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["dataset_prep.convert"], ["dataset_prep.amazon18"], ["dataset_prep.features"],
+                                     ["dataset_prep.features", "text"], ["dataset_prep.features", "image"],
+                                     ["dataset_prep.features", "codes"]])
+def test_each_command_has_its_own_usage_line_and_plain_text_help(command):
+    done = subprocess.run([sys.executable, "-m", *command, "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: python -m {' '.join(command)} ")
+    assert not re.search(r"``|:(func|mod|class):`", done.stdout), "reStructuredText markup in --help"
 
 
 def test_converted_timestamps_are_positions(converted):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -312,13 +313,18 @@ def test_real_instruments_codes(amazon_dir: Path, tmp_path: Path, suffix: str) -
 
 
 def test_missing_item_json_names_its_producer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit, match=r"item file .*absent.item.json not found.*python -m dataset_prep.amazon18"):
+    with pytest.raises(SystemExit) as exc:
         main(["text", "--item-json", str(tmp_path / "absent.item.json"), "--out", str(tmp_path / "t.npy")])
+    assert exc.value.code == 2
+    assert re.match(r"error: item file .*absent.item.json not found — .*python -m dataset_prep.amazon18", capsys.readouterr().err)
 
 
-def test_missing_index_file_names_its_source(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match=r"code file .*absent.json not found.*index_lemb.json"):
+def test_missing_index_file_names_its_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
         main(["codes", "--index", str(tmp_path / "absent.json"), "--n-items", "3", "--out", str(tmp_path / "c.npy")])
+    assert exc.value.code == 2
+    assert re.match(r"error: code file .*absent.json not found — .*index_lemb.json", capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())
 
 
 def test_non_contiguous_item_ids(tmp_path: Path) -> None:

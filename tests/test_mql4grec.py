@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from recbole.data import create_dataset, data_preparation
 from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
 from dataset_prep.subset import convert_user_subsets
-from dataset_prep.locate import ENV_VAR
 from recbole_qrec.config import build_config
+from recbole_qrec.data import create_dataset, data_preparation
+from recbole_qrec.data.cross_domain import pretrain_dataset_names, source_settings
 from recbole_qrec.data.sid import load_code_table
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.generation import constrained_beam_search
@@ -54,16 +54,20 @@ def prepared(work):
     """Config, loaders and an untrained MQL4GRec (no sources) on the Instruments subset."""
     config = subset_config(work)
     init_seed(config["seed"], True)
-    train, valid, test = data_preparation(config, create_dataset(config))
+    train, valid, test, _ = data_preparation(config, create_dataset(config))
     return config, train, valid, test, MQL4GRec(config, train._dataset).eval()
 
 
 @pytest.fixture(scope="module")
-def cross_domain(work, prepared):
-    """The config with Games as pretraining source, and an MQL4GRec built from it."""
+def cross_domain(work):
+    """The config with Games as pretraining source, the target's training split (carrying the source's code
+    tables), the source's training loader, and an MQL4GRec built from them."""
     config = subset_config(work, pretrain_datasets=["Games"], pretrain_epochs=2, pretrain_learning_rate=3e-3)
+    sources = [build_config("MQL4GRec", name, config_dict=source_settings(config)) for name in pretrain_dataset_names(config)]
+    init_seed(config["seed"], True)
+    train, _, _, pretrain_data = data_preparation(config, create_dataset(config, sources))
     torch.manual_seed(0)
-    return config, MQL4GRec(config, prepared[1]._dataset)
+    return config, train, pretrain_data, MQL4GRec(config, train._dataset)
 
 
 def first_batch(loader) -> Interaction:
@@ -131,13 +135,13 @@ def test_task_examples_match_the_code_tables_by_hand(prepared):
 
 
 def test_a_domain_without_image_codes_trains_only_text_tasks(cross_domain, work):
-    _, model = cross_domain
-    games = model.pretrain_domains[0]
-    assert games.name == "Games" and model.source_codes["Games"].languages == ("text",)
+    _, _, pretrain_data, model = cross_domain
+    games = pretrain_data["Games"]
+    assert list(pretrain_data) == ["Games"] and model.source_codes["Games"].languages == ("text",)
     codes = model.source_codes["Games"].codes("text")
-    assert codes.shape == (games.dataset.item_num, 5) and int(codes.max()) < model.vocabs["text"].codebook_size
+    assert codes.shape == (games._dataset.item_num, 5) and int(codes.max()) < model.vocabs["text"].codebook_size
     assert not [key for key in model.state_dict() if "Games" in key], "source tables are for pretraining only"
-    batch = first_batch(games.train_data)
+    batch = first_batch(games)
     examples = model.task_examples(batch, domain="Games")
     assert list(examples) == ["text_next"]
     assert torch.equal(examples["text_next"].labels, model.vocabs["text"].encode(codes[batch["item_id"]]))
@@ -159,11 +163,11 @@ def test_task_mixture_loss_is_the_mean_of_the_per_task_losses(prepared, part_row
 
 
 @pytest.mark.parametrize("domain", ["Games", "fine-tune"])
-def test_training_steps_decrease_the_loss(cross_domain, prepared, domain):
-    config, _ = cross_domain
+def test_training_steps_decrease_the_loss(cross_domain, domain):
+    config, train, pretrain_data, _ = cross_domain
     torch.manual_seed(0)
-    model = MQL4GRec(config, prepared[1]._dataset)
-    loader = model.pretrain_domains[0].train_data if domain == "Games" else prepared[1]
+    model = MQL4GRec(config, train._dataset)
+    loader = pretrain_data["Games"] if domain == "Games" else train
     batch = first_batch(loader)[:64]
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
@@ -176,9 +180,9 @@ def test_training_steps_decrease_the_loss(cross_domain, prepared, domain):
     assert sum(losses[-3:]) / 3 < losses[0] * 0.9
 
 
-def test_pretraining_on_the_games_source_lowers_the_epoch_loss(cross_domain, prepared):
-    config, model = cross_domain
-    losses = PretrainFineTuneTrainer(config, model).pretrain(prepared[1], verbose=False)
+def test_pretraining_on_the_games_source_lowers_the_epoch_loss(cross_domain):
+    config, train, pretrain_data, model = cross_domain
+    losses = PretrainFineTuneTrainer(config, model).pretrain(train, pretrain_data, verbose=False)
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
     assert losses[1] < losses[0]  # by about 7% on this subset
 
@@ -272,12 +276,18 @@ def level_wise_greedy(model: MQL4GRec, tokens: torch.Tensor, mask: torch.Tensor,
     ({"beam_size": 5}, "beam_size"),
     ({"image_sid_source": "video_codes"}, "image_sid_source must be"),
     ({"tasks": ["text_to_image", "image_to_text"]}, "next-item generation task"),
-    ({"pretrain_datasets": ["Games"]}, "pretrain_epochs"),
-    ({"pretrain_datasets": ["Games"], "pretrain_epochs": 1, "tasks": ["image_next"]}, "pretraining source Games"),
 ])
 def test_bad_settings_are_config_errors(prepared, work, overrides, message):
     with pytest.raises(ConfigError, match=message):
         MQL4GRec(subset_config(work, **overrides), prepared[1]._dataset)
+
+
+def test_sources_that_cannot_work_are_config_errors(cross_domain, work):
+    with pytest.raises(ConfigError, match="pretrain_epochs"):
+        pretrain_dataset_names(subset_config(work, pretrain_datasets=["Games"]))
+    config = subset_config(work, pretrain_datasets=["Games"], pretrain_epochs=1, tasks=["image_next"])
+    with pytest.raises(ConfigError, match="pretraining source Games"):
+        MQL4GRec(config, cross_domain[1]._dataset)
 
 
 def test_text_only_target_ranks_with_the_text_beam(prepared, work):
@@ -293,17 +303,16 @@ def test_text_only_target_ranks_with_the_text_beam(prepared, work):
 
 
 def test_entry_point_pretrains_on_games_and_fine_tunes_on_instruments(work, tmp_path):
-    settings = {**TINY, "pretrain_datasets": "['Games']", "pretrain_epochs": 1}
+    settings = {**TINY, "pretrain_datasets": "['Games']", "pretrain_epochs": 1, "data_path": work / "dataset",
+                "allow_data_mismatch": True}
     done = subprocess.run(
         [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), "--model=MQL4GRec", "--dataset=Instruments",
          *(f"--{key}={value}" for key, value in settings.items())],
-        cwd=tmp_path, env={**os.environ, ENV_VAR: str(work / "processed"), "OMP_NUM_THREADS": "1"},
-        capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     log = next((tmp_path / "log" / "MQL4GRec").glob("*.log")).read_text()
     assert "pretraining source Games" in log and "pretrain epoch 0" in log
-    assert (tmp_path / "dataset" / "Games" / "Games.inter").is_file(), "the source was converted on the way"
     record = json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[-1])
     assert record["model"] == "MQL4GRec"
     assert set(record["test"]) == {"hit@1", "hit@5", "hit@10", "ndcg@1", "ndcg@5", "ndcg@10"}

@@ -1,9 +1,11 @@
-"""Q-Bert4Rec on a 500-user subset of Instruments: the three stages, scoring, persistence, entry point."""
+"""Q-Bert4Rec on a 500-user subset of Instruments: the tokenize stage (stages 1-2), stage 3, scoring, persistence,
+entry point."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,19 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_seed
 
-from dataset_prep.locate import ENV_VAR
 from recbole_qrec.config import build_config
+from recbole_qrec.data import create_dataset, data_preparation
+from recbole_qrec.data.item_features import load_item_features
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.model.qbert4rec import FIRST_CODE_TOKEN, MASK_TOKEN, QBert4Rec
 from recbole_qrec.model.qbert4rec_modules.contrastive import masked_info_nce
 from recbole_qrec.model.qbert4rec_modules.injection import depth_histogram
 from recbole_qrec.model.qbert4rec_modules.injection_training import fuse_items, train_injection
-from recbole_qrec.model.qbert4rec_modules.item_features import load_item_features
 from recbole_qrec.model.qbert4rec_modules.masking import MultiMask
-from recbole_qrec.model.qbert4rec_modules.semantic_ids import build_injection, cache_path
+from recbole_qrec.qbert4rec_stage import build_injection
+from recbole_qrec.tokenize import ensure_semantic_ids
 from recbole_qrec.trainer import QBert4RecTrainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,18 +46,20 @@ def subset_config(work, **overrides):
     return build_config("QBert4Rec", "Instruments", config_dict=settings)
 
 
-def load_data(config):
-    """RecBole's dataset and its train/valid/test loaders for ``config``, seeded as the entry point seeds them."""
+def load_data(config, source_configs=()):
+    """As the entry point: the tokenize stage (when its output is missing or stale), then the dataset, its
+    train/valid/test loaders and the sources' pretraining loaders, seeded as the entry point seeds them."""
+    ensure_semantic_ids(config, source_configs)
     init_seed(config["seed"], True)
-    dataset = create_dataset(config)
+    dataset = create_dataset(config, source_configs)
     return (dataset, *data_preparation(config, dataset))
 
 
 @pytest.fixture(scope="module")
 def prepared(work):
-    """Config, dataset and loaders of the subset, and a QBert4Rec built on them (stages 1-2 run)."""
+    """Config and loaders of the subset (stages 1-2 run by the tokenize stage), and a QBert4Rec built on them."""
     config = subset_config(work)
-    _, train, valid, test = load_data(config)
+    _, train, valid, test, _ = load_data(config)
     return config, train, valid, test, QBert4Rec(config, train._dataset)
 
 
@@ -243,30 +247,15 @@ def test_full_sort_predict_matches_a_slow_reference(prepared):
         torch.testing.assert_close(model.predict(interaction), fast.gather(1, targets).squeeze(1))
 
 
-def test_saved_state_reloads_to_identical_scores_and_codes_come_from_the_cache(prepared, features, tmp_path):
+def test_saved_state_reloads_to_identical_scores(prepared, tmp_path):
     config, train, _, test, model = prepared
-    path = cache_path(config, {config["dataset"]: train._dataset}, features)
-    written = path.stat().st_mtime_ns
-    assert not model.codes_from_cache
     torch.save(model.state_dict(), tmp_path / "state.pth")
     fresh = QBert4Rec(config, train._dataset)
-    assert fresh.codes_from_cache and path.stat().st_mtime_ns == written
     fresh.load_state_dict(torch.load(tmp_path / "state.pth", weights_only=True))
     model.eval(), fresh.eval()
     interaction = first_batch(test)
     with torch.no_grad():
         assert torch.equal(model.full_sort_predict(interaction), fresh.full_sort_predict(interaction))
-
-
-def test_stage3_initialisation_is_the_same_whether_codes_are_computed_or_cached(prepared, work, tmp_path):
-    config, dataset = subset_config(work, checkpoint_dir=str(tmp_path)), prepared[1]._dataset
-    init_seed(7, True)
-    computed = QBert4Rec(config, dataset)
-    init_seed(7, True)
-    cached = QBert4Rec(config, dataset)
-    assert not computed.codes_from_cache and cached.codes_from_cache
-    for (name, first), second in zip(computed.state_dict().items(), cached.state_dict().values()):
-        assert torch.equal(first, second), name
 
 
 # Training and the entry point
@@ -303,7 +292,8 @@ def test_pretraining_batches_by_its_own_size_and_is_checkpointed(prepared, tmp_p
     assert resumed.start_epoch == 0 and resumed.saved_model_file == str(tmp_path / "QBert4Rec-again.pth")
     assert torch.equal(resumed.model.state_dict()["heads.weight"], pretrained["state_dict"]["heads.weight"])
     resumed.fit(train, valid, saved=True)
-    assert len(resumed.epoch_seconds) == config["epochs"], "pretraining ran again after the resume"
+    assert not resumed.pretrain_epoch_seconds, "pretraining ran again after the resume"
+    assert len(resumed.epoch_seconds) == config["epochs"]
     kept = torch.load(tmp_path / "QBert4Rec-pretrained.pth", weights_only=True)["state_dict"]["heads.weight"]
     assert torch.equal(kept, pretrained["state_dict"]["heads.weight"])
 
@@ -313,16 +303,20 @@ def test_harness_uses_the_qbert4rec_trainer():
     assert issubclass(get_trainer("sequential", "QBert4Rec"), QBert4RecTrainer)
 
 
-def test_entry_point_runs_qbert4rec_end_to_end(instruments_subset, tmp_path):
+def test_entry_point_runs_the_tokenize_stage_and_qbert4rec_end_to_end(work, tmp_path):
+    data = tmp_path / "dataset" / "Instruments"
+    shutil.copytree(work / "dataset" / "Instruments", data, ignore=shutil.ignore_patterns("*.sid*"))
     overrides = [f"--{key}={value}" for key, value in TINY.items()]
     done = subprocess.run(
         [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), "--model=QBert4Rec", "--dataset=Instruments",
-         *overrides],
-        cwd=tmp_path, env={**os.environ, ENV_VAR: str(instruments_subset), "OMP_NUM_THREADS": "1"},
-        capture_output=True, text=True, timeout=300,
+         f"--data_path={tmp_path / 'dataset'}", "--allow_data_mismatch=True", *overrides],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[-1])
     assert record["model"] == "QBert4Rec" and record["test"]
     assert all(0.0 <= value <= 1.0 for value in record["test"].values())
-    assert list((tmp_path / "saved").glob("QBert4Rec-Instruments-*.sid.pt"))
+    log = next((tmp_path / "log" / "QBert4Rec").glob("*.log")).read_text()
+    assert "Instruments.sid are missing" in log and "running the tokenize stage" in log
+    metadata = json.loads((data / "Instruments.sid.json").read_text())
+    assert metadata["stage"] == "QBert4Rec" and metadata["collision_rate_after"] == 0.0

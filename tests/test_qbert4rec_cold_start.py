@@ -27,7 +27,7 @@ from dataset_prep.features import codes_to_features
 from recbole_qrec.config import build_config
 from recbole_qrec.data.sid import read_code_column
 from recbole_qrec.model.qbert4rec import QBert4Rec
-from recbole_qrec.model.qbert4rec_modules.item_features import load_item_features
+from recbole_qrec.data.item_features import load_item_features
 from recbole_qrec.trainer import get_trainer
 from test_qbert4rec import load_data
 
@@ -79,7 +79,7 @@ def cold_config(folder, **overrides):
 def cold_model(cold_data):
     folder, twins, plain = cold_data
     config = cold_config(folder)
-    dataset, train, _, test = load_data(config)
+    dataset, train, _, test, _ = load_data(config)
     return config, dataset, train, test, QBert4Rec(config, train._dataset)
 
 

@@ -1,8 +1,8 @@
 """Q-Bert4Rec across domains and modalities, on small subsets of the real data in one data_path.
 
 Target Instruments (text + image codes, 500 users); sources Games (text codes only, 300 users)
-and Arts (no content, 200 users). Stages 1-2 run once over the union of their items; pretraining
-runs on the sources, fine-tuning on the target.
+and Arts (no content, 200 users). The tokenize stage (stages 1-2) runs once over the union of their items
+and writes each domain's ``.sid``; pretraining runs on the sources, fine-tuning on the target.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from recbole.utils import init_seed
 
 from dataset_prep.subset import convert_user_subsets
 from recbole_qrec.config import build_config
+from recbole_qrec.data.cross_domain import pretrain_dataset_names, source_settings
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.model.qbert4rec import QBert4Rec
-from recbole_qrec.model.qbert4rec_modules.item_features import load_item_features
-from recbole_qrec.model.qbert4rec_modules.semantic_ids import domain_features
+from recbole_qrec.qbert4rec_stage import stage_inputs
+from recbole_qrec.tokenize import ensure_semantic_ids
 from recbole_qrec.trainer import get_trainer
 from test_qbert4rec import TINY, load_data
 
@@ -38,13 +39,18 @@ def make_config(work, dataset="Instruments", **overrides):
     return build_config("QBert4Rec", dataset, config_dict=settings)
 
 
+def source_configs(config):
+    return [build_config("QBert4Rec", name, config_dict=source_settings(config)) for name in pretrain_dataset_names(config)]
+
+
 @pytest.fixture(scope="module")
 def cross(work):
-    """Config, target loaders and a QBert4Rec built with both sources (stages 1-2 over the union)."""
+    """Config, target loaders, the sources' pretraining loaders and a QBert4Rec built with both sources
+    (stages 1-2 over the union)."""
     config = make_config(work, pretrain_datasets=SOURCES)
-    _, train, valid, test = load_data(config)
+    _, train, valid, test, pretrain_data = load_data(config, source_configs(config))
     init_seed(config["seed"], True)
-    return config, train, valid, test, QBert4Rec(config, train._dataset)
+    return config, train, valid, test, pretrain_data, QBert4Rec(config, train._dataset)
 
 
 def harness_trainer(config, model):
@@ -57,24 +63,24 @@ def code_tables(model):
 
 
 def test_every_domain_has_a_code_table_with_a_padding_row(cross):
-    config, train, _, _, model = cross
+    config, train, _, _, pretrain_data, model = cross
     tables = code_tables(model)
     item_counts = {"Instruments": train._dataset.item_num,
-                   **{domain.name: domain.dataset.item_num for domain in model.pretrain_domains}}
-    assert [domain.name for domain in model.pretrain_domains] == SOURCES
+                   **{name: loader._dataset.item_num for name, loader in pretrain_data.items()}}
+    assert list(pretrain_data) == list(model.source_codes) == SOURCES
     for name, codes in tables.items():
         assert codes.shape == (item_counts[name], config["sid_levels"]), name
         assert bool((codes[0] == 0).all()), name
 
 
 def test_codes_are_unique_over_the_union_of_the_domains(cross):
-    real_rows = torch.cat([codes[1:] for codes in code_tables(cross[4]).values()])
+    real_rows = torch.cat([codes[1:] for codes in code_tables(cross[-1]).values()])
     assert len(real_rows.unique(dim=0)) == len(real_rows)
 
 
 def test_sources_are_aligned_with_the_target_modalities(cross):
-    config, train, *_, model = cross
-    features = domain_features(config, train._dataset, model.pretrain_domains)
+    config = cross[0]
+    features = stage_inputs(config, source_configs(config)).features
     assert list(features) == ["Instruments", *SOURCES]
     widths = [[matrix.shape[1] for matrix in part.matrices] for part in features.values()]
     assert all(part.modalities == ["text", "image"] for part in features.values()) and widths[1:] == widths[:-1]
@@ -84,31 +90,30 @@ def test_sources_are_aligned_with_the_target_modalities(cross):
 
 
 def test_only_the_target_codes_are_saved_and_the_source_codes_follow_the_model(cross):
-    model = cross[4]
+    model = cross[-1]
     assert "item_codes" in model.state_dict()
     assert not [key for key in model.state_dict() if key.startswith("source_codes")]
     assert {name for name, _ in model.named_buffers()} >= {f"source_codes.{name}.codes" for name in SOURCES}
 
 
 def test_pretraining_runs_on_the_sources_and_lowers_the_loss(cross, tmp_path, monkeypatch):
-    config, train, *_, model = cross
+    config, train, _, _, pretrain_data, model = cross
     monkeypatch.chdir(tmp_path)  # the trainer opens ./log_tensorboard
     trainer = harness_trainer(config, model)
-    assert [domain for domain, _ in trainer.pretraining_data(train)] == SOURCES
-    losses = trainer.pretrain(train, verbose=False)
+    assert [domain for domain, _ in trainer.pretraining_data(train, pretrain_data)] == SOURCES
+    losses = trainer.pretrain(train, pretrain_data, verbose=False)
     assert len(losses) == config["pretrain_epochs"] and losses[-1] < losses[0]
 
 
 def test_fine_tuned_checkpoint_reloads_weights_only_to_identical_scores(cross, tmp_path, monkeypatch):
-    """RecBole's fit (pretraining on the sources, then fine-tuning) saves a checkpoint that a fresh model,
-    its codes read from the cache, reloads with ``torch.load(weights_only=True)``."""
-    config, train, valid, test, model = cross
+    """RecBole's fit (pretraining on the sources, then fine-tuning) saves a checkpoint that a fresh model reloads
+    with ``torch.load(weights_only=True)``."""
+    config, train, valid, test, pretrain_data, model = cross
     monkeypatch.chdir(tmp_path)
     trainer = harness_trainer(config, model)
-    trainer.fit(train, valid, saved=True)
+    trainer.fit(train, valid, saved=True, pretrain_data=pretrain_data)
     checkpoint = torch.load(trainer.saved_model_file, weights_only=True)
     fresh = QBert4Rec(config, train._dataset)
-    assert fresh.codes_from_cache
     fresh.load_state_dict(checkpoint["state_dict"])
     model.eval(), fresh.eval()
     interaction = next(iter(test))[0]
@@ -120,10 +125,9 @@ def test_fine_tuned_checkpoint_reloads_weights_only_to_identical_scores(cross, t
 
 def test_text_only_codes_differ_from_both_modalities(work):
     config = make_config(work, modalities=["text"])
-    dataset = load_data(config)[1]._dataset
-    assert load_item_features(config, dataset).modalities == ["text"]
-    text_only = QBert4Rec(config, dataset).item_codes
-    both = QBert4Rec(make_config(work), dataset).item_codes
+    assert stage_inputs(config).features["Instruments"].modalities == ["text"]
+    text_only = load_data(config)[0].code_tables["sid"]
+    both = load_data(make_config(work))[0].code_tables["sid"]
     assert text_only.shape == both.shape
     assert (text_only != both).any(1).float().mean() > 0.5
 
@@ -131,14 +135,12 @@ def test_text_only_codes_differ_from_both_modalities(work):
 @pytest.mark.parametrize(("dataset", "modalities"), [("Instruments", ["audio"]), ("Instruments", []),
                                                      ("Instruments", ["text", "text"]), ("Games", ["image"])])
 def test_unknown_or_unavailable_modalities_are_config_errors(work, dataset, modalities):
-    config = make_config(work, dataset, modalities=modalities)
     with pytest.raises(ConfigError, match="modalities"):
-        load_item_features(config, load_data(config)[1]._dataset)
+        ensure_semantic_ids(make_config(work, dataset, modalities=modalities))
 
 
 @pytest.mark.parametrize("overrides", [{"pretrain_datasets": ["Games", "Instruments"]},
                                        {"pretrain_datasets": ["Games"], "pretrain_epochs": 0}])
 def test_pretraining_sources_that_cannot_work_are_config_errors(work, overrides):
-    config = make_config(work, **overrides)
     with pytest.raises(ConfigError, match="pretrain_datasets"):
-        QBert4Rec(config, load_data(config)[1]._dataset)
+        pretrain_dataset_names(make_config(work, **overrides))

@@ -12,7 +12,6 @@ import torch
 import yaml
 
 from dataset_prep.features import code_file_features
-from dataset_prep.locate import search_roots
 from recbole_qrec.quantization import (
     RQVAE,
     TokenizerConfig,
@@ -50,14 +49,6 @@ def clustered(n: int, dim: int, clusters: int, seed: int = 0, spread: float = 5.
     return (centres[labels] + rng.normal(size=(n, dim)) * 0.1).astype(np.float32), labels
 
 
-def instruments_index() -> Path:
-    for root in search_roots():
-        path = root / "Instruments" / "Instruments.index_lemb.json"
-        if path.is_file():
-            return path
-    pytest.skip("Instruments.index_lemb.json not found under $QREC_DATA_DIR or ../shared/data/amazon (shared data absent)")
-
-
 # --- configuration ---------------------------------------------------------------------------
 
 def test_yaml_defaults_match_config() -> None:
@@ -93,7 +84,7 @@ def test_alignment_needs_two_modalities() -> None:
 def test_nan_rows_are_counted_and_the_first_is_named() -> None:
     x = np.ones((10, 4), dtype=np.float32)
     x[3, 1], x[7, 0] = np.nan, np.inf
-    with pytest.raises(ValueError, match=r"in 2 row\(s\); the first is row 3"):
+    with pytest.raises(ValueError, match=r"in 2 row\(s\), the first is row 3 — re-create the features"):
         fit_tokenizer(x, TokenizerConfig(epochs=1, **SMALL), device="cpu")
 
 
@@ -153,8 +144,8 @@ def test_rerank_handles_a_million_items_in_seconds() -> None:
 # --- training --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("strategy", ["rerank", "append_level"])
-def test_zero_collisions_on_instruments_content_proxy(strategy: str) -> None:
-    features = code_file_features(instruments_index())
+def test_zero_collisions_on_instruments_content_proxy(strategy: str, amazon_dir: Path) -> None:
+    features = code_file_features(amazon_dir / "Instruments" / "Instruments.index_lemb.json")
     assert features.shape == (6250, 1024)
     result = fit_tokenizer(features, TokenizerConfig(epochs=1, collision_strategy=strategy), device="cpu")
     assert result.report["collision_rate_before"] > 0  # one epoch leaves collisions to resolve

@@ -32,15 +32,28 @@ def test_rows_follow_recbole_internal_ids(subset_dataset, amazon_dir):
         assert table[internal_id].tolist() == [int(t.strip("<>").split("_")[1]) for t in index[token]]
 
 
-def test_missing_items_and_bad_tokens_are_clear_errors(subset_dataset, tmp_path):
+@pytest.mark.parametrize(
+    ("rows", "fragment"),
+    [
+        (["0\ta_1 b_2"], r"partial.sid: 2649 items have no sid \(e.g. 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, \.\.\.\) — re-create"),
+        (None, r"partial.sid: 1 row\(s\) for items that dataset Instruments does not have \(e.g. 99999\) — "),
+        (["0\ta1 b2"], r"partial.sid line 2: sid token 'a1' is not of the form 'a_12 b_7 c_201 d_3'"),
+        (["0\ta_1 b_2", "0\ta_1 b_3"], r"partial.sid line 3: a second row for item '0' — keep one row per item"),
+        (["0\ta_1\tb_2"], r"partial.sid line 2: 3 fields, the header has 2 — "),
+    ],
+)
+def test_a_bad_code_file_is_a_clear_error(subset_dataset, tmp_path, rows, fragment):
     dataset, _ = subset_dataset
+    if rows is None:  # every item of the dataset, and one it does not have
+        tokens = dataset.field2id_token["item_id"][1:]
+        rows = [f"{token}\ta_1 b_{index}" for index, token in enumerate(tokens)] + ["99999\ta_1 b_0"]
     partial = tmp_path / "partial.sid"
-    partial.write_text("item_id:token\tsid:token_seq\n0\ta_1 b_2\n")
-    with pytest.raises(MalformedDataError, match="items have no sid"):
+    partial.write_text("item_id:token\tsid:token_seq\n" + "\n".join(rows) + "\n")
+    with pytest.raises(MalformedDataError, match=fragment):
         load_code_table(dataset, partial, "sid", pad_code=256)
-    bad = tmp_path / "bad.sid"
-    bad.write_text("item_id:token\tsid:token_seq\n0\ta1 b2\n")
-    with pytest.raises(MalformedDataError, match="must look like"):
-        load_code_table(dataset, bad, "sid", pad_code=256)
-    with pytest.raises(MalformedDataError, match="recbole_qrec.tokenize"):
+
+
+def test_a_missing_code_file_names_the_commands_that_write_it(subset_dataset, tmp_path):
+    dataset, _ = subset_dataset
+    with pytest.raises(MalformedDataError, match="does not exist — create semantic IDs with `python -m recbole_qrec.tokenize`"):
         load_code_table(dataset, tmp_path / "absent.sid", "sid", pad_code=256)

@@ -13,18 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from recbole.data import create_dataset, data_preparation
 from recbole.data.interaction import Interaction
 from recbole.evaluator import Collector, Evaluator
 from recbole.utils import init_seed
 
 from dataset_prep.features import code_file_features
-from dataset_prep.locate import ENV_VAR
 from recbole_qrec.config import build_config
+from recbole_qrec.data import create_dataset, data_preparation
 from recbole_qrec.data.sid import load_code_table, sid_path
 from recbole_qrec.errors import ConfigError, MalformedDataError
 from recbole_qrec.generation import constrained_beam_search
-from recbole_qrec.model.tiger import TIGER, length_bucketed_loss
+from recbole_qrec.model.layers import length_bucketed_loss
+from recbole_qrec.model.tiger import TIGER
 from recbole_qrec.quantization import append_level
 from recbole_qrec.tokenize import main as tokenize_main
 from recbole_qrec.trainer import get_trainer
@@ -51,7 +51,7 @@ def prepared(work):
     """Config, loaders and a TIGER (text_codes + extra level) on the subset."""
     config = subset_config(work / "dataset")
     init_seed(config["seed"], True)
-    train, valid, test = data_preparation(config, create_dataset(config))
+    train, valid, test, _ = data_preparation(config, create_dataset(config))
     return config, train, valid, test, TIGER(config, train._dataset).eval()
 
 
@@ -81,22 +81,26 @@ def test_text_codes_get_the_disambiguation_level_and_are_unique(prepared, work):
 
 def test_sid_file_source_reads_the_tokenizer_output(prepared, work, amazon_dir):
     features = work / "text.npy"
-    np.save(features, code_file_features(amazon_dir / "Instruments" / "Instruments.index_lemb.json"))
+    rows = max(map(int, prepared[1]._dataset.field2id_token["item_id"][1:])) + 1  # one per item id of the subset
+    np.save(features, code_file_features(amazon_dir / "Instruments" / "Instruments.index_lemb.json")[:rows])
     tokenize_main(["--dataset", "Instruments", "--features", str(features), "--data_path", str(work / "dataset"),
                    "--device", "cpu", "--set", *TINY_TOKENIZER])
-    dataset = prepared[1]._dataset
-    model = TIGER(subset_config(work / "dataset", sid_source="file"), dataset)
+    config = subset_config(work / "dataset", sid_source="file")
+    dataset = create_dataset(config)
+    model = TIGER(config, dataset)
     assert torch.equal(model.item_codes, load_code_table(dataset, sid_path(dataset), "sid", pad_code=0))
     assert model.vocab.levels == 4 and model.vocab.codebook_size <= 64
 
 
 def test_colliding_sid_file_is_a_clear_error(prepared, work, tmp_path):
     shutil.copytree(work / "dataset", tmp_path / "dataset")
-    config = subset_config(tmp_path / "dataset", sid_source="file")
-    dataset = create_dataset(config)
+    dataset = prepared[1]._dataset
     tokens = dataset.field2id_token["item_id"][1:]
     lines = [f"{token}\ta_{index // 2} b_0" for index, token in enumerate(tokens)]  # pairs of items share a tuple
-    sid_path(dataset).write_text("item_id:token\tsid:token_seq\n" + "\n".join(lines) + "\n")
+    (tmp_path / "dataset" / "Instruments" / "Instruments.sid").write_text(
+        "item_id:token\tsid:token_seq\n" + "\n".join(lines) + "\n")
+    config = subset_config(tmp_path / "dataset", sid_source="file")
+    dataset = create_dataset(config)
     with pytest.raises(MalformedDataError, match="not collision-free"):
         TIGER(config, dataset)
 
@@ -235,12 +239,12 @@ def test_trainer_evaluation_equals_the_ranks_in_the_beam(prepared):
 
 # The entry point
 
-def test_entry_point_runs_tiger_end_to_end(instruments_subset, tmp_path):
+def test_entry_point_runs_tiger_end_to_end(work, tmp_path):
     overrides = [f"--{key}={value}" for key, value in TINY.items()]
     done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), "--model=TIGER", "--dataset=Instruments", *overrides],
-        cwd=tmp_path, env={**os.environ, ENV_VAR: str(instruments_subset), "OMP_NUM_THREADS": "1"},
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), "--model=TIGER", "--dataset=Instruments",
+         f"--data_path={work / 'dataset'}", "--allow_data_mismatch=True", *overrides],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[-1])

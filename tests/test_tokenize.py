@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,9 +13,12 @@ from dataset_prep.convert import convert
 from dataset_prep.features import code_file_features
 from recbole_qrec.config import build_config
 from recbole_qrec.data.sid import load_code_table
+from recbole_qrec.errors import MalformedDataError
+from recbole_qrec.tokenize import DEFAULT_CONFIG, load_tokenizer_config, parse_overrides, tokenize_dataset
 from recbole_qrec.tokenize import main as tokenize_main
 
 TINY = ["epochs=2", "hidden_dims=[64]", "batch_size=512", "codebook_size=64", "code_dim=8"]
+SUBSET_ITEMS = 2650  # the 500-user subset's items are the ids 0..2649
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +26,7 @@ def workspace(instruments_subset, amazon_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("tokenize")
     convert("Instruments", src=instruments_subset, out=root / "dataset")
     features = root / "text.npy"
-    np.save(features, code_file_features(amazon_dir / "Instruments" / "Instruments.index_lemb.json"))
+    np.save(features, code_file_features(amazon_dir / "Instruments" / "Instruments.index_lemb.json")[:SUBSET_ITEMS])
     return root, features
 
 
@@ -33,13 +37,13 @@ def test_cli_writes_collision_free_sids_that_recbole_models_can_read(workspace, 
     assert "collisions" in capsys.readouterr().out
     folder = root / "dataset" / "Instruments"
     lines = (folder / "Instruments.sid").read_text().splitlines()
-    assert lines[0] == "item_id:token\tsid:token_seq" and len(lines) == 1 + 6250
+    assert lines[0] == "item_id:token\tsid:token_seq" and len(lines) == 1 + SUBSET_ITEMS
     tuples = [line.split("\t")[1] for line in lines[1:]]
     assert len(set(tuples)) == len(tuples), "semantic IDs collide"
     assert all(token[0] in "abcd" for token in tuples[0].split())
 
     report = json.loads((folder / "Instruments.sid.json").read_text())
-    assert report["n_items"] == 6250 and report["levels"] == 4 and report["collision_rate_after"] == 0.0
+    assert report["n_items"] == SUBSET_ITEMS and report["levels"] == 4 and report["collision_rate_after"] == 0.0
     assert 0.0 < report["collision_rate_before"] <= 1.0
     assert len(report["utilisation"]) == 4 and all(0 < u <= 1 for u in report["utilisation"])
     assert all(1.0 <= p <= 64 for p in report["perplexity"]) and report["config"]["codebook_size"] == 64
@@ -52,16 +56,27 @@ def test_cli_writes_collision_free_sids_that_recbole_models_can_read(workspace, 
     assert len({tuple(row) for row in table[1:].tolist()}) == dataset.item_num - 1
 
 
-def test_bad_features_are_clear_errors(workspace, tmp_path):
+def test_items_listed_only_in_the_item_file_get_semantic_ids_too(workspace, tmp_path):
     root, features = workspace
+    shutil.copytree(root / "dataset" / "Instruments", tmp_path / "Instruments")
+    with open(tmp_path / "Instruments" / "Instruments.item", "a", encoding="utf-8") as handle:
+        handle.write(f"{SUBSET_ITEMS}\tA_1 B_2 C_3 D_4\ta_1 b_2 c_3 d_4\n")  # a catalogue item without interactions
     matrix = np.load(features)
-    matrix[7, 3] = np.nan
-    np.save(tmp_path / "nan.npy", matrix)
-    np.save(tmp_path / "short.npy", np.load(features)[:100])
+    np.save(tmp_path / "catalogue.npy", np.concatenate([matrix, matrix[:1]]))
+    config = load_tokenizer_config(DEFAULT_CONFIG, parse_overrides(TINY))
+    result = tokenize_dataset("Instruments", [tmp_path / "catalogue.npy"], config, tmp_path, "cpu")
+    lines = (tmp_path / "Instruments" / "Instruments.sid").read_text().splitlines()
+    assert len(result.codes) == SUBSET_ITEMS + 1 and lines[-1].startswith(f"{SUBSET_ITEMS}\t")
+    with pytest.raises(MalformedDataError, match=r"catalogue.npy has 2,651 rows but the dataset's largest item id is "
+                                                 r"2,649, so 1 row\(s\) belong to items that do not exist"):
+        tokenize_dataset("Instruments", [tmp_path / "catalogue.npy"], config, root / "dataset", "cpu")
+
+
+def test_bad_settings_are_clear_errors(workspace, capsys, monkeypatch):
+    root, features = workspace
+    monkeypatch.delenv("QREC_DEBUG", raising=False)
     args = ["--dataset", "Instruments", "--data_path", str(root / "dataset"), "--device", "cpu", "--set", *TINY]
-    with pytest.raises(SystemExit, match=r"nan.npy: NaN or infinite features for 1 item\(s\), ids 7"):
-        tokenize_main([*args, "--features", str(tmp_path / "nan.npy")])
-    with pytest.raises(SystemExit, match="short.npy has 100 rows"):
-        tokenize_main([*args, "--features", str(tmp_path / "short.npy")])
-    with pytest.raises(SystemExit, match="Unknown tokenizer setting 'epoch'"):
+    with pytest.raises(SystemExit) as exited:
         tokenize_main([*args, "--features", str(features), "--set", "epoch=3"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.startswith("error: Unknown tokenizer setting 'epoch' — did you mean 'epochs'?")

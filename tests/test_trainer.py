@@ -1,4 +1,5 @@
-"""Checkpoints load under torch.load(weights_only=True); RecBole's own do not; no ray import."""
+"""Checkpoints load under torch.load(weights_only=True) and are verified when read back; RecBole's own do not load;
+no ray import."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from recbole.utils import init_seed
 
 from dataset_prep.convert import convert
 from recbole_qrec.config import build_config
-from recbole_qrec.errors import ConfigError
+from recbole_qrec.errors import CheckpointError
 from recbole_qrec.trainer import get_trainer
 from recbole_qrec.utils import get_model
 
@@ -70,15 +71,42 @@ def test_resumed_training_continues_at_the_next_epoch_with_the_saved_optimizer(t
         assert torch.equal(value, trainer.model.state_dict()[name])
 
 
-def test_resuming_a_missing_or_foreign_checkpoint_is_a_config_error(trained, tmp_path):
+def test_resuming_a_missing_or_foreign_checkpoint_is_a_checkpoint_error(trained, tmp_path):
     trainer, _ = trained
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         trainer.resume_checkpoint(tmp_path / "absent.pth")
     checkpoint = torch.load(trainer.saved_model_file, weights_only=True)
     checkpoint["config"]["model"] = "SASRec"
     torch.save(checkpoint, tmp_path / "sasrec.pth")
-    with pytest.raises(ConfigError, match="was written by SASRec, not FDSA"):
+    with pytest.raises(CheckpointError, match="was written by SASRec, not FDSA"):
         trainer.resume_checkpoint(tmp_path / "sasrec.pth")
+
+
+def test_evaluate_verifies_the_checkpoint_it_reads_back(trained, tmp_path):
+    trainer, test = trained
+    damaged = tmp_path / "FDSA.pth"
+    damaged.write_bytes(open(trainer.saved_model_file, "rb").read()[:1000])
+    with pytest.raises(CheckpointError, match=r"^checkpoint '.*FDSA.pth' is damaged"):
+        trainer.evaluate(test, load_best_model=True, model_file=str(damaged))
+
+
+def test_checkpoints_of_a_failed_block_are_removed_and_an_overwritten_one_restored(trained, tmp_path):
+    trainer, _ = trained
+    config = trainer.config
+    fresh = get_trainer(config["MODEL_TYPE"], "FDSA")(config, trainer.model)
+    kept = tmp_path / "kept.pth"
+    shutil.copy(trainer.saved_model_file, kept)
+    original = kept.read_bytes()
+    with pytest.raises(CheckpointError):
+        with fresh.checkpoints_kept_on_success():
+            fresh._save_checkpoint(0, verbose=False, saved_model_file=str(tmp_path / "new.pth"))
+            fresh._save_checkpoint(1, verbose=False, saved_model_file=str(kept))
+            fresh.resume_checkpoint(tmp_path / "absent.pth")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["kept.pth"] and kept.read_bytes() == original
+    with fresh.checkpoints_kept_on_success():
+        fresh._save_checkpoint(1, verbose=False, saved_model_file=str(kept))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["kept.pth"]
+    assert torch.load(kept, weights_only=True)["epoch"] == 1
 
 
 def test_recbole_own_checkpoint_does_not_load_with_weights_only(trained, tmp_path):

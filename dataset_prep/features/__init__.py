@@ -9,15 +9,16 @@ CLI (``python -m dataset_prep.features``; ``--help`` on each sub-command):
 
 Every output comes with ``<stem>.mask.npy`` (False: the item had no input, zero row) and the
 progress sidecar ``<stem>.progress.json``; text and image runs are resumable (:mod:`.store`).
-Consumers read features with :func:`load_features`.
+Consumers read features with ``recbole_qrec.data.features.load_features`` (re-exported here).
 """
 
-from dataset_prep.features.codes import code_file_features, codes_to_features, extract_code_features, read_code_index
-from dataset_prep.features.encoding import EncodedRows
+from dataset_prep.features.codes import code_file_features, extract_code_features, read_code_index
 from dataset_prep.features.image import ImageOptions, encode_images, extract_image_features
 from dataset_prep.features.items import item_text, read_item_json
-from dataset_prep.features.store import FeatureProgress, FeatureStateError, NonFiniteFeaturesError, load_features, load_mask
 from dataset_prep.features.text import TextOptions, encode_texts, extract_text_features
+from recbole_qrec.data.features import (
+    EncodedRows, FeatureProgress, FeatureStateError, NonFiniteFeaturesError, codes_to_features, load_features, load_mask,
+)
 
 __all__ = [
     "EncodedRows", "FeatureProgress", "FeatureStateError", "ImageOptions", "NonFiniteFeaturesError", "TextOptions",

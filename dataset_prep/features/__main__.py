@@ -14,17 +14,16 @@ All: [--overwrite] [--chunk-size 1024] [--max-chunks K] [--no-progress]. Rerunni
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Sequence
 
 from dataset_prep.features.codes import DEFAULT_CODEBOOK_SIZE, extract_code_features
 from dataset_prep.features.encoding import DTYPES
 from dataset_prep.features.image import DEFAULT_IMAGE_MODEL, DEFAULT_PRETRAINED, ImageOptions, extract_image_features
-from dataset_prep.features.items import format_ids
-from dataset_prep.features.store import DEFAULT_CHUNK_SIZE, FeaturePaths, FeatureProgress
+from dataset_prep.features.store import DEFAULT_CHUNK_SIZE
 from dataset_prep.features.text import DEFAULT_TEXT_MODEL, POOLINGS, TextOptions, extract_text_features
-from recbole_qrec.errors import QRecError
+from recbole_qrec.data.features import FeaturePaths, FeatureProgress, format_ids
+from recbole_qrec.errors import DEBUG_EPILOG, user_errors
 
 
 def positive_int(value: str) -> int:
@@ -51,17 +50,29 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_model: str) -> 
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dataset_prep.features", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    text = commands.add_parser("text", help="item texts -> transformers encoder")
+    parser = argparse.ArgumentParser(
+        prog="python -m dataset_prep.features",
+        description="Write item content features as a .npy matrix (row i = item id i, float32) with a mask "
+        "(<out>.mask.npy) and a progress record (<out>.progress.json); an interrupted run continues where it stopped.",
+        epilog=f"Run 'python -m dataset_prep.features COMMAND --help' for a command's options. {DEBUG_EPILOG}",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    text = commands.add_parser("text", help="item texts -> transformers encoder", epilog=DEBUG_EPILOG,
+                               description="Encode each item's text (title, description, categories from "
+                               "<name>.item.json) with a transformers encoder, pooled to one vector per item.")
     add_model_arguments(text, DEFAULT_TEXT_MODEL)
     text.add_argument("--pooling", choices=POOLINGS, default="mean")
     text.add_argument("--max-length", type=positive_int, default=256, help="tokens per text")
-    image = commands.add_parser("image", help="item images -> open_clip image tower")
+    image = commands.add_parser("image", help="item images -> open_clip image tower", epilog=DEBUG_EPILOG,
+                                description="Encode each item's image (<image-dir>/<item id>.jpg|.png|.jpeg) with an "
+                                "open_clip image tower; items without an image get a zero row.")
     add_model_arguments(image, DEFAULT_IMAGE_MODEL)
     image.add_argument("--image-dir", type=Path, required=True, help="holds <item_int>.jpg|.png|.jpeg")
     image.add_argument("--pretrained", default=DEFAULT_PRETRAINED, help="open_clip tag or checkpoint file")
-    codes = commands.add_parser("codes", help="semantic-code file -> one-hot proxy features")
+    codes = commands.add_parser("codes", help="semantic-code file -> one-hot proxy features", epilog=DEBUG_EPILOG,
+                                description="One-hot of each item's 4-level semantic codes from a <name>.index*.json "
+                                "file (optionally randomly projected): a proxy for the embeddings the codes were made "
+                                "from.")
     codes.add_argument("--index", type=Path, required=True, help="<name>.index_lemb.json / .index_vitemb.json")
     codes.add_argument("--n-items", type=positive_int, required=True, help="items of the dataset (rows)")
     codes.add_argument("--project-dim", type=positive_int, help="random-project the one-hot to this many dims")
@@ -103,10 +114,8 @@ def format_result(out: Path, result: FeatureProgress) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
+    with user_errors():
         result = run(args)
-    except QRecError as err:
-        sys.exit(f"error: {err}")
     print(format_result(args.out, result))
 
 

@@ -20,16 +20,15 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from dataset_prep.features.encoding import EncodedRows, ItemEncoder, encode_all
-from dataset_prep.features.items import format_ids
+from dataset_prep.features.encoding import ItemEncoder
 from dataset_prep.features.store import DEFAULT_CHUNK_SIZE, FeatureProgress, inputs_digest, write_features
-from recbole_qrec.errors import ConfigError, DatasetNotFoundError, MalformedDataError
+from recbole_qrec.data.features import DEFAULT_CODEBOOK_SIZE, check_codes, codes_to_features, one_hot, random_projection
+from recbole_qrec.errors import DatasetNotFoundError, MalformedDataError
 
 CODE_TOKEN = re.compile(r"<([A-Za-z])_(\d+)>")
-DEFAULT_CODEBOOK_SIZE = 256
 INDEX_SOURCE = (
     "the processed LC-Rec/MQL4GRec datasets ship <name>.index_lemb.json (codes of LLaMA text embeddings) and "
-    "<name>.index_vitemb.json (codes of CLIP image embeddings) next to <name>.inter.json (see ../shared/README.md)"
+    "<name>.index_vitemb.json (codes of CLIP image embeddings) next to <name>.inter.json"
 )
 CODE_BATCH = 4096
 
@@ -39,7 +38,8 @@ def parse_code(token: str, level: int, item: str, path: Path) -> int:
     letter = chr(ord("a") + level)
     match = CODE_TOKEN.fullmatch(token) if isinstance(token, str) else None
     if match is None or match.group(1).lower() != letter:
-        raise MalformedDataError(f"{path}: item {item}, level {level}: token {token!r} is not of the form <{letter}_N>.")
+        raise MalformedDataError(f"{path}: item {item}, level {level}: token {token!r} is not of the form <{letter}_N> "
+                                 "— list each item's level tokens in order, e.g. [\"<a_12>\", \"<b_7>\"]")
     return int(match.group(2))
 
 
@@ -47,50 +47,20 @@ def read_code_index(path: str | os.PathLike) -> dict[int, list[int]]:
     """``{"item_id": ["<a_12>", "<b_7>", ...]}`` as ``{item: [12, 7, ...]}``; every item has the same levels."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetNotFoundError(f"code file {path} not found: {INDEX_SOURCE}.")
+        raise DatasetNotFoundError(f"code file {path} not found — {INDEX_SOURCE}")
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as err:
-        raise MalformedDataError(f"{path} is not valid JSON: {err}") from err
+        raise MalformedDataError(f"{path} is not valid JSON ({err}) — re-create or re-download it") from err
     if not isinstance(index, dict) or not index or not all(isinstance(tokens, list) for tokens in index.values()):
-        raise MalformedDataError(f"{path} must be a non-empty JSON object {{\"<item_int>\": [\"<a_12>\", ...]}}.")
+        raise MalformedDataError(f"{path} is not a non-empty JSON object of item code lists — write it as "
+                                 "{\"<item_int>\": [\"<a_12>\", ...]}")
     codes = {}
     for item, tokens in index.items():
         if not item.isdigit() or str(int(item)) != item:
-            raise MalformedDataError(f"{path}: item id {item!r} is not a non-negative integer.")
+            raise MalformedDataError(f"{path}: item id {item!r} is not a non-negative integer — key items by their integer id")
         codes[int(item)] = [parse_code(token, level, item, path) for level, token in enumerate(tokens)]
     return codes
-
-
-def check_codes(codes: Mapping[int, Sequence[int]], n_items: int, codebook_size: int, source: str) -> int:
-    """The number of levels, after checking item ids against ``n_items`` and codes against the codebook."""
-    if not codes:
-        raise MalformedDataError(f"{source}: no item has codes.")
-    levels = {len(row) for row in codes.values()}
-    if len(levels) != 1:
-        raise MalformedDataError(f"{source}: items have different numbers of code levels {sorted(levels)}.")
-    outside = sorted(item for item in codes if not 0 <= item < n_items)
-    if outside:
-        raise MalformedDataError(f"{source}: item ids {format_ids(outside)} are outside 0..{n_items - 1} (n_items={n_items}).")
-    low, high = min(min(row) for row in codes.values()), max(max(row) for row in codes.values())
-    if low < 0 or high >= codebook_size:
-        raise MalformedDataError(f"{source}: codes must lie in 0..{codebook_size - 1}, found {low}..{high} (set codebook_size).")
-    return levels.pop()
-
-
-def one_hot(codes: np.ndarray, codebook_size: int) -> np.ndarray:
-    """``[k, levels]`` codes -> ``[k, levels * codebook_size]`` float32, level ``l`` in block ``l``."""
-    levels = codes.shape[1]
-    out = np.zeros((len(codes), levels * codebook_size), np.float32)
-    out[np.arange(len(codes))[:, None], codes + codebook_size * np.arange(levels)] = 1.0
-    return out
-
-
-def random_projection(in_dim: int, out_dim: int, seed: int) -> np.ndarray:
-    """A fixed ``[in_dim, out_dim]`` Gaussian matrix, entries ``N(0, 1/out_dim)``, from ``seed``."""
-    if out_dim < 1:
-        raise ConfigError(f"project_dim must be positive, got {out_dim}")
-    return np.random.default_rng(seed).standard_normal((in_dim, out_dim), dtype=np.float32) / np.float32(np.sqrt(out_dim))
 
 
 def code_item_encoder(codes: Mapping[int, Sequence[int]], n_items: int, codebook_size: int = DEFAULT_CODEBOOK_SIZE,
@@ -105,12 +75,6 @@ def code_item_encoder(codes: Mapping[int, Sequence[int]], n_items: int, codebook
 
     dim = levels * codebook_size if projection is None else project_dim
     return ItemEncoder(dim, CODE_BATCH, codes.get, encode)
-
-
-def codes_to_features(codes: Mapping[int, Sequence[int]], n_items: int, codebook_size: int = DEFAULT_CODEBOOK_SIZE,
-                      project_dim: int | None = None, seed: int = 0) -> EncodedRows:
-    """Proxy features of items ``0..n_items-1`` in memory (see the module docstring)."""
-    return encode_all(code_item_encoder(codes, n_items, codebook_size, project_dim, seed), n_items, "code features")
 
 
 def code_file_features(index: str | os.PathLike, codebook_size: int = DEFAULT_CODEBOOK_SIZE) -> np.ndarray:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from recbole_qrec.data.features import EncodedRows
 from recbole_qrec.errors import ConfigError
 
 # --dtype choices -> the autocast dtype used on CUDA (CPU always computes in fp32).
@@ -33,16 +34,6 @@ class ItemEncoder:
     batch_size: int
     load: Callable[[int], Any]
     encode: Callable[[list[Any]], np.ndarray]
-
-
-@dataclass
-class EncodedRows:
-    """``features`` float32 ``[n, dim]`` (zero rows where ``present`` is False), ``present`` bool ``[n]``,
-    ``unreadable``: ids of items whose input exists but could not be read (also not present)."""
-
-    features: np.ndarray
-    present: np.ndarray
-    unreadable: list[int] = field(default_factory=list)
 
 
 def encode_items(encoder: ItemEncoder, items: Sequence[int], bar: tqdm | None = None) -> EncodedRows:
@@ -82,7 +73,7 @@ def resolve_device(device: str | None) -> torch.device:
 def compute_dtype(device: torch.device, dtype: str) -> str:
     """The precision actually used: ``dtype`` on CUDA, fp32 on any other device."""
     if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise ConfigError(f"dtype {dtype!r} is not one of {sorted(DTYPES)} — choose one of them")
     return dtype if device.type == "cuda" else "fp32"
 
 

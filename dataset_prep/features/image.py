@@ -22,7 +22,7 @@ from dataset_prep.features.encoding import (
 )
 from dataset_prep.features.items import check_image_dir, find_image, read_item_json
 from dataset_prep.features.store import DEFAULT_CHUNK_SIZE, FeatureProgress, inputs_digest, write_features
-from recbole_qrec.errors import ConfigError
+from recbole_qrec.errors import ConfigError, MissingDependencyError
 
 DEFAULT_IMAGE_MODEL = "ViT-L-14"
 DEFAULT_PRETRAINED = "openai"
@@ -59,7 +59,13 @@ class ImageEncoder:
     """A loaded open_clip model and its evaluation transform."""
 
     def __init__(self, options: ImageOptions) -> None:
-        import open_clip  # imported on use: loading features needs none of it
+        try:
+            import open_clip  # imported on use: loading features needs none of it
+        except ModuleNotFoundError as err:
+            raise MissingDependencyError(
+                f"image features need the module '{err.name}', which is not installed — pip install "
+                "'recbole-qrec[image]' with the torchvision built for your torch (e.g. torch==2.14.1 torchvision==0.29.1)"
+            ) from None
 
         self.options = options
         self.device = resolve_device(options.device)
@@ -67,7 +73,9 @@ class ImageEncoder:
         try:
             model, _, self.preprocess = open_clip.create_model_and_transforms(options.model, pretrained=options.pretrained)
         except RuntimeError as err:
-            raise ConfigError(f"cannot create open_clip model {options.model!r} (pretrained={options.pretrained!r}): {err}") from err
+            reason = " ".join(str(err).split())
+            raise ConfigError(f"cannot create open_clip model {options.model!r} (pretrained={options.pretrained!r}: "
+                              f"{reason}) — give an open_clip model name and pretrained tag or checkpoint") from err
         self.model = model.to(self.device).eval()
         self.dim = self.encode([self.preprocess(Image.new("RGB", (32, 32)))]).shape[1]
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
+from recbole_qrec.data.features import format_ids
 from recbole_qrec.errors import DatasetNotFoundError, MalformedDataError
 
 ITEM_JSON_SOURCE = (
@@ -26,26 +27,20 @@ IMAGE_DIR_SOURCE = (
     "(default folder data/<name>/images)"
 )
 IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")
-SHOWN_IDS = 10
-
-
-def format_ids(ids: Sequence[Any]) -> str:
-    """The first few ``ids``, comma-separated, with "..." when there are more."""
-    return ", ".join(map(str, ids[:SHOWN_IDS])) + (", ..." if len(ids) > SHOWN_IDS else "")
 
 
 def contiguous_item_count(ids: Iterable[str], source: Path) -> int:
     """Number of items when ``ids`` are exactly ``"0"`` .. ``"n-1"``; otherwise a clear error."""
     ids = list(ids)
     if not ids:
-        raise MalformedDataError(f"{source} has no items.")
+        raise MalformedDataError(f"{source} has no items — it needs one record per item id 0..n-1")
     expected = {str(item) for item in range(len(ids))}
     if set(ids) != expected:
         missing = sorted(expected - set(ids), key=int)
         unexpected = sorted(set(ids) - expected)
         raise MalformedDataError(
-            f"{source}: item ids must be the integers 0..{len(ids) - 1} (feature row = item id); "
-            f"missing: {format_ids(missing) or 'none'}; unexpected: {format_ids(unexpected) or 'none'}."
+            f"{source}: item ids are not the integers 0..{len(ids) - 1} (missing: {format_ids(missing) or 'none'}; "
+            f"unexpected: {format_ids(unexpected) or 'none'}) — number the items 0..n-1 (feature row = item id)"
         )
     return len(ids)
 
@@ -54,13 +49,14 @@ def read_item_json(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of ``<name>.item.json`` in item-id order (ids checked to be ``0..n-1``)."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetNotFoundError(f"item file {path} not found: {ITEM_JSON_SOURCE}.")
+        raise DatasetNotFoundError(f"item file {path} not found — {ITEM_JSON_SOURCE}")
     try:
         items = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as err:
-        raise MalformedDataError(f"{path} is not valid JSON: {err}") from err
+        raise MalformedDataError(f"{path} is not valid JSON ({err}) — re-create it with dataset_prep.amazon18") from err
     if not isinstance(items, dict) or not all(isinstance(record, dict) for record in items.values()):
-        raise MalformedDataError(f"{path} must be a JSON object {{\"<item_int>\": {{\"title\": ..., ...}}}}.")
+        raise MalformedDataError(f"{path} is not a JSON object of item records — write it as "
+                                 "{\"<item_int>\": {\"title\": ..., ...}}")
     n_items = contiguous_item_count(items, path)
     return [items[str(item)] for item in range(n_items)]
 
@@ -86,7 +82,7 @@ def check_image_dir(image_dir: str | os.PathLike) -> Path:
     """``image_dir`` as a path, or a clear error when the folder does not exist."""
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
-        raise DatasetNotFoundError(f"image folder {image_dir} not found: {IMAGE_DIR_SOURCE}.")
+        raise DatasetNotFoundError(f"image folder {image_dir} not found — {IMAGE_DIR_SOURCE}")
     return image_dir
 
 

@@ -59,7 +59,7 @@ def pool(outputs: Any, attention_mask: torch.Tensor, pooling: str) -> torch.Tens
         return outputs.last_hidden_state[:, 0].float()
     pooled = getattr(outputs, "pooler_output", None)
     if pooled is None:
-        raise ConfigError("this model has no pooler output; use --pooling mean or cls.")
+        raise ConfigError("this model has no pooler output — use --pooling mean or cls")
     return pooled.float()
 
 
@@ -81,7 +81,7 @@ class TextEncoder:
         from transformers import AutoModel, AutoTokenizer  # imported on use: loading features needs none of it
 
         if options.pooling not in POOLINGS:
-            raise ConfigError(f"pooling must be one of {POOLINGS}, got {options.pooling!r}")
+            raise ConfigError(f"pooling {options.pooling!r} is not one of {POOLINGS} — choose one of them")
         self.options = options
         self.device = resolve_device(options.device)
         self.dtype = compute_dtype(self.device, options.dtype)
@@ -89,7 +89,9 @@ class TextEncoder:
             self.tokenizer = AutoTokenizer.from_pretrained(options.model)
             model = AutoModel.from_pretrained(options.model, dtype=DTYPES[self.dtype])
         except OSError as err:
-            raise ConfigError(f"cannot load text model {options.model!r}: {err}") from err
+            reason = " ".join(str(err).split())
+            raise ConfigError(f"cannot load text model {options.model!r} ({reason}) — give a transformers model "
+                              "name or a local folder") from err
         if model.config.is_encoder_decoder:
             model = model.get_encoder()
         ensure_pad_token(self.tokenizer, model)

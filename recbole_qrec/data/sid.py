@@ -7,56 +7,101 @@ codes that ``dataset_prep.convert`` puts into ``<dataset>.item`` (``text_codes``
 
 :func:`load_code_table` returns a ``LongTensor[n_items, L]`` whose row ``i`` holds the codes of
 RecBole's internal item id ``i``; row 0 (RecBole's padding item) holds ``pad_code`` at every level.
+:class:`~recbole_qrec.data.dataset.SemanticIdDataset` reads the tables a model needs with it (``code_tables``);
+:func:`item_code_table` picks a model's table from them, made unique with TIGER's extra level for content codes.
+:func:`write_sid_file` writes a tokenizer's codes; its metadata goes beside it (:func:`sid_metadata_path`).
 """
 
 from __future__ import annotations
 
 import csv
+import re
+import string
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from recbole.config import Config
 from recbole.data.dataset import Dataset
+from torch import Tensor
 
-from recbole_qrec.errors import MalformedDataError
+from recbole_qrec.data.features import format_ids
+from recbole_qrec.errors import ConfigError, MalformedDataError
+from recbole_qrec.fileio import atomic_open
+from recbole_qrec.quantization import append_level
 
 SID_SUFFIX = "sid"
 SID_FIELD = "sid"
+SID_FILE = "file"  # the value of a ``*sid_source`` key that names the tokenizer's <dataset>.sid
+
+
+CODE_TOKEN = re.compile(r"[A-Za-z]_(\d+)")
+TOKEN_FORM = "'a_12 b_7 c_201 d_3' (level letter, underscore, code)"
 
 
 def parse_code_tokens(tokens: str) -> list[int]:
-    """``"a_12 b_7"`` -> ``[12, 7]``."""
-    return [int(token.rsplit("_", 1)[1]) for token in tokens.split()]
+    """``"a_12 b_7"`` -> ``[12, 7]``; ValueError naming the first token of another form."""
+    codes = []
+    for token in tokens.split():
+        match = CODE_TOKEN.fullmatch(token)
+        if match is None:
+            raise ValueError(f"token {token!r} is not of the form {TOKEN_FORM}")
+        codes.append(int(match.group(1)))
+    return codes
 
 
 def read_code_column(path: Path, field: str) -> dict[str, list[int]]:
-    """``item token -> codes`` from the ``<field>:token_seq`` column of an atomic file."""
+    """``item token -> codes`` from the ``<field>:token_seq`` column of an atomic file (items with empty codes left out)."""
     if not path.is_file():
         raise MalformedDataError(
-            f"{path} does not exist: create semantic IDs with `python -m recbole_qrec.tokenize`, "
-            "or convert the dataset with `python -m dataset_prep.convert`."
+            f"{path} does not exist — create semantic IDs with `python -m recbole_qrec.tokenize`, "
+            "or convert the dataset with `python -m dataset_prep.convert`"
         )
     with open(path, encoding="utf-8", newline="") as handle:
         rows = csv.reader(handle, delimiter="\t")
-        header = [name.split(":")[0] for name in next(rows)]
+        header = [name.split(":")[0] for name in next(rows, [])]
         if field not in header or "item_id" not in header:
-            raise MalformedDataError(f"{path} has columns {header}; expected item_id and {field}.")
+            raise MalformedDataError(f"{path} line 1: columns {header} lack item_id or {field} — re-create the file "
+                                     f"with a header like item_id:token<TAB>{field}:token_seq")
         item_col, code_col = header.index("item_id"), header.index(field)
-        try:
-            return {row[item_col]: parse_code_tokens(row[code_col]) for row in rows if row[code_col]}
-        except (IndexError, ValueError) as err:
-            raise MalformedDataError(f"{path}: {field} tokens must look like 'a_12 b_7 c_201 d_3' ({err}).") from err
+        codes: dict[str, list[int]] = {}
+        for number, row in enumerate(rows, start=2):
+            if len(row) != len(header):
+                raise MalformedDataError(f"{path} line {number}: {len(row)} fields, the header has {len(header)} — "
+                                         "re-create the file (one tab-separated value per column)")
+            item = row[item_col]
+            if item in codes:
+                raise MalformedDataError(f"{path} line {number}: a second row for item {item!r} — keep one row per item")
+            try:
+                if row[code_col]:
+                    codes[item] = parse_code_tokens(row[code_col])
+            except ValueError as err:
+                raise MalformedDataError(f"{path} line {number}: {field} {err} — re-create the file with "
+                                         "`python -m recbole_qrec.tokenize` or `python -m dataset_prep.convert`") from err
+    return codes
 
 
 def load_code_table(dataset: Dataset, path: str | Path, field: str, pad_code: int) -> torch.LongTensor:
-    """Codes of every item of ``dataset`` in internal-id order; row 0 is the padding item."""
+    """Codes of every item of ``dataset`` in internal-id order; row 0 is the padding item.
+
+    The file must hold exactly the dataset's items: a missing item or a row for an item the dataset does not
+    have (codes of another dataset or version) is a :class:`MalformedDataError`.
+    """
     codes = read_code_column(Path(path), field)
     tokens = dataset.field2id_token[dataset.iid_field]
     missing = [token for token in tokens[1:] if token not in codes]
     if missing:
-        raise MalformedDataError(f"{path}: {len(missing)} items have no {field} (e.g. {missing[:5]}); re-run the tokenizer.")
+        raise MalformedDataError(f"{path}: {len(missing)} items have no {field} (e.g. {format_ids(missing)}) — re-create the file "
+                                 f"for dataset {dataset.dataset_name} (`python -m recbole_qrec.tokenize`)")
+    extra = sorted(set(codes) - set(tokens[1:]))
+    if extra:
+        raise MalformedDataError(f"{path}: {len(extra)} row(s) for items that dataset {dataset.dataset_name} does not have "
+                                 f"(e.g. {format_ids(extra)}) — the codes belong to other data: re-create the file for this dataset "
+                                 "(`python -m recbole_qrec.tokenize`)")
     levels = {len(codes[token]) for token in tokens[1:]}
     if len(levels) != 1:
-        raise MalformedDataError(f"{path}: items have different numbers of code levels {sorted(levels)}.")
+        raise MalformedDataError(f"{path}: items have different numbers of code levels {sorted(levels)} — every item "
+                                 "needs the same number of levels")
     table = torch.full((len(tokens), levels.pop()), pad_code, dtype=torch.long)
     for index, token in enumerate(tokens[1:], start=1):
         table[index] = torch.tensor(codes[token])
@@ -71,3 +116,40 @@ def with_padding_row(values: torch.Tensor) -> torch.Tensor:
 def sid_path(dataset: Dataset) -> Path:
     """Where the tokenizer writes the semantic IDs of ``dataset``."""
     return Path(dataset.dataset_path) / f"{dataset.dataset_name}.{SID_SUFFIX}"
+
+
+def sid_metadata_path(sid_file: Path) -> Path:
+    """The metadata JSON beside a ``.sid`` file (``Instruments.sid`` -> ``Instruments.sid.json``)."""
+    return sid_file.with_name(f"{sid_file.name}.json")
+
+
+def level_tokens(codes: Sequence[Sequence[int]]) -> list[str]:
+    """``[[12, 7], ...]`` -> ``["a_12 b_7", ...]`` (level letters a, b, c, ...)."""
+    return [" ".join(f"{letter}_{code}" for letter, code in zip(string.ascii_lowercase, row)) for row in codes]
+
+
+def write_sid_file(path: Path, item_tokens: Sequence[str], codes: Sequence[Sequence[int]]) -> None:
+    """Write ``item_id:token sid:token_seq`` rows, one per item token, atomically."""
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        handle.write(f"item_id:token\t{SID_FIELD}:token_seq\n")
+        handle.writelines(f"{item}\t{tokens}\n" for item, tokens in zip(item_tokens, level_tokens(codes)))
+
+
+def content_code_table(codes: Tensor) -> Tensor:
+    """Content codes ``[n_items, L]`` with TIGER's extra level: unique ``[n_items, L + 1]``, row 0 all zeros."""
+    return with_padding_row(torch.from_numpy(append_level(codes[1:].numpy())))
+
+
+def item_code_table(config: Config, code_tables: Mapping[str, Tensor], key: str = "sid_source") -> Tensor:
+    """Unique codes ``[n_items, L]`` (row 0, the padding item, all zeros) of the semantic-ID source that config
+    ``key`` names, from a dataset's ``code_tables``: the tokenizer's codes for ``file``, else a content field's
+    codes with TIGER's extra level."""
+    source = config[key]
+    field = SID_FIELD if source == SID_FILE else source
+    if field not in code_tables:
+        raise ConfigError(
+            f"{key} is {source!r}, which dataset {config['dataset']} does not provide (its item_content_fields: "
+            f"{config['item_content_fields'] or []}) — {key} must be '{SID_FILE}' (<dataset>.sid from `python -m "
+            "recbole_qrec.tokenize`) or one of its content-code fields"
+        )
+    return code_tables[field] if field == SID_FIELD else content_code_table(code_tables[field])

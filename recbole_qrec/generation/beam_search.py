@@ -12,9 +12,12 @@ slots hold item ``-1`` and score ``-inf``.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
-from transformers import EncoderDecoderCache, PreTrainedModel
+from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
 
 from recbole_qrec.generation.prefix_index import PrefixIndex
 from recbole_qrec.generation.vocab import SemanticIdVocab
@@ -45,14 +48,14 @@ def constrained_beam_search(
     batch, codebook = len(encoder_input_ids), vocab.codebook_size
     device = encoder_input_ids.device
     hidden = model.get_encoder()(input_ids=encoder_input_ids, attention_mask=attention_mask).last_hidden_state
-    cache: EncoderDecoderCache | None = None  # the first decoder call creates it
+    cache = EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
+    cache_argument = {cache_argument_name(model): cache}  # each decoder call appends to it in place
     scores = torch.zeros(batch, 1, device=device)
     prefixes = torch.zeros(batch, 1, dtype=torch.long, device=device)
     tokens = torch.full((batch, 1, 1), vocab.decoder_start_id, dtype=torch.long, device=device)
     for level in range(index.depth):
-        output = model(encoder_outputs=(hidden,), attention_mask=attention_mask, past_key_values=cache, use_cache=True,
-                       decoder_input_ids=tokens[:, :, -1].reshape(-1, 1))
-        cache = output.past_key_values
+        output = model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), attention_mask=attention_mask,
+                       decoder_input_ids=tokens[:, :, -1].reshape(-1, 1), use_cache=True, **cache_argument)
         log_probs = nn.functional.log_softmax(output.logits[:, -1].float(), dim=-1)[:, vocab.level_slice(level)]
         children = index.children(level, prefixes.flatten())
         candidates = torch.where(children >= 0, scores.reshape(-1, 1) + log_probs, NEG_INF).reshape(batch, -1)
@@ -68,6 +71,11 @@ def constrained_beam_search(
     if not return_tokens:
         return items, scores
     return items, scores, torch.where(found[..., None], tokens[..., 1:], vocab.pad_id)
+
+
+def cache_argument_name(model: PreTrainedModel) -> str:
+    """The forward argument that takes the key/value cache: ``cache`` from transformers 5.24 on, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def follow_beams(cache: EncoderDecoderCache, hidden: torch.Tensor, attention_mask: torch.Tensor | None,

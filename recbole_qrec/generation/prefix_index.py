@@ -104,9 +104,11 @@ class PrefixIndex:
 def check_code_table(codes: torch.Tensor, codebook_size: int) -> None:
     """Raise :class:`MalformedDataError` unless ``codes`` is a non-empty ``[n, L]`` integer table in range."""
     if codes.dim() != 2 or codes.numel() == 0 or codes.dtype != torch.long:
-        raise MalformedDataError(f"the code table must be a non-empty LongTensor[n_items, levels]; got {codes.dtype} {tuple(codes.shape)}.")
+        raise MalformedDataError(f"the code table is {codes.dtype} {tuple(codes.shape)} — it must be a non-empty "
+                                 "LongTensor[n_items, levels]")
     if codes.min() < 0 or codes.max() >= codebook_size:
-        raise MalformedDataError(f"codes must lie in 0..{codebook_size - 1}; found {codes.min().item()}..{codes.max().item()}.")
+        raise MalformedDataError(f"codes range over {codes.min().item()}..{codes.max().item()} — they must lie in "
+                                 f"0..{codebook_size - 1} (the codebook size)")
 
 
 def collision_message(codes: torch.Tensor, leaf: torch.Tensor, item_ids: torch.Tensor | None) -> str:

@@ -1,8 +1,8 @@
 """MQL4GRec (Zhai et al., ICLR 2025): generative recommendation in two quantitative languages.
 
 Items speak two languages: their text codes (``text_sid_source``) and their image codes
-(``image_sid_source``), each made unique with TIGER's extra level. One randomly initialised T5 (as in
-:mod:`recbole_qrec.model.tiger`) shares a vocabulary in which the two languages have disjoint token
+(``image_sid_source``), each made unique with TIGER's extra level. One randomly initialised T5 (built by
+:mod:`recbole_qrec.model.layers`, as TIGER's) shares a vocabulary in which the two languages have disjoint token
 blocks and each task has its own special token, prepended to the encoder input in place of the
 paper's text prompt (layout: :mod:`~recbole_qrec.model.mql4grec_modules.languages`).
 
@@ -10,8 +10,8 @@ Training is a task mixture (:mod:`~recbole_qrec.model.mql4grec_modules.tasks`, s
 ``tasks``): each training row yields one example per task the domain's languages allow, and the
 loss is the mean over tasks of T5's token cross-entropy. :class:`~recbole_qrec.trainer.MQL4GRecTrainer`
 first pretrains on the source domains of ``pretrain_datasets`` (:meth:`MQL4GRec.pretrain_loss`, each
-source with its own code tables; a source without image codes, like Games, trains the text tasks
-only), then fine-tunes on all tasks of the target (:meth:`MQL4GRec.calculate_loss`).
+source with its own code tables, which the target's dataset carries; a source without image codes, like
+Games, trains the text tasks only), then fine-tunes on all tasks of the target (:meth:`MQL4GRec.calculate_loss`).
 
 Ranking: a constrained beam search (``beam_size`` items) from the history in each language whose
 next-item generation task is trained, text history -> next text ID and image history -> next image ID;
@@ -23,38 +23,36 @@ from __future__ import annotations
 
 import torch
 from recbole.config import Config
-from recbole.data.dataset import Dataset
 from recbole.data.interaction import Interaction
-from recbole.model.abstract_recommender import SequentialRecommender
 from torch import Tensor, nn
 from transformers import T5ForConditionalGeneration
 
-from recbole_qrec.data.cross_domain import load_source_domains
+from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.generation import PrefixIndex, constrained_beam_search
+from recbole_qrec.model.abstract_recommender import PretrainableRecommender
+from recbole_qrec.model.layers import (check_beam_size, checked_length_bucket_rows, length_bucketed_loss, t5_config,
+                                       teacher_forced_log_prob)
 from recbole_qrec.model.mql4grec_modules.fusion import fuse_beams
 from recbole_qrec.model.mql4grec_modules.languages import (DomainCodes, language_vocabs, source_codes,
                                                            target_codes)
 from recbole_qrec.model.mql4grec_modules.tasks import (Task, TaskExample, encoder_input, generation_task,
                                                        select_tasks, task_example, usable_tasks)
-from recbole_qrec.model.tiger import (check_beam_size, checked_length_bucket_rows, length_bucketed_loss, t5_config,
-                                     teacher_forced_log_prob)
 
 
-class MQL4GRec(SequentialRecommender):
+class MQL4GRec(PretrainableRecommender):
     """T5 over text and image code tokens, trained on a task mixture; ranks by the fused beams of both languages."""
 
-    def __init__(self, config: Config, dataset: Dataset) -> None:
+    def __init__(self, config: Config, dataset: SemanticIdDataset) -> None:
         super().__init__(config, dataset)
         check_beam_size(config["beam_size"], config["topk"])
         self.beam_size = config["beam_size"]
         self.length_bucket_rows = checked_length_bucket_rows(config["length_bucket_rows"])
         self.tasks = select_tasks(config["tasks"])
-        self.target_codes = target_codes(config, dataset)
+        self.target_codes = target_codes(config, dataset.code_tables)
         self.ranking_languages = ranking_languages(self.tasks, self.target_codes.languages)
-        self.pretrain_domains = load_source_domains(config)
-        self.source_codes = nn.ModuleDict({domain.name: source_codes(config, domain)
-                                           for domain in self.pretrain_domains})
+        self.source_codes = nn.ModuleDict({name: source_codes(config, tables)
+                                           for name, tables in dataset.source_code_tables().items()})
         for name, codes in self.source_codes.items():
             check_source_has_tasks(name, codes, self.tasks)
         self.vocabs = language_vocabs([self.target_codes, *self.source_codes.values()])
@@ -91,7 +89,7 @@ class MQL4GRec(SequentialRecommender):
         Tasks whose encoder inputs have the same length (the history tasks; the translation tasks) go
         through T5 as one batch: every example has ``L`` label tokens, so a group's token mean weighted
         by its number of tasks sums to the mean of the per-task losses, with one T5 call per group (or per
-        part of ``length_bucket_rows`` rows of it, :func:`~recbole_qrec.model.tiger.length_bucketed_loss`).
+        part of ``length_bucket_rows`` rows of it, :func:`~recbole_qrec.model.layers.length_bucketed_loss`).
         """
         examples = list(self.task_examples(interaction, domain).values())
         groups = examples_by_input_length(examples)
@@ -147,15 +145,15 @@ def ranking_languages(tasks: list[Task], languages: tuple[str, ...]) -> list[str
     """The target's languages whose next-item generation task is trained: the ones the beams search in."""
     ranked = [language for language in languages if generation_task(language) in tasks]
     if not ranked:
-        raise ConfigError(f"tasks must include the next-item generation task of a language the target has "
-                          f"({', '.join(generation_task(language).name for language in languages) or 'none'}): "
-                          "ranking generates the next item from the history in those languages.")
+        raise ConfigError(f"tasks must include the next-item generation task of a language the target has — add "
+                          f"{' or '.join(generation_task(language).name for language in languages) or 'a language'} "
+                          "(ranking generates the next item from the history in those languages)")
     return ranked
 
 
 def check_source_has_tasks(name: str, codes: DomainCodes, tasks: list[Task]) -> None:
     if not usable_tasks(tasks, codes.languages):
         raise ConfigError(f"pretraining source {name} has codes in {list(codes.languages) or 'no language'}, which "
-                          f"none of the tasks {[task.name for task in tasks]} uses: remove it from pretrain_datasets "
-                          "or add a task in its languages.")
+                          f"none of the tasks {[task.name for task in tasks]} uses — remove it from pretrain_datasets "
+                          "or add a task in its languages")
 

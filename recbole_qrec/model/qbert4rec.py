@@ -9,19 +9,20 @@ Three stages:
 3. a bidirectional transformer over the code tokens, trained by multi-mask pretraining and then
    fine-tuned to predict the codes of the next item.
 
-Stages 1-2 run once, in the constructor, and are cached on disk
-(:mod:`~recbole_qrec.model.qbert4rec_modules.semantic_ids`); the code table is a buffer, so a
-saved state dict carries it. Stage 3 is trained by :class:`~recbole_qrec.trainer.PretrainFineTuneTrainer`:
-``pretrain_epochs`` epochs of :meth:`QBert4Rec.pretrain_loss`, then RecBole's usual fit with
-:meth:`QBert4Rec.calculate_loss`; ``pretrain_epochs: 0`` means no pretraining.
+Stages 1-2 are a tokenize stage (:mod:`recbole_qrec.qbert4rec_stage`, run by ``python -m
+recbole_qrec.tokenize --model QBert4Rec`` or by the entry point when its output is missing or stale) that
+writes ``<dataset>.sid``; the dataset (:class:`~recbole_qrec.data.dataset.QBert4RecDataset`) reads it and
+the model takes the code table from the dataset as a buffer, so a saved state dict carries it. Stage 3 is
+trained by :class:`~recbole_qrec.trainer.PretrainFineTuneTrainer`: ``pretrain_epochs`` epochs of
+:meth:`QBert4Rec.pretrain_loss`, then RecBole's usual fit with :meth:`QBert4Rec.calculate_loss`;
+``pretrain_epochs: 0`` means no pretraining.
 
-Cross-domain: with ``pretrain_datasets: [Arts, Games]`` the constructor also builds those source
-domains (:func:`~recbole_qrec.data.cross_domain.load_source_domains`, kept in ``pretrain_domains``),
-stages 1-2 run once over the union of the target's and the sources' items (one tokenizer, codes
-unique across domains), and pretraining runs on the sources' training splits, each batch scored
-with its own domain's code table (``source_codes``: non-persistent buffers, moved with the model but
-not saved, since fine-tuning and evaluation need only the target's ``item_codes``). All domains
-share the code-token vocabulary and the transformer; item ids stay per domain.
+Cross-domain: with ``pretrain_datasets: [Arts, Games]`` the tokenize stage runs once over the union of the
+target's and the sources' items (one tokenizer, codes unique across domains) and writes each domain's
+``.sid``; the target's dataset carries the sources' code tables, and pretraining runs on the sources'
+training splits, each batch scored with its own domain's table (``source_codes``: non-persistent buffers,
+moved with the model but not saved, since fine-tuning and evaluation need only the target's
+``item_codes``). All domains share the code-token vocabulary and the transformer; item ids stay per domain.
 
 Input layout: the ``S`` history items become ``S * L`` tokens (item by item, level by level)
 and one more slot of ``L`` tokens follows, holding [MASK] right after the last real item (RecBole
@@ -36,37 +37,36 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from recbole.config import Config
-from recbole.data.dataset import Dataset
 from recbole.data.interaction import Interaction
-from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 from torch import Tensor, nn
 
-from recbole_qrec.data.cross_domain import load_source_domains
-from recbole_qrec.errors import ConfigError
+from recbole_qrec.data.dataset import SemanticIdDataset
+from recbole_qrec.data.sid import SID_FIELD
+from recbole_qrec.errors import ConfigError, MalformedDataError
+from recbole_qrec.model.abstract_recommender import PretrainableRecommender
 from recbole_qrec.model.qbert4rec_modules.level_heads import LevelHeads
 from recbole_qrec.model.qbert4rec_modules.masking import MultiMask
-from recbole_qrec.model.qbert4rec_modules.semantic_ids import semantic_ids
 
 PAD_TOKEN = 0
 MASK_TOKEN = 1
 FIRST_CODE_TOKEN = 2
 
 
-class QBert4Rec(SequentialRecommender):
+class QBert4Rec(PretrainableRecommender):
     """Semantic-ID BERT4Rec with multimodal item codes; scores all items from the [MASK] slot's code distributions."""
 
-    def __init__(self, config: Config, dataset: Dataset) -> None:
+    def __init__(self, config: Config, dataset: SemanticIdDataset) -> None:
         super().__init__(config, dataset)
         if config["loss_type"] != "CE":
-            raise ConfigError(f"QBert4Rec needs loss_type CE (per-level cross-entropy), not {config['loss_type']}.")
-        self.pretrain_domains = load_source_domains(config)
-        ids = semantic_ids(config, dataset, self.pretrain_domains)
-        self.codes_from_cache = ids.from_cache
-        self.register_buffer("item_codes", ids.codes)
-        self.source_codes = nn.ModuleDict({name: CodeTable(codes) for name, codes in ids.source_codes.items()})
-        self.levels = ids.codes.shape[1]
+            raise ConfigError(f"QBert4Rec needs loss_type CE (per-level cross-entropy), not {config['loss_type']} "
+                              "— set loss_type: CE")
         codebook_size = config["sid_codebook_size"]
+        codes = checked_codes(dataset.code_tables[SID_FIELD], codebook_size)
+        self.register_buffer("item_codes", codes)
+        self.source_codes = nn.ModuleDict({name: CodeTable(checked_codes(tables[SID_FIELD], codebook_size))
+                                           for name, tables in dataset.source_code_tables().items()})
+        self.levels = codes.shape[1]
         self.register_buffer("level_offsets", FIRST_CODE_TOKEN + torch.arange(self.levels) * codebook_size,
                              persistent=False)
         self.masker = MultiMask(config["mask_strategy"], config["mask_prob"], self.levels, config["mask_regions"])
@@ -158,6 +158,14 @@ class QBert4Rec(SequentialRecommender):
         log_probs = self.slot_log_probs(interaction)
         codes = self.item_codes.T.unsqueeze(0).expand(len(log_probs), -1, -1)  # [B, L, n_items]
         return code_log_likelihood(log_probs, codes)
+
+
+def checked_codes(codes: Tensor, codebook_size: int) -> Tensor:
+    """``codes`` ``[n_items, L]`` if every code fits the ``sid_codebook_size`` token blocks."""
+    if int(codes.max()) >= codebook_size:
+        raise MalformedDataError(f"semantic IDs have codes up to {int(codes.max())} but sid_codebook_size is "
+                                 f"{codebook_size} — set sid_codebook_size to the tokenizer's or re-run the tokenize stage")
+    return codes
 
 
 class CodeTable(nn.Module):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -53,7 +55,7 @@ class TokenizerConfig:
         for name, (check, allowed) in _RULES.items():
             value = getattr(self, name)
             if not check(value):
-                raise ConfigError(f"Invalid tokenizer setting {name}={value!r}: allowed is {allowed}.")
+                raise ConfigError(f"Invalid tokenizer setting {name}={value!r} — allowed is {allowed}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TokenizerConfig:
@@ -61,7 +63,9 @@ class TokenizerConfig:
         valid = [f.name for f in fields(cls)]
         for key in values:
             if key not in valid:
-                raise ConfigError(f"Unknown tokenizer setting '{key}'; valid keys: {', '.join(valid)}.")
+                close = difflib.get_close_matches(key, valid, n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise ConfigError(f"Unknown tokenizer setting '{key}' — {hint}valid keys: {', '.join(valid)}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -26,11 +26,11 @@ def prepare_features(features: Features, device: torch.device) -> list[Tensor]:
     """
     matrices = [features] if isinstance(features, (np.ndarray, Tensor)) else list(features)
     if not matrices:
-        raise MalformedDataError("no feature matrix given")
+        raise MalformedDataError("no feature matrix given — pass one matrix per modality")
     tensors = [_as_tensor(matrix, device, index) for index, matrix in enumerate(matrices)]
     rows = [len(t) for t in tensors]
     if len(set(rows)) > 1:
-        raise MalformedDataError(f"feature matrices have different row counts {rows}: every modality needs one row per item")
+        raise MalformedDataError(f"feature matrices have different row counts {rows} — every modality needs one row per item")
     for index, tensor in enumerate(tensors):
         _check_finite(tensor, index)
     return tensors
@@ -40,7 +40,7 @@ def _as_tensor(matrix: FeatureMatrix, device: torch.device, index: int) -> Tenso
     tensor = torch.as_tensor(matrix).detach()
     if tensor.ndim != 2 or 0 in tensor.shape:
         shape = tuple(tensor.shape)
-        raise MalformedDataError(f"feature matrix {index} must be 2-D (items x dims) and non-empty, got shape {shape}")
+        raise MalformedDataError(f"feature matrix {index} has shape {shape} — it must be 2-D (items x dims) and non-empty")
     if not tensor.is_floating_point() or tensor.dtype == torch.float64:
         tensor = tensor.float()
     return tensor.to(device)
@@ -52,5 +52,6 @@ def _check_finite(tensor: Tensor, index: int) -> None:
     if count:
         first = int(bad_rows.nonzero()[0, 0])
         raise MalformedDataError(
-            f"feature matrix {index} has NaN or inf values in {count} row(s); the first is row {first}"
+            f"feature matrix {index} has NaN or inf values in {count} row(s), the first is row {first} — "
+            "re-create the features (the encoder produced invalid values for these items)"
         )

@@ -79,7 +79,8 @@ class RQVAE(nn.Module):
         self.config = config = config or TokenizerConfig()
         dims = [in_dims] if isinstance(in_dims, int) else list(in_dims)
         if config.alignment != "none" and len(dims) != 2:
-            raise ConfigError(f"alignment={config.alignment!r} needs exactly 2 feature matrices, got {len(dims)}.")
+            raise ConfigError(f"alignment={config.alignment!r} needs exactly 2 feature matrices, got {len(dims)} — "
+                              "give a text and an image matrix, or set alignment: none")
         hidden = list(config.hidden_dims)
         self.encoders = nn.ModuleList(mlp([dim, *hidden, config.code_dim]) for dim in dims)
         self.decoders = nn.ModuleList(mlp([config.code_dim, *reversed(hidden), dim]) for dim in dims)

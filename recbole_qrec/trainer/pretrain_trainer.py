@@ -5,12 +5,16 @@ from __future__ import annotations
 import copy
 from functools import partial
 from pathlib import Path
+from collections.abc import Mapping
 from time import time
 from typing import Any, Callable
 
+from recbole.config import Config
 from recbole.data.dataloader import AbstractDataLoader
 from recbole.trainer import Trainer
 from recbole.utils import set_color
+
+from recbole_qrec.model.abstract_recommender import PretrainableRecommender
 
 
 def with_batch_size(loader: AbstractDataLoader, batch_size: int) -> AbstractDataLoader:
@@ -31,22 +35,24 @@ def pretrained_model_file(saved_model_file: str) -> str:
 class PretrainFineTuneTrainer(Trainer):
     """RecBole's trainer with a pretraining phase in front of :meth:`fit`.
 
-    Pretraining runs ``pretrain_epochs`` epochs of ``model.pretrain_loss(interaction, domain)`` with
-    its own optimizer (``pretrain_learning_rate``) and batch size (``pretrain_batch_size``), without
-    validation or early stopping. Its data are the training splits of the model's
-    ``pretrain_domains`` (the :class:`~recbole_qrec.data.cross_domain.SourceDomain` list built from
-    ``pretrain_datasets``), one pass over each domain per epoch with ``domain`` set to the source's
-    name; with no sources it is the target's own training data with ``domain=None``. When saving,
-    the pretrained model is checkpointed to ``<saved_model_file stem>-pretrained.pth``. Fine-tuning is
-    RecBole's ``fit`` unchanged (``model.calculate_loss``, ``learning_rate``, ``epochs``), so early
-    stopping counts fine-tuning epochs only. A fit after :meth:`resume_checkpoint` skips pretraining:
-    every checkpoint is written after it. Resuming from the pretraining checkpoint fine-tunes the
+    Pretraining runs ``pretrain_epochs`` epochs of ``model.pretrain_loss(interaction, domain)`` (the
+    model is a :class:`~recbole_qrec.model.abstract_recommender.PretrainableRecommender`) with its own
+    optimizer (``pretrain_learning_rate``) and batch size (``pretrain_batch_size``), without validation
+    or early stopping. Its data come through ``fit(..., pretrain_data=...)``: the training loaders of the
+    source domains by name (from :func:`recbole_qrec.data.data_preparation`), one pass over each per epoch
+    with ``domain`` set to the source's name; with none it is the target's own training data with
+    ``domain=None``. Each pretraining epoch's wall time goes to ``pretrain_epoch_seconds`` (fine-tuning
+    epochs are counted apart, in ``epoch_seconds``). When saving, the pretrained model is checkpointed to
+    ``<saved_model_file stem>-pretrained.pth``. Fine-tuning is RecBole's ``fit`` unchanged
+    (``model.calculate_loss``, ``learning_rate``, ``epochs``), so early stopping counts fine-tuning epochs
+    only. A fit after :meth:`resume_checkpoint` skips pretraining: every checkpoint is written after it. Resuming from the pretraining checkpoint fine-tunes the
     pretrained model from epoch 0 into a new checkpoint file, leaving the pretrained one as it is.
     """
 
-    def __init__(self, config, model) -> None:
+    def __init__(self, config: Config, model: PretrainableRecommender) -> None:
         super().__init__(config, model)
         self.pretrained = False
+        self.pretrain_epoch_seconds: list[float] = []
 
     def resume_checkpoint(self, resume_file: str) -> None:
         fine_tuning_file = self.saved_model_file
@@ -56,27 +62,29 @@ class PretrainFineTuneTrainer(Trainer):
             self.saved_model_file = fine_tuning_file
 
     def fit(self, train_data: AbstractDataLoader, valid_data: AbstractDataLoader | None = None, verbose: bool = True,
-            saved: bool = True, show_progress: bool = False,
-            callback_fn: Callable[[int, float], Any] | None = None) -> tuple[float, dict | None]:
+            saved: bool = True, show_progress: bool = False, callback_fn: Callable[[int, float], Any] | None = None,
+            pretrain_data: Mapping[str, AbstractDataLoader] | None = None) -> tuple[float, dict | None]:
         if not self.pretrained and self.config["pretrain_epochs"]:
-            self.pretrain(train_data, verbose, show_progress)
+            self.pretrain(train_data, pretrain_data, verbose, show_progress)
             if saved:
                 self._save_checkpoint(-1, verbose=verbose, saved_model_file=pretrained_model_file(self.saved_model_file))
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
-    def pretraining_data(self, train_data: AbstractDataLoader) -> list[tuple[str | None, AbstractDataLoader]]:
-        """``(domain, loader)`` pairs of one pretraining epoch, batched by ``pretrain_batch_size``."""
-        sources = getattr(self.model, "pretrain_domains", [])
-        pairs = [(source.name, source.train_data) for source in sources] or [(None, train_data)]
+    def pretraining_data(self, train_data: AbstractDataLoader,
+                         pretrain_data: Mapping[str, AbstractDataLoader] | None = None
+                         ) -> list[tuple[str | None, AbstractDataLoader]]:
+        """``(domain, loader)`` pairs of one pretraining epoch, batched by ``pretrain_batch_size``: the sources',
+        or the target's ``train_data`` (domain ``None``) without sources."""
+        pairs = list((pretrain_data or {}).items()) or [(None, train_data)]
         batch_size = self.config["pretrain_batch_size"] or self.config["train_batch_size"]
         return [(domain, with_batch_size(loader, batch_size)) for domain, loader in pairs]
 
-    def pretrain(self, train_data: AbstractDataLoader, verbose: bool = True,
-                 show_progress: bool = False) -> list[float]:
+    def pretrain(self, train_data: AbstractDataLoader, pretrain_data: Mapping[str, AbstractDataLoader] | None = None,
+                 verbose: bool = True, show_progress: bool = False) -> list[float]:
         """Pretraining; returns the summed loss of each epoch (over all domains)."""
         fine_tune_optimizer = self.optimizer
         self.optimizer = self._build_optimizer(learning_rate=self.config["pretrain_learning_rate"])
-        data = self.pretraining_data(train_data)
+        data = self.pretraining_data(train_data, pretrain_data)
         losses = []
         for epoch in range(self.config["pretrain_epochs"]):
             start = time()
@@ -85,8 +93,9 @@ class PretrainFineTuneTrainer(Trainer):
                 loss_func = partial(self.model.pretrain_loss, domain=domain)
                 epoch_loss += float(self._train_epoch(loader, epoch, loss_func=loss_func, show_progress=show_progress))
             losses.append(epoch_loss)
+            self.pretrain_epoch_seconds.append(time() - start)
             if verbose:
                 self.logger.info(set_color(f"pretrain epoch {epoch}", "green")
-                                 + f" [time: {time() - start:.2f}s, pretraining loss: {epoch_loss:.4f}]")
+                                 + f" [time: {self.pretrain_epoch_seconds[-1]:.2f}s, pretraining loss: {epoch_loss:.4f}]")
         self.optimizer = fine_tune_optimizer
         return losses

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from recbole_qrec.model.tiger import beam_score_matrix
+from recbole_qrec.generation import beam_score_matrix
 
 
 def fuse_beams(beams: Sequence[tuple[Tensor, Tensor]], n_items: int) -> Tensor:

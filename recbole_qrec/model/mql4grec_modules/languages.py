@@ -14,14 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from recbole.config import Config
-from recbole.data.dataset import Dataset
 from torch import Tensor, nn
 
-from recbole_qrec.data.cross_domain import SourceDomain
+from recbole_qrec.data.sid import SID_FILE, content_code_table, item_code_table
 from recbole_qrec.errors import MalformedDataError
 from recbole_qrec.generation import SemanticIdVocab
+from recbole_qrec.model.layers import code_tokens
 from recbole_qrec.model.mql4grec_modules.tasks import LANGUAGES, N_SPECIAL
-from recbole_qrec.model.tiger import code_tokens, content_code_table, item_code_table
 
 
 def source_key(language: str) -> str:
@@ -51,21 +50,20 @@ class DomainCodes(nn.Module):
         return code_tokens(self.codes(language), items, vocab)
 
 
-def target_codes(config: Config, dataset: Dataset) -> DomainCodes:
+def target_codes(config: Config, code_tables: Mapping[str, Tensor]) -> DomainCodes:
     """The target's tables of every enabled language (a field it lacks is a ``ConfigError``), saved with the model."""
-    return DomainCodes({language: item_code_table(config, dataset, source_key(language))
+    return DomainCodes({language: item_code_table(config, code_tables, source_key(language))
                         for language in enabled_languages(config)}, persistent=True)
 
 
-def source_codes(config: Config, domain: SourceDomain) -> DomainCodes:
+def source_codes(config: Config, code_tables: Mapping[str, Tensor]) -> DomainCodes:
     """A source domain's tables of the target's languages whose content field it has (not saved: training only).
 
     A language the target reads from the tokenizer's ``.sid`` file (``file``) is not looked up in sources.
     """
-    available = domain.config["item_content_fields"] or []
     fields = {language: config[source_key(language)] for language in enabled_languages(config)}
-    return DomainCodes({language: content_code_table(domain.dataset, field)
-                        for language, field in fields.items() if field in available}, persistent=False)
+    return DomainCodes({language: content_code_table(code_tables[field]) for language, field in fields.items()
+                        if field != SID_FILE and field in code_tables}, persistent=False)
 
 
 def language_vocabs(domains: list[DomainCodes]) -> dict[str, SemanticIdVocab]:
@@ -75,7 +73,7 @@ def language_vocabs(domains: list[DomainCodes]) -> dict[str, SemanticIdVocab]:
     for language, codes in tables:
         if codes.shape[1] != levels[language]:
             raise MalformedDataError(f"{language} codes have {codes.shape[1]} levels in a source domain but "
-                                     f"{levels[language]} in the target; all domains must share the code layout.")
+                                     f"{levels[language]} in the target — give every domain codes of one layout")
     codebook_size = max(int(codes.max()) for _, codes in tables) + 1
     vocabs, start = {}, N_SPECIAL
     for language, n_levels in levels.items():

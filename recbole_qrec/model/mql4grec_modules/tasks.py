@@ -64,7 +64,7 @@ def select_tasks(names: Sequence[str] | None) -> list[Task]:
     """The tasks named in the config's ``tasks``, in the order of :data:`TASKS`."""
     known = [task.name for task in TASKS]
     if isinstance(names, str) or not names or any(name not in known for name in names):
-        raise ConfigError(f"tasks must be a non-empty list of task names out of {', '.join(known)}; got {names!r}.")
+        raise ConfigError(f"tasks must be a non-empty list of task names, got {names!r} — choose from {', '.join(known)}")
     return [task for task in TASKS if task.name in names]
 
 

@@ -1,6 +1,5 @@
-"""Building blocks of :class:`recbole_qrec.model.qbert4rec.QBert4Rec`, one concept per module:
-
-``item_features`` (modality features per item), ``cross_attention_block``, ``contrastive``,
-``injection`` (stage 1 module), ``injection_training``, ``semantic_ids`` (stages 1-2 and the
-codes cache), ``masking`` (multi-mask pretraining), ``level_heads`` (per-level code classifiers).
+"""Building blocks of Q-Bert4Rec, one concept per module: ``cross_attention_block``, ``contrastive``,
+``injection`` (the stage-1 module), ``injection_training`` (run by the tokenize stage,
+:mod:`recbole_qrec.qbert4rec_stage`), ``masking`` (multi-mask pretraining), ``level_heads`` (per-level
+code classifiers of :class:`recbole_qrec.model.qbert4rec.QBert4Rec`).
 """

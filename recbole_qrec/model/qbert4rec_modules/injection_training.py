@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from recbole_qrec.model.qbert4rec_modules.injection import CrossModalInjection
-from recbole_qrec.model.qbert4rec_modules.item_features import ItemFeatures
+from recbole_qrec.data.item_features import ItemFeatures
 
 
 def train_injection(module: CrossModalInjection, features: ItemFeatures, epochs: int, batch_size: int,

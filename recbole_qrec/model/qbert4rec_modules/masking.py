@@ -29,9 +29,11 @@ class MultiMask:
         self.strategies = [strategies] if isinstance(strategies, str) else list(strategies)
         unknown = [name for name in self.strategies if name not in MASK_STRATEGIES]
         if unknown or not self.strategies:
-            raise ConfigError(f"mask_strategy {self.strategies} must list one or more of {', '.join(MASK_STRATEGIES)}.")
+            raise ConfigError(f"mask_strategy {self.strategies} is not a list of known strategies — list one or more "
+                              f"of {', '.join(MASK_STRATEGIES)}")
         if not 0 < prob < 1 or regions < 1:
-            raise ConfigError(f"mask_prob must lie in (0, 1) and mask_regions be >= 1 (got {prob}, {regions}).")
+            raise ConfigError(f"mask_prob {prob} or mask_regions {regions} is out of range — set mask_prob in (0, 1) "
+                              "and mask_regions >= 1")
         self.prob, self.levels, self.regions = prob, levels, regions
 
     def __call__(self, real: Tensor) -> Tensor:

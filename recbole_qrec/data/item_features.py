@@ -1,11 +1,11 @@
-"""Item modality features for stage 1, one row per RecBole internal item id (padding excluded).
+"""Item modality features for QBert4Rec's stage 1, one row per RecBole internal item id (padding excluded).
 
 ``modalities`` (e.g. ``[text]``; null, the default: every modality the target dataset has) selects
 the modalities stage 1 fuses. Per modality,
 the source is either a ``.npy`` matrix named by ``text_feature_file`` / ``image_feature_file``
-(row ``r`` = item token ``str(r)``, read with :func:`dataset_prep.features.load_features`), or,
+(row ``r`` = item token ``str(r)``, read with :func:`recbole_qrec.data.features.load_features`), or,
 when that key is null and the dataset declares the field in ``item_content_fields``, the
-content-code proxy of ``dataset_prep.features`` (:func:`~dataset_prep.features.codes_to_features`:
+content-code proxy (:func:`~recbole_qrec.data.features.codes_to_features`:
 one-hot of the 4 levels x 256) of the codes (``text_codes`` / ``image_codes``) that
 ``dataset_prep.convert`` wrote into ``<dataset>.item``. An all-zero row marks an item missing
 that modality.
@@ -29,7 +29,7 @@ from recbole.config import Config
 from recbole.data.dataset import Dataset
 from torch import Tensor
 
-from dataset_prep.features import codes_to_features, load_features
+from recbole_qrec.data.features import codes_to_features, load_features
 from recbole_qrec.data.sid import read_code_column
 from recbole_qrec.errors import ConfigError, MalformedDataError
 
@@ -77,8 +77,8 @@ def selected_modalities(config: Config) -> list[str] | None:
     names = [names] if isinstance(names, str) else list(names)
     known = list(MODALITY_SOURCES)
     if not names or any(name not in known for name in names) or len(set(names)) != len(names):
-        raise ConfigError(f"modalities {names} must list one or more of {known} without repeats, e.g. [text, image] "
-                          "(or be null: every modality the dataset has).")
+        raise ConfigError(f"modalities {names} is not a list of known modalities without repeats — list one or more "
+                          f"of {known}, e.g. [text, image] (or leave it null: every modality the dataset has)")
     return names
 
 
@@ -87,14 +87,12 @@ def modality_matrix(config: Config, dataset: Dataset, modality: str) -> Tensor |
     file_key, code_field = MODALITY_SOURCES[modality]
     rows = item_rows(dataset)
     if config[file_key]:
-        matrix, source = load_features(config[file_key]), config[file_key]
+        matrix = load_features(config[file_key], n_items=max(rows) + 1)
     elif code_field in (config["item_content_fields"] or []):
         item_file = Path(dataset.dataset_path) / f"{dataset.dataset_name}.item"
-        matrix, source = code_proxy(item_file, code_field, min_items=max(rows) + 1), f"{item_file}:{code_field}"
+        matrix = code_proxy(item_file, code_field, min_items=max(rows) + 1)
     else:
         return None
-    if len(matrix) <= max(rows):
-        raise MalformedDataError(f"{source} has {len(matrix)} rows, but item token {max(rows)} needs a row.")
     return torch.from_numpy(np.ascontiguousarray(matrix[rows], dtype=np.float32))
 
 
@@ -109,9 +107,9 @@ def load_item_features(config: Config, dataset: Dataset) -> ItemFeatures:
         fix = " or remove them from modalities" if requested else ""
         raise ConfigError(
             f"QBert4Rec needs {missing} item features (modalities: {requested or 'every available one'}), but dataset "
-            f"{config['dataset']} has none: its item_content_fields are {config['item_content_fields'] or []} and "
-            f"{' / '.join(MODALITY_SOURCES[m][0] for m in missing)} null. Set the feature file key to a .npy file "
-            f"with one row per item id{fix}."
+            f"{config['dataset']} has none (its item_content_fields are {config['item_content_fields'] or []}, "
+            f"{' / '.join(MODALITY_SOURCES[m][0] for m in missing)} null) — set the feature file key to a .npy file "
+            f"with one row per item id{fix}"
         )
     return from_matrices(list(available), list(available.values()))
 
@@ -126,7 +124,7 @@ def load_source_features(config: Config, dataset: Dataset, target: ItemFeatures)
         elif matrix.shape[1] != like.shape[1]:
             raise MalformedDataError(
                 f"{modality} features of pretraining source {config['dataset']} have width {matrix.shape[1]}, the "
-                f"target's {like.shape[1]}: every domain needs the same {modality} encoder (or code proxy)."
+                f"target's {like.shape[1]} — every domain needs the same {modality} encoder (or the code proxy)"
             )
         matrices.append(matrix)
     return from_matrices(target.modalities, matrices)
@@ -138,10 +136,12 @@ def item_rows(dataset: Dataset) -> list[int]:
     try:
         return [int(token) for token in tokens]
     except ValueError as err:
-        raise MalformedDataError(f"item tokens must be integers to index feature rows ({err}).") from err
+        raise MalformedDataError(f"item tokens must be integer ids to index feature rows ({err}) — number the items "
+                                 "0..n-1 as `python -m dataset_prep.convert` does") from err
 
 
 def code_proxy(item_file: Path, field: str, min_items: int) -> np.ndarray:
     """Content-code proxy features of ``field``, rows = item ids ``0..``; items without codes: zero rows."""
     codes = {int(item): row for item, row in read_code_column(item_file, field).items()}
-    return codes_to_features(codes, max(min_items, max(codes) + 1)).features
+    n_items = max([min_items, *(item + 1 for item in codes)])
+    return codes_to_features(codes, n_items, source=f"{item_file}:{field}").features

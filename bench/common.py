@@ -1,0 +1,136 @@
+"""Helpers shared by the benchmark scripts: machine description, timing, runs through the entry point,
+result tables, and the harness's own data path, configs and models.
+
+Scripts import it as ``common`` (Python puts a script's folder on ``sys.path``) and recbole-qrec as the
+installed package. Processed datasets (``<name>/<name>.inter.json``, code files) are found under
+``--data_path`` or, without it, ``$QREC_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+import torch
+
+from dataset_prep.convert import convert
+from dataset_prep.locate import find_processed_dataset, search_roots
+from dataset_prep.subset import write_user_subset
+from recbole_qrec.config import build_config
+from recbole_qrec.data import create_dataset, data_preparation
+from recbole_qrec.fileio import atomic_open, write_json_atomic
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+METRICS = ["hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10"]
+COLUMNS = ["model", "epochs", "train_seconds_per_epoch", "wall_time_s", *METRICS]
+
+
+def machine_name() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{gpu}; {platform.processor() or platform.machine()}; torch {torch.__version__}"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (a no-op off CUDA), so that wall-clock timings cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# Runs through the entry point, and their tables
+
+def run_model(model: str, dataset: str, overrides: list[str], results_dir: Path, log_dir: Path) -> dict:
+    """Run one model to completion through ``run_recbole_qrec.py`` and return its recorded result line."""
+    command = [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), f"--model={model}", f"--dataset={dataset}",
+               f"--results_dir={results_dir / model}", *overrides]
+    log_file = log_dir / f"{model}.log"
+    with open(log_file, "w", encoding="utf-8") as log:
+        code = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+    if code != 0:
+        tail = log_file.read_text(encoding="utf-8").splitlines()[-20:]
+        raise RuntimeError(f"{model} failed with exit code {code}:\n" + "\n".join(tail))
+    lines = (results_dir / model / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    return json.loads(lines[-1])
+
+
+def table_rows(results: list[dict]) -> list[dict]:
+    return [
+        {"model": r["model"], "epochs": r["epochs"], "train_seconds_per_epoch": r["train_seconds_per_epoch"],
+         "wall_time_s": r["wall_time_s"], **{m: r["test"][m] for m in METRICS}}
+        for r in results
+    ]
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    lines = [header, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(f"{row[c]:.4f}" if isinstance(row[c], float) and c in METRICS else str(row[c])
+                                for c in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: Path, payload: dict, rows: list[dict], table: str) -> None:
+    """``<out>.json`` (every record), ``<out>.csv`` (the table's rows) and ``<out>.md``, each written atomically."""
+    write_json_atomic(out.with_suffix(".json"), payload)
+    with atomic_open(out.with_suffix(".csv"), "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    with atomic_open(out.with_suffix(".md"), "w", encoding="utf-8") as handle:
+        handle.write(table)
+
+
+# Data, configs and models, as the entry point builds them
+
+def processed_file(data_path: str | None, dataset: str, name: str) -> Path | None:
+    """``<root>/<dataset>/<name>`` in the first processed-data root (``--data_path``, else ``$QREC_DATA_DIR``)
+    that has it, or None."""
+    paths = [root / dataset / name for root in search_roots(data_path)]
+    return next((path for path in paths if path.is_file()), None)
+
+
+def prepare_data(dataset: str, root: Path, users: int | None, data_path: str | None = None) -> Path:
+    """Convert the processed dataset (under ``data_path``, else ``$QREC_DATA_DIR``; its first ``users`` users,
+    if given) into ``<root>/data``; returns that RecBole data_path."""
+    source = find_processed_dataset(dataset, data_path)
+    if users:
+        source = write_user_subset(dataset, source, root / "subset", users)
+    convert(dataset, src=source, out=root / "data")
+    return root / "data"
+
+
+def device_args(device: str) -> list[str]:
+    """RecBole selects its device through use_gpu / gpu_id."""
+    if device == "cpu":
+        return ["--use_gpu=False"]
+    if device == "cuda" or device.startswith("cuda:"):
+        return ["--use_gpu=True", f"--gpu_id={device.partition(':')[2] or 0}"]
+    raise SystemExit(f"error: --device must be cpu, cuda or cuda:N, not {device!r}")
+
+
+def make_config(model: str, dataset: str, data_path: Path, work: Path, device: str, overrides: list[str]):
+    """The harness config of ``model`` on the atomic files under ``data_path`` (subsets allowed)."""
+    args = [f"--data_path={data_path}", f"--checkpoint_dir={work / 'saved'}", "--show_progress=False",
+            "--allow_data_mismatch=True", *device_args(device), *(f"--{item}" for item in overrides)]
+    return build_config(model, dataset, cmd_args=args)
+
+
+def load_data(config):
+    """The dataset and its train/valid/test loaders, seeded as the entry point seeds them."""
+    from recbole.utils import init_seed
+
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train, valid, test, _ = data_preparation(config, dataset)
+    return dataset, train, valid, test
+
+
+def build_model(config, train):
+    """The model of ``config`` on the training split, seeded as the entry point seeds it, on the config's device."""
+    from recbole.utils import init_seed
+
+    from recbole_qrec.utils import get_model
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    return get_model(config["model"])(config, train._dataset).to(config["device"])

@@ -1,0 +1,71 @@
+"""RecBole datasets that carry the semantic-ID code tables their model reads (RecBole-GNN's pattern: structures
+derived from data belong to the dataset, not to files the model opens).
+
+:class:`SemanticIdDataset` is RecBole's ``SequentialDataset`` plus ``code_tables``: ``field ->
+LongTensor[n_items, L]`` in internal item-id order (row 0, the padding item, all zeros), read once when the
+dataset is built, from a content-code field of ``<dataset>.item`` or the tokenizer's ``<dataset>.sid``
+(field ``sid``). ``sources`` holds the pretraining source domains' datasets (same class, their own configs),
+so a model finds their code tables on the target's dataset (:meth:`SemanticIdDataset.source_code_tables`).
+Splits made by ``build()`` are shallow copies and share both.
+
+:func:`recbole_qrec.data.create_dataset` picks ``<Model>Dataset`` from this module when it exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from recbole.config import Config
+from recbole.data.dataset import SequentialDataset
+from torch import Tensor
+
+from recbole_qrec.data.sid import SID_FIELD, SID_FILE, SID_SUFFIX, load_code_table
+
+
+class SemanticIdDataset(SequentialDataset):
+    """A sequential dataset with the code tables named by the config keys in ``sid_source_keys``."""
+
+    sid_source_keys: tuple[str, ...] = ()
+
+    def __init__(self, config: Config, sources: Mapping[str, SemanticIdDataset] | None = None) -> None:
+        super().__init__(config)
+        self.sources = dict(sources or {})
+        self.code_tables = {field: self.read_code_table(field) for field in self.code_fields()}
+
+    def code_fields(self) -> list[str]:
+        """The fields the model reads that this dataset has: ``sid`` for ``file``, content-code fields it declares.
+
+        A field the dataset lacks is left out; the model then says which setting to change.
+        """
+        names = [self.config[key] for key in self.sid_source_keys if self.config[key] is not None]
+        content = self.config["item_content_fields"] or []
+        return [SID_FIELD if name == SID_FILE else name for name in names if name == SID_FILE or name in content]
+
+    def read_code_table(self, field: str) -> Tensor:
+        """``LongTensor[n_items, L]`` of ``field``, padding row 0 all zeros."""
+        suffix = SID_SUFFIX if field == SID_FIELD else "item"
+        return load_code_table(self, Path(self.dataset_path) / f"{self.dataset_name}.{suffix}", field, pad_code=0)
+
+    def source_code_tables(self) -> dict[str, dict[str, Tensor]]:
+        """``source name -> field -> codes`` of the pretraining sources, in ``pretrain_datasets`` order."""
+        return {name: source.code_tables for name, source in self.sources.items()}
+
+
+class TIGERDataset(SemanticIdDataset):
+    """TIGER's codes: ``sid_source``."""
+
+    sid_source_keys = ("sid_source",)
+
+
+class MQL4GRecDataset(SemanticIdDataset):
+    """MQL4GRec's two languages: ``text_sid_source`` and ``image_sid_source``."""
+
+    sid_source_keys = ("text_sid_source", "image_sid_source")
+
+
+class QBert4RecDataset(SemanticIdDataset):
+    """QBert4Rec's codes: always ``<dataset>.sid``, written by its tokenize stage (stages 1-2)."""
+
+    def code_fields(self) -> list[str]:
+        return [SID_FIELD]

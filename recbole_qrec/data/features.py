@@ -1,0 +1,218 @@
+"""Item content feature matrices: row ``i`` = item id ``i``, float32; read and validated here.
+
+Files of a feature output ``text.npy`` (``<stem>`` is the name without ``.npy``), as
+``python -m dataset_prep.features`` writes them:
+
+* ``text.npy`` -- float32 ``[n_items, dim]``, row ``i`` = item id ``i``;
+* ``text.mask.npy`` -- bool ``[n_items]``, False where the item has no input (zero row);
+* ``text.progress.json`` -- the record of the extraction (``kind``, ``settings``, ``n_items``, ``dim``,
+  ``rows_done``, ``present``, ``unreadable``, ``complete``).
+
+:func:`load_features` refuses an unfinished extraction, a non-2-D or non-float matrix, NaN/inf values and a
+row count other than the expected one. :func:`codes_to_features` builds the content-code proxy: the
+concatenated one-hot of an item's code levels (``levels * codebook_size`` dims), optionally multiplied
+by a fixed Gaussian random matrix (seeded, entries ``N(0, 1/project_dim)``) to ``project_dim`` dims.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recbole_qrec.errors import ConfigError, DatasetNotFoundError, MalformedDataError, QRecError
+
+DEFAULT_CODEBOOK_SIZE = 256
+SHOWN_IDS = 10
+
+
+class FeatureStateError(QRecError):
+    """An output's progress record does not allow the requested write or read."""
+
+
+class NonFiniteFeaturesError(MalformedDataError):
+    """Features contain NaN or infinity."""
+
+
+def format_ids(ids: Sequence[Any]) -> str:
+    """The first few ``ids``, comma-separated, with "..." when there are more."""
+    return ", ".join(map(str, ids[:SHOWN_IDS])) + (", ..." if len(ids) > SHOWN_IDS else "")
+
+
+@dataclass(frozen=True)
+class FeaturePaths:
+    """Every file belonging to one feature output (see the module docstring)."""
+
+    features: Path
+    mask: Path
+    progress: Path
+    partial_features: Path
+    partial_mask: Path
+
+    @classmethod
+    def of(cls, out: str | os.PathLike) -> FeaturePaths:
+        out = Path(out)
+        stem = out.parent / (out.name[: -len(".npy")] if out.name.endswith(".npy") else out.name)
+        return cls(out, Path(f"{stem}.mask.npy"), Path(f"{stem}.progress.json"),
+                   Path(f"{stem}.partial.npy"), Path(f"{stem}.mask.partial.npy"))
+
+
+@dataclass
+class FeatureProgress:
+    """The progress record's content; also what an extraction returns."""
+
+    kind: str
+    settings: dict[str, Any]
+    n_items: int
+    dim: int
+    rows_done: int = 0
+    present: int = 0
+    unreadable: list[int] = field(default_factory=list)
+    complete: bool = False
+
+    def differences(self, kind: str, settings: dict[str, Any], n_items: int) -> list[str]:
+        """``"key: old -> new"`` for every identifying value that differs from the requested run."""
+        old = {"kind": self.kind, "n_items": self.n_items, **self.settings}
+        new = {"kind": kind, "n_items": n_items, **settings}
+        return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
+                if old.get(key) != new.get(key)]
+
+
+@dataclass
+class EncodedRows:
+    """``features`` float32 ``[n, dim]`` (zero rows where ``present`` is False), ``present`` bool ``[n]``,
+    ``unreadable``: ids of items whose input exists but could not be read (also not present)."""
+
+    features: np.ndarray
+    present: np.ndarray
+    unreadable: list[int] = field(default_factory=list)
+
+
+def read_progress(path: Path) -> FeatureProgress:
+    """Parse a progress record; a foreign or damaged file is a :class:`FeatureStateError`."""
+    try:
+        return FeatureProgress(**json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as err:
+        raise FeatureStateError(f"{path} is not a feature progress file ({err}) — delete it or pass --overwrite") from err
+
+
+def non_finite_ids(features: np.ndarray, first_id: int = 0) -> list[int]:
+    """Item ids (row index + ``first_id``) of rows holding NaN or infinity."""
+    return (np.flatnonzero(~np.isfinite(features).all(axis=1)) + first_id).tolist()
+
+
+def check_finite(features: np.ndarray, source: str, first_id: int = 0) -> None:
+    """Raise :class:`NonFiniteFeaturesError` naming the items whose rows are not finite."""
+    bad = non_finite_ids(features, first_id)
+    if bad:
+        raise NonFiniteFeaturesError(f"{source}: NaN or infinite features for {len(bad)} item(s), ids {format_ids(bad)} "
+                                     "— re-create the features (the encoder produced invalid values for these items)")
+
+
+def check_row_count(matrix: np.ndarray, source: str, n_items: int) -> None:
+    """Exactly one row per item id ``0..n_items-1``: fewer rows miss items, more rows describe items that do not exist."""
+    if len(matrix) < n_items:
+        raise MalformedDataError(f"{source} has {len(matrix):,} rows but the dataset has item ids up to {n_items - 1:,} "
+                                 f"— row i must hold item i's features: re-create it for this dataset ({n_items:,} rows)")
+    if len(matrix) > n_items:
+        raise MalformedDataError(f"{source} has {len(matrix):,} rows but the dataset's largest item id is {n_items - 1:,}, "
+                                 f"so {len(matrix) - n_items:,} row(s) belong to items that do not exist — use the feature "
+                                 f"file made for this dataset ({n_items:,} rows)")
+
+
+def load_features(path: str | os.PathLike, n_items: int | None = None) -> np.ndarray:
+    """A finished feature matrix as float32 ``[n_items, dim]``, validated.
+
+    With a progress record (files written by ``dataset_prep.features``): it must record completion and
+    match the shape. A ``.npy`` without one (features made elsewhere) must be a 2-D floating-point matrix.
+    In both cases NaN/inf is an error naming the items, and so is a row count other than ``n_items`` when given.
+    """
+    paths = FeaturePaths.of(path)
+    progress = read_progress(paths.progress) if paths.progress.exists() else None
+    if progress is not None and not progress.complete:
+        raise FeatureStateError(
+            f"{paths.features} is incomplete: {progress.rows_done:,} of {progress.n_items:,} rows done "
+            f"({paths.progress}) — rerun the same `python -m dataset_prep.features {progress.kind} ...` command to finish it"
+        )
+    if not paths.features.is_file():
+        raise DatasetNotFoundError(f"feature file {paths.features} not found — create it with "
+                                   f"`python -m dataset_prep.features text|image|codes ... --out {paths.features}`")
+    try:
+        matrix = np.load(paths.features)
+    except (OSError, ValueError) as err:
+        raise MalformedDataError(f"{paths.features} is not a readable .npy file ({err}) — re-create it with "
+                                 "`python -m dataset_prep.features`") from err
+    if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
+        raise MalformedDataError(f"{paths.features} has shape {matrix.shape} ({matrix.dtype}) — features must be a 2-D "
+                                 "float matrix, one row per item id")
+    if progress is not None and matrix.shape != (progress.n_items, progress.dim):
+        raise MalformedDataError(f"{paths.features} has shape {matrix.shape} but {paths.progress} records "
+                                 f"{(progress.n_items, progress.dim)} — recreate it with --overwrite")
+    if n_items is not None:
+        check_row_count(matrix, str(paths.features), n_items)
+    check_finite(matrix, str(paths.features))
+    return matrix.astype(np.float32, copy=False)
+
+
+def load_mask(path: str | os.PathLike) -> np.ndarray:
+    """The bool ``[n_items]`` mask beside the feature file ``path`` (False: no input, zero row)."""
+    paths = FeaturePaths.of(path)
+    if not paths.mask.is_file():
+        raise DatasetNotFoundError(f"mask file {paths.mask} not found — it is written with {paths.features} "
+                                   "by `python -m dataset_prep.features`")
+    return np.load(paths.mask)
+
+
+def check_codes(codes: Mapping[int, Sequence[int]], n_items: int, codebook_size: int, source: str) -> int:
+    """The number of levels, after checking item ids against ``n_items`` and codes against the codebook."""
+    if not codes:
+        raise MalformedDataError(f"{source}: no item has codes — give a code file with one entry per item")
+    levels = {len(row) for row in codes.values()}
+    if len(levels) != 1:
+        raise MalformedDataError(f"{source}: items have different numbers of code levels {sorted(levels)} — "
+                                 "every item needs the same number of levels")
+    outside = sorted(item for item in codes if not 0 <= item < n_items)
+    if outside:
+        raise MalformedDataError(f"{source}: item ids {format_ids(outside)} are outside 0..{n_items - 1} "
+                                 f"(n_items={n_items}) — pass the dataset's item count")
+    low, high = min(min(row) for row in codes.values()), max(max(row) for row in codes.values())
+    if low < 0 or high >= codebook_size:
+        raise MalformedDataError(f"{source}: codes must lie in 0..{codebook_size - 1}, found {low}..{high} "
+                                 "— set codebook_size to the tokenizer's")
+    return levels.pop()
+
+
+def one_hot(codes: np.ndarray, codebook_size: int) -> np.ndarray:
+    """``[k, levels]`` codes -> ``[k, levels * codebook_size]`` float32, level ``l`` in block ``l``."""
+    levels = codes.shape[1]
+    out = np.zeros((len(codes), levels * codebook_size), np.float32)
+    out[np.arange(len(codes))[:, None], codes + codebook_size * np.arange(levels)] = 1.0
+    return out
+
+
+def random_projection(in_dim: int, out_dim: int, seed: int) -> np.ndarray:
+    """A fixed ``[in_dim, out_dim]`` Gaussian matrix, entries ``N(0, 1/out_dim)``, from ``seed``."""
+    if out_dim < 1:
+        raise ConfigError(f"project_dim must be positive, got {out_dim} — give a dimension >= 1")
+    return np.random.default_rng(seed).standard_normal((in_dim, out_dim), dtype=np.float32) / np.float32(np.sqrt(out_dim))
+
+
+def codes_to_features(codes: Mapping[int, Sequence[int]], n_items: int, codebook_size: int = DEFAULT_CODEBOOK_SIZE,
+                      project_dim: int | None = None, seed: int = 0, source: str = "codes") -> EncodedRows:
+    """Proxy features of items ``0..n_items-1`` (see the module docstring); items without codes: zero rows."""
+    levels = check_codes(codes, n_items, codebook_size, source)
+    dim = project_dim or levels * codebook_size
+    ids = np.array(sorted(codes), dtype=np.int64)
+    rows = one_hot(np.array([codes[item] for item in ids.tolist()], dtype=np.int64), codebook_size)
+    if project_dim:
+        rows = rows @ random_projection(levels * codebook_size, project_dim, seed)
+    features = np.zeros((n_items, dim), np.float32)
+    features[ids] = rows
+    present = np.zeros(n_items, bool)
+    present[ids] = True
+    return EncodedRows(features, present)

@@ -1,0 +1,43 @@
+"""``create_dataset`` and ``data_preparation`` that try recbole-qrec's dataset classes first, then RecBole's
+(RecBole-GNN's ``recbole_gnn/utils.py`` pattern), and also build the pretraining source domains."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from logging import getLogger
+
+from recbole.config import Config
+from recbole.data import create_dataset as create_recbole_dataset
+from recbole.data import data_preparation as recbole_data_preparation
+from recbole.data.dataloader import AbstractDataLoader
+from recbole.data.dataset import Dataset
+
+import recbole_qrec.data.dataset as qrec_datasets
+from recbole_qrec.data.dataset import SemanticIdDataset
+from recbole_qrec.errors import ConfigError
+
+
+def create_dataset(config: Config, source_configs: Sequence[Config] = ()) -> Dataset:
+    """``<Model>Dataset`` of :mod:`recbole_qrec.data.dataset` when it exists (with the pretraining sources built
+    from ``source_configs``, one per ``pretrain_datasets`` entry), else RecBole's dataset for the model."""
+    dataset_class = getattr(qrec_datasets, f"{config['model']}Dataset", None)
+    if dataset_class is None:
+        if source_configs:
+            raise ConfigError(f"{config['model']} does not pretrain on other domains — unset pretrain_datasets")
+        return create_recbole_dataset(config)
+    sources = {source["dataset"]: dataset_class(source) for source in source_configs}
+    return dataset_class(config, sources)
+
+
+def data_preparation(config: Config, dataset: Dataset) -> tuple[AbstractDataLoader, AbstractDataLoader,
+                                                                  AbstractDataLoader, dict[str, AbstractDataLoader]]:
+    """RecBole's train/valid/test loaders of ``dataset``, and the training loader of each pretraining source
+    (``source name -> loader``; empty without sources), to pass to the trainer's ``fit(pretrain_data=...)``."""
+    train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
+    sources = dataset.sources if isinstance(dataset, SemanticIdDataset) else {}
+    pretrain_data = {}
+    for name, source in sources.items():
+        pretrain_data[name] = recbole_data_preparation(source.config, source)[0]
+        getLogger().info(f"pretraining source {name}: {source.user_num - 1} users, {source.item_num - 1} items, "
+                         f"{len(pretrain_data[name]._dataset)} training sequences")
+    return train_data, valid_data, test_data, pretrain_data

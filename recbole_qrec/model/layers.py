@@ -1,0 +1,82 @@
+"""Building blocks shared by the generative models (TIGER, MQL4GRec): a randomly initialised T5 over
+semantic-ID tokens, its training loss and sequence scores, and the checks of their settings.
+
+As RecBole's ``recbole/model/layers.py`` is to BERT4Rec and SASRec: models import these, never each other.
+"""
+
+from __future__ import annotations
+
+import torch
+from recbole.config import Config
+from torch import Tensor
+from transformers import T5Config, T5ForConditionalGeneration
+
+from recbole_qrec.errors import ConfigError
+from recbole_qrec.generation import SemanticIdVocab
+
+
+def t5_config(config: Config, vocab: SemanticIdVocab) -> T5Config:
+    """A randomly initialised T5 over ``vocab`` with the model's hyper-parameters."""
+    return T5Config(
+        vocab_size=vocab.size,
+        d_model=config["d_model"],
+        d_kv=config["d_kv"],
+        d_ff=config["d_ff"],
+        num_layers=config["num_layers"],
+        num_decoder_layers=config["num_decoder_layers"],
+        num_heads=config["num_heads"],
+        dropout_rate=config["dropout_rate"],
+        feed_forward_proj=config["feed_forward_proj"],
+        pad_token_id=vocab.pad_id,
+        eos_token_id=vocab.eos_id,
+        decoder_start_token_id=vocab.decoder_start_id,
+    )
+
+
+def code_tokens(codes: Tensor, items: Tensor, vocab: SemanticIdVocab) -> Tensor:
+    """Item ids ``[...]`` -> token ids ``[..., L]`` of their rows of ``codes`` (padding items -> padding tokens)."""
+    tokens = vocab.encode(codes[items])
+    return tokens.masked_fill((items == 0).unsqueeze(-1), vocab.pad_id)
+
+
+def teacher_forced_log_prob(t5: T5ForConditionalGeneration, tokens: Tensor, mask: Tensor, labels: Tensor) -> Tensor:
+    """Sequence log-probability ``[B]`` of ``labels`` ``[B, L]`` given the encoder input: a beam search's score."""
+    decoder_input_ids = t5.prepare_decoder_input_ids_from_labels(labels=labels)
+    logits = t5(input_ids=tokens, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
+    return logits.float().log_softmax(-1).gather(2, labels.unsqueeze(-1)).sum((1, 2))
+
+
+def length_bucketed_loss(t5: T5ForConditionalGeneration, tokens: Tensor, mask: Tensor, labels: Tensor,
+                         part_rows: int) -> Tensor:
+    """T5's mean token cross-entropy of a batch, run in parts of at least ``part_rows`` rows of similar input length.
+
+    The rows are sorted by input length and split into ``len(rows) // part_rows`` equal parts (one call when
+    ``part_rows`` is 0 or exceeds half the batch), each cut to its own longest input. Inputs are right-padded
+    and padding is masked, so this drops only padding: the loss equals one call on the whole batch (every row
+    has the same number of label tokens, so the parts' means weighted by their row counts give the batch
+    mean), with less encoder work on short histories but one T5 call per part.
+    """
+    parts = len(tokens) // part_rows if part_rows else 1
+    if parts > 1:
+        sorted_lengths, order = mask.sum(1).sort()
+        if bool(sorted_lengths[0] < sorted_lengths[-1]):
+            widths = torch.stack([part[-1] for part in sorted_lengths.tensor_split(parts)]).tolist()
+            losses = [t5(input_ids=tokens[rows, :width], attention_mask=mask[rows, :width], labels=labels[rows]).loss
+                      * len(rows) for rows, width in zip(order.tensor_split(parts), widths)]
+            return torch.stack(losses).sum() / len(tokens)
+    return t5(input_ids=tokens, attention_mask=mask, labels=labels).loss
+
+
+def check_beam_size(beam_size: int, topk: list[int]) -> None:
+    """The beam must cover the largest cut-off, else ``-inf`` items would fill the top-k in arbitrary order."""
+    if beam_size < max(topk):
+        raise ConfigError(f"beam_size ({beam_size}) is smaller than the largest topk ({max(topk)}): items outside the "
+                          f"beam all score -inf — set beam_size to at least {max(topk)}")
+
+
+def checked_length_bucket_rows(value: object) -> int:
+    """``length_bucket_rows`` if it is an int >= 0, else a :class:`ConfigError` saying what to set."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"length_bucket_rows must be an int >= 0, got {value!r} — set the rows per T5 call of a "
+                          "training batch split by history length (0: one call per batch)")
+    return value

@@ -1,0 +1,206 @@
+"""QBert4Rec's stages 1-2 as a tokenize stage: item features -> fused embeddings -> unique semantic IDs,
+written to ``<dataset>.sid`` for the model's dataset to read.
+
+Stage 1 trains the cross-modal injection module
+(:class:`~recbole_qrec.model.qbert4rec_modules.injection.CrossModalInjection`) on every item and fuses
+each item's features into its ID vector; stage 2 fits the RQ-VAE on the fused embeddings
+(:func:`recbole_qrec.quantization.fit_tokenizer`, collisions re-ranked).
+
+Cross-domain (``pretrain_datasets``): the stages run once over the union of the target's and the
+sources' items. Their features are aligned by modality
+(:func:`~recbole_qrec.data.item_features.load_source_features`) and stacked, target first; one injection
+module and one RQ-VAE see every item, collisions are re-ranked over the union (no two items of any
+domains share a code tuple), and each domain's codes go to its own ``<domain>.sid``.
+
+Beside every ``.sid`` the stage writes ``<domain>.sid.json``: its ``key`` (a hash of the stage settings,
+the data fingerprint and the code version), the settings, the ``data_fingerprint`` (item tokens of every
+domain and the feature values), the ``code_version`` (a hash of the source of the modules the codes
+depend on), the domains, the collision, utilisation and perplexity figures, the stage-1 losses and each
+domain's injection-depth histogram. :func:`ensure_semantic_ids` reruns the stage only when a domain's
+file is missing or its key differs. Both stages run inside a forked RNG, so the caller's RNG state is
+the same whether the codes were computed or reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from logging import getLogger
+from pathlib import Path
+from typing import Any
+
+import torch
+from recbole.config import Config
+from recbole.data.dataset import SequentialDataset
+
+import recbole_qrec.quantization
+from recbole_qrec.data import item_features
+from recbole_qrec.data.item_features import ItemFeatures, concat_features, load_item_features, load_source_features
+from recbole_qrec.data.sid import SID_SUFFIX, sid_metadata_path, write_sid_file
+from recbole_qrec.errors import ConfigError
+from recbole_qrec.fileio import write_json_atomic
+from recbole_qrec.model.qbert4rec_modules import contrastive, cross_attention_block, injection, injection_training
+from recbole_qrec.model.qbert4rec_modules.injection import CrossModalInjection, depth_histogram
+from recbole_qrec.model.qbert4rec_modules.injection_training import fuse_items, train_injection
+from recbole_qrec.quantization import TokenizerConfig, fit_tokenizer
+
+STAGE = "QBert4Rec"
+FUSIONS = ("dynamic", "static")
+# Settings the codes depend on (besides the items and feature values, in the data fingerprint).
+STAGE_KEYS = (
+    "modalities", "injection_dim", "injection_layers", "injection_heads", "injection_temperature", "gate_threshold",
+    "fusion", "consistency_weight", "injection_epochs", "injection_batch_size", "injection_learning_rate",
+    "sid_levels", "sid_codebook_size", "sid_code_dim", "sid_epochs", "seed",
+)
+# Modules whose source the codes depend on: their hash is the stage's code version.
+STAGE_MODULES = (contrastive, cross_attention_block, injection, injection_training, item_features)
+
+
+@dataclass
+class StageInputs:
+    """Every domain's items and features, by domain name, target first."""
+
+    item_tokens: dict[str, list[str]]
+    features: dict[str, ItemFeatures]
+    folders: dict[str, Path]
+
+    def sid_file(self, domain: str) -> Path:
+        return self.folders[domain] / f"{domain}.{SID_SUFFIX}"
+
+
+def build_injection(config: Config, features: ItemFeatures) -> CrossModalInjection:
+    """The stage-1 module for ``features``, configured by the ``injection_*`` keys and ``fusion``."""
+    if config["fusion"] not in FUSIONS:
+        raise ConfigError(f"fusion is {config['fusion']!r} — set it to one of {', '.join(FUSIONS)}")
+    return CrossModalInjection(
+        n_items=len(features.present),
+        modality_dims=[matrix.shape[1] for matrix in features.matrices],
+        dim=config["injection_dim"],
+        layers=config["injection_layers"],
+        heads=config["injection_heads"],
+        temperature=config["injection_temperature"],
+        gate_threshold=config["gate_threshold"],
+        dynamic=config["fusion"] == "dynamic",
+        consistency_weight=config["consistency_weight"],
+    )
+
+
+def tokenizer_config(config: Config) -> TokenizerConfig:
+    """Stage-2 RQ-VAE settings (collisions always re-ranked, as in the paper)."""
+    return TokenizerConfig(levels=config["sid_levels"], codebook_size=config["sid_codebook_size"],
+                           code_dim=config["sid_code_dim"], epochs=config["sid_epochs"], seed=config["seed"],
+                           collision_strategy="rerank")
+
+
+def stage_inputs(config: Config, source_configs: Sequence[Config] = ()) -> StageInputs:
+    """Build each domain's RecBole dataset (for its item tokens in internal-id order) and read its features,
+    aligned with the target's."""
+    tokens, features, folders = {}, {}, {}
+    for domain_config in [config, *source_configs]:
+        name = domain_config["dataset"]
+        dataset = SequentialDataset(domain_config)
+        if features:
+            features[name] = load_source_features(domain_config, dataset, features[config["dataset"]])
+            if not features[name].present.any():
+                getLogger().warning(f"pretraining source {name} has no {features[name].modalities} features: the "
+                                    "semantic IDs of its items come from their learnable ID vectors alone")
+        else:
+            features[name] = load_item_features(domain_config, dataset)
+        tokens[name] = list(dataset.field2id_token[dataset.iid_field][1:])
+        folders[name] = Path(domain_config["data_path"])
+    return StageInputs(tokens, features, folders)
+
+
+def sha256(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def code_version() -> str:
+    """Hash of the source of the stage's modules and of the quantization package."""
+    files = [Path(__file__), *(Path(module.__file__) for module in STAGE_MODULES),
+             *sorted(Path(recbole_qrec.quantization.__file__).parent.glob("*.py"))]
+    return hashlib.sha256(b"".join(path.read_bytes() for path in files)).hexdigest()[:16]
+
+
+def data_fingerprint(inputs: StageInputs) -> str:
+    """Hash of every domain's item tokens and feature values."""
+    return sha256({name: [tokens, inputs.features[name].digest()] for name, tokens in inputs.item_tokens.items()})
+
+
+def stage_identity(config: Config, inputs: StageInputs) -> dict[str, Any]:
+    """What the codes depend on, and its ``key``."""
+    identity = {"stage": STAGE, "settings": {name: config[name] for name in STAGE_KEYS},
+                "domains": list(inputs.item_tokens), "data_fingerprint": data_fingerprint(inputs),
+                "code_version": code_version()}
+    return {"key": sha256(identity)[:16], **identity}
+
+
+def recorded_key(metadata: Path) -> str | None:
+    """The stage key a ``.sid.json`` records (None for a file that is not a stage's metadata)."""
+    try:
+        return json.loads(metadata.read_text(encoding="utf-8")).get("key")
+    except (ValueError, AttributeError):
+        return None
+
+
+def stage_status(inputs: StageInputs, key: str) -> str:
+    """``missing``, ``stale`` or ``up to date``: the state of every domain's ``.sid`` and metadata."""
+    files = [(inputs.sid_file(domain), sid_metadata_path(inputs.sid_file(domain))) for domain in inputs.item_tokens]
+    if not all(sid_file.is_file() and metadata.is_file() for sid_file, metadata in files):
+        return "missing"
+    return "up to date" if all(recorded_key(metadata) == key for _, metadata in files) else "stale"
+
+
+def run_stage(config: Config, inputs: StageInputs, identity: Mapping[str, Any]) -> dict[str, Any]:
+    """Stages 1-2 over the union of the domains' items; writes every domain's ``.sid`` and metadata."""
+    logger = getLogger()
+    union = concat_features(list(inputs.features.values()))
+    device = torch.device(config["device"])
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config["seed"])
+        module = build_injection(config, union).to(device)
+        generator = torch.Generator(device=device).manual_seed(config["seed"])
+        on_device = union.to(device)
+        losses = train_injection(module, on_device, config["injection_epochs"], config["injection_batch_size"],
+                                 config["injection_learning_rate"], generator)
+        fused, depths = fuse_items(module, on_device, config["injection_batch_size"])
+        logger.info(f"QBert4Rec stage 1: injection loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} epochs")
+        tokenized = fit_tokenizer(fused, tokenizer_config(config), device)
+    report = tokenized.report
+    logger.info(f"QBert4Rec stage 2: reconstruction loss {report['reconstruction_loss']:.4f}, collision rate "
+                f"{report['collision_rate_before']:.4f} -> {report['collision_rate_after']:.4f}")
+    sizes = [len(tokens) for tokens in inputs.item_tokens.values()]
+    codes, depths = torch.from_numpy(tokenized.codes).split(sizes), depths.cpu().split(sizes)
+    metadata = {**identity, "items": dict(zip(inputs.item_tokens, sizes)),
+                **{name: report[name] for name in ("n_items", "levels", "reconstruction_loss", "collision_rate_before",
+                                                   "collision_rate_after", "utilisation", "perplexity")},
+                "injection_loss": {"first": losses[0], "last": losses[-1], "epochs": len(losses)},
+                "depth_histogram": {name: depth_histogram(domain_depths, config["injection_layers"])
+                                    for name, domain_depths in zip(inputs.item_tokens, depths)}}
+    for (domain, tokens), domain_codes in zip(inputs.item_tokens.items(), codes):
+        write_sid_file(inputs.sid_file(domain), tokens, domain_codes.tolist())
+        write_json_atomic(sid_metadata_path(inputs.sid_file(domain)), metadata)
+    return metadata
+
+
+def tokenize(config: Config, source_configs: Sequence[Config] = ()) -> dict[str, Any]:
+    """Run the stage (whatever the state of its output); the metadata it wrote."""
+    inputs = stage_inputs(config, source_configs)
+    return run_stage(config, inputs, stage_identity(config, inputs))
+
+
+def ensure_semantic_ids(config: Config, source_configs: Sequence[Config] = ()) -> bool:
+    """Run the stage when a domain's ``.sid`` is missing or stale (one log line says which); True if it ran."""
+    inputs = stage_inputs(config, source_configs)
+    identity = stage_identity(config, inputs)
+    status = stage_status(inputs, identity["key"])
+    target_file = inputs.sid_file(config["dataset"])
+    if status == "up to date":
+        getLogger().info(f"QBert4Rec semantic IDs {target_file} are up to date (stage key {identity['key']}): reused")
+        return False
+    getLogger().info(f"QBert4Rec semantic IDs {target_file} are {status} (stage key {identity['key']}): running "
+                     "the tokenize stage")
+    run_stage(config, inputs, identity)
+    return True

@@ -1,0 +1,103 @@
+"""The record of a finished run: one JSON line appended to ``<results_dir>/results.jsonl``.
+
+A record says what ran (model, dataset, the hash of every setting that can change a result), on
+which data (the dataset fingerprint from :func:`recbole_qrec.data.check_dataset`) and which code
+(git commit and whether the checkout had uncommitted changes), how long it took (fine-tuning and
+pretraining epochs counted apart) and what it scored on the validation and test splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from recbole.config import Config
+from recbole.trainer import Trainer
+
+from recbole_qrec.fileio import atomic_open
+from recbole_qrec.resources import PACKAGE_DIR
+from recbole_qrec.trainer.checkpoint import RUN_LOCATION_KEYS, plain_config
+
+
+def config_hash(config: Config) -> str:
+    """Short stable hash of every setting that can change a result (paths and verbosity left out)."""
+    settings = {k: v for k, v in plain_config(config.final_config_dict).items() if k not in RUN_LOCATION_KEYS}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def git_state(directory: Path = PACKAGE_DIR) -> tuple[str, bool | None]:
+    """``(commit, dirty)`` of the git checkout that tracks ``directory``; ``("unknown", None)`` outside one.
+
+    ``dirty`` is True when ``git status --porcelain`` lists anything. An installed copy of the package
+    that merely lies inside some other checkout (e.g. a virtual environment in a project) is not tracked
+    there, so it counts as outside.
+    """
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, check=False)
+
+    try:
+        tracked = git("ls-files", "--error-unmatch", "--", ".")
+    except OSError:  # no git program
+        return "unknown", None
+    commit = git("rev-parse", "HEAD")
+    if tracked.returncode != 0 or commit.returncode != 0:
+        return "unknown", None
+    return commit.stdout.strip(), bool(git("status", "--porcelain").stdout.strip())
+
+
+def mean_seconds(seconds: list[float]) -> float | None:
+    """Mean of per-epoch times, rounded to ms; None when no epoch ran."""
+    return round(sum(seconds) / len(seconds), 3) if seconds else None
+
+
+def check_finite(record: dict[str, Any]) -> None:
+    """Raise on a NaN or infinite metric: a run that got that far has a bug, and such a record must not be kept."""
+    metrics = {"best_valid_score": record["best_valid_score"], **record["valid"], **record["test"]}
+    bad = {name: value for name, value in metrics.items() if not math.isfinite(value)}
+    if bad:
+        raise ValueError(f"refusing to record non-finite metrics {bad} of {record['model']} on {record['dataset']}")
+
+
+def build_record(config: Config, trainer: Trainer, best_valid_score: float, best_valid_result: dict | None,
+                 test_result: dict, wall_time_s: float, saved: bool) -> dict[str, Any]:
+    """The result record of a finished run (checked: every metric is finite)."""
+    commit, dirty = git_state()
+    pretrain_seconds = getattr(trainer, "pretrain_epoch_seconds", [])  # trainers without a pretraining phase
+    record = {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "data_fingerprint": config["data_fingerprint"],
+        "data_counts_match": config["data_fingerprint"]["expected_counts_match"],
+        "config_hash": config_hash(config),
+        "seed": config["seed"],
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "device": str(config["device"]),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_s": round(wall_time_s, 2),
+        "epochs": len(trainer.epoch_seconds),
+        "train_seconds_per_epoch": mean_seconds(trainer.epoch_seconds),
+        "pretrain_epochs": len(pretrain_seconds),
+        "pretrain_seconds_per_epoch": mean_seconds(pretrain_seconds),
+        "best_valid_score": float(best_valid_score),
+        "valid": {k: float(v) for k, v in (best_valid_result or {}).items()},  # None: no new best after a resume
+        "test": {k: float(v) for k, v in test_result.items()},
+        "checkpoint": trainer.saved_model_file if saved else None,
+        "resumed_from": config["resume_checkpoint"],
+    }
+    check_finite(record)
+    return record
+
+
+def append_result(record: dict[str, Any], results_dir: str | Path) -> Path:
+    """Append ``record`` as one JSON line to ``<results_dir>/results.jsonl`` (rewritten atomically)."""
+    path = Path(results_dir) / "results.jsonl"
+    previous = path.read_text(encoding="utf-8") if path.is_file() else ""
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        handle.write(previous + json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
+    return path

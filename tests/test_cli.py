@@ -1,0 +1,190 @@
+"""The command line as a user runs it: help, and one clear line for every bad input.
+
+Every bad input must exit with status 2 and print exactly one line ``error: <what> — <fix>`` (no traceback),
+without writing anything in the working folder. These cases fail before any data is read.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr
+from pathlib import Path
+
+import pytest
+
+from dataset_prep.convert import convert
+from recbole_qrec.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = {
+    "recbole-qrec": [str(Path(sys.executable).parent / "recbole-qrec")],
+    "python -m recbole_qrec": [sys.executable, "-m", "recbole_qrec"],
+    "python run_recbole_qrec.py": [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py")],
+}
+CONFIG_FILES = {
+    "empty.yaml": "",
+    "comments.yaml": "# only a comment\n\n# and another\n",
+    "malformed.yaml": "epochs: 3\nlearning_rate: [0.1\nstopping_step: 2\n",
+    "list.yaml": "- epochs\n- 3\n",
+    "zero_epochs.yaml": "epochs: 0\n",
+}
+
+
+def run_cli(args: list[str], cwd: Path, command: str = "python -m recbole_qrec",
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environment = {key: value for key, value in os.environ.items() if key != "QREC_DEBUG"}
+    return subprocess.run([*COMMANDS[command], *args], cwd=cwd, env={**environment, **(env or {})},
+                          capture_output=True, text=True, timeout=300)
+
+
+def folder_listing(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+
+
+@pytest.fixture
+def cwd(tmp_path: Path) -> Path:
+    """A working folder holding the config files of the cases."""
+    for name, text in CONFIG_FILES.items():
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def assert_one_error_line(args: list[str], cwd: Path, fragment: str) -> None:
+    """Run ``main(args)`` in ``cwd`` (in this process: the same code path as the commands, without a Python start
+    per case) and check the one error line, the status and that nothing was written."""
+    before = folder_listing(cwd)
+    with working_folder(cwd), pytest.raises(SystemExit) as exited, redirect_stderr(io.StringIO()) as stderr:
+        main(args)
+    assert exited.value.code == 2, stderr.getvalue()
+    lines = stderr.getvalue().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and " — " in lines[0], stderr.getvalue()
+    assert fragment in lines[0]
+    assert folder_listing(cwd) == before, "a failed run wrote files"
+
+
+@contextmanager
+def working_folder(folder: Path) -> Iterator[None]:
+    previous, debug = Path.cwd(), os.environ.pop("QREC_DEBUG", None)
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+        if debug is not None:
+            os.environ["QREC_DEBUG"] = debug
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--model=tiger"], "Unknown model 'tiger' — did you mean 'TIGER'?"),
+        (["--model=NoSuchModel"], "Unknown model 'NoSuchModel'"),
+        (["--learing_rate=0.1"], "Unknown config key 'learing_rate': no RecBole or recbole-qrec component reads it — "
+                                 "did you mean 'learning_rate'?"),
+        (["--epochs=abc"], "epochs must be an integer >= 1, got 'abc' — e.g. --epochs=300 (the default)"),
+        (["--epochs=-5"], "epochs must be an integer >= 1, got -5"),
+        (["--learning_rate=abc"], "learning_rate must be a number > 0, got 'abc'"),
+        (["--learning_rate=0"], "learning_rate must be a number > 0, got 0"),
+        (["--train_batch_size=0"], "train_batch_size must be an integer >= 1, got 0"),
+        (["--hidden_size=0"], "hidden_size must be an integer >= 1, got 0"),
+        (["--topk=[0,5]"], "topk must be a non-empty list of integers >= 1 (or an integer >= 1), got [0, 5]"),
+        (["--hidden_dropout_prob=1.5"], "hidden_dropout_prob must be a number in [0, 1], got 1.5"),
+        (["--stopping_step=0"], "stopping_step must be an integer >= 1, got 0"),
+        (["--model=QBert4Rec", "--pretrain_epochs=-1"], "pretrain_epochs must be an integer >= 0, got -1"),
+        (["--model=TIGER", "--d_model=abc"], "d_model must be an integer >= 1, got 'abc'"),
+        (["--reproducibility=maybe"], "reproducibility must be True or False, got 'maybe'"),
+        (["--epochs=2", "--epochs=3"], "--epochs is given twice with different values ('2' and '3') — give each "
+                                       "--key=value once"),
+        (["--epochs", "3"], "'--epochs' is not of the form --key=value — write --epochs=<value>"),
+        (["--config_files"], "argument --config_files: expected at least one argument"),
+        (["--config_files", "absent.yaml"], "Config file 'absent.yaml' does not exist"),
+        (["--config_files", "empty.yaml"], "Config file 'empty.yaml' is empty or holds only comments"),
+        (["--config_files", "comments.yaml"], "Config file 'comments.yaml' is empty or holds only comments"),
+        (["--config_files", "malformed.yaml"], "Config file 'malformed.yaml' is not valid YAML at line 3"),
+        (["--config_files", "list.yaml"], "Config file 'list.yaml' holds a YAML list, not a mapping"),
+        (["--config_files", "zero_epochs.yaml"], "epochs must be an integer >= 1, got 0"),
+    ],
+)
+def test_bad_input_is_one_line_with_status_2_and_writes_nothing(args, fragment, cwd):
+    assert_one_error_line(args, cwd, fragment)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--model=SASRec", "--dataset=Beauty"], "python -m dataset_prep.convert --dataset Beauty"),
+        (["--model=FDSA", "--dataset=Arts"], "dataset Arts has no item content features"),
+        (["--model=SASRec", "--allow_data_mismatch", "--resume_checkpoint=absent.pth"],
+         "resume_checkpoint 'absent.pth' does not exist"),
+    ],
+)
+def test_bad_input_about_the_data_is_one_line_and_writes_nothing(args, fragment, instruments_subset, tmp_path):
+    convert("Instruments", src=instruments_subset, out=tmp_path / "dataset")
+    assert_one_error_line(args, tmp_path, fragment)
+
+
+def test_the_suggested_model_name_works(cwd):
+    assert_one_error_line(["--model=mql4grec"], cwd, "did you mean 'MQL4GRec'?")
+    done = run_cli(["--model=MQL4GRec", "--help"], cwd)
+    assert done.returncode == 0, done.stderr
+    assert "MQL4GRec (a recbole-qrec model)" in done.stdout
+
+
+def test_allow_data_mismatch_is_a_bare_flag_for_the_config_key(cwd):
+    assert_one_error_line(["--allow_data_mismatch", "--allow_data_mismatch=False"], cwd,
+                          "--allow_data_mismatch is given twice with different values ('True' and 'False')")
+    done = run_cli(["--allow_data_mismatch", "--debug", "--help"], cwd)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("env", [{}, {"QREC_DEBUG": "1"}])
+def test_debug_shows_the_traceback(env, cwd):
+    args = ["--epochs=abc"] if env else ["--epochs=abc", "--debug"]
+    done = run_cli(args, cwd, env=env)
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "ConfigError: epochs must be an integer >= 1" in done.stderr
+    assert folder_listing(cwd) == sorted(CONFIG_FILES)
+
+
+def test_an_unexpected_exception_is_one_line_with_status_1(cwd):
+    call = "from recbole_qrec.cli import main; main(['--model=SASRec', 5])"  # not a string: a caller's bug
+    done = subprocess.run([sys.executable, "-c", call], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("error: unexpected TypeError: 'int' object is not subscriptable — "
+                                   "rerun with --debug for the traceback")
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_lists_models_datasets_overrides_and_layering(command, cwd):
+    (cwd / "data" / "Toy").mkdir(parents=True)
+    (cwd / "data" / "Toy" / "Toy.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n")
+    before = folder_listing(cwd)
+    done = run_cli(["--help", "--data_path=data/"], cwd, command)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert text.startswith(f"usage: {command} [--model=MODEL]")
+    assert "recbole-qrec models: MQL4GRec, QBert4Rec, TIGER" in text
+    assert all(name in text for name in ("SASRec", "GRU4Rec", "BERT4Rec", "FDSA", "LightGCN"))
+    assert "Datasets under data/: Toy" in text and "python -m dataset_prep.convert" in text
+    assert "--key=value" in text and "--config_files" in text and "--debug" in text and "--allow_data_mismatch" in text
+    assert "Config layering (later wins): RecBole's defaults < recbole-qrec's properties/overall.yaml" in text
+    assert folder_listing(cwd) == before
+
+
+@pytest.mark.parametrize(
+    ("model", "lines"),
+    [
+        ("TIGER", ["beam_size = 20", "(int) candidates per user", "epochs = 300", "(int) The number of training epochs."]),
+        ("SASRec", ["hidden_size = 64", "(int) The number of features in the hidden state.", "layer_norm_eps = 1e-12"]),
+        ("NARM", ["NARM (a RecBole model)", "embedding_size = 64"]),
+    ],
+)
+def test_model_help_lists_its_keys_defaults_and_meanings(model, lines, cwd):
+    done = run_cli([f"--model={model}", "--help"], cwd)
+    assert done.returncode == 0, done.stderr
+    assert all(line in done.stdout for line in lines), done.stdout
+    assert folder_listing(cwd) == sorted(CONFIG_FILES)
