@@ -10,7 +10,6 @@ and none of the checkpoints it wrote (a checkpoint it was resuming is restored a
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -34,22 +33,38 @@ from recbole_qrec.trainer.checkpoint import check_resume_checkpoint
 from recbole_qrec.utils import get_model
 
 
+# Where RecBole's init_logger writes, relative to the working folder: log/<model>/<run>.log and the
+# TensorBoard folder log_tensorboard/<run>/ (recbole.utils.logger.init_logger, recbole.utils.get_tensorboard).
+RECBOLE_LOG_DIRS = (Path("log"), Path("log_tensorboard"))
+
+
+def run_log_entries() -> set[Path]:
+    """The files and folders now in RecBole's log folders (two levels deep)."""
+    return {path for root in RECBOLE_LOG_DIRS if root.is_dir() for path in [*root.glob("*"), *root.glob("*/*")]}
+
+
 @contextmanager
 def logs_removed_on_user_error() -> Iterator[None]:
-    """A user error found once RecBole's logger has started leaves no log file or TensorBoard folder behind: the
-    one error line says all there is to say, and a failed run writes nothing."""
+    """A user error found once RecBole's logger has started leaves none of the log entries this run created: the
+    one error line says all there is to say, and a failed run writes nothing. Only what appeared in ``log/`` and
+    ``log_tensorboard/`` during the block is removed."""
+    existed, before = {root for root in RECBOLE_LOG_DIRS if root.is_dir()}, run_log_entries()
     try:
         yield
     except QRecError:
-        for handler in getLogger().handlers:
-            if isinstance(handler, logging.FileHandler):
+        created = run_log_entries() - before
+        created_files = {path.resolve() for path in created}
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) in created_files:
                 handler.close()
-                log_file = Path(handler.baseFilename)
-                log_file.unlink(missing_ok=True)
-                shutil.rmtree(Path("log_tensorboard") / log_file.name.split(".")[0], ignore_errors=True)
-                for folder in (log_file.parent, log_file.parent.parent, Path("log_tensorboard")):
-                    if folder.is_dir() and not any(folder.iterdir()):
-                        os.rmdir(folder)
+        for path in sorted(created, key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        for root in RECBOLE_LOG_DIRS:
+            if root not in existed and root.is_dir() and not any(root.iterdir()):
+                root.rmdir()
         raise
 
 
@@ -75,8 +90,8 @@ def run_recbole_qrec(
 
     init_seed(config["seed"], config["reproducibility"])
     torch.set_float32_matmul_precision(config["float32_matmul_precision"])
-    init_logger(config)
     with logs_removed_on_user_error():  # e.g. a resume checkpoint that does not fit the built model
+        init_logger(config)
         logger = getLogger()
         log_settings(config)
 
