@@ -21,6 +21,10 @@ INSTALL_REQUIRES = [
     "pillow>=9.0",
     "pyyaml>=6.0",
     "tqdm>=4.60",
+    # recbole-qrec table --format png (grouped bar plots); imported only when a plot is drawn.
+    "matplotlib>=3.7",
+    # recbole-qrec table: the paired t-test over seeds (scipy.stats.ttest_rel); scikit-learn brings it too.
+    "scipy>=1.9",
 ]
 
 EXTRAS_REQUIRE = {

@@ -1,4 +1,5 @@
-"""Command line: ``recbole-qrec``, ``python -m recbole_qrec`` and ``python run_recbole_qrec.py``.
+"""Command line: ``recbole-qrec``, ``python -m recbole_qrec`` and ``python run_recbole_qrec.py``; ``table`` as the
+first argument builds tables and plots of result records (:mod:`recbole_qrec.table`).
 
 One error path: a user error (:class:`~recbole_qrec.errors.QRecError`) prints ``error: <message>`` to stderr
 and exits with status 2; Ctrl-C prints ``error: interrupted ...`` and exits with 130; any other exception prints
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from recbole_qrec import table
 from recbole_qrec.config import RECBOLE_PROPERTIES_DIR, QRecConfig, as_argument, build_config
 from recbole_qrec.data import available_datasets
 from recbole_qrec.errors import DEBUG_ENV, ConfigError, debug_requested, single_line, user_errors
@@ -56,7 +58,7 @@ def build_parser(prog: str) -> ArgumentParser:
         usage=f"{prog} [--model=MODEL] [--dataset=DATASET] [--config_files FILE ...] [--key=value ...] "
         "[--allow_data_mismatch] [--debug] [--help]",
         description="Train and evaluate one model on one dataset, RecBole-style, and append the result to "
-        "<results_dir>/results.jsonl.",
+        f"<results_dir>/results.jsonl. Tables and plots of results: {prog} table --help.",
         add_help=False,
         allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -187,13 +189,64 @@ def run_command(argv: Sequence[str], prog: str) -> None:
     run_recbole_qrec(model, args.dataset, config_files, cmd_args=overrides)
 
 
+def build_table_parser(prog: str) -> ArgumentParser:
+    """Options of ``table`` (see :mod:`recbole_qrec.table`)."""
+    parser = ArgumentParser(
+        prog=f"{prog} table",
+        description="Side-by-side table of result records: one row per model, datasets side by side, mean ± std "
+        "over seeds, best in bold and second underlined, relative improvement over the best baseline.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("results", nargs="*", type=Path, default=[Path("results/results.jsonl")],
+                        help="results.jsonl files (or JSON lists of records); default results/results.jsonl")
+    parser.add_argument("--by", default="model,dataset", help="rows,column groups (only model,dataset)")
+    parser.add_argument("--metrics", default=",".join(table.DEFAULT_METRICS),
+                        help="comma-separated test metrics, e.g. hr@1,hr@5,hr@10,ndcg@5,ndcg@10 (hr is hit)")
+    parser.add_argument("--format", default="md", help=f"comma-separated, among {','.join(table.FORMATS)}")
+    parser.add_argument("--out", type=Path, help="write <out>.<format> for each format (md is printed as well)")
+    parser.add_argument("--paper", type=Path, metavar="YAML",
+                        help="add the papers' numbers from this YAML; paper.yaml without such a file in the working "
+                        "folder is the shipped properties/paper.yaml")
+    parser.add_argument("--baseline", help="model to compare against (default: the best of GRU4Rec, SASRec, "
+                        "BERT4Rec, FDSA present, per dataset)")
+    parser.add_argument("--metric", default="ndcg@10", help="metric of the improvement column and the plot")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return parser
+
+
+def table_command(argv: Sequence[str], prog: str) -> None:
+    """``table``: build the table of result records and write it in the formats asked for."""
+    args = build_table_parser(prog).parse_args(argv)
+    if args.by.replace(" ", "") != "model,dataset":
+        raise ConfigError(f"--by {args.by} is not supported — use --by model,dataset (models as rows)")
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in table.FORMATS]
+    if unknown or not formats:
+        raise ConfigError(f"unknown --format {','.join(unknown) or args.format!r} — use some of {','.join(table.FORMATS)}")
+    if set(formats) - {"md"} and args.out is None:
+        raise ConfigError("--format csv, png and tex write files — add --out PREFIX")
+    metrics = [table.metric_key(m) for m in args.metrics.split(",") if m.strip()]
+    paper = args.paper
+    if paper is not None and not paper.is_file() and paper == Path(table.PAPER_FILE.name):
+        paper = table.PAPER_FILE
+    built = table.build_table(table.load_records(args.results), metrics, table.metric_key(args.metric),
+                              args.baseline, paper)
+    print(table.render_md(built), end="")
+    if args.out is not None:
+        for path in table.write_outputs(built, formats, args.out):
+            print(f"wrote {path}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "recbole-qrec") -> None:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) through the one error path."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = debug_requested(argv)
     try:
         with user_errors(debug):
-            run_command(argv, prog)
+            if argv[:1] == ["table"]:
+                table_command(argv[1:], prog)
+            else:
+                run_command(argv, prog)
     except KeyboardInterrupt:
         if debug:
             raise

@@ -43,7 +43,7 @@ LAYERS = (
     ("config",),
     ("qbert4rec_stage",),
     ("tokenize",),
-    ("results",),
+    ("results", "table"),
     ("quick_start",),
     ("cli",),
     ("__main__",),

@@ -13,6 +13,7 @@ from recbole.data.dataloader import AbstractDataLoader
 from recbole.data.dataset import Dataset
 
 import recbole_qrec.data.dataset as qrec_datasets
+from recbole_qrec.data.dataloader import TensorTrainDataLoader, check_data_path_mode
 from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.errors import ConfigError
 
@@ -32,8 +33,11 @@ def create_dataset(config: Config, source_configs: Sequence[Config] = ()) -> Dat
 def data_preparation(config: Config, dataset: Dataset) -> tuple[AbstractDataLoader, AbstractDataLoader,
                                                                   AbstractDataLoader, dict[str, AbstractDataLoader]]:
     """RecBole's train/valid/test loaders of ``dataset``, and the training loader of each pretraining source
-    (``source name -> loader``; empty without sources), to pass to the trainer's ``fit(pretrain_data=...)``."""
+    (``source name -> loader``; empty without sources), to pass to the trainer's ``fit(pretrain_data=...)``.
+    With ``data_path_mode: gpu`` the target's training loader is a :class:`TensorTrainDataLoader`."""
     train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
+    if check_data_path_mode(config) == "gpu":
+        train_data = TensorTrainDataLoader(config, train_data._dataset, train_data._sampler, shuffle=train_data.shuffle)
     sources = dataset.sources if isinstance(dataset, SemanticIdDataset) else {}
     pretrain_data = {}
     for name, source in sources.items():

@@ -1,0 +1,362 @@
+"""Side-by-side tables and plots of result records: ``recbole-qrec table [results files ...]``.
+
+Records (``results/results.jsonl`` lines, or a JSON file holding a list of them or ``{"results": [...]}``) that
+share model, dataset and ``config_hash`` are seeds of one configuration; a model's cell on a dataset is the mean
+± std of its test metrics over those seeds (the configuration with the most seeds, then the latest, when a model
+has several). Rows are models, datasets sit side by side; the best value of each column is marked, the second
+too, and each model's relative improvement over the best baseline is given per dataset, with a paired t-test
+over matching seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recbole_qrec.errors import ConfigError, MalformedDataError, single_line
+from recbole_qrec.resources import PROPERTIES_DIR
+
+BASELINES = ("GRU4Rec", "SASRec", "BERT4Rec", "FDSA")
+DEFAULT_METRICS = ("hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10")
+FORMATS = ("md", "csv", "png", "tex")
+PAPER_FILE = PROPERTIES_DIR / "paper.yaml"
+SIGNIFICANCE = 0.05
+MARK = "†"
+METRIC = re.compile(r"^(?P<name>[a-z]+)@(?P<k>[1-9]\d*)$")
+ALIASES = {"hr": "hit"}
+LABELS = {"hit": "HR", "ndcg": "NDCG"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A model's metric on a dataset over the seeds of one configuration."""
+
+    by_seed: dict[int, float]
+
+    @property
+    def n(self) -> int:
+        return len(self.by_seed)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.by_seed.values())
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation; None for one seed."""
+        return statistics.stdev(self.by_seed.values()) if self.n > 1 else None
+
+
+@dataclass
+class Table:
+    """Cells by ``(model, dataset)`` and metric, with each dataset's baseline and the published numbers."""
+
+    models: list[str]
+    datasets: list[str]
+    metrics: list[str]
+    key_metric: str
+    cells: dict[tuple[str, str], dict[str, Cell]]
+    baselines: dict[str, str]
+    paper: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def n(self, model: str, dataset: str) -> int | None:
+        cells = self.cells.get((model, dataset))
+        return next(iter(cells.values())).n if cells else None
+
+    def paper_metrics(self) -> list[str]:
+        return [m for m in self.metrics if any(m in values for values in self.paper.values())]
+
+    def rank(self, model: str, dataset: str, metric: str) -> int | None:
+        """1 for the column's best mean, 2 for the second best, else None."""
+        cell = self.cells.get((model, dataset), {}).get(metric)
+        if cell is None:
+            return None
+        column = sorted({round(c[metric].mean, 12) for (_, d), c in self.cells.items() if d == dataset}, reverse=True)
+        place = column.index(round(cell.mean, 12)) + 1
+        return place if place <= 2 else None
+
+    def improvement(self, model: str, dataset: str) -> float | None:
+        """Relative improvement (%) of ``model`` over the dataset's baseline on the key metric."""
+        base = self.cells.get((self.baselines.get(dataset, ""), dataset), {}).get(self.key_metric)
+        cell = self.cells.get((model, dataset), {}).get(self.key_metric)
+        if base is None or cell is None or base.mean == 0:
+            return None
+        return 100 * (cell.mean - base.mean) / base.mean
+
+    def p_value(self, model: str, dataset: str, metric: str) -> float | None:
+        """Paired t-test over the seeds that ``model`` and the baseline share (at least 2), else None."""
+        baseline = self.baselines.get(dataset)
+        if model == baseline:
+            return None
+        base = self.cells.get((baseline or "", dataset), {}).get(metric)
+        cell = self.cells.get((model, dataset), {}).get(metric)
+        if base is None or cell is None:
+            return None
+        seeds = sorted(set(base.by_seed) & set(cell.by_seed))
+        if len(seeds) < 2:
+            return None
+        from scipy.stats import ttest_rel
+
+        p = float(ttest_rel([cell.by_seed[s] for s in seeds], [base.by_seed[s] for s in seeds]).pvalue)
+        return None if math.isnan(p) else p
+
+
+def metric_key(name: str) -> str:
+    """RecBole's metric key for a name given on the command line (``HR@10`` → ``hit@10``)."""
+    match = METRIC.match(name.strip().lower())
+    if not match:
+        raise ConfigError(f"metric {name!r} is not of the form name@k — use e.g. hr@10 or ndcg@10")
+    return f"{ALIASES.get(match['name'], match['name'])}@{match['k']}"
+
+
+def metric_label(key: str) -> str:
+    name, k = key.split("@")
+    return f"{LABELS.get(name, name.upper())}@{k}"
+
+
+def load_records(paths: list[Path]) -> list[dict[str, Any]]:
+    """Result records from ``.jsonl`` files (one per line) or JSON files (a list, or ``{"results": [...]}``)."""
+    records: list[dict[str, Any]] = []
+    for path in paths:
+        if not path.is_file():
+            raise ConfigError(f"results file {path} not found — pass results.jsonl files written by recbole-qrec runs")
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix == ".jsonl":
+                found = [(f"line {i}", json.loads(line)) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+            else:
+                data = json.loads(text)
+                data = data.get("results", data) if isinstance(data, dict) else data
+                found = [(f"record {i}", r) for i, r in enumerate(data if isinstance(data, list) else [data], 1)]
+        except json.JSONDecodeError as err:
+            raise MalformedDataError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}) — pass results.jsonl "
+                                     "files written by recbole-qrec runs") from None
+        for where, record in found:
+            if not (isinstance(record, dict) and isinstance(record.get("test"), dict)
+                    and all(key in record for key in ("model", "dataset"))):
+                raise MalformedDataError(f"{path} {where} is not a result record (model, dataset, test) — pass "
+                                         "results.jsonl files written by recbole-qrec runs")
+            records.append(record)
+    if not records:
+        raise MalformedDataError(f"no result records in {', '.join(map(str, paths))} — run a model first "
+                                 "(recbole-qrec --model=SASRec) or pass other results files")
+    return records
+
+
+def configuration_cells(records: list[dict[str, Any]], metrics: list[str]) -> dict[tuple[str, str], dict[str, Cell]]:
+    """Per ``(model, dataset)``: the metrics of one configuration over its seeds (a repeated seed: the later record)."""
+    groups: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = {}
+    for record in sorted(records, key=lambda r: str(r.get("finished_at", ""))):
+        key = (record["model"], record["dataset"], str(record.get("config_hash")))
+        groups.setdefault(key, {})[record.get("seed")] = record
+    chosen: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    for (model, dataset, _), seeds in groups.items():  # a tie goes to the configuration first run later
+        if len(seeds) >= len(chosen.get((model, dataset), {})):
+            chosen[(model, dataset)] = seeds
+    cells: dict[tuple[str, str], dict[str, Cell]] = {}
+    for (model, dataset), seeds in chosen.items():
+        for metric in metrics:
+            missing = [r for r in seeds.values() if metric not in r["test"]]
+            if missing:
+                raise ConfigError(f"{model} on {dataset} has no test metric {metric} (it has "
+                                  f"{', '.join(sorted(missing[0]['test']))}) — choose --metrics among those")
+        cells[(model, dataset)] = {m: Cell({s: float(r["test"][m]) for s, r in seeds.items()}) for m in metrics}
+    return cells
+
+
+def load_paper(path: Path) -> tuple[dict[tuple[str, str], dict[str, float]], dict[str, str]]:
+    """Published numbers by ``(model, dataset)`` and each model's source, from a paper YAML (see properties/paper.yaml)."""
+    if not path.is_file():
+        raise ConfigError(f"paper file {path} not found — pass a YAML like recbole_qrec/properties/paper.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise MalformedDataError(f"{path} is not valid YAML ({single_line(err)}) — fix it or drop --paper") from None
+    values: dict[tuple[str, str], dict[str, float]] = {}
+    sources: dict[str, str] = {}
+    try:
+        for model, entry in data.items():
+            sources[model] = str(entry["source"])
+            for dataset, metrics in entry["results"].items():
+                values[(model, dataset)] = {metric_key(m): float(v) for m, v in metrics.items()}
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise MalformedDataError(f"{path} is not model → {{source, results: dataset → metric → value}} — "
+                                 "see recbole_qrec/properties/paper.yaml") from None
+    return values, sources
+
+
+def build_table(records: list[dict[str, Any]], metrics: list[str], key_metric: str = "ndcg@10",
+                baseline: str | None = None, paper: Path | None = None) -> Table:
+    """The table of ``records``: models in first-seen order, each dataset's baseline (``baseline``, else the best
+    of GRU4Rec/SASRec/BERT4Rec/FDSA present on ``key_metric``), and the published numbers of ``paper``."""
+    cells = configuration_cells(records, sorted(set(metrics) | {key_metric}))
+    models = list(dict.fromkeys(r["model"] for r in records))
+    datasets = list(dict.fromkeys(r["dataset"] for r in records))
+    if baseline is not None and baseline not in models:
+        raise ConfigError(f"baseline {baseline} has no results — choose one of {', '.join(models)}")
+    baselines: dict[str, str] = {}
+    for dataset in datasets:
+        candidates = [baseline] if baseline else [m for m in BASELINES if (m, dataset) in cells]
+        present = [m for m in candidates if (m, dataset) in cells]
+        if present:
+            baselines[dataset] = max(present, key=lambda m: cells[(m, dataset)][key_metric].mean)
+    table = Table(models, datasets, list(metrics), key_metric, cells, baselines)
+    if paper is not None:
+        values, sources = load_paper(paper)
+        table.paper = {key: v for key, v in values.items() if key[1] in datasets}
+        table.sources = {m: s for m, s in sources.items() if any(key[0] == m for key in table.paper)}
+        table.models += [m for m in table.sources if m not in table.models]
+    return table
+
+
+def value_text(cell: Cell, tex: bool = False) -> str:
+    if cell.std is None:
+        return f"{cell.mean:.4f}"
+    return f"{cell.mean:.4f}{{\\scriptsize$\\pm${cell.std:.4f}}}" if tex else f"{cell.mean:.4f} ± {cell.std:.4f}"
+
+
+def display_rows(table: Table, tex: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the md/tex table: per dataset, n, the metrics, Δ and the paper's numbers."""
+    bold, under = (("\\textbf{%s}", "\\underline{%s}") if tex else ("**%s**", "<u>%s</u>"))
+    mark = "$^\\dagger$" if tex else MARK
+    percent = "\\%" if tex else "%"
+    paper_metrics = table.paper_metrics()
+    header = ["Model"]
+    for dataset in table.datasets:
+        header += [f"{dataset} n", *(f"{dataset} {metric_label(m)}" for m in table.metrics), f"{dataset} Δ"]
+        header += [f"{dataset} paper {metric_label(m)}" for m in paper_metrics]
+    rows = []
+    for model in table.models:
+        row = [model]
+        for dataset in table.datasets:
+            n = table.n(model, dataset)
+            row.append(str(n) if n else "")
+            for metric in table.metrics:
+                cell = table.cells.get((model, dataset), {}).get(metric)
+                text = value_text(cell, tex) if cell else ""
+                place = table.rank(model, dataset, metric)
+                text = bold % text if place == 1 else under % text if place == 2 else text
+                p = table.p_value(model, dataset, metric)
+                row.append(text + (mark if p is not None and p < SIGNIFICANCE else ""))
+            gain = table.improvement(model, dataset)
+            base = model == table.baselines.get(dataset)
+            row.append("baseline" if base else f"{gain:+.1f}{percent}" if gain is not None else "")
+            row += [f"{table.paper[(model, dataset)][m]:.4f}" if m in table.paper.get((model, dataset), {}) else ""
+                    for m in paper_metrics]
+        rows.append(row)
+    return header, rows
+
+
+def notes(table: Table, tex: bool = False) -> list[str]:
+    """What the marks and columns mean, and where the papers' numbers come from."""
+    bases = ", ".join(f"{table.baselines[d]} on {d}" for d in table.datasets if d in table.baselines) or "none"
+    lines = [(f"Test metrics, mean ± std over n seeds (std when n > 1); best per column in bold, second underlined. "
+              f"Δ: relative improvement in {metric_label(table.key_metric)} over the baseline ({bases}). "
+              f"{MARK}: p < {SIGNIFICANCE} in a paired t-test over the seeds shared with the baseline.")]
+    lines += [f"Paper ({model}): {source}" for model, source in table.sources.items()]
+    return [tex_escape(line) for line in lines] if tex else lines
+
+
+def tex_escape(text: str) -> str:
+    return (text.replace("%", "\\%").replace("_", "\\_").replace("&", "\\&").replace("±", "$\\pm$")
+            .replace(MARK, "$^\\dagger$").replace("Δ", "$\\Delta$"))
+
+
+def render_md(table: Table) -> str:
+    header, rows = display_rows(table)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n\n" + "\n\n".join(notes(table)) + "\n"
+
+
+def render_csv(table: Table) -> str:
+    """Plain numbers: per dataset n, each metric's mean, std and p-value against the baseline, Δ %, the paper's."""
+    paper_metrics = table.paper_metrics()
+    header = ["model"]
+    for d in table.datasets:
+        header += [f"{d} n"] + [f"{d} {m} {part}" for m in table.metrics for part in ("mean", "std", "p")]
+        header += [f"{d} improvement %", *(f"{d} paper {m}" for m in paper_metrics)]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for model in table.models:
+        row: list[Any] = [model]
+        for d in table.datasets:
+            row.append(table.n(model, d) or "")
+            for m in table.metrics:
+                cell = table.cells.get((model, d), {}).get(m)
+                p = table.p_value(model, d, m)
+                row += [f"{cell.mean:.6f}" if cell else "", f"{cell.std:.6f}" if cell and cell.std is not None else "",
+                        f"{p:.4g}" if p is not None else ""]
+            gain = table.improvement(model, d)
+            row.append(f"{gain:.2f}" if gain is not None else "")
+            row += [table.paper.get((model, d), {}).get(m, "") for m in paper_metrics]
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def render_tex(table: Table) -> str:
+    """A booktabs ``tabular``: one column group per dataset."""
+    header, rows = display_rows(table, tex=True)
+    width = (len(header) - 1) // len(table.datasets)
+    groups = " & ".join(f"\\multicolumn{{{width}}}{{c}}{{{tex_escape(d)}}}" for d in table.datasets)
+    rules = " ".join(f"\\cmidrule(lr){{{2 + i * width}-{1 + (i + 1) * width}}}" for i in range(len(table.datasets)))
+    names = [tex_escape(h.split(" ", 1)[1]) for h in header[1:]]
+    lines = [f"\\begin{{tabular}}{{l{'r' * (len(header) - 1)}}}", "\\toprule", f" & {groups} \\\\", rules,
+             "Model & " + " & ".join(names) + " \\\\", "\\midrule"]
+    lines += [" & ".join([tex_escape(row[0]), *row[1:]]) + " \\\\" for row in rows]
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines + [f"% {line}" for line in notes(table, tex=True)]) + "\n"
+
+
+def plot_bars(table: Table, path: Path, metric: str | None = None) -> Path:
+    """Grouped bars of ``metric`` (default the key metric): one group per dataset, one bar per model with its std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = metric or table.key_metric
+    models = [m for m in table.models if any((m, d) in table.cells for d in table.datasets)]
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=150)
+    for i, model in enumerate(models):
+        cells = [table.cells.get((model, d), {}).get(metric) for d in table.datasets]
+        stds = [c.std if c and c.std is not None else 0.0 for c in cells]
+        ax.bar([x - 0.4 + width * (i + 0.5) for x in range(len(table.datasets))],
+               [c.mean if c else 0.0 for c in cells], width, yerr=stds if any(stds) else None, capsize=2, label=model)
+    ax.set_xticks(range(len(table.datasets)), table.datasets)
+    ax.set_xlabel("Dataset")
+    ax.set_ylabel(f"Test {metric_label(metric)} (0–1, mean ± std over seeds)")
+    ax.set_title(f"Test {metric_label(metric)} by model and dataset")
+    ax.legend(title="Model", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(table: Table, formats: list[str], prefix: Path, plot_metric: str | None = None) -> list[Path]:
+    """Write ``<prefix>.<format>`` for each format; returns the paths written."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    renderers = {"md": render_md, "csv": render_csv, "tex": render_tex}
+    for fmt in formats:
+        path = prefix.with_name(f"{prefix.name}.{fmt}")
+        if fmt == "png":
+            plot_bars(table, path, plot_metric)
+        else:
+            path.write_text(renderers[fmt](table), encoding="utf-8")
+        written.append(path)
+    return written

@@ -1,0 +1,187 @@
+"""``recbole-qrec table``: hand-made result records with known numbers, rendered as md, CSV, TeX and PNG."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from recbole_qrec import table
+from recbole_qrec.cli import main
+
+# (model, dataset, config_hash, seed, hit@10, ndcg@10)
+RUNS = [
+    ("SASRec", "Instruments", "s1", 1, 0.20, 0.10),
+    ("SASRec", "Instruments", "s1", 2, 0.21, 0.11),
+    ("SASRec", "Instruments", "s1", 3, 0.22, 0.12),
+    ("GRU4Rec", "Instruments", "g1", 1, 0.18, 0.080),
+    ("GRU4Rec", "Instruments", "g1", 2, 0.20, 0.095),
+    ("GRU4Rec", "Instruments", "g1", 3, 0.19, 0.100),
+    ("QBert4Rec", "Instruments", "q1", 1, 0.25, 0.130),
+    ("QBert4Rec", "Instruments", "q1", 2, 0.27, 0.141),
+    ("QBert4Rec", "Instruments", "q1", 3, 0.26, 0.152),
+    ("SASRec", "Arts", "s2", 1, 0.10, 0.050),
+    ("GRU4Rec", "Arts", "g-old", 1, 0.01, 0.010),  # a configuration with fewer seeds: not shown
+    ("GRU4Rec", "Arts", "g2", 1, 0.09, 0.040),
+    ("GRU4Rec", "Arts", "g2", 2, 0.09, 0.042),
+    ("QBert4Rec", "Arts", "q2", 1, 0.12, 0.060),
+]
+PAPER = """\
+QBert4Rec:
+  source: "Q-Bert4Rec, arXiv 2512.02474"
+  results:
+    Instruments: {hit@10: 0.1418, ndcg@10: 0.1077}
+    Games: {hit@10: 0.1, ndcg@10: 0.05}
+MACRec:
+  source: "MACRec, arXiv 2511.15122"
+  results:
+    Arts: {hit@10: 0.1329, ndcg@10: 0.0953}
+"""
+
+
+def record(model: str, dataset: str, config_hash: str, seed: int, hit: float, ndcg: float) -> dict:
+    return {"model": model, "dataset": dataset, "config_hash": config_hash, "seed": seed,
+            "finished_at": f"2026-01-01T00:00:{seed:02d}+00:00", "test": {"hit@10": hit, "ndcg@10": ndcg}}
+
+
+@pytest.fixture()
+def results(tmp_path: Path) -> Path:
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(record(*run)) + "\n" for run in RUNS), encoding="utf-8")
+    return path
+
+
+def run_table(args: list[str]) -> tuple[str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        main(["table", *args])
+    return out.getvalue(), err.getvalue()
+
+
+def md_rows(md: str) -> dict[str, list[str]]:
+    rows = [line.strip("|").split(" | ") for line in md.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in rows[0]]
+    return {row[0].strip(): dict(zip(header, (cell.strip() for cell in row))) for row in rows[1:]}
+
+
+def test_markdown_marks_means_and_improvement(results: Path) -> None:
+    md, _ = run_table([str(results), "--metrics", "hr@10,ndcg@10"])
+    rows = md_rows(md)
+    assert list(rows) == ["SASRec", "GRU4Rec", "QBert4Rec"]
+    qbert, sasrec, gru = rows["QBert4Rec"], rows["SASRec"], rows["GRU4Rec"]
+    assert qbert["Instruments NDCG@10"] == "**0.1410 ± 0.0110**†"
+    assert sasrec["Instruments NDCG@10"] == "<u>0.1100 ± 0.0100</u>"
+    assert gru["Instruments NDCG@10"].startswith("0.0917 ± 0.0104")
+    assert qbert["Instruments HR@10"] == "**0.2600 ± 0.0100**†"
+    assert sasrec["Instruments n"] == "3"
+    assert (qbert["Instruments Δ"], gru["Instruments Δ"], sasrec["Instruments Δ"]) == ("+28.2%", "-16.7%", "baseline")
+    # one seed: no std; the configuration with the most seeds wins
+    assert qbert["Arts NDCG@10"] == "**0.0600**"
+    assert sasrec["Arts NDCG@10"] == "<u>0.0500</u>"
+    assert (gru["Arts n"], gru["Arts NDCG@10"]) == ("2", "0.0410 ± 0.0014")
+    assert qbert["Arts Δ"] == "+20.0%"
+    assert "SASRec on Instruments, SASRec on Arts" in md
+
+
+def test_named_baseline_and_significance(results: Path) -> None:
+    built = table.build_table(table.load_records([results]), ["hit@10", "ndcg@10"], baseline="GRU4Rec")
+    assert built.baselines == {"Instruments": "GRU4Rec", "Arts": "GRU4Rec"}
+    assert built.improvement("SASRec", "Instruments") == pytest.approx(100 * (0.11 - 0.275 / 3) / (0.275 / 3))
+    assert built.p_value("QBert4Rec", "Instruments", "ndcg@10") < 0.05
+    assert built.p_value("GRU4Rec", "Instruments", "ndcg@10") is None  # the baseline itself
+    assert built.p_value("QBert4Rec", "Arts", "ndcg@10") is None  # shares one seed with the baseline
+
+
+def test_paper_columns_csv_and_tex(results: Path, tmp_path: Path) -> None:
+    paper = tmp_path / "paper.yaml"
+    paper.write_text(PAPER, encoding="utf-8")
+    prefix = tmp_path / "out" / "main"
+    md, err = run_table([str(results), "--metrics", "hr@10,ndcg@10", "--paper", str(paper),
+                         "--format", "md,csv,tex", "--out", str(prefix)])
+    rows = md_rows(md)
+    assert rows["QBert4Rec"]["Instruments paper NDCG@10"] == "0.1077"
+    assert rows["MACRec"]["Arts paper HR@10"] == "0.1329"
+    assert rows["MACRec"]["Instruments NDCG@10"] == ""
+    assert "Games" not in md.splitlines()[0]  # datasets without results are left out
+    assert "Paper (MACRec): MACRec, arXiv 2511.15122" in md
+    assert prefix.with_suffix(".md").read_text(encoding="utf-8") == md
+    assert f"wrote {prefix}.tex" in err
+
+    csv_rows = {row["model"]: row for row in csv.DictReader(io.StringIO(prefix.with_suffix(".csv").read_text()))}
+    assert float(csv_rows["QBert4Rec"]["Instruments ndcg@10 mean"]) == pytest.approx(0.141)
+    assert float(csv_rows["QBert4Rec"]["Instruments ndcg@10 std"]) == pytest.approx(0.011)
+    assert float(csv_rows["QBert4Rec"]["Instruments ndcg@10 p"]) < 0.05
+    assert float(csv_rows["QBert4Rec"]["Instruments improvement %"]) == pytest.approx(28.18, abs=0.01)
+    assert csv_rows["SASRec"]["Arts ndcg@10 std"] == ""
+
+    tex = prefix.with_suffix(".tex").read_text(encoding="utf-8")
+    assert "\\multicolumn{6}{c}{Instruments} & \\multicolumn{6}{c}{Arts}" in tex
+    assert "\\textbf{0.1410{\\scriptsize$\\pm$0.0110}}$^\\dagger$" in tex
+    assert "\\underline{0.1100{\\scriptsize$\\pm$0.0100}}" in tex
+    assert "+28.2\\%" in tex
+    assert tex.startswith("\\begin{tabular}{lrrrrrrrrrrrr}") and "\\end{tabular}" in tex
+
+
+def test_shipped_paper_yaml() -> None:
+    values, sources = table.load_paper(table.PAPER_FILE)
+    assert values[("QBert4Rec", "Arts")] == {"hit@10": 0.1419, "ndcg@10": 0.1039}
+    assert values[("TIGER", "Games")] == {"hit@10": 0.0857, "ndcg@10": 0.0453}
+    assert values[("MACRec", "Instruments")] == {"hit@10": 0.1363, "ndcg@10": 0.1046}
+    assert "2512.02474" in sources["QBert4Rec"] and "ICLR 2025" in sources["MQL4GRec"]
+
+
+def test_png_size(results: Path, tmp_path: Path) -> None:
+    import matplotlib.image
+
+    prefix = tmp_path / "bars"
+    run_table([str(results), "--format", "png", "--out", str(prefix), "--metrics", "hr@10,ndcg@10"])
+    png = prefix.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.image.imread(png).shape[:2] == (600, 1200)
+
+
+@pytest.mark.parametrize(("content", "args", "message"), [
+    (None, [], "not found — pass results.jsonl"),
+    ('{"model": "SASRec"\n', [], "is not valid JSON"),
+    ('{"model": "SASRec", "dataset": "Arts"}\n', [], "line 1 is not a result record"),
+    ("", [], "no result records"),
+    (json.dumps(record(*RUNS[0])) + "\n", ["--metrics", "hr@20"], "has no test metric hit@20"),
+    (json.dumps(record(*RUNS[0])) + "\n", ["--metrics", "recall"], "is not of the form name@k"),
+    (json.dumps(record(*RUNS[0])) + "\n", ["--format", "png"], "add --out PREFIX"),
+    (json.dumps(record(*RUNS[0])) + "\n", ["--metrics", "ndcg@10", "--baseline", "FDSA"], "baseline FDSA has no results"),
+    (json.dumps(record(*RUNS[0])) + "\n", ["--metrics", "ndcg@10", "--by", "dataset,model"], "use --by model,dataset"),
+    (json.dumps(record(*RUNS[0])) + "\n", ["--metrics", "ndcg@10", "--paper", "missing.yaml"], "paper file"),
+])
+def test_bad_input_is_one_line(tmp_path: Path, content: str | None, args: list[str], message: str) -> None:
+    path = tmp_path / "results.jsonl"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            main(["table", str(path), *args])
+    assert exit_info.value.code == 2
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and " — " in lines[0] and message in lines[0]
+    assert out.getvalue() == ""
+
+
+def test_shipped_paper_by_name(results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no paper.yaml here: the shipped one is read
+    md, _ = run_table([str(results), "--metrics", "hr@10,ndcg@10", "--paper", "paper.yaml"])
+    assert md_rows(md)["MACRec"]["Arts paper NDCG@10"] == "0.0953"
+
+
+def test_python_m_entry_point(results: Path, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "recbole_qrec", "table", str(results), "--metrics", "ndcg@10"],
+                          cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and "| QBert4Rec |" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "recbole_qrec", "table", str(tmp_path / "none.jsonl")],
+                         cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: results file") and bad.stderr.count("\n") == 1
