@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from common import build_model, load_data, machine_name, make_config, prepare_data, synchronize
-from recbole_qrec.data.sid import SID_SUFFIX, sid_metadata_path
+from recbole_qrec.data.sid import sid_metadata_path, sid_path
 from recbole_qrec.fileio import atomic_open, write_json_atomic
 from recbole_qrec.tokenize import ensure_semantic_ids
 
@@ -87,7 +87,7 @@ def stage12_parameters(config, dataset) -> dict[str, Any]:
 def injection_depths(config) -> tuple[list[int], float]:
     """Items per injection depth ``0..injection_layers`` (real items only) and the median depth, as the tokenize
     stage recorded them."""
-    sid_file = Path(config["data_path"]) / f"{config['dataset']}.{SID_SUFFIX}"
+    sid_file = sid_path(config["data_path"], config["dataset"])
     histogram = json.loads(sid_metadata_path(sid_file).read_text(encoding="utf-8"))["depth_histogram"][config["dataset"]]
     depths = torch.repeat_interleave(torch.arange(len(histogram)), torch.tensor(histogram))
     return histogram, float(depths.float().median())

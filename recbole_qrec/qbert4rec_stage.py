@@ -38,7 +38,7 @@ from recbole.data.dataset import SequentialDataset
 import recbole_qrec.quantization
 from recbole_qrec.data import item_features
 from recbole_qrec.data.item_features import ItemFeatures, concat_features, load_item_features, load_source_features
-from recbole_qrec.data.sid import SID_SUFFIX, sid_metadata_path, write_sid_file
+from recbole_qrec.data.sid import sid_metadata_path, sid_path, write_sid_file
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.fileio import write_json_atomic
 from recbole_qrec.model.qbert4rec_modules import contrastive, cross_attention_block, injection, injection_training
@@ -67,7 +67,7 @@ class StageInputs:
     folders: dict[str, Path]
 
     def sid_file(self, domain: str) -> Path:
-        return self.folders[domain] / f"{domain}.{SID_SUFFIX}"
+        return sid_path(self.folders[domain], domain)
 
 
 def build_injection(config: Config, features: ItemFeatures) -> CrossModalInjection:

@@ -39,7 +39,7 @@ from recbole_qrec.data import check_dataset
 from recbole_qrec.data.atomic_files import item_tokens
 from recbole_qrec.data.cross_domain import pretrain_dataset_names, source_settings
 from recbole_qrec.data.features import load_features
-from recbole_qrec.data.sid import SID_SUFFIX, write_sid_file
+from recbole_qrec.data.sid import sid_metadata_path, sid_path, write_sid_file
 from recbole_qrec.errors import DEBUG_EPILOG, ConfigError, MalformedDataError, user_errors
 from recbole_qrec.fileio import write_json_atomic
 from recbole_qrec.resources import PROPERTIES_DIR
@@ -82,13 +82,13 @@ def tokenize_dataset(
     device: str | None = None,
 ) -> TokenizerResult:
     """Fit the tokenizer on the dataset's item features and write ``<dataset>.sid`` and its report."""
-    folder = Path(data_path) / dataset
     items = integer_item_ids(data_path, dataset)
     features = [load_features(path, n_items=items[-1] + 1)[items] for path in feature_files]
     result = fit_tokenizer(features, config, device)
-    write_sid_file(folder / f"{dataset}.{SID_SUFFIX}", [str(item) for item in items], result.codes)
+    sid_file = sid_path(Path(data_path) / dataset, dataset)
+    write_sid_file(sid_file, [str(item) for item in items], result.codes)
     report = {**result.report, "dataset": dataset, "features": [str(p) for p in feature_files], "config": config.to_dict()}
-    write_json_atomic(folder / f"{dataset}.{SID_SUFFIX}.json", report)
+    write_json_atomic(sid_metadata_path(sid_file), report)
     return result
 
 

@@ -88,7 +88,7 @@ def test_sid_file_source_reads_the_tokenizer_output(prepared, work, amazon_dir):
     config = subset_config(work / "dataset", sid_source="file")
     dataset = create_dataset(config)
     model = TIGER(config, dataset)
-    assert torch.equal(model.item_codes, load_code_table(dataset, sid_path(dataset), "sid", pad_code=0))
+    assert torch.equal(model.item_codes, load_code_table(dataset, sid_path(dataset.dataset_path, dataset.dataset_name), "sid", pad_code=0))
     assert model.vocab.levels == 4 and model.vocab.codebook_size <= 64
 
 

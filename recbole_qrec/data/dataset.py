@@ -20,7 +20,7 @@ from recbole.config import Config
 from recbole.data.dataset import SequentialDataset
 from torch import Tensor
 
-from recbole_qrec.data.sid import SID_FIELD, SID_FILE, SID_SUFFIX, load_code_table
+from recbole_qrec.data.sid import SID_FIELD, SID_FILE, load_code_table, sid_path
 
 
 class SemanticIdDataset(SequentialDataset):
@@ -44,8 +44,9 @@ class SemanticIdDataset(SequentialDataset):
 
     def read_code_table(self, field: str) -> Tensor:
         """``LongTensor[n_items, L]`` of ``field``, padding row 0 all zeros."""
-        suffix = SID_SUFFIX if field == SID_FIELD else "item"
-        return load_code_table(self, Path(self.dataset_path) / f"{self.dataset_name}.{suffix}", field, pad_code=0)
+        folder = Path(self.dataset_path)
+        path = sid_path(folder, self.dataset_name) if field == SID_FIELD else folder / f"{self.dataset_name}.item"
+        return load_code_table(self, path, field, pad_code=0)
 
     def source_code_tables(self) -> dict[str, dict[str, Tensor]]:
         """``source name -> field -> codes`` of the pretraining sources, in ``pretrain_datasets`` order."""

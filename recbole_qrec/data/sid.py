@@ -113,9 +113,10 @@ def with_padding_row(values: torch.Tensor) -> torch.Tensor:
     return torch.cat([values.new_zeros((1, *values.shape[1:])), values])
 
 
-def sid_path(dataset: Dataset) -> Path:
-    """Where the tokenizer writes the semantic IDs of ``dataset``."""
-    return Path(dataset.dataset_path) / f"{dataset.dataset_name}.{SID_SUFFIX}"
+def sid_path(folder: str | Path, dataset: str) -> Path:
+    """Where a tokenize stage writes the semantic IDs of ``dataset``: ``<folder>/<dataset>.sid`` (``folder`` is the
+    dataset's own folder, RecBole's ``data_path``)."""
+    return Path(folder) / f"{dataset}.{SID_SUFFIX}"
 
 
 def sid_metadata_path(sid_file: Path) -> Path:
