@@ -286,8 +286,14 @@ def test_a_new_dataset_declares_its_content_fields_from_the_item_header(my_shop)
 
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize(("model", "settings"), [("TIGER", TIGER_TINY), ("FDSA", FAST)])
-def test_a_new_dataset_trains_with_no_hand_written_yaml(model, settings, my_shop, tmp_path, monkeypatch):
+def test_a_new_dataset_trains_with_no_hand_written_yaml(model, settings, my_shop, instruments_subset, tmp_path,
+                                                         monkeypatch):
     monkeypatch.chdir(tmp_path)
     record = run_recbole_qrec(model, "MyShop", config_dict={"data_path": "dataset", **settings})
     assert record["model"] == model and record["dataset"] == "MyShop" and record["epochs"] == 1
     assert all(0.0 <= value <= 1.0 for value in record["test"].values())
+    # The same files under the bundled name, whose YAML declares the content fields, give the same run.
+    convert("Instruments", src=instruments_subset, out=tmp_path / "dataset")
+    bundled = run_recbole_qrec(model, "Instruments",
+                               config_dict={"data_path": "dataset", "allow_data_mismatch": True, **settings})
+    assert record["test"] == bundled["test"] and record["valid"] == bundled["valid"]
