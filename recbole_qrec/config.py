@@ -39,6 +39,7 @@ import recbole
 from recbole_qrec.compat import prepare_recbole
 from recbole_qrec.errors import ConfigError, QRecError
 from recbole_qrec.resources import PROPERTIES_DIR
+from recbole_qrec.trainer.schedule import check_lr_schedule
 from recbole_qrec.utils import get_model
 
 RECBOLE_PROPERTIES_DIR = Path(recbole.__file__).resolve().parent / "properties"
@@ -261,6 +262,13 @@ def check_matmul_precision(config: Config) -> None:
                           f"(torch.set_float32_matmul_precision), got {value!r} — e.g. --float32_matmul_precision=highest")
 
 
+def check_run_tags(config: Config) -> None:
+    """``run_tags`` is unset or a mapping of labels."""
+    tags = config["run_tags"]
+    if tags is not None and not isinstance(tags, dict):
+        raise ConfigError(f"run_tags must be a mapping of labels, got {tags!r} — e.g. --run_tags=\"{{'sweep': 's1'}}\"")
+
+
 class QRecConfig(Config):
     """RecBole's ``Config`` with recbole-qrec's defaults, model lookup and checks (layering: module docstring)."""
 
@@ -321,4 +329,6 @@ def build_config(
                           f"(recbole-qrec --model={model} --help lists the defaults)") from err
     check_time_field_loaded(config)
     check_matmul_precision(config)
+    check_lr_schedule(config)
+    check_run_tags(config)
     return config

@@ -3,11 +3,13 @@
 A record says what ran (model, dataset, the hash of every setting that can change a result), on
 which data (the dataset fingerprint from :func:`recbole_qrec.data.check_dataset`) and which code
 (git commit and whether the checkout had uncommitted changes), how long it took (fine-tuning and
-pretraining epochs counted apart) and what it scored on the validation and test splits.
+pretraining epochs counted apart), what it scored on the validation and test splits (and on validation after each
+evaluated epoch) and the labels it was given (``run_tags``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -89,15 +91,21 @@ def build_record(config: Config, trainer: Trainer, best_valid_score: float, best
         "test": {k: float(v) for k, v in test_result.items()},
         "checkpoint": trainer.saved_model_file if saved else None,
         "resumed_from": config["resume_checkpoint"],
+        "valid_curve": trainer.valid_curve,
+        "tags": dict(config["run_tags"] or {}),
     }
     check_finite(record)
     return record
 
 
 def append_result(record: dict[str, Any], results_dir: str | Path) -> Path:
-    """Append ``record`` as one JSON line to ``<results_dir>/results.jsonl`` (rewritten atomically)."""
+    """Append ``record`` as one JSON line to ``<results_dir>/results.jsonl`` (rewritten atomically, under an
+    exclusive lock of ``.results.jsonl.lock`` beside it, so runs finishing at once all keep their lines)."""
     path = Path(results_dir) / "results.jsonl"
-    previous = path.read_text(encoding="utf-8") if path.is_file() else ""
-    with atomic_open(path, "w", encoding="utf-8") as handle:
-        handle.write(previous + json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        previous = path.read_text(encoding="utf-8") if path.is_file() else ""
+        with atomic_open(path, "w", encoding="utf-8") as handle:
+            handle.write(previous + json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
     return path

@@ -4,6 +4,7 @@ fingerprint and the code's git state are recorded, and a non-finite metric is ne
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,30 @@ def test_a_non_finite_metric_is_never_recorded(bad, tmp_path):
     with pytest.raises(ValueError):
         append_result(record, tmp_path)
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_the_record_carries_its_tags_and_validation_curve(pretrained_run):
+    _, record = pretrained_run
+    assert record["tags"] == {}
+    assert [point["epoch"] for point in record["valid_curve"]] == [0]
+    assert record["valid_curve"][0]["ndcg@10"] == record["valid"]["ndcg@10"]
+
+
+def test_run_tags_change_no_config_hash():
+    assert config_hash(sasrec_config(run_tags={"sweep": "s1", "trial": 3})) == config_hash(sasrec_config())
+
+
+def append_many(results_dir: str, writer: int) -> None:
+    for index in range(20):
+        append_result({"writer": writer, "index": index}, results_dir)
+
+
+def test_runs_finishing_at_once_keep_every_record(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=append_many, args=(str(tmp_path), writer)) for writer in range(4)]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join()
+    lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert sorted((line["writer"], line["index"]) for line in lines) == [(w, i) for w in range(4) for i in range(20)]

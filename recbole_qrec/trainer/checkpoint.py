@@ -38,13 +38,14 @@ from torch import nn
 import recbole_qrec.trainer as qrec_trainers
 from recbole_qrec.errors import CheckpointError
 from recbole_qrec.fileio import atomic_path
+from recbole_qrec.trainer.schedule import LRScheduleMixin
 
-# Settings that change where or how verbosely a run happens, not what it computes: left out of a
+# Settings that change where, how verbosely or under which labels a run happens, not what it computes: left out of a
 # result's config hash and of the settings compared between a checkpoint and the run that loads it.
 RUN_LOCATION_KEYS = frozenset({
     "data_path", "checkpoint_dir", "results_dir", "resume_checkpoint", "data_fingerprint", "allow_data_mismatch",
     "device", "gpu_id", "use_gpu", "local_rank", "show_progress", "state", "worker", "log_wandb", "wandb_project",
-    "save_dataset", "dataset_save_path", "save_dataloaders", "dataloaders_save_path",
+    "save_dataset", "dataset_save_path", "save_dataloaders", "dataloaders_save_path", "run_tags",
 })
 # How a model is trained and evaluated, never its parameter shapes (RecBole's own argument groups).
 SCHEDULE_KEYS = frozenset(argument_list.general_arguments + argument_list.training_arguments
@@ -252,7 +253,8 @@ def keep_previous_version(path: Path) -> Path | None:
 class SafeCheckpointMixin:
     """Mixed in before a RecBole trainer: safe, verified, atomically written checkpoints and epoch timings.
 
-    ``epoch_seconds`` holds the training time of each fine-tuning epoch this trainer ran (RecBole's ``fit``).
+    ``epoch_seconds`` holds the training time of each fine-tuning epoch this trainer ran (RecBole's ``fit``) and
+    ``valid_curve`` one ``{"epoch": <epoch index>, <metric>: <value>, ...}`` entry per validation.
     Checkpoints written inside :meth:`checkpoints_kept_on_success` are removed again, and a checkpoint
     they overwrote restored, when the block raises (including ``KeyboardInterrupt``); outside such a block
     checkpoints are written as RecBole writes them (atomically here).
@@ -261,6 +263,7 @@ class SafeCheckpointMixin:
     def __init__(self, config, model) -> None:
         super().__init__(config, model)
         self.epoch_seconds: list[float] = []
+        self.valid_curve: list[dict[str, float | int]] = []
         # Inside checkpoints_kept_on_success: each checkpoint written -> its kept previous version (or None).
         self.written_checkpoints: dict[Path, Path | None] | None = None
 
@@ -268,6 +271,12 @@ class SafeCheckpointMixin:
         # RecBole's fit reports each epoch's training time here; a pretraining phase never calls it.
         self.epoch_seconds.append(e_time - s_time)
         return super()._generate_train_loss_output(epoch_idx, s_time, e_time, losses)
+
+    def _valid_epoch(self, valid_data: Any, show_progress: bool = False) -> tuple[float, dict[str, float]]:
+        valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        epoch = self.start_epoch + len(self.epoch_seconds) - 1  # RecBole validates right after training an epoch
+        self.valid_curve.append({"epoch": epoch, **{name: float(value) for name, value in valid_result.items()}})
+        return valid_score, valid_result
 
     def verified_checkpoint(self, path: str | Path, label: str) -> dict[str, Any]:
         """The checkpoint at ``path``, after checking it was written for this model, dataset and settings."""
@@ -336,10 +345,12 @@ class SafeCheckpointMixin:
 
 @cache
 def with_safe_checkpoint(trainer_class: type[Trainer]) -> type[Trainer]:
-    """``trainer_class`` with :class:`SafeCheckpointMixin` in front (returned as is if already there)."""
+    """``trainer_class`` with :class:`SafeCheckpointMixin` and :class:`LRScheduleMixin` in front (returned as is if
+    already there)."""
     if issubclass(trainer_class, SafeCheckpointMixin):
         return trainer_class
-    return type(trainer_class.__name__, (SafeCheckpointMixin, trainer_class), {"__doc__": trainer_class.__doc__})
+    return type(trainer_class.__name__, (SafeCheckpointMixin, LRScheduleMixin, trainer_class),
+                {"__doc__": trainer_class.__doc__})
 
 
 def get_trainer(model_type: Any, model_name: str) -> type[Trainer]:

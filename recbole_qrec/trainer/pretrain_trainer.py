@@ -15,6 +15,7 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 from recbole_qrec.model.abstract_recommender import PretrainableRecommender
+from recbole_qrec.trainer.schedule import attach_lr_schedule
 
 
 def with_batch_size(loader: AbstractDataLoader, batch_size: int) -> AbstractDataLoader:
@@ -45,7 +46,7 @@ class PretrainFineTuneTrainer(Trainer):
     epochs are counted apart, in ``epoch_seconds``). When saving, the pretrained model is checkpointed to
     ``<saved_model_file stem>-pretrained.pth``. Fine-tuning is RecBole's ``fit`` unchanged
     (``model.calculate_loss``, ``learning_rate``, ``epochs``), so early stopping counts fine-tuning epochs
-    only. A fit after :meth:`resume_checkpoint` skips pretraining: every checkpoint is written after it. Resuming from the pretraining checkpoint fine-tunes the
+    only. Each phase follows ``lr_scheduler`` over its own steps. A fit after :meth:`resume_checkpoint` skips pretraining: every checkpoint is written after it. Resuming from the pretraining checkpoint fine-tunes the
     pretrained model from epoch 0 into a new checkpoint file, leaving the pretrained one as it is.
     """
 
@@ -85,6 +86,9 @@ class PretrainFineTuneTrainer(Trainer):
         fine_tune_optimizer = self.optimizer
         self.optimizer = self._build_optimizer(learning_rate=self.config["pretrain_learning_rate"])
         data = self.pretraining_data(train_data, pretrain_data)
+        steps_per_epoch = sum(len(loader) for _, loader in data)
+        attach_lr_schedule(self.optimizer, self.config, self.config["pretrain_learning_rate"],
+                           self.config["pretrain_epochs"] * steps_per_epoch)
         losses = []
         for epoch in range(self.config["pretrain_epochs"]):
             start = time()
