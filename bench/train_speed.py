@@ -1,77 +1,223 @@
-"""Training speed of each training data path (``data_path_mode``) with the same models, settings and seed.
+"""Training and evaluation speed of each data path (``data_path_mode``) with the same models, settings and seeds.
 
-Each model runs through the entry point once per mode, one run at a time (so the timings do not share the
-machine); every record's seconds per training epoch, wall time and test metrics go to ``<out>.md``,
-``<out>.csv`` and ``<out>.json``:
+Each (model, mode, seed) runs through the entry point (one at a time, or with ``--parallel`` every model of a mode
+and seed at once on the same GPU). From its record and its log (RecBole's per-epoch lines): seconds per training
+epoch, seconds per validation (all validation users unless ``valid_sample_users`` is set), the time to the best
+validation NDCG@10 (pretraining, training and validations up to the best epoch), test HR@10/NDCG@10, and the GPU's
+busy fraction while it ran (``nvidia-smi`` samples; empty without one). Written to ``<out>.md`` (mean ± std over
+the seeds), ``<out>.csv`` and ``<out>.json`` (one row and record per run):
 
-    python bench/train_speed.py --dataset Instruments --models SASRec GRU4Rec --modes recbole gpu \\
-        --out docs/results/train_speed --set epochs=10 eval_step=5
+    python bench/train_speed.py --dataset Instruments --modes recbole gpu --seeds 3 --commit <sha> \\
+        --out docs/results/train_speed --set epochs=50 eval_step=1
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import re
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import METRICS, machine_name, prepare_data, run_model
+from common import machine_name, prepare_data, run_model
 
 from recbole_qrec.fileio import atomic_open, write_json_atomic
 from recbole_qrec.results import git_state
 
-COLUMNS = ["model", "data_path_mode", "epochs", "train_seconds_per_epoch", "wall_time_s", *METRICS]
+MODELS = ["GRU4Rec", "SASRec", "BERT4Rec", "FDSA", "QBert4Rec", "TIGER", "MQL4GRec"]
+FIRST_SEED = 2020
+COLUMNS = ["model", "data_path_mode", "seed", "epochs", "train_s_per_epoch", "eval_s", "best_epoch", "time_to_best_s",
+           "wall_time_s", "hit@10", "ndcg@10", "gpu_busy"]
+MEANS = ["train_s_per_epoch", "eval_s", "time_to_best_s", "wall_time_s", "hit@10", "ndcg@10", "gpu_busy"]
+# RecBole's Trainer.fit log lines (colour codes removed) and the pretraining trainer's.
+TRAINED = re.compile(r"^.*?epoch (\d+) training \[time: ([\d.]+)s", re.MULTILINE)
+VALIDATED = re.compile(r"^.*?epoch (\d+) evaluating \[time: ([\d.]+)s, valid_score: ([\d.eE+-]+|nan)\]", re.MULTILINE)
+PRETRAINED = re.compile(r"^.*?pretrain epoch \d+ \[time: ([\d.]+)s", re.MULTILINE)
+COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def row(record: dict, mode: str) -> dict:
-    return {"model": record["model"], "data_path_mode": mode, "epochs": record["epochs"],
-            "train_seconds_per_epoch": record["train_seconds_per_epoch"], "wall_time_s": record["wall_time_s"],
-            **{metric: record["test"][metric] for metric in METRICS}}
+class GpuBusy:
+    """Samples GPU 0's utilisation (percent of time a kernel ran; NVML through ``pynvml``, else ``nvidia-smi``) every
+    ``interval`` seconds while its block runs; :attr:`fraction` is their mean / 100, None without either."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self.samples, self.fraction = interval, [], None
+        self.read = nvml_reader() or nvidia_smi_reader()
+
+    def sample(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval):
+            value = self.read()
+            if value is not None:
+                self.samples.append(value)
+
+    @contextmanager
+    def running(self) -> Iterator[GpuBusy]:
+        stop = threading.Event()
+        thread = threading.Thread(target=self.sample, args=(stop,), daemon=True) if self.read else None
+        if thread:
+            thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            if thread:
+                thread.join()
+            self.fraction = round(statistics.mean(self.samples) / 100, 3) if self.samples else None
+
+
+def nvml_reader() -> Callable[[], int | None] | None:
+    """A reader of GPU 0's utilisation through NVML (``pynvml``); None without it or without a GPU."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    except pynvml.NVMLError:  # no driver or no GPU
+        return None
+    return lambda: pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
+
+
+def nvidia_smi_reader() -> Callable[[], int | None] | None:
+    """A reader of GPU 0's utilisation through ``nvidia-smi``; None without it."""
+    command = shutil.which("nvidia-smi")
+    if command is None:
+        return None
+
+    def read() -> int | None:
+        done = subprocess.run([command, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "--id=0"],
+                              capture_output=True, text=True, check=False)
+        return int(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip().isdigit() else None
+
+    return read
+
+
+def log_timings(log: str) -> dict:
+    """Per-epoch training seconds, validations ``(epoch, seconds, score)`` and pretraining seconds of a run's log."""
+    log = COLOUR.sub("", log)
+    return {"train": {int(epoch): float(seconds) for epoch, seconds in TRAINED.findall(log)},
+            "valid": [(int(epoch), float(seconds), float(score)) for epoch, seconds, score in VALIDATED.findall(log)],
+            "pretrain": [float(seconds) for seconds in PRETRAINED.findall(log)]}
+
+
+def row(record: dict, mode: str, timings: dict, gpu_busy: float | None) -> dict:
+    """The table row of one run: its record's metrics and the timings of its log."""
+    valid = timings["valid"]
+    best = max(valid, key=lambda item: item[2])[0] if valid else None  # the first epoch with the best score
+    to_best = None if best is None else (sum(timings["pretrain"])
+                                         + sum(seconds for epoch, seconds in timings["train"].items() if epoch <= best)
+                                         + sum(seconds for epoch, seconds, _ in valid if epoch <= best))
+    return {"model": record["model"], "data_path_mode": mode, "seed": record["seed"], "epochs": record["epochs"],
+            "train_s_per_epoch": record["train_seconds_per_epoch"],
+            "eval_s": round(statistics.mean(seconds for _, seconds, _ in valid), 3) if valid else None,
+            "best_epoch": best, "time_to_best_s": None if to_best is None else round(to_best, 2),
+            "wall_time_s": record["wall_time_s"], "hit@10": record["test"]["hit@10"],
+            "ndcg@10": record["test"]["ndcg@10"], "gpu_busy": gpu_busy}
+
+
+def run_group(models: list[str], mode: str, seed: int, args: argparse.Namespace, data: Path, work: Path) -> list[dict]:
+    """Run ``models`` in ``mode`` with ``seed`` (at once with ``--parallel``); their rows, records added."""
+    folder = work / f"{mode}-{seed}"
+    folder.mkdir(parents=True)
+    overrides = [f"--data_path={data}", f"--data_path_mode={mode}", f"--seed={seed}",
+                 f"--checkpoint_dir={folder / 'saved'}", *(["--allow_data_mismatch=True"] if args.users else []),
+                 *(f"--{item}" for item in args.set)]
+
+    def run(model: str) -> dict:
+        return run_model(model, args.dataset, overrides, folder, folder)
+
+    def finished(record: dict, busy: GpuBusy) -> dict:
+        timings = log_timings((folder / f"{record['model']}.log").read_text(encoding="utf-8"))
+        done = {**row(record, mode, timings, busy.fraction), "record": record}
+        print(f"{record['model']} {mode} seed {seed}: {done['train_s_per_epoch']} s/epoch, {done['eval_s']} "
+              f"s/validation, {done['time_to_best_s']} s to the best epoch, ndcg@10 {done['ndcg@10']:.4f}", flush=True)
+        return done
+
+    if args.parallel:
+        with GpuBusy().running() as shared, ThreadPoolExecutor(len(models)) as pool:
+            records = list(pool.map(run, models))
+        return [finished(record, shared) for record in records]
+    rows = []
+    for model in models:
+        with GpuBusy().running() as busy:
+            record = run(model)
+        rows.append(finished(record, busy))
+    return rows
+
+
+def mean_std(values: list) -> str:
+    values = [value for value in values if value is not None]
+    if not values:
+        return ""
+    digits = 0 if all(isinstance(value, int) for value in values) else 4 if max(values) < 1 else 2
+    text = f"{statistics.mean(values):.{digits}f}"
+    return f"{text} ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else text
 
 
 def markdown(rows: list[dict], header: list[str]) -> str:
-    lines = [*header, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    """Mean ± std over the seeds of each (model, mode), in run order."""
+    columns = ["model", "data_path_mode", "seeds", "epochs", *MEANS]
+    lines = [*header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    groups: dict[tuple[str, str], list[dict]] = {}
     for item in rows:
-        lines.append("| " + " | ".join(f"{item[c]:.4f}" if c in METRICS else str(item[c]) for c in COLUMNS) + " |")
+        groups.setdefault((item["model"], item["data_path_mode"]), []).append(item)
+    for (model, mode), runs in groups.items():
+        cells = [model, mode, str(len(runs)), mean_std([run["epochs"] for run in runs]),
+                 *(mean_std([run[column] for run in runs]) for column in MEANS)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python bench/train_speed.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="Instruments")
-    parser.add_argument("--models", nargs="+", default=["SASRec", "GRU4Rec", "FDSA"])
+    parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--modes", nargs="+", default=["recbole", "gpu"])
+    parser.add_argument("--seeds", type=int, default=1, help=f"runs per model and mode, seeds {FIRST_SEED}, ...")
+    parser.add_argument("--parallel", action="store_true", help="run the models of a mode and seed at once")
+    parser.add_argument("--users", type=int, help="only the dataset's first USERS users (a quick check)")
     parser.add_argument("--data_path", help="processed data root (default: $QREC_DATA_DIR)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="settings of every run")
     parser.add_argument("--commit", help="this checkout's commit, where git cannot tell (a copied tree)")
     parser.add_argument("--out", type=Path, required=True, help="output prefix")
     args = parser.parse_args()
-    rows, records = [], []
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = prepare_data(args.dataset, Path(tmp), None, args.data_path)
-        for model in args.models:
+        data = prepare_data(args.dataset, Path(tmp), args.users, args.data_path)
+        for seed in range(FIRST_SEED, FIRST_SEED + args.seeds):
             for mode in args.modes:
-                overrides = [f"--data_path={data}", f"--data_path_mode={mode}", f"--checkpoint_dir={tmp}/saved",
-                             *(f"--{item}" for item in args.set)]
-                record = run_model(model, args.dataset, overrides, Path(tmp) / mode, Path(tmp))
-                records.append(record)
-                rows.append(row(record, mode))
-                print(f"{model} {mode}: {rows[-1]['train_seconds_per_epoch']} s/epoch, "
-                      f"ndcg@10 {rows[-1]['ndcg@10']:.4f}", flush=True)
+                rows += run_group(args.models, mode, seed, args, data, Path(tmp) / "runs")
     commit = args.commit or git_state()[0]
     command = "python bench/train_speed.py " + " ".join(sys.argv[1:])
-    header = ["# Training speed by data path", "", f"- command: `{command}`", f"- commit: {commit}",
+    header = ["# Training and evaluation speed by data path", "", f"- command: `{command}`", f"- commit: {commit}",
               f"- machine: {machine_name()}", f"- date: {datetime.now(timezone.utc).isoformat(timespec='minutes')}",
-              "- one run at a time; train_seconds_per_epoch excludes validation"]
+              f"- {'the models of a mode and seed at once on one GPU' if args.parallel else 'one run at a time'}; "
+              "mean ± std over seeds; train_s_per_epoch excludes validation; eval_s: seconds per validation; "
+              "time_to_best_s: pretraining + training + validations up to the best validation NDCG@10; test HR@10, "
+              "NDCG@10; gpu_busy: mean GPU utilisation over the whole run, start-up included (shared by the runs of "
+              "a group with --parallel)"]
     with atomic_open(args.out.with_suffix(".md"), "w", encoding="utf-8") as handle:
         handle.write(markdown(rows, header))
     with atomic_open(args.out.with_suffix(".csv"), "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    write_json_atomic(args.out.with_suffix(".json"), {"command": command, "commit": commit, "records": records})
+    write_json_atomic(args.out.with_suffix(".json"), {
+        "command": command, "commit": commit, "machine": machine_name(), "parallel": args.parallel,
+        "rows": [{key: value for key, value in item.items() if key != "record"} for item in rows],
+        "records": [item["record"] for item in rows]})
 
 
 if __name__ == "__main__":

@@ -1,24 +1,45 @@
 """``data_path_mode: gpu`` (run here on CPU tensors): the device-resident training loader yields the same training
-rows as RecBole's ``TrainDataLoader``, reproducibly shuffled, and trains SASRec to metrics within noise of RecBole's path."""
+rows as RecBole's ``TrainDataLoader``, reproducibly shuffled, and trains SASRec to metrics within noise of RecBole's path;
+BERT4Rec's masking on the device has RecBole's fields and distribution; the device evaluation loader yields RecBole's
+batches and metrics; the validation user sample, bf16 autocast and the semantic-ID models' loaders."""
 
 from __future__ import annotations
 
+import copy
 import math
+import random
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
-from recbole.data.dataloader import TrainDataLoader
+from recbole.data.dataloader import FullSortEvalDataLoader, TrainDataLoader
+from recbole.data.transform import MaskItemSequence
+from recbole.utils import init_seed
+
+from dataset_prep.subset import convert_user_subsets
 
 from recbole_qrec.config import build_config
 from recbole_qrec.data import create_dataset, data_preparation
+from recbole_qrec.data.cross_domain import pretrain_dataset_names, source_settings
 from recbole_qrec.data.dataloader import TensorTrainDataLoader
+from recbole_qrec.data.eval_dataloader import TensorFullSortEvalDataLoader
+from recbole_qrec.data.transform import DeviceMaskItemSequence, items_not_in
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.quick_start import run_recbole_qrec
+from recbole_qrec.tokenize import ensure_semantic_ids
+from recbole_qrec.trainer import get_trainer
+from recbole_qrec.utils import get_model
 
 SUBSET_USERS = 500  # conftest.SUBSET_USERS: the subset's users, one test interaction each
+TRANSFORMER = {"d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2}
+SEMANTIC_ID = {"MAX_ITEM_LIST_LENGTH": 8, "epochs": 1, "train_batch_size": 256, "eval_batch_size": 256,
+               "use_gpu": False, "allow_data_mismatch": True, "data_path_mode": "gpu", "valid_sample_users": 20}
+QBERT4REC = {"injection_dim": 32, "injection_epochs": 1, "injection_batch_size": 512, "sid_levels": 3,
+             "sid_codebook_size": 32, "sid_code_dim": 16, "sid_epochs": 2, "hidden_size": 32, "inner_size": 64,
+             "n_layers": 1, "n_heads": 2}
 SASREC = {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "n_heads": 2, "epochs": 1, "learning_rate": 0.005,
           "train_batch_size": 128, "eval_batch_size": 256, "use_gpu": False, "allow_data_mismatch": True}
 
@@ -93,17 +114,185 @@ def test_sasrec_trains_to_the_recbole_path_metrics_and_beats_popularity(work, tm
         assert gpu[metric] > popularity[metric] and recbole[metric] > popularity[metric]
 
 
-def test_a_model_trained_through_a_dataset_transform_is_refused_in_one_line(work, tmp_path):
-    with pytest.raises(ConfigError, match="BERT4Rec trains on RecBole's dataset transform 'mask_itemseq'") as error:
-        run("BERT4Rec", tmp_path / "bert4rec", work / "dataset", {**SASREC, "data_path_mode": "gpu"})
-    assert "\n" not in str(error.value) and str(error.value).endswith("— set data_path_mode: recbole")
+def test_a_transform_without_a_device_version_is_refused_in_one_line(work, tmp_path):
+    settings = {**SASREC, "data_path_mode": "gpu", "transform": "inverse_itemseq"}
+    with pytest.raises(ConfigError, match="SASRec trains on RecBole's dataset transform 'inverse_itemseq'") as error:
+        run("SASRec", tmp_path / "sasrec", work / "dataset", settings)
+    message = str(error.value)
+    assert "\n" not in message and message.endswith("(it applies mask_itemseq) — set data_path_mode: recbole")
 
 
 @pytest.mark.parametrize("settings, message", [
     ({"data_path_mode": "cuda"}, "data_path_mode must be one of recbole, gpu, got 'cuda' — e.g. --data_path_mode=recbole"),
     ({"data_path_mode": "gpu", "loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}},
      "data_path_mode gpu trains without negative sampling"),
+    ({"valid_sample_users": 0}, r"valid_sample_users must be an integer >= 1 or ~ \(all users\), got 0 — e.g."),
+    ({"autocast_dtype": "float16"}, r"autocast_dtype must be ~ \(float32\) or one of bfloat16, got 'float16' — e.g."),
 ])
-def test_an_unknown_mode_or_negative_sampling_is_a_config_error(work, tmp_path, settings, message):
+def test_a_wrong_data_path_or_acceleration_setting_is_a_config_error(work, tmp_path, settings, message):
     with pytest.raises(ConfigError, match=message):
         run("SASRec", tmp_path / "run", work / "dataset", {**SASREC, **settings})
+
+
+# BERT4Rec's masking (RecBole's ``mask_itemseq`` transform) on the device
+
+@pytest.fixture(scope="module")
+def bert4rec(work: Path) -> tuple:
+    """BERT4Rec's config and its ``TensorTrainDataLoader`` on the subset."""
+    config = build_config("BERT4Rec", "Instruments", config_dict={"data_path": str(work / "dataset"), **SASREC,
+                                                                  "data_path_mode": "gpu"})
+    return config, data_preparation(config, create_dataset(config))[0]
+
+
+def masked(transform, loader: TensorTrainDataLoader, ft_ratio: float):
+    """Every training row of ``loader`` (untransformed) and the same rows through ``transform`` with ``ft_ratio``."""
+    rows = loader.rows[torch.arange(len(loader.rows))]
+    transform.ft_ratio = ft_ratio
+    return rows, transform(loader._dataset, copy.deepcopy(rows))
+
+
+def test_device_masking_has_recbole_fields_and_masks_mask_ratio_of_the_items(bert4rec):
+    config, gpu_train = bert4rec
+    dataset = gpu_train._dataset
+    recbole_batch = next(iter(TrainDataLoader(config, dataset, None, shuffle=True)))  # RecBole's own transform
+    gpu_batch = next(iter(gpu_train))
+    assert set(gpu_batch.columns) == set(recbole_batch.columns) >= {"Mask_item_id_list", "Pos_item_id", "Neg_item_id",
+                                                                     "MASK_INDEX"}
+    assert all(gpu_batch[name].dtype == recbole_batch[name].dtype and gpu_batch[name].shape == recbole_batch[name].shape
+               for name in gpu_batch.columns)
+    width, n_items = int(config["mask_ratio"] * config["MAX_ITEM_LIST_LENGTH"]), dataset.item_num
+    random.seed(0)
+    fractions = {}
+    for name, transform in ("recbole", MaskItemSequence(config)), ("device", DeviceMaskItemSequence(config)):
+        rows, batch = masked(transform, gpu_train, ft_ratio=0)
+        sequences, items = rows["item_id_list"], rows["item_id_list"] > 0
+        mask = batch["Mask_item_id_list"] == n_items
+        pos, index, neg = batch["Pos_item_id"], batch["MASK_INDEX"], batch["Neg_item_id"]
+        fractions[name] = (mask.sum() / items.sum()).item()
+        assert not (mask & ~items).any() and torch.equal(batch["Mask_item_id_list"][~mask], sequences[~mask])
+        expected = [[0] * width + [i for i, on in enumerate(row) if on] for row in mask.tolist()]
+        assert index.tolist() == [row[-width:] for row in expected]  # the last `width` masked positions
+        assert torch.equal(pos, torch.where(pos > 0, sequences.gather(1, index), 0))
+        assert torch.equal((pos > 0).sum(1), mask.sum(1).clamp(max=width)) and torch.equal(neg > 0, pos > 0)
+        assert not (neg.unsqueeze(2) == sequences.unsqueeze(1)).any(2)[pos > 0].any() and neg.max() < n_items
+    ratio, total = config["mask_ratio"], items.sum().item()
+    for fraction in fractions.values():  # four binomial standard errors over the subset's training items
+        assert abs(fraction - ratio) < 4 * math.sqrt(ratio * (1 - ratio) / total)
+
+
+def test_fine_tuning_batches_mask_each_last_item_as_recbole_does(bert4rec):
+    config, gpu_train = bert4rec
+    (_, recbole), (_, device) = (masked(transform, gpu_train, ft_ratio=1)
+                                 for transform in (MaskItemSequence(config), DeviceMaskItemSequence(config)))
+    for name in ("Mask_item_id_list", "Pos_item_id", "MASK_INDEX"):
+        assert torch.equal(device[name], recbole[name])
+
+
+def test_negatives_are_uniform_over_the_items_outside_each_sequence():
+    torch.manual_seed(0)
+    sequences = torch.tensor([[1, 3, 3, 0], [5, 4, 2, 1]]).repeat(3000, 1)
+    draws = items_not_in(sequences, (6000, 2), n_items=7)  # items 1 .. 6
+    for row, allowed in ((0, {2, 4, 5, 6}), (1, {3, 6})):
+        counts = Counter(draws[row::2].flatten().tolist())
+        assert set(counts) == allowed
+        expected, p = 6000 / len(allowed), 1 / len(allowed)
+        assert all(abs(count - expected) < 5 * math.sqrt(6000 * p * (1 - p)) for count in counts.values())
+
+
+# Full-ranking evaluation on the device
+
+def same_batch(ours: tuple, theirs: tuple) -> bool:
+    """Whether two evaluation batches ``(interaction, history_index, positive_u, positive_i)`` are equal."""
+    (interaction, history, positive_u, positive_i), (other, other_history, other_u, other_i) = ours, theirs
+    return (set(interaction.columns) == set(other.columns)
+            and all(torch.equal(interaction[name], other[name]) for name in interaction.columns)
+            and (history is other_history is None or all(map(torch.equal, history, other_history)))
+            and torch.equal(positive_u, other_u) and torch.equal(positive_i, other_i))
+
+
+@pytest.mark.parametrize("model", ["SASRec", "Pop"])  # Pop: a general model, whose history items are masked
+def test_device_eval_loader_yields_recbole_batches_and_metrics(work, tmp_path, model):
+    config = build_config(model, "Instruments", config_dict={"data_path": str(work / "dataset"), **SASREC,
+                                                             "eval_batch_size": 128 if model == "SASRec" else 50_000,
+                                                             "checkpoint_dir": str(tmp_path)})
+    init_seed(config["seed"], True)
+    train, valid, test, _ = data_preparation(config, create_dataset(config))
+    trainer = get_trainer(config["MODEL_TYPE"], model)(config, get_model(model)(config, train._dataset))
+    trainer.fit(train, saved=False)
+    for loader in (valid, test):
+        on_device = TensorFullSortEvalDataLoader(config, loader._dataset, loader._sampler)
+        assert isinstance(loader, FullSortEvalDataLoader) and len(on_device) == len(loader) > 1
+        assert all(same_batch(ours, theirs) for ours, theirs in zip(on_device, loader, strict=True))
+        assert trainer.evaluate(on_device, load_best_model=False) == trainer.evaluate(loader, load_best_model=False)
+
+
+def test_validation_on_a_fixed_user_sample_and_the_test_on_every_user(work):
+    settings = {"data_path": str(work / "dataset"), **SASREC, "data_path_mode": "gpu", "valid_sample_users": 100}
+
+    def loaders(**changes):
+        config = build_config("SASRec", "Instruments", config_dict={**settings, **changes})
+        return data_preparation(config, create_dataset(config))
+
+    _, valid, test, _ = loaders()
+    users = valid._dataset.inter_feat["user_id"]
+    assert isinstance(valid, TensorFullSortEvalDataLoader) and isinstance(test, TensorFullSortEvalDataLoader)
+    assert len(users) == len(users.unique()) == 100 and len(test._dataset) == SUBSET_USERS
+    assert torch.equal(loaders()[1]._dataset.inter_feat["user_id"], users)
+    assert not torch.equal(loaders(seed=7)[1]._dataset.inter_feat["user_id"], users)
+
+
+# Training with the device data path
+
+def test_bert4rec_trains_on_the_device_path_and_the_same_seed_repeats_its_metrics(work, tmp_path):
+    settings = {**SASREC, "data_path_mode": "gpu", "valid_sample_users": 200}
+    first, second = (run("BERT4Rec", tmp_path / name, work / "dataset", settings) for name in ("first", "second"))
+    assert first["valid"] == second["valid"] and first["test"] == second["test"]
+    assert first["test"]["hit@10"] > 0
+
+
+def test_bfloat16_autocast_changes_the_training_loss_by_its_rounding_only(work, tmp_path):
+    losses = {}
+    for dtype in (None, "bfloat16"):
+        config = build_config("SASRec", "Instruments", config_dict={"data_path": str(work / "dataset"), **SASREC,
+                                                                    "data_path_mode": "gpu", "autocast_dtype": dtype,
+                                                                    "checkpoint_dir": str(tmp_path)})
+        train = data_preparation(config, create_dataset(config))[0]
+        init_seed(config["seed"], True)
+        trainer = get_trainer(config["MODEL_TYPE"], "SASRec")(config, get_model("SASRec")(config, train._dataset))
+        losses[dtype] = trainer._train_epoch(train, 0)
+    assert losses[None] != losses["bfloat16"] and losses["bfloat16"] == pytest.approx(losses[None], rel=0.02)
+
+
+@pytest.fixture(scope="module")
+def two_domains(amazon_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 500 Instruments users and 300 Games users (a pretraining source) as atomic files under ``dataset/``."""
+    return convert_user_subsets(amazon_dir, tmp_path_factory.mktemp("domains"), {"Instruments": 500, "Games": 300})
+
+
+@pytest.mark.parametrize("model, settings", [
+    ("TIGER", TRANSFORMER),
+    ("MQL4GRec", {**TRANSFORMER, "pretrain_datasets": ["Games"], "pretrain_epochs": 1}),  # a source domain
+    ("QBert4Rec", {**QBERT4REC, "pretrain_datasets": [], "pretrain_epochs": 1}),  # pretrained on the target's data
+])
+def test_semantic_id_models_pretrain_train_and_evaluate_on_device_loaders(two_domains, tmp_path, model, settings):
+    """The models build their masks and targets from the batch with torch: every loader they read is on the device,
+    the pretraining trainer's loaders (the sources', batched by pretrain_batch_size) too."""
+    config = build_config(model, "Instruments", config_dict={"data_path": str(two_domains / "dataset"), **SEMANTIC_ID,
+                                                             "checkpoint_dir": str(tmp_path), **settings})
+    sources = [build_config(model, name, config_dict=source_settings(config))
+               for name in pretrain_dataset_names(config)]
+    ensure_semantic_ids(config, sources)
+    init_seed(config["seed"], True)
+    train, valid, test, pretrain = data_preparation(config, create_dataset(config, sources))
+    assert isinstance(train, TensorTrainDataLoader) and set(pretrain) == set(settings.get("pretrain_datasets", []))
+    assert isinstance(valid, TensorFullSortEvalDataLoader) and isinstance(test, TensorFullSortEvalDataLoader)
+    trainer = get_trainer(config["MODEL_TYPE"], model)(config, get_model(model)(config, train._dataset))
+    phases = [(trainer.model.calculate_loss, train)]
+    if config["pretrain_epochs"]:
+        phases += [(partial(trainer.model.pretrain_loss, domain=domain), loader)
+                   for domain, loader in trainer.pretraining_data(train, pretrain)]
+    for loss, loader in phases:
+        assert isinstance(loader, TensorTrainDataLoader)
+        batch = next(iter(loader))
+        assert len(batch) == loader.step and torch.isfinite(loss(batch))
+    assert set(trainer.evaluate(valid, load_best_model=False)) >= {"hit@10", "ndcg@10"}

@@ -1,5 +1,6 @@
 """``TensorTrainDataLoader``: RecBole's training loader with the training split held on the device
-(``data_path_mode: gpu``). Batches are drawn by index from device tensors instead of being collated on the CPU."""
+(``data_path_mode: gpu``). Batches are drawn by index from device tensors instead of being collated on the CPU, and
+the dataset transform runs on them there (:mod:`recbole_qrec.data.transform`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from recbole.data.dataset import Dataset
 from recbole.data.interaction import Interaction
 from recbole.sampler.sampler import AbstractSampler
 
+from recbole_qrec.data.transform import DEVICE_TRANSFORMS, device_transform
 from recbole_qrec.errors import ConfigError
 
 DATA_PATH_MODES = ("recbole", "gpu")
@@ -34,16 +36,36 @@ def check_gpu_data_path(config: Config) -> None:
     if config["train_neg_sample_args"]["distribution"] != "none":
         raise ConfigError(f"data_path_mode gpu trains without negative sampling, but train_neg_sample_args samples "
                           f"{config['train_neg_sample_args']['distribution']} negatives {refuse}")
-    if config["transform"] is not None:
+    if config["transform"] not in DEVICE_TRANSFORMS:
+        applied = ", ".join(name for name in DEVICE_TRANSFORMS if name)
         raise ConfigError(f"{config['model']} trains on RecBole's dataset transform {config['transform']!r}, which "
-                          f"data_path_mode gpu does not apply {refuse}")
-    if not config["single_spec"]:
-        raise ConfigError(f"data_path_mode gpu trains on one process, but this run is distributed {refuse}")
+                          f"data_path_mode gpu does not apply (it applies {applied}) {refuse}")
 
 
 def _fields_on(features: Interaction | None, device: torch.device) -> dict[str, torch.Tensor]:
     """The columns of ``features`` moved to ``device`` (none without features)."""
     return {} if features is None else {name: value.to(device) for name, value in features.interaction.items()}
+
+
+class DeviceRows:
+    """The rows of ``rows`` held on ``device``; indexed, they are joined with the user and item features of
+    ``dataset`` (when given) as RecBole's ``Dataset.join`` joins them."""
+
+    def __init__(self, rows: Interaction, device: torch.device, dataset: Dataset | None = None):
+        self.rows = _fields_on(rows, device)
+        self.length = len(rows)
+        joins = [] if dataset is None else [(dataset.uid_field, dataset.user_feat),
+                                            (dataset.iid_field, dataset.item_feat)]
+        self.joins = [(key, _fields_on(features, device)) for key, features in joins if key in self.rows]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: torch.Tensor | slice) -> Interaction:
+        fields = {name: value[index] for name, value in self.rows.items()}
+        for key, features in self.joins:
+            fields.update({name: value[fields[key]] for name, value in features.items()})
+        return Interaction(fields)
 
 
 class TensorTrainDataLoader(TrainDataLoader):
@@ -55,15 +77,29 @@ class TensorTrainDataLoader(TrainDataLoader):
     def __init__(self, config: Config, dataset: Dataset, sampler: AbstractSampler | None, shuffle: bool = False):
         check_gpu_data_path(config)
         super().__init__(config, dataset, sampler, shuffle=shuffle)
-        device = torch.device(config["device"])
-        self._inter = _fields_on(dataset.inter_feat, device)
-        self._user = _fields_on(dataset.user_feat, device) if dataset.uid_field in self._inter else {}
-        self._item = _fields_on(dataset.item_feat, device) if dataset.iid_field in self._inter else {}
-        self._device = device
+        self.transform = device_transform(config)
+        self._device = torch.device(config["device"])
+        self.rows = DeviceRows(dataset.inter_feat, self._device, dataset)
         self.epoch = 0
 
     def __len__(self) -> int:
-        return math.ceil(self.sample_size / self.step)
+        return math.ceil(self.process_rows() / self.step)
+
+    # Distributed runs (recbole_qrec.distributed; ``step`` is already this process's part of the batch): each process
+    # takes every world_size-th row of the epoch's order, padded with its first rows as torch's DistributedSampler
+    # pads, so that every process trains as many batches.
+    def process_rows(self) -> int:
+        """Rows this process visits per epoch."""
+        return self.sample_size if self.config["single_spec"] else math.ceil(self.sample_size / self.config["world_size"])
+
+    def process_order(self, epoch: int) -> torch.Tensor:
+        """This process's rows of :meth:`order` for ``epoch``."""
+        order = self.order(epoch)
+        if self.config["single_spec"]:
+            return order
+        world_size = self.config["world_size"]
+        padded = order.repeat(math.ceil(self.process_rows() * world_size / self.sample_size))
+        return padded[torch.distributed.get_rank():self.process_rows() * world_size:world_size]
 
     def order(self, epoch: int) -> torch.Tensor:
         """The row order of ``epoch``: a seeded permutation (the same for the same seed and epoch), or row order."""
@@ -74,18 +110,12 @@ class TensorTrainDataLoader(TrainDataLoader):
         return torch.randperm(self.sample_size, generator=generator).to(self._device)
 
     def batch(self, index: torch.Tensor) -> Interaction:
-        """The rows ``index`` of the training split, with their users' and items' features (RecBole's ``join``)."""
-        fields = {name: value[index] for name, value in self._inter.items()}
-        if self._user:
-            users = fields[self._dataset.uid_field]
-            fields.update({name: value[users] for name, value in self._user.items()})
-        if self._item:
-            items = fields[self._dataset.iid_field]
-            fields.update({name: value[items] for name, value in self._item.items()})
-        return Interaction(fields)
+        """The rows ``index`` of the training split, with their users' and items' features (RecBole's ``join``),
+        through the dataset transform (:func:`~recbole_qrec.data.transform.device_transform`)."""
+        return self.transform(self._dataset, self.rows[index])
 
     def __iter__(self) -> Iterator[Interaction]:
-        order = self.order(self.epoch)
+        order = self.process_order(self.epoch)
         self.epoch += 1
-        for start in range(0, self.sample_size, self.step):
+        for start in range(0, len(order), self.step):
             yield self.batch(order[start:start + self.step])

@@ -9,12 +9,13 @@ from logging import getLogger
 from recbole.config import Config
 from recbole.data import create_dataset as create_recbole_dataset
 from recbole.data import data_preparation as recbole_data_preparation
-from recbole.data.dataloader import AbstractDataLoader
+from recbole.data.dataloader import AbstractDataLoader, FullSortEvalDataLoader
 from recbole.data.dataset import Dataset
 
 import recbole_qrec.data.dataset as qrec_datasets
 from recbole_qrec.data.dataloader import TensorTrainDataLoader, check_data_path_mode
 from recbole_qrec.data.dataset import SemanticIdDataset
+from recbole_qrec.data.eval_dataloader import TensorFullSortEvalDataLoader, check_valid_sample_users, user_sample
 from recbole_qrec.errors import ConfigError
 
 
@@ -30,18 +31,33 @@ def create_dataset(config: Config, source_configs: Sequence[Config] = ()) -> Dat
     return dataset_class(config, sources)
 
 
+def on_device(loader: AbstractDataLoader) -> TensorTrainDataLoader:
+    """Training loader ``loader`` as a :class:`TensorTrainDataLoader` (same config, data, sampler and shuffling)."""
+    return TensorTrainDataLoader(loader.config, loader._dataset, loader._sampler, shuffle=loader.shuffle)
+
+
 def data_preparation(config: Config, dataset: Dataset) -> tuple[AbstractDataLoader, AbstractDataLoader,
                                                                   AbstractDataLoader, dict[str, AbstractDataLoader]]:
     """RecBole's train/valid/test loaders of ``dataset``, and the training loader of each pretraining source
     (``source name -> loader``; empty without sources), to pass to the trainer's ``fit(pretrain_data=...)``.
-    With ``data_path_mode: gpu`` the target's training loader is a :class:`TensorTrainDataLoader`."""
+    With ``valid_sample_users`` the validation loader holds that many users (fixed by ``seed``); the test loader
+    always holds all. With ``data_path_mode: gpu`` every training loader (the sources' too) is a
+    :class:`TensorTrainDataLoader` and every full-ranking loader a :class:`TensorFullSortEvalDataLoader`."""
+    gpu = check_data_path_mode(config) == "gpu"
+    valid_users = check_valid_sample_users(config)
     train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
-    if check_data_path_mode(config) == "gpu":
-        train_data = TensorTrainDataLoader(config, train_data._dataset, train_data._sampler, shuffle=train_data.shuffle)
+    if valid_users:
+        valid_data = user_sample(valid_data, valid_users, config["seed"])
+    if gpu:
+        train_data = on_device(train_data)
+        valid_data, test_data = (TensorFullSortEvalDataLoader(config, loader._dataset, loader._sampler)
+                                 if isinstance(loader, FullSortEvalDataLoader) else loader
+                                 for loader in (valid_data, test_data))
     sources = dataset.sources if isinstance(dataset, SemanticIdDataset) else {}
     pretrain_data = {}
     for name, source in sources.items():
-        pretrain_data[name] = recbole_data_preparation(source.config, source)[0]
+        source_train = recbole_data_preparation(source.config, source)[0]
+        pretrain_data[name] = on_device(source_train) if gpu else source_train
         getLogger().info(f"pretraining source {name}: {source.user_num - 1} users, {source.item_num - 1} items, "
                          f"{len(pretrain_data[name]._dataset)} training sequences")
     return train_data, valid_data, test_data, pretrain_data
