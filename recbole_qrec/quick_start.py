@@ -25,6 +25,7 @@ from recbole_qrec.config import build_config
 from recbole_qrec.console import log_settings, resolve_show_progress
 from recbole_qrec.data import check_dataset, create_dataset, data_preparation
 from recbole_qrec.data.cross_domain import pretrain_dataset_names, source_settings
+from recbole_qrec.distributed import end_distributed, is_main_process, main_process_first, trainer_for
 from recbole_qrec.errors import QRecError
 from recbole_qrec.results import append_result, build_record
 from recbole_qrec.tokenize import ensure_semantic_ids
@@ -91,11 +92,13 @@ def run_recbole_qrec(
     init_seed(config["seed"], config["reproducibility"])
     torch.set_float32_matmul_precision(config["float32_matmul_precision"])
     with logs_removed_on_user_error():  # e.g. a resume checkpoint that does not fit the built model
-        init_logger(config)
+        if is_main_process(config):  # the other processes of a distributed run log errors only, to stderr
+            init_logger(config)
         logger = getLogger()
         log_settings(config)
 
-        ensure_semantic_ids(config, source_configs)  # the model's tokenize stage, when its output is missing or stale
+        with main_process_first(config):  # the others then find its output up to date
+            ensure_semantic_ids(config, source_configs)  # the model's tokenize stage, when its output is missing or stale
         dataset_obj = create_dataset(config, source_configs)
         logger.info(dataset_obj)
         train_data, valid_data, test_data, pretrain_data = data_preparation(config, dataset_obj)
@@ -103,7 +106,7 @@ def run_recbole_qrec(
         init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
         model_obj = get_model(config["model"])(config, train_data._dataset).to(config["device"])
         logger.info(model_obj)
-        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+        trainer = trainer_for(get_trainer(config["MODEL_TYPE"], config["model"]), config)(config, model_obj)
         if config["resume_checkpoint"]:
             trainer.resume_checkpoint(config["resume_checkpoint"])
 
@@ -117,6 +120,8 @@ def run_recbole_qrec(
         logger.info(set_color("test result", "yellow") + f": {test_result}")
         record = build_record(config, trainer, best_valid_score, best_valid_result, test_result,
                               time.time() - start, saved)
-        path = append_result(record, config["results_dir"])
-    logger.info(f"result recorded in {path}")
+        path = append_result(record, config["results_dir"]) if is_main_process(config) else None  # one per run
+    if path:
+        logger.info(f"result recorded in {path}")
+    end_distributed(config)
     return record

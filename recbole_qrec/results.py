@@ -13,22 +13,28 @@ import fcntl
 import hashlib
 import json
 import math
+import os
+import platform
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
 from recbole.config import Config
 from recbole.trainer import Trainer
 
+from recbole_qrec.data.item_features import run_content_sources
 from recbole_qrec.fileio import atomic_open
 from recbole_qrec.resources import PACKAGE_DIR
 from recbole_qrec.trainer.checkpoint import RUN_LOCATION_KEYS, plain_config
 
 
 def config_hash(config: Config) -> str:
-    """Short stable hash of every setting that can change a result (paths and verbosity left out)."""
-    settings = {k: v for k, v in plain_config(config.final_config_dict).items() if k not in RUN_LOCATION_KEYS}
+    """Short stable hash of every setting that can change a result, but for the seed (paths and verbosity left
+    out): records of one configuration under several seeds share it, and each record carries its ``seed``."""
+    settings = {k: v for k, v in plain_config(config.final_config_dict).items()
+                if k not in RUN_LOCATION_KEYS and k != "seed"}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -50,6 +56,14 @@ def git_state(directory: Path = PACKAGE_DIR) -> tuple[str, bool | None]:
     if tracked.returncode != 0 or commit.returncode != 0:
         return "unknown", None
     return commit.stdout.strip(), bool(git("status", "--porcelain").stdout.strip())
+
+
+def machine_name(device: torch.device | str) -> str:
+    """The accelerator a run used (e.g. ``NVIDIA H200``), or the CPU's architecture and core count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.machine() or 'unknown'} CPU, {os.cpu_count()} cores"
 
 
 def mean_seconds(seconds: list[float]) -> float | None:
@@ -75,11 +89,14 @@ def build_record(config: Config, trainer: Trainer, best_valid_score: float, best
         "dataset": config["dataset"],
         "data_fingerprint": config["data_fingerprint"],
         "data_counts_match": config["data_fingerprint"]["expected_counts_match"],
+        "content_sources": run_content_sources(config),
         "config_hash": config_hash(config),
         "seed": config["seed"],
         "git_commit": commit,
         "git_dirty": dirty,
         "device": str(config["device"]),
+        "machine": machine_name(config["device"]),
+        "processes": 1 if config["single_spec"] else config["world_size"],
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": round(wall_time_s, 2),
         "epochs": len(trainer.epoch_seconds),
@@ -93,7 +110,11 @@ def build_record(config: Config, trainer: Trainer, best_valid_score: float, best
         "resumed_from": config["resume_checkpoint"],
         "valid_curve": trainer.valid_curve,
         "tags": dict(config["run_tags"] or {}),
+        "eval_rule": config.final_config_dict.get("eval_rule"),  # generative models: how a shared code counts
     }
+    depth = getattr(trainer.model, "injection_depth_histogram", None)  # QBert4Rec: items per injection depth
+    if depth is not None:
+        record["injection_depth_histogram"] = [int(count) for count in depth]
     check_finite(record)
     return record
 

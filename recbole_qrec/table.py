@@ -5,17 +5,21 @@ share model, dataset and ``config_hash`` are seeds of one configuration; a model
 ± std of its test metrics over those seeds (the configuration with the most seeds, then the latest, when a model
 has several). Rows are models, datasets sit side by side; the best value of each column is marked, the second
 too, and each model's relative improvement over the best baseline is given per dataset, with a paired t-test
-over matching seeds.
+over matching seeds. Plots: grouped bars of a test metric per dataset (``png``), and the validation metric after
+each evaluated epoch (``curves``, from the records' ``valid_curve``).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
 import math
 import re
+import shlex
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,8 @@ from recbole_qrec.resources import PROPERTIES_DIR
 
 BASELINES = ("GRU4Rec", "SASRec", "BERT4Rec", "FDSA")
 DEFAULT_METRICS = ("hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10")
-FORMATS = ("md", "csv", "png", "tex")
+FORMATS = ("md", "csv", "png", "tex", "curves")
+SUFFIXES = {"curves": "curves.png"}  # the file name suffix of a format, when it is not the format's name
 PAPER_FILE = PROPERTIES_DIR / "paper.yaml"
 SIGNIFICANCE = 0.05
 MARK = "†"
@@ -58,7 +63,8 @@ class Cell:
 
 @dataclass
 class Table:
-    """Cells by ``(model, dataset)`` and metric, with each dataset's baseline and the published numbers."""
+    """Cells by ``(model, dataset)`` and metric, with the records behind them, each dataset's baseline and the
+    published numbers."""
 
     models: list[str]
     datasets: list[str]
@@ -68,10 +74,16 @@ class Table:
     baselines: dict[str, str]
     paper: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    runs: dict[tuple[str, str], dict[int, dict[str, Any]]] = field(default_factory=dict)  # the cells' records by seed
+    command: str | None = None  # the command that built the table, shown under it
 
     def n(self, model: str, dataset: str) -> int | None:
         cells = self.cells.get((model, dataset))
         return next(iter(cells.values())).n if cells else None
+
+    def measured_models(self) -> list[str]:
+        """The models with results (not only published numbers), in row order."""
+        return [m for m in self.models if any((m, d) in self.cells for d in self.datasets)]
 
     def paper_metrics(self) -> list[str]:
         return [m for m in self.metrics if any(m in values for values in self.paper.values())]
@@ -153,18 +165,25 @@ def load_records(paths: list[Path]) -> list[dict[str, Any]]:
     return records
 
 
-def configuration_cells(records: list[dict[str, Any]], metrics: list[str]) -> dict[tuple[str, str], dict[str, Cell]]:
-    """Per ``(model, dataset)``: the metrics of one configuration over its seeds (a repeated seed: the later record)."""
+def chosen_runs(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
+    """Per ``(model, dataset)``: the records by seed of its configuration with the most seeds (a tie: the one run
+    later; a repeated seed: the later record)."""
     groups: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = {}
     for record in sorted(records, key=lambda r: str(r.get("finished_at", ""))):
         key = (record["model"], record["dataset"], str(record.get("config_hash")))
         groups.setdefault(key, {})[record.get("seed")] = record
     chosen: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
-    for (model, dataset, _), seeds in groups.items():  # a tie goes to the configuration first run later
+    for (model, dataset, _), seeds in groups.items():
         if len(seeds) >= len(chosen.get((model, dataset), {})):
             chosen[(model, dataset)] = seeds
+    return chosen
+
+
+def configuration_cells(runs: dict[tuple[str, str], dict[int, dict[str, Any]]],
+                        metrics: list[str]) -> dict[tuple[str, str], dict[str, Cell]]:
+    """Per ``(model, dataset)``: each metric of its runs (:func:`chosen_runs`) over the seeds."""
     cells: dict[tuple[str, str], dict[str, Cell]] = {}
-    for (model, dataset), seeds in chosen.items():
+    for (model, dataset), seeds in runs.items():
         for metric in metrics:
             missing = [r for r in seeds.values() if metric not in r["test"]]
             if missing:
@@ -199,7 +218,8 @@ def build_table(records: list[dict[str, Any]], metrics: list[str], key_metric: s
                 baseline: str | None = None, paper: Path | None = None) -> Table:
     """The table of ``records``: models in first-seen order, each dataset's baseline (``baseline``, else the best
     of GRU4Rec/SASRec/BERT4Rec/FDSA present on ``key_metric``), and the published numbers of ``paper``."""
-    cells = configuration_cells(records, sorted(set(metrics) | {key_metric}))
+    runs = chosen_runs(records)
+    cells = configuration_cells(runs, sorted(set(metrics) | {key_metric}))
     models = list(dict.fromkeys(r["model"] for r in records))
     datasets = list(dict.fromkeys(r["dataset"] for r in records))
     if baseline is not None and baseline not in models:
@@ -210,7 +230,7 @@ def build_table(records: list[dict[str, Any]], metrics: list[str], key_metric: s
         present = [m for m in candidates if (m, dataset) in cells]
         if present:
             baselines[dataset] = max(present, key=lambda m: cells[(m, dataset)][key_metric].mean)
-    table = Table(models, datasets, list(metrics), key_metric, cells, baselines)
+    table = Table(models, datasets, list(metrics), key_metric, cells, baselines, runs=runs)
     if paper is not None:
         values, sources = load_paper(paper)
         table.paper = {key: v for key, v in values.items() if key[1] in datasets}
@@ -264,7 +284,44 @@ def notes(table: Table, tex: bool = False) -> list[str]:
               f"Δ: relative improvement in {metric_label(table.key_metric)} over the baseline ({bases}). "
               f"{MARK}: p < {SIGNIFICANCE} in a paired t-test over the seeds shared with the baseline.")]
     lines += [f"Paper ({model}): {source}" for model, source in table.sources.items()]
+    lines += provenance(table)
     return [tex_escape(line) for line in lines] if tex else lines
+
+
+def runs_line(records: list[dict[str, Any]]) -> str:
+    """``Runs: <n> records; commit ...; machine ...; finished <dates>.`` of non-empty ``records``."""
+    commits = sorted({str(r.get("git_commit", "unknown"))[:7] + (" (uncommitted changes)" if r.get("git_dirty") else "")
+                      for r in records})
+    machines = sorted({str(r.get("machine") or r.get("device", "unknown")) for r in records})
+    dates = sorted(str(r.get("finished_at", ""))[:10] for r in records)
+    return (f"Runs: {len(records)} records; commit {', '.join(commits)}; machine {', '.join(machines)}; "
+            f"finished {dates[0]}" + (f" to {dates[-1]}" if dates[-1] != dates[0] else "") + ".")
+
+
+def command_line() -> str:
+    """This process's command as ``recbole-qrec <arguments>``."""
+    return " ".join(["recbole-qrec", *map(shlex.quote, sys.argv[1:])])
+
+
+def provenance(table: Table) -> list[str]:
+    """Where the measured cells come from: the command, the records' commits, machines and dates, and the content
+    (semantic-ID sources) each dataset's runs used when it was not the dataset's own text/image codes."""
+    records = [record for seeds in table.runs.values() for record in seeds.values()]
+    if not records:
+        return []
+    lines = [runs_line(records)]
+    if table.command:
+        lines.insert(0, f"Command: `{table.command}`")
+    content = {f"{dataset}: no {field}" if source == "missing" else f"{dataset}: {field} from {source}" for r in records
+               for dataset, fields in (r.get("content_sources") or {}).items()
+               for field, source in fields.items() if not source.startswith(("text:", "image:"))}
+    if content:
+        lines.append("Content: " + "; ".join(sorted(content)) + ".")
+    rules = {f"{r['model']} {r['eval_rule']}" for r in records if r.get("eval_rule")}
+    if rules:
+        lines.append("Shared semantic IDs (eval_rule; group: a generated ID shared with the target counts as a hit, "
+                     "strict: only the target's own ID): " + ", ".join(sorted(rules)) + ".")
+    return lines
 
 
 def tex_escape(text: str) -> str:
@@ -319,22 +376,29 @@ def render_tex(table: Table) -> str:
     return "\n".join(lines + [f"% {line}" for line in notes(table, tex=True)]) + "\n"
 
 
-def plot_bars(table: Table, path: Path, metric: str | None = None) -> Path:
-    """Grouped bars of ``metric`` (default the key metric): one group per dataset, one bar per model with its std."""
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_bars(table: Table, path: Path, metric: str | None = None) -> Path:
+    """Grouped bars of ``metric`` (default the key metric): one group per dataset, one bar per model with its std."""
+    plt = pyplot()
     metric = metric or table.key_metric
-    models = [m for m in table.models if any((m, d) in table.cells for d in table.datasets)]
+    models = table.measured_models()
     width = 0.8 / max(len(models), 1)
     fig, ax = plt.subplots(figsize=(8, 4), dpi=150)
     for i, model in enumerate(models):
         cells = [table.cells.get((model, d), {}).get(metric) for d in table.datasets]
         stds = [c.std if c and c.std is not None else 0.0 for c in cells]
         ax.bar([x - 0.4 + width * (i + 0.5) for x in range(len(table.datasets))],
-               [c.mean if c else 0.0 for c in cells], width, yerr=stds if any(stds) else None, capsize=2, label=model)
+               [c.mean if c else 0.0 for c in cells], width, yerr=stds if any(stds) else None, capsize=2, label=model,
+               color=f"C{i % 10}")
     ax.set_xticks(range(len(table.datasets)), table.datasets)
     ax.set_xlabel("Dataset")
     ax.set_ylabel(f"Test {metric_label(metric)} (0–1, mean ± std over seeds)")
@@ -347,16 +411,128 @@ def plot_bars(table: Table, path: Path, metric: str | None = None) -> Path:
     return path
 
 
+def valid_curve(seeds: dict[int, dict[str, Any]], metric: str) -> tuple[list[int], list[float], list[float]]:
+    """Epochs trained (1: after the first) and the mean and std over seeds of validation ``metric`` after each,
+    from the records' ``valid_curve`` (empty lists when none has one)."""
+    by_epoch: dict[int, list[float]] = {}
+    for record in seeds.values():
+        for point in record.get("valid_curve") or []:
+            if metric in point:
+                by_epoch.setdefault(int(point["epoch"]) + 1, []).append(float(point[metric]))
+    epochs = sorted(by_epoch)
+    return (epochs, [statistics.fmean(by_epoch[e]) for e in epochs],
+            [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs])
+
+
+def plot_curves(table: Table, path: Path, metric: str | None = None) -> Path:
+    """Validation ``metric`` (default the key metric) after each evaluated epoch: one panel per dataset, one line per
+    model (mean over its seeds, the band ± std), 1200 px wide for up to two datasets and 600 px more for each other."""
+    plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    metric = metric or table.key_metric
+    curves = {key: valid_curve(seeds, metric) for key, seeds in table.runs.items()}
+    datasets = [d for d in table.datasets if any(curves.get((m, d), ([],))[0] for m in table.models)]
+    if not datasets:
+        raise ConfigError(f"no record has a validation curve of {metric} (valid_curve) — pass records of runs that "
+                          f"evaluated {metric} on the validation split, or leave curves out of --format")
+    fig, axes = plt.subplots(1, len(datasets), figsize=(max(8.0, 4.0 * len(datasets)), 4.0), dpi=150, squeeze=False)
+    lines = {}
+    for ax, dataset in zip(axes[0], datasets):
+        last = 1
+        for i, model in enumerate(table.measured_models()):
+            epochs, means, stds = curves.get((model, dataset), ([], [], []))
+            if not epochs:
+                continue
+            last = max(last, epochs[-1])
+            color = f"C{i % 10}"
+            lines[model] = ax.plot(epochs, means, marker="o", markersize=3, color=color, label=model)[0]
+            if any(stds):
+                ax.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                                color=color, alpha=0.2, linewidth=0)
+        ax.set_title(dataset)
+        ax.set_xlabel("Epochs trained")
+        ax.set_ylabel(f"Validation {metric_label(metric)} (0–1)")
+        ax.set_xlim(0.5, last + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.grid(alpha=0.3)
+    legend_width = 1.6 / fig.get_figwidth()  # inches kept free on the right for the legend
+    fig.legend(lines.values(), lines.keys(), title="Model", fontsize="small", loc="upper right")
+    fig.suptitle(f"Validation {metric_label(metric)} per epoch (mean ± std over seeds)")
+    fig.tight_layout(rect=(0, 0, 1 - legend_width, 1))
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
 def write_outputs(table: Table, formats: list[str], prefix: Path, plot_metric: str | None = None) -> list[Path]:
-    """Write ``<prefix>.<format>`` for each format; returns the paths written."""
+    """Write ``<prefix>.<format>`` for each format (``<prefix>.curves.png`` for curves); returns the paths written."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
     written = []
     renderers = {"md": render_md, "csv": render_csv, "tex": render_tex}
+    plots = {"png": plot_bars, "curves": plot_curves}
     for fmt in formats:
-        path = prefix.with_name(f"{prefix.name}.{fmt}")
-        if fmt == "png":
-            plot_bars(table, path, plot_metric)
+        path = prefix.with_name(f"{prefix.name}.{SUFFIXES.get(fmt, fmt)}")
+        if fmt in plots:
+            plots[fmt](table, path, plot_metric)
         else:
             path.write_text(renderers[fmt](table), encoding="utf-8")
         written.append(path)
     return written
+
+
+# The command-line options of a table, shared by ``recbole-qrec table`` and ``recbole-qrec compare``
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose a table's metrics, baseline, published numbers and output files."""
+    parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
+                        help="comma-separated test metrics, e.g. hr@1,hr@5,hr@10,ndcg@5,ndcg@10 (hr is hit)")
+    parser.add_argument("--format", default="md", help=f"comma-separated, among {','.join(FORMATS)} (png: bars of "
+                        "--metric per dataset; curves: validation --metric per epoch, <out>.curves.png)")
+    parser.add_argument("--out", type=Path, help="write <out>.<format> for each format (md is printed as well)")
+    parser.add_argument("--paper", type=Path, metavar="YAML",
+                        help="add the papers' numbers from this YAML; paper.yaml without such a file in the working "
+                        "folder is the shipped properties/paper.yaml")
+    parser.add_argument("--baseline", help="model to compare against (default: the best of GRU4Rec, SASRec, "
+                        "BERT4Rec, FDSA present, per dataset)")
+    parser.add_argument("--metric", default="ndcg@10", help="metric of the improvement column and the plots")
+
+
+@dataclass(frozen=True)
+class TableRequest:
+    """What a table shows and where it is written, checked by :func:`table_request`."""
+
+    metrics: list[str]
+    key_metric: str
+    formats: list[str]
+    out: Path | None
+    paper: Path | None
+    baseline: str | None
+
+
+def table_request(args: argparse.Namespace) -> TableRequest:
+    """The checked request of the options of :func:`add_output_arguments` (the paper file is read once here)."""
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ConfigError(f"unknown --format {','.join(unknown) or args.format!r} — use some of {','.join(FORMATS)}")
+    if set(formats) - {"md"} and args.out is None:
+        raise ConfigError("--format csv, png, tex and curves write files — add --out PREFIX")
+    paper = args.paper
+    if paper is not None and not paper.is_file() and paper == Path(PAPER_FILE.name):
+        paper = PAPER_FILE
+    if paper is not None:
+        load_paper(paper)
+    metrics = [metric_key(m) for m in args.metrics.split(",") if m.strip()]
+    return TableRequest(metrics, metric_key(args.metric), formats, args.out, paper, args.baseline)
+
+
+def publish(records: list[dict[str, Any]], request: TableRequest) -> Table:
+    """Build the table of ``records``, print it as markdown and write the files of ``request``."""
+    built = build_table(records, request.metrics, request.key_metric, request.baseline, request.paper)
+    built.command = command_line()
+    written = write_outputs(built, request.formats, request.out) if request.out is not None else []
+    print(render_md(built), end="")
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    return built

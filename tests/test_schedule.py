@@ -51,9 +51,10 @@ def test_constant_without_warm_up_leaves_the_optimizer_alone():
     assert sgd_step_rates({}, total=5) == [0.5] * 5
 
 
-@pytest.mark.parametrize("settings", [{"lr_scheduler": "cosin"}, {"warmup_steps": -1}, {"warmup_steps": 1.5}])
-def test_a_bad_schedule_is_a_config_error(settings):
-    with pytest.raises(ConfigError, match="lr_scheduler|warmup_steps"):
+@pytest.mark.parametrize("settings", [{"lr_scheduler": "cosin"}, {"warmup_steps": -1}, {"warmup_steps": 1.5},
+                                      {"autocast_dtype": "fp8"}, {"valid_sample_users": 0}, {"data_path_mode": "cpu"}])
+def test_a_bad_training_setting_is_a_config_error_before_anything_runs(settings):
+    with pytest.raises(ConfigError, match=f"^{next(iter(settings))} must be"):
         build_config("SASRec", "Instruments", config_dict=settings)
 
 

@@ -157,6 +157,8 @@ def test_png_size(results: Path, tmp_path: Path) -> None:
     (json.dumps(record(*RUNS[0])) + "\n", ["--metrics", "ndcg@10", "--baseline", "FDSA"], "baseline FDSA has no results"),
     (json.dumps(record(*RUNS[0])) + "\n", ["--metrics", "ndcg@10", "--by", "dataset,model"], "use --by model,dataset"),
     (json.dumps(record(*RUNS[0])) + "\n", ["--metrics", "ndcg@10", "--paper", "missing.yaml"], "paper file"),
+    (json.dumps(record(*RUNS[0])) + "\n", ["--metrics", "ndcg@10", "--format", "curves", "--out", "c"],
+     "no record has a validation curve of ndcg@10"),
 ])
 def test_bad_input_is_one_line(tmp_path: Path, content: str | None, args: list[str], message: str) -> None:
     path = tmp_path / "results.jsonl"
@@ -185,3 +187,50 @@ def test_python_m_entry_point(results: Path, tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "recbole_qrec", "table", str(tmp_path / "none.jsonl")],
                          cwd=tmp_path, capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("error: results file") and bad.stderr.count("\n") == 1
+
+
+def curve_record(model: str, dataset: str, seed: int, ndcg: list[float]) -> dict:
+    """A record whose validation NDCG@10 after epoch i (RecBole's index, from 0) is ``ndcg[i]``."""
+    curve = [{"epoch": epoch, "ndcg@10": value, "hit@10": 2 * value} for epoch, value in enumerate(ndcg)]
+    return {**record(model, dataset, "c", seed, 2 * ndcg[-1], ndcg[-1]), "valid_curve": curve}
+
+
+def test_validation_curves(tmp_path: Path) -> None:
+    import matplotlib.image
+
+    runs = [curve_record("SASRec", "Instruments", 1, [0.05, 0.08, 0.09]),
+            curve_record("SASRec", "Instruments", 2, [0.07, 0.10]),  # stopped one epoch earlier
+            curve_record("GRU4Rec", "Instruments", 1, [0.04, 0.06, 0.07, 0.07]),
+            curve_record("SASRec", "Arts", 1, [0.02, 0.03]),
+            curve_record("GRU4Rec", "Games", 1, [0.01])]
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in runs), encoding="utf-8")
+    built = table.build_table(table.load_records([path]), ["ndcg@10"])
+    epochs, means, stds = table.valid_curve(built.runs[("SASRec", "Instruments")], "ndcg@10")
+    assert epochs == [1, 2, 3] and means == pytest.approx([0.06, 0.09, 0.09])
+    assert stds == pytest.approx([0.02 ** 0.5 / 10, 0.02 ** 0.5 / 10, 0.0])
+
+    prefix = tmp_path / "out" / "main"
+    _, err = run_table([str(path), "--metrics", "ndcg@10", "--format", "png,curves", "--out", str(prefix)])
+    png = tmp_path / "out" / "main.curves.png"
+    assert f"wrote {png}" in err and prefix.with_suffix(".png").is_file()
+    image = matplotlib.image.imread(png)
+    assert image.shape[:2] == (600, 1800)  # three datasets side by side
+    assert len({tuple(pixel) for pixel in image[::7, ::7].reshape(-1, image.shape[2])}) > 20  # lines, not a blank
+
+
+
+def test_the_markdown_says_where_its_numbers_come_from(tmp_path: Path) -> None:
+    records = [{**record("TIGER", "Arts", "c", seed, 0.1, 0.05), "git_commit": "0123456789abcdef", "git_dirty": False,
+                "machine": "NVIDIA H200", "content_sources": {"Arts": {"text_codes": "id-embedding:SASRec"}}}
+               for seed in (1, 2)]
+    records.append({**record("MQL4GRec", "Arts", "d", 1, 0.1, 0.05), "git_commit": "fedcba9876543210",
+                    "git_dirty": True, "machine": "NVIDIA H200",
+                    "content_sources": {"Arts": {"text_codes": "id-embedding:SASRec", "image_codes": "missing"}},
+                    "eval_rule": "group"})
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    md, _ = run_table([str(path), "--metrics", "hr@10,ndcg@10"])
+    assert "Runs: 3 records; commit 0123456, fedcba9 (uncommitted changes); machine NVIDIA H200; finished 2026-01-01." in md
+    assert "Content: Arts: no image_codes; Arts: text_codes from id-embedding:SASRec." in md
+    assert "Command: `recbole-qrec " in md and "only the target's own ID): MQL4GRec group." in md

@@ -38,6 +38,7 @@ from torch import nn
 import recbole_qrec.trainer as qrec_trainers
 from recbole_qrec.errors import CheckpointError
 from recbole_qrec.fileio import atomic_path
+from recbole_qrec.trainer.acceleration import AccelerationMixin
 from recbole_qrec.trainer.schedule import LRScheduleMixin
 
 # Settings that change where, how verbosely or under which labels a run happens, not what it computes: left out of a
@@ -46,6 +47,7 @@ RUN_LOCATION_KEYS = frozenset({
     "data_path", "checkpoint_dir", "results_dir", "resume_checkpoint", "data_fingerprint", "allow_data_mismatch",
     "device", "gpu_id", "use_gpu", "local_rank", "show_progress", "state", "worker", "log_wandb", "wandb_project",
     "save_dataset", "dataset_save_path", "save_dataloaders", "dataloaders_save_path", "run_tags",
+    "single_spec", "nproc", "world_size", "offset", "ip", "port",  # how many processes share the run (DDP)
 })
 # How a model is trained and evaluated, never its parameter shapes (RecBole's own argument groups).
 SCHEDULE_KEYS = frozenset(argument_list.general_arguments + argument_list.training_arguments
@@ -345,11 +347,11 @@ class SafeCheckpointMixin:
 
 @cache
 def with_safe_checkpoint(trainer_class: type[Trainer]) -> type[Trainer]:
-    """``trainer_class`` with :class:`SafeCheckpointMixin` and :class:`LRScheduleMixin` in front (returned as is if
-    already there)."""
+    """``trainer_class`` with :class:`SafeCheckpointMixin`, :class:`LRScheduleMixin` and :class:`AccelerationMixin` in
+    front (returned as is if already there)."""
     if issubclass(trainer_class, SafeCheckpointMixin):
         return trainer_class
-    return type(trainer_class.__name__, (SafeCheckpointMixin, LRScheduleMixin, trainer_class),
+    return type(trainer_class.__name__, (SafeCheckpointMixin, LRScheduleMixin, AccelerationMixin, trainer_class),
                 {"__doc__": trainer_class.__doc__})
 
 

@@ -1,0 +1,85 @@
+"""``recbole-qrec compare``: a grid of tiny runs through the entry point on the 500-user Instruments subset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from recbole_qrec.cli import main
+from recbole_qrec.compare import plan
+
+TINY = ["--hidden_size=16", "--embedding_size=16", "--inner_size=32", "--n_layers=1", "--n_heads=1", "--epochs=1",
+        "--train_batch_size=256", "--eval_batch_size=256", "--use_gpu=False", "--allow_data_mismatch"]
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def compare(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of ``recbole-qrec compare ARGS``."""
+    try:
+        main(["compare", *args])
+        status = 0
+    except SystemExit as exit_info:
+        status = exit_info.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def md_cell(md: str, model: str, column: str) -> str:
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| ")]
+    return dict(zip(rows[0], next(row for row in rows if row[0] == model)))[column]
+
+
+def test_grid_keeps_good_runs_skips_recorded_ones_and_reruns(work: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the runs' log/ and saved/
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny runs on a shared CPU
+    results, prefix = tmp_path / "results", tmp_path / "out" / "grid"
+    grid = ["--datasets", "Instruments", "--results-dir", str(results), "--format", "md,csv", "--out", str(prefix),
+            f"--data_path={work / 'dataset'}", *TINY]
+
+    status, md, err = compare(["--models", "GRU4Rec", "SASRec", "SASRrec", "--parallel", "2", *grid], capsys)
+    assert status == 2, err
+    records = lines(results / "results.jsonl")
+    assert sorted(r["model"] for r in records) == ["GRU4Rec", "SASRec"]
+    assert len({r["tags"]["compare"] for r in records}) == 1 and all(len(r["valid_curve"]) == 1 for r in records)
+    for r in records:
+        assert f"] {r['model']} Instruments seed 2020: test ndcg@10 {r['test']['ndcg@10']:.4f}, " in err
+        assert md_cell(md, r["model"], "Instruments NDCG@10").strip("*<u>/") == f"{r['test']['ndcg@10']:.4f}"
+    assert "SASRrec Instruments: FAILED error: " in err and "did you mean 'SASRec'" in err
+    assert "failed runs (1 of 3):" in err and err.splitlines()[-1].startswith("error: 1 of 3 runs failed")
+    assert prefix.with_suffix(".md").read_text(encoding="utf-8") == md and prefix.with_suffix(".csv").is_file()
+
+    status, md_again, err = compare(["--models", "GRU4Rec", "SASRec", "SASRrec", *grid], capsys)
+    assert status == 2 and "3 runs, 2 already recorded (skipped), 0 to run" in err
+    assert lines(results / "results.jsonl") == records and md_again == md
+
+    status, _, err = compare(["--models", "GRU4Rec", "--rerun", *grid], capsys)
+    assert status == 0, err
+    rerun = lines(results / "results.jsonl")
+    assert len(rerun) == 3 and rerun[:2] == records and rerun[2]["model"] == "GRU4Rec"
+    first = next(r for r in records if r["model"] == "GRU4Rec")
+    assert rerun[2]["config_hash"] == first["config_hash"] and rerun[2]["tags"] != first["tags"]
+
+
+def test_seeds_follow_the_configured_seed(work: Path) -> None:
+    runs = plan(["SASRec"], ["Instruments"], 3, [], [f"--data_path={work / 'dataset'}", "--seed=7",
+                                                     "--allow_data_mismatch=True"], "c1")
+    assert [run.seed for run in runs] == [7, 8, 9]
+    assert all(run.args[-2:] == (f"--seed={run.seed}", "--run_tags={'compare': 'c1'}") for run in runs)
+    assert not any(arg == "--seed=7" for arg in runs[1].args)
+    assert len({run.fingerprint["sha256"] for run in runs}) == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--models", "SASRec", "--datasets", "Instruments", "--model=GRU4Rec"], "--model=GRU4Rec is set by compare"),
+    (["--models", "SASRec", "--datasets", "Instruments", "--seeds", "0"], "both must be at least 1"),
+    (["--models", "SASRec", "--datasets", "Instruments", "--format", "png"], "add --out PREFIX"),
+    (["--datasets", "Instruments"], "the following arguments are required: --models"),
+])
+def test_bad_arguments_are_one_line(args: list[str], message: str, capsys) -> None:
+    status, out, err = compare(args, capsys)
+    assert status == 2 and out == "" and err.count("\n") == 1 and err.startswith("error: ") and message in err

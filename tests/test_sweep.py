@@ -1,0 +1,148 @@
+"""``recbole-qrec sweep``: a grid with failing points finishes, a killed sweep resumes without repeating finished
+trials (with two workers cooperating on its storage), best.yaml reproduces the best trial, and a bad sweep YAML is
+one error line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recbole_qrec.cli import main
+from recbole_qrec.sweep import find_spec_file, load_spec, plan_targets
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = {"hidden_size": 16, "inner_size": 32, "n_layers": 1, "epochs": 1, "train_batch_size": 256,
+        "use_gpu": False, "show_progress": False, "allow_data_mismatch": True}
+# hidden_size 15 is not a multiple of SASRec's 2 heads: trials 2 and 3 fail when the model is built.
+GRID = {"hidden_size": [16, 15], "learning_rate": [0.001, 0.003]}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per run on a shared CPU (one_thread in this process)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def write_spec(path: Path, data_path: Path, **changes: object) -> Path:
+    fixed = {key: value for key, value in TINY.items() if key not in GRID}
+    spec = {"model": "SASRec", "dataset": "Instruments", "fixed": {**fixed, "data_path": str(data_path)},
+            "space": GRID, "algorithm": "grid", "seeds": [2020], **changes}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def sweep_process(spec: Path, out: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "recbole_qrec", "sweep", str(spec), "--out", str(out), *args],
+                            cwd=out.parent, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def records(out: Path) -> list[dict]:
+    path = out / "results.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+
+
+@pytest.fixture(scope="module")
+def sweep_run(work: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The grid swept once, killed (SIGKILL of its process group) while trial 1 runs, then resumed with two workers."""
+    folder = tmp_path_factory.mktemp("sweep")
+    spec, out = write_spec(folder / "grid.yaml", work / "dataset"), folder / "out"
+    out.mkdir()
+    first = sweep_process(spec, out)
+    deadline = time.time() + 120
+    while not (records(out) and (out / "SASRec-Instruments" / "trials" / "1.log").is_file()):
+        assert first.poll() is None and time.time() < deadline, first.stderr.read() if first.poll() else "timed out"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    before = records(out)
+    resumed = sweep_process(spec, out, "--parallel", "2")
+    stdout, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    return {"spec": spec, "out": out, "before": before, "after": records(out),
+            "resumed_lines": [line for line in stdout.splitlines() if line.startswith("[")]}
+
+
+def test_killed_sweep_resumes_without_repeating_finished_trials(sweep_run: dict) -> None:
+    before, after = sweep_run["before"], sweep_run["after"]
+    assert [r["tags"]["trial"] for r in before] == [0]  # killed while trial 1 ran
+    assert sorted(r["tags"]["trial"] for r in after) == [0, 1]  # each completed trial recorded once
+    assert after[0] == before[0]
+    assert {r["tags"]["sweep"] for r in after} == {load_spec(sweep_run["spec"]).id}
+    # The resumed sweep ran trial 1 again (its run had been killed) and the two failing points, nothing else.
+    assert sorted(line.split(" trial ")[1].split(":")[0] for line in sweep_run["resumed_lines"]) == ["1", "2", "3"]
+
+
+def test_grid_reports_rank_trials_and_keep_failures(sweep_run: dict) -> None:
+    folder = sweep_run["out"] / "SASRec-Instruments"
+    rows = list(csv.DictReader((folder / "sweep.csv").open(encoding="utf-8")))
+    assert sorted(int(row["trial"]) for row in rows) == [0, 1, 2, 3]
+    completed = {r["tags"]["trial"]: r for r in sweep_run["after"]}
+    ranked = [row for row in rows if row["rank"]]
+    assert [int(row["trial"]) for row in ranked] == sorted(completed, key=lambda n: -completed[n]["valid"]["ndcg@10"])
+    for row in ranked:
+        record = completed[int(row["trial"])]
+        assert float(row["valid NDCG@10"]) == record["valid"]["ndcg@10"]
+        assert float(row["test HR@10"]) == record["test"]["hit@10"]
+    failed = [row for row in rows if not row["rank"]]
+    assert [row["hidden_size"] for row in failed] == ["15", "15"]
+    assert all("not a multiple of the number of attention heads" in row["error"] for row in failed)
+    assert (folder / "sweep.md").read_text(encoding="utf-8").count("\n| ") == 5  # header and 4 trials
+    assert (folder / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_best_yaml_reproduces_the_best_trial(sweep_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = sweep_run["out"] / "SASRec-Instruments"
+    best = json.loads((folder / "best.json").read_text(encoding="utf-8"))
+    record = next(r for r in sweep_run["after"] if r["tags"]["trial"] == best["trial"])
+    assert best["test"] == record["test"]
+    assert yaml.safe_load((folder / "best.yaml").read_text(encoding="utf-8")) == {
+        **{k: v for k, v in TINY.items() if k not in GRID}, "data_path": best["settings"]["data_path"],
+        **best["params"], "seed": 2020}
+    monkeypatch.chdir(tmp_path)
+    main(["--model=SASRec", "--dataset=Instruments", "--config_files", str(folder / "best.yaml"),
+          f"--results_dir={tmp_path}", f"--checkpoint_dir={tmp_path / 'saved'}"])
+    (again,) = records(tmp_path)
+    assert again["valid"] == record["valid"] and again["config_hash"] == record["config_hash"]
+
+
+def test_shipped_example_is_a_valid_sweep() -> None:
+    spec = load_spec(find_spec_file("SASRec.yaml"))
+    (target,) = plan_targets(spec)
+    assert (spec.algorithm, target.metric, target.bigger, target.budget) == ("tpe", "ndcg@10", True, 40)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"trails": 4}, "unknown key 'trails' (did you mean 'trials'?)"),
+    ({"space": {"hidden_size": {"choise": [16, 32]}}}, "unknown kind 'choise' (did you mean 'choice'?)"),
+    ({"space": {"learning_rate": {"loguniform": [0, 0.1]}}}, "loguniform needs [low, high] numbers with low < high and"),
+    ({"space": {"hidden_size": []}}, "choice needs a non-empty list"),
+    ({"space": {"dropout_prob": {"uniform": [0.1, 0.5]}}}, "a grid needs listed values"),
+    ({"algorithm": "tpe"}, "algorithm tpe needs a budget"),
+    ({"space": {"learing_rate": [0.1]}}, "did you mean 'learning_rate'?"),
+    ({"space": {"hidden_size": [16, 0]}}, "space.hidden_size: hidden_size must be"),
+    ({"metric": "ndcg@20"}, "ndcg@20 is not computed by the runs"),
+    ({"fixed": {"seed": 1}}, "seed is set by the sweep for every run"),
+])
+def test_bad_sweep_yaml_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict,
+                                          message: str) -> None:
+    spec = write_spec(tmp_path / "bad.yaml", tmp_path, **change)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(spec), "--out", str(tmp_path / "out")])
+    lines = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and " — " in lines[0]
+    assert message in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_command_line_takes_sweep_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--sweep", str(tmp_path / "missing.yaml")])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and line.startswith("error: sweep file ") and "SASRec.yaml" in line
