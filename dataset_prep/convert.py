@@ -10,7 +10,8 @@ Output (``<out>/<name>/``):
   (``eval_args: {split: {LS: valid_and_test}, order: TO}``) reproduces the papers' split:
   last item test, second to last validation, the rest training.
 * ``<name>.item`` -- ``item_id:token`` plus one ``token_seq`` column per code file
-  (``text_codes`` / ``image_codes``), tokens like ``a_12 b_7 c_201 d_3``.
+  (``text_codes`` / ``image_codes``), tokens like ``a_12 b_7 c_201 d_3``;
+* ``<name>.content.json`` -- beside it, where each field's codes came from (``text:llama``, ``image:vit``).
 
 Usage: ``python -m dataset_prep.convert --dataset Instruments [--src DIR] [--out dataset]``. Runs read
 these files from their ``data_path``; nothing converts a dataset automatically.
@@ -26,14 +27,16 @@ from typing import Any
 
 from dataset_prep.locate import find_processed_dataset
 from dataset_prep.stats import format_stats, sequence_stats
+from recbole_qrec.data.features import record_content_sources
 from recbole_qrec.errors import DEBUG_EPILOG, MalformedDataError, user_errors
 from recbole_qrec.fileio import atomic_open
 
-# Code file suffix -> item feature field. LLaMA text codes are lower-case levels, CLIP image codes upper-case.
+# Code file suffix -> item feature field and the content its codes were made from (recorded in
+# <name>.content.json). LLaMA text codes are lower-case levels, CLIP ViT-L/14 image codes upper-case.
 CODE_FILES = {
-    "index_lemb": "text_codes",
-    "index": "text_codes",
-    "index_vitemb": "image_codes",
+    "index_lemb": ("text_codes", "text:llama"),
+    "index": ("text_codes", "text:llama"),
+    "index_vitemb": ("image_codes", "image:vit"),
 }
 CODE_TOKEN = re.compile(r"<([A-Za-z]_\d+)>")
 MIN_SEQUENCE_LENGTH = 3  # one training target, one validation target, one test target
@@ -72,7 +75,7 @@ def code_token(token: Any, path: Path, item: str, level: int) -> str:
 def load_code_files(folder: Path, name: str) -> dict[str, dict[str, list[str]]]:
     """Read every known ``<name>.index*.json`` as ``field -> {item: [token, ...]}``."""
     fields: dict[str, dict[str, list[str]]] = {}
-    for suffix, field in CODE_FILES.items():
+    for suffix, (field, _) in CODE_FILES.items():
         path = folder / f"{name}.{suffix}.json"
         if not path.is_file() or field in fields:
             continue
@@ -86,6 +89,16 @@ def load_code_files(folder: Path, name: str) -> dict[str, dict[str, list[str]]]:
         fields[field] = {item: [code_token(token, path, item, level) for level, token in enumerate(codes)]
                          for item, codes in raw.items()}
     return fields
+
+
+def code_file_sources(folder: Path, name: str) -> dict[str, dict[str, str]]:
+    """``field -> {"source", "file"}`` of the code files :func:`load_code_files` reads (the first per field)."""
+    sources: dict[str, dict[str, str]] = {}
+    for suffix, (field, source) in CODE_FILES.items():
+        path = folder / f"{name}.{suffix}.json"
+        if path.is_file() and field not in sources:
+            sources[field] = {"source": source, "file": path.name}
+    return sources
 
 
 def write_inter_file(sequences: dict[str, list[int]], path: Path) -> None:
@@ -114,6 +127,7 @@ def convert(name: str, src: str | Path | None = None, out: str | Path = "dataset
     items = sorted({str(item) for seq in sequences.values() for item in seq}, key=int)
     if codes:
         write_item_file(codes, items, target / f"{name}.item")
+        record_content_sources(target, name, code_file_sources(folder, name), replace=True)
     write_inter_file(sequences, target / f"{name}.inter")
     return sequence_stats(sequences)
 

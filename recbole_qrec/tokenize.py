@@ -13,6 +13,19 @@ format, ``item_id:token sid:token_seq``, one token per level: ``a_12 b_7 c_201 d
 ``<dataset>.sid.json``, the report (reconstruction loss, collision rate before/after, per-level
 utilisation and perplexity, timings, the tokenizer config).
 
+Content for a dataset without item content (Arts): the item-embedding table of a trained ID model (SASRec,
+GRU4Rec, BERT4Rec, FDSA: ``item_embedding.weight`` of a recbole-qrec checkpoint of a run on the dataset) becomes
+a feature file, ``<dataset>.<Model>.npy`` beside the atomic files (progress record kind ``id-embedding``;
+reused while it records the same checkpoint), which is tokenized like any other::
+
+    python -m recbole_qrec.tokenize --dataset Arts --checkpoint saved/SASRec-<date>.pth --item_field text_codes
+
+``--item_field FIELD`` (a ``*_codes`` name) writes the codes as the content-code field ``FIELD`` of
+``<dataset>.item`` instead of ``<dataset>.sid`` (other columns kept), so TIGER, MQL4GRec, QBert4Rec and FDSA
+read them exactly like the converted text codes of Instruments and Games; ``<dataset>.content.json`` records the
+field's source (``id-embedding:SASRec``), feature files and tokenizer report. A ``.sid.json`` report lists its
+features' sources as ``content_sources``.
+
 A model's own stage (QBert4Rec's stages 1-2, :mod:`recbole_qrec.qbert4rec_stage`), configured like a run
 (the model's and dataset's YAML defaults, ``--config_files``, ``--key=value``; sources from
 ``pretrain_datasets``)::
@@ -26,26 +39,33 @@ Models read the codes through their dataset (:class:`recbole_qrec.data.dataset.S
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import yaml
-
 from recbole.config import Config
+from recbole.utils import argument_list
 
 from recbole_qrec import qbert4rec_stage
 from recbole_qrec.config import build_config
-from recbole_qrec.data import check_dataset
-from recbole_qrec.data.atomic_files import item_tokens
+from recbole_qrec.data import check_dataset, create_dataset
+from recbole_qrec.data.atomic_files import CODE_FIELD_SUFFIX, item_tokens, read_header
 from recbole_qrec.data.cross_domain import pretrain_dataset_names, source_settings
-from recbole_qrec.data.features import load_features
-from recbole_qrec.data.sid import sid_metadata_path, sid_path, write_sid_file
+from recbole_qrec.data.features import (EncodedRows, FeaturePaths, feature_source, load_features, read_progress,
+                                        record_content_sources, save_features)
+from recbole_qrec.data.item_features import item_rows
+from recbole_qrec.data.sid import level_tokens, sid_metadata_path, sid_path, write_sid_file
 from recbole_qrec.errors import DEBUG_EPILOG, ConfigError, MalformedDataError, user_errors
-from recbole_qrec.fileio import write_json_atomic
+from recbole_qrec.fileio import atomic_open, write_json_atomic
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.quantization import TokenizerConfig, TokenizerResult, fit_tokenizer
+from recbole_qrec.trainer.checkpoint import check_written_for, read_checkpoint
 
 DEFAULT_CONFIG = PROPERTIES_DIR / "tokenizer.yaml"
+ITEM_EMBEDDING = "item_embedding.weight"  # RecBole's ID models: row = internal item id, row 0 padding
+ID_EMBEDDING_KIND = "id-embedding"
 # Models with a tokenize stage of their own, each a module with ``tokenize(config, source_configs) -> metadata``
 # (run it) and ``ensure_semantic_ids(config, source_configs) -> bool`` (run it if its output is missing or stale).
 MODEL_STAGES = {qbert4rec_stage.STAGE: qbert4rec_stage}
@@ -74,21 +94,110 @@ def load_tokenizer_config(path: Path, overrides: dict[str, Any]) -> TokenizerCon
     return TokenizerConfig.from_dict({**values, **overrides})
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (identifies a checkpoint in its exported features' progress record)."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def checkpoint_features_path(data_path: str | Path, dataset: str, model: str) -> Path:
+    """Where :func:`export_checkpoint_features` writes: ``<data_path>/<dataset>/<dataset>.<model>.npy``."""
+    return Path(data_path) / dataset / f"{dataset}.{model}.npy"
+
+
+def export_checkpoint_features(checkpoint: str | Path, dataset: str, data_path: str | Path = "dataset") -> Path:
+    """The item-embedding table of a trained ID model's checkpoint as a feature file (row ``i`` = item token ``i``),
+    written unless the file already records this checkpoint; its path.
+
+    The dataset is rebuilt as the run built it (its dataset settings from the checkpoint) to map RecBole's internal
+    ids to item tokens; the checkpoint must have been written for these very files (its data fingerprint).
+    """
+    saved = read_checkpoint(checkpoint, "checkpoint")
+    model = saved["config"]["model"]
+    out = checkpoint_features_path(data_path, dataset, model)
+    settings = {"model": model, "dataset": dataset, "checkpoint": str(Path(checkpoint).resolve()),
+                "checkpoint_sha256": file_sha256(checkpoint), "embedding": ITEM_EMBEDDING}
+    progress_file = FeaturePaths.of(out).progress
+    if progress_file.exists():
+        previous = read_progress(progress_file)
+        if previous.complete and not previous.differences(ID_EMBEDDING_KIND, settings, previous.n_items):
+            return out
+    table = saved["state_dict"].get(ITEM_EMBEDDING)
+    if table is None or table.ndim != 2:
+        raise ConfigError(f"checkpoint '{checkpoint}' ({model}) has no {ITEM_EMBEDDING} table — give the checkpoint of "
+                          "an ID model with item embeddings (SASRec, GRU4Rec, BERT4Rec, FDSA)")
+    dataset_settings = {key: saved["config"][key] for key in argument_list.dataset_arguments
+                        if saved["config"].get(key) is not None}
+    config = build_config(model, dataset, config_dict={
+        **dataset_settings, "data_path": str(data_path), "allow_data_mismatch": saved["config"].get("allow_data_mismatch")})
+    check_dataset(config)
+    check_written_for(saved, f"checkpoint '{checkpoint}'", config)
+    ids = np.array(item_rows(create_dataset(config)), dtype=np.int64)  # item token of internal ids 1, 2, ...
+    if len(table) <= len(ids):
+        raise MalformedDataError(f"checkpoint '{checkpoint}': {ITEM_EMBEDDING} has {len(table)} rows for {len(ids)} "
+                                 f"items of {dataset} and the padding row — give a checkpoint trained on these files")
+    rows = EncodedRows(np.zeros((int(ids.max()) + 1, table.shape[1]), np.float32), np.zeros(int(ids.max()) + 1, bool))
+    rows.features[ids] = table[1:len(ids) + 1].float().numpy()
+    rows.present[ids] = True
+    save_features(out, ID_EMBEDDING_KIND, settings, rows)
+    return out
+
+
+def write_item_codes(item_file: Path, field: str, items: Sequence[str], codes: Sequence[Sequence[int]]) -> None:
+    """Set the ``token_seq`` column ``field`` of the atomic file ``item_file`` (created if missing) to ``codes``, one
+    row per item of ``items``; its other columns are kept, empty for items it did not list."""
+    columns, rows = ["item_id:token"], {}
+    if item_file.is_file():
+        columns = [f"{name}:{kind}" for name, kind in read_header(item_file, "\t")]
+        with open(item_file, encoding="utf-8") as handle:
+            next(handle)
+            rows = {values[0]: values for values in (line.rstrip("\r\n").split("\t") for line in handle)}
+    if columns[0] != "item_id:token":
+        raise MalformedDataError(f"{item_file} line 1: the first column is {columns[0]}, not item_id:token — "
+                                 "re-create the file with `python -m dataset_prep.convert`")
+    kept = [index for index, column in enumerate(columns) if column.split(":")[0] != field]
+    with atomic_open(item_file, "w", encoding="utf-8") as handle:
+        handle.write("\t".join([*(columns[index] for index in kept), f"{field}:token_seq"]) + "\n")
+        for item, tokens in zip(items, level_tokens(codes)):
+            values = rows.get(item, [item] + [""] * (len(columns) - 1))
+            handle.write("\t".join([*(values[index] for index in kept), tokens]) + "\n")
+
+
+def check_item_field(field: str | None) -> None:
+    """A content-code field name must end in ``_codes``: that is how datasets without a YAML declare their content."""
+    if field is not None and not field.endswith(CODE_FIELD_SUFFIX):
+        raise ConfigError(f"item_field {field!r} does not end in {CODE_FIELD_SUFFIX} — name the content-code field "
+                          "like text_codes (what TIGER, MQL4GRec, QBert4Rec and FDSA read)")
+
+
 def tokenize_dataset(
     dataset: str,
     feature_files: Sequence[str | Path],
     config: TokenizerConfig,
     data_path: str | Path = "dataset",
     device: str | None = None,
+    item_field: str | None = None,
 ) -> TokenizerResult:
-    """Fit the tokenizer on the dataset's item features and write ``<dataset>.sid`` and its report."""
+    """Fit the tokenizer on the dataset's item features and write ``<dataset>.sid`` and its report, or, with
+    ``item_field``, the content-code field ``item_field`` of ``<dataset>.item`` and its ``<dataset>.content.json`` entry."""
+    check_item_field(item_field)
     items = integer_item_ids(data_path, dataset)
     features = [load_features(path, n_items=items[-1] + 1)[items] for path in feature_files]
     result = fit_tokenizer(features, config, device)
-    sid_file = sid_path(Path(data_path) / dataset, dataset)
-    write_sid_file(sid_file, [str(item) for item in items], result.codes)
-    report = {**result.report, "dataset": dataset, "features": [str(p) for p in feature_files], "config": config.to_dict()}
-    write_json_atomic(sid_metadata_path(sid_file), report)
+    folder = Path(data_path) / dataset
+    report = {**result.report, "dataset": dataset, "features": [str(p) for p in feature_files],
+              "content_sources": [feature_source(path) for path in feature_files], "config": config.to_dict()}
+    if item_field is None:
+        sid_file = sid_path(folder, dataset)
+        write_sid_file(sid_file, [str(item) for item in items], result.codes)
+        write_json_atomic(sid_metadata_path(sid_file), report)
+    else:
+        write_item_codes(folder / f"{dataset}.item", item_field, [str(item) for item in items], result.codes)
+        record_content_sources(folder, dataset, {item_field: {"source": "+".join(report["content_sources"]),
+                                                              "tokenizer": report}})
     return result
 
 
@@ -122,7 +231,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--model", help=f"run this model's own stage ({', '.join(MODEL_STAGES)}) instead")
     parser.add_argument("--config_files", nargs="+", default=[], help="with --model: YAML files, as for a run")
-    parser.add_argument("--features", nargs="+", help="one .npy per modality, rows = item ids")
+    parser.add_argument("--features", nargs="+", default=[], help="one .npy per modality, rows = item ids")
+    parser.add_argument("--checkpoint", help="also tokenize the item embeddings of this recbole-qrec checkpoint of an "
+                        "ID model (SASRec, ...) trained on the dataset, exported to <dataset>/<dataset>.<Model>.npy")
+    parser.add_argument("--item_field", help="write the codes as this content-code field of <dataset>.item (e.g. "
+                        "text_codes) instead of <dataset>.sid; <dataset>.content.json records their source")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="tokenizer YAML")
     parser.add_argument("--data_path", help="RecBole data_path (default: dataset/)")
     parser.add_argument("--device", default=None, help="plain tokenizer: cuda / cpu (default: cuda when available)")
@@ -135,12 +248,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif overrides:
             raise ConfigError(f"unknown options {overrides} — --key=value settings go with --model (a model's stage); "
                               "the plain tokenizer takes --set KEY=VALUE")
-        elif not args.features:
-            raise ConfigError("no --features given — give one .npy per modality for the plain tokenizer, or --model "
-                              f"({', '.join(MODEL_STAGES)}) for a model's own stage")
+        elif not (args.features or args.checkpoint):
+            raise ConfigError("no --features given — give one .npy per modality (or an ID model's --checkpoint) for the "
+                              f"plain tokenizer, or --model ({', '.join(MODEL_STAGES)}) for a model's own stage")
         else:
             config = load_tokenizer_config(args.config, parse_overrides(args.set))
-            report = tokenize_dataset(args.dataset, args.features, config, args.data_path or "dataset", args.device).report
+            data_path = args.data_path or "dataset"
+            check_item_field(args.item_field)
+            exported = [export_checkpoint_features(args.checkpoint, args.dataset, data_path)] if args.checkpoint else []
+            report = tokenize_dataset(args.dataset, [*args.features, *exported], config, data_path, args.device,
+                                      args.item_field).report
     print(
         f"{args.dataset}: {report['n_items']} items, {report['levels']} levels, reconstruction "
         f"{report['reconstruction_loss']:.4f}, collisions {report['collision_rate_before']:.2%} -> "

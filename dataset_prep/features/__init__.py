@@ -7,6 +7,11 @@ CLI (``python -m dataset_prep.features``; ``--help`` on each sub-command):
 * ``codes`` -- ``<name>.index_*.json`` -> one-hot (optionally projected) proxy of the embeddings the
   codes were made from (:mod:`.codes`; the only source available for the shared Amazon data).
 
+A dataset without item content (Arts) gets features from a trained ID model instead: ``python -m
+recbole_qrec.tokenize --dataset Arts --checkpoint saved/SASRec-<date>.pth --item_field text_codes`` exports the
+checkpoint's item embeddings in this format and tokenizes them (it rebuilds the run's RecBole dataset, which this
+package does not import).
+
 Every output comes with ``<stem>.mask.npy`` (False: the item had no input, zero row) and the
 progress sidecar ``<stem>.progress.json``; text and image runs are resumable (:mod:`.store`).
 Consumers read features with ``recbole_qrec.data.features.load_features`` (re-exported here).

@@ -8,10 +8,17 @@ Files of a feature output ``text.npy`` (``<stem>`` is the name without ``.npy``)
 * ``text.progress.json`` -- the record of the extraction (``kind``, ``settings``, ``n_items``, ``dim``,
   ``rows_done``, ``present``, ``unreadable``, ``complete``).
 
-:func:`load_features` refuses an unfinished extraction, a non-2-D or non-float matrix, NaN/inf values and a
+:func:`save_features` writes a matrix computed in one piece (e.g. a trained model's item embeddings) with its mask
+and a complete progress record. :func:`load_features` refuses an unfinished extraction, a non-2-D or non-float matrix, NaN/inf values and a
 row count other than the expected one. :func:`codes_to_features` builds the content-code proxy: the
 concatenated one-hot of an item's code levels (``levels * codebook_size`` dims), optionally multiplied
 by a fixed Gaussian random matrix (seeded, entries ``N(0, 1/project_dim)``) to ``project_dim`` dims.
+
+Content provenance: ``<data_path>/<dataset>/<dataset>.content.json`` maps each content-code field of
+``<dataset>.item`` to where its codes came from, ``{"text_codes": {"source": "text:llama", ...}}`` (sources like
+``text:llama``, ``image:vit``, ``id-embedding:SASRec``); ``dataset_prep.convert`` and ``python -m
+recbole_qrec.tokenize --item_field`` write it (:func:`record_content_sources`), :func:`content_sources` reads it, and
+:func:`feature_source` names the source of a feature file from its progress record.
 """
 
 from __future__ import annotations
@@ -19,13 +26,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from recbole_qrec.errors import ConfigError, DatasetNotFoundError, MalformedDataError, QRecError
+from recbole_qrec.fileio import atomic_open, write_json_atomic
 
 DEFAULT_CODEBOOK_SIZE = 256
 SHOWN_IDS = 10
@@ -159,6 +167,21 @@ def load_features(path: str | os.PathLike, n_items: int | None = None) -> np.nda
     return matrix.astype(np.float32, copy=False)
 
 
+def save_features(out: str | os.PathLike, kind: str, settings: dict[str, Any], rows: EncodedRows) -> FeatureProgress:
+    """Write features computed in one piece (``rows``) with their mask and a complete progress record."""
+    paths = FeaturePaths.of(out)
+    check_finite(rows.features, f"{kind} features for {out}")
+    paths.progress.unlink(missing_ok=True)  # nothing claims completeness while the matrices are replaced
+    for path, array in ((paths.mask, rows.present), (paths.features, rows.features.astype(np.float32, copy=False))):
+        with atomic_open(path, "wb") as handle:
+            np.save(handle, array)
+    n_items, dim = rows.features.shape
+    progress = FeatureProgress(kind, settings, n_items, dim, rows_done=n_items, present=int(rows.present.sum()),
+                               unreadable=list(rows.unreadable), complete=True)
+    write_json_atomic(paths.progress, asdict(progress))
+    return progress
+
+
 def load_mask(path: str | os.PathLike) -> np.ndarray:
     """The bool ``[n_items]`` mask beside the feature file ``path`` (False: no input, zero row)."""
     paths = FeaturePaths.of(path)
@@ -216,3 +239,54 @@ def codes_to_features(codes: Mapping[int, Sequence[int]], n_items: int, codebook
     present = np.zeros(n_items, bool)
     present[ids] = True
     return EncodedRows(features, present)
+
+
+CONTENT_SUFFIX = "content.json"
+UNKNOWN_SOURCE = "unknown"
+
+
+def content_path(folder: str | os.PathLike, dataset: str) -> Path:
+    """``<folder>/<dataset>.content.json``, the provenance of the dataset's content-code fields."""
+    return Path(folder) / f"{dataset}.{CONTENT_SUFFIX}"
+
+
+def read_content_metadata(folder: str | os.PathLike, dataset: str) -> dict[str, dict[str, Any]]:
+    """``field -> {"source": ..., ...}`` of ``<dataset>.content.json`` (empty when the file does not exist)."""
+    path = content_path(folder, dataset)
+    if not path.is_file():
+        return {}
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise MalformedDataError(f"{path} is not valid JSON ({err}) — delete it and re-create the content fields "
+                                 "(`python -m dataset_prep.convert` / `python -m recbole_qrec.tokenize --item_field`)") from err
+    if not isinstance(metadata, dict) or not all(isinstance(entry, dict) and "source" in entry
+                                                 for entry in metadata.values()):
+        raise MalformedDataError(f"{path} is not a JSON object of {{field: {{\"source\": ...}}}} entries — delete it and "
+                                 "re-create the content fields")
+    return metadata
+
+
+def content_sources(folder: str | os.PathLike, dataset: str) -> dict[str, str]:
+    """``field -> source`` (e.g. ``{"text_codes": "text:llama"}``) of the dataset's content-code fields."""
+    return {field: entry["source"] for field, entry in read_content_metadata(folder, dataset).items()}
+
+
+def record_content_sources(folder: str | os.PathLike, dataset: str, entries: dict[str, dict[str, Any]],
+                           replace: bool = False) -> None:
+    """Set the entries ``field -> {"source": ..., ...}`` in ``<dataset>.content.json``; ``replace`` drops the other
+    fields' entries (a conversion that rewrites the whole ``.item`` file)."""
+    metadata = {} if replace else read_content_metadata(folder, dataset)
+    write_json_atomic(content_path(folder, dataset), {**metadata, **entries})
+
+
+def feature_source(path: str | os.PathLike) -> str:
+    """Where a feature file's rows came from, from its progress record: ``text:<model>``, ``image:<model>`` (a model
+    name or folder), ``id-embedding:<model>`` (e.g. ``SASRec``), ``codes`` (the content-code proxy); ``unknown`` for a
+    file without a record."""
+    paths = FeaturePaths.of(path)
+    if not paths.progress.exists():
+        return UNKNOWN_SOURCE
+    progress = read_progress(paths.progress)
+    model = progress.settings.get("model")
+    return f"{progress.kind}:{model}" if model else progress.kind

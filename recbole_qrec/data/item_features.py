@@ -14,13 +14,19 @@ The target dataset must have every selected modality (:func:`load_item_features`
 source is aligned with the target (:func:`load_source_features`): the same modalities and widths,
 all-zero rows for a modality it lacks; a source with no content at all (Arts) has only missing
 rows, so its items are represented by their learnable ID vectors alone.
+
+:func:`run_content_sources` says, for any model's config, which content each domain of the run reads and where
+it came from (``text:llama``, ``image:vit``, ``id-embedding:SASRec``, ...; ``missing`` where the dataset lacks it),
+for the run's record and log.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from logging import getLogger
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +35,17 @@ from recbole.config import Config
 from recbole.data.dataset import Dataset
 from torch import Tensor
 
-from recbole_qrec.data.features import codes_to_features, load_features
-from recbole_qrec.data.sid import read_code_column
+from recbole_qrec.data.atomic_files import data_root, read_header
+from recbole_qrec.data.cross_domain import pretrain_dataset_names
+from recbole_qrec.data.features import UNKNOWN_SOURCE, codes_to_features, content_sources, feature_source, load_features
+from recbole_qrec.data.sid import SID_FIELD, SID_FILE, read_code_column, sid_metadata_path, sid_path
 from recbole_qrec.errors import ConfigError, MalformedDataError
 
 # modality -> (config key of a .npy feature file, content-code field of <dataset>.item).
 MODALITY_SOURCES = {"text": ("text_feature_file", "text_codes"), "image": ("image_feature_file", "image_codes")}
+# Config keys naming the code fields a model reads: TIGER's codes, MQL4GRec's two languages (``file``: <dataset>.sid).
+CODE_SOURCE_KEYS = ("sid_source", "text_sid_source", "image_sid_source")
+MISSING_SOURCE = "missing"
 
 
 @dataclass
@@ -145,3 +156,49 @@ def code_proxy(item_file: Path, field: str, min_items: int) -> np.ndarray:
     codes = {int(item): row for item, row in read_code_column(item_file, field).items()}
     n_items = max([min_items, *(item + 1 for item in codes)])
     return codes_to_features(codes, n_items, source=f"{item_file}:{field}").features
+
+
+def sid_file_source(folder: Path, dataset: str) -> str:
+    """The content behind ``<dataset>.sid``: the sources its tokenize report records, joined by ``+``."""
+    report_path = sid_metadata_path(sid_path(folder, dataset))
+    if not report_path.is_file():
+        return MISSING_SOURCE
+    sources = json.loads(report_path.read_text(encoding="utf-8")).get("content_sources")
+    return "+".join(sources) if sources else UNKNOWN_SOURCE
+
+
+def domain_content_sources(config: Config, dataset: str, target: bool) -> dict[str, str]:
+    """``field or modality -> source`` of the content ``config``'s model reads from ``dataset``: the code fields of
+    :data:`CODE_SOURCE_KEYS` and ``selected_features``, and QBert4Rec's modalities (their feature files on the target,
+    else their code fields). A pretraining source reads neither ``<dataset>.sid`` nor the feature files."""
+    folder = data_root(config) / dataset
+    item_file = folder / f"{dataset}.item"
+    present = {name for name, _ in read_header(item_file, config["field_separator"])} if item_file.is_file() else set()
+    recorded = content_sources(folder, dataset)
+
+    def field_source(field: str) -> str:
+        return recorded.get(field, UNKNOWN_SOURCE) if field in present else MISSING_SOURCE
+
+    fields = [config[key] for key in CODE_SOURCE_KEYS if config[key] is not None] + list(config["selected_features"] or [])
+    used = {field: field_source(field) for field in fields if field != SID_FILE}
+    if SID_FILE in fields and target:
+        used[SID_FIELD] = sid_file_source(folder, dataset)
+    if "text_feature_file" in config.final_config_dict:  # QBert4Rec's stage 1 fuses modality features
+        for modality in selected_modalities(config) or list(MODALITY_SOURCES):
+            file_key, code_field = MODALITY_SOURCES[modality]
+            used[modality] = feature_source(config[file_key]) if target and config[file_key] else field_source(code_field)
+    return used
+
+
+def run_content_sources(config: Config) -> dict[str, dict[str, str]]:
+    """``dataset -> {field or modality: source}`` for the target and each ``pretrain_datasets`` source, e.g.
+    ``{"Arts": {"text_codes": "id-embedding:SASRec"}}``; ``{}`` per dataset for models that read no content.
+    Logs a warning for each content the model can use but a dataset lacks (``missing``)."""
+    names = [config["dataset"], *pretrain_dataset_names(config)]
+    sources = {name: domain_content_sources(config, name, target=index == 0) for index, name in enumerate(names)}
+    for name, used in sources.items():
+        missing = [field for field, source in used.items() if source == MISSING_SOURCE]
+        if missing:
+            getLogger().warning(f"{config['model']} on {name}: no {', '.join(missing)} in the dataset — it runs "
+                                "without that content")
+    return sources
