@@ -1,10 +1,12 @@
 """Q-Bert4Rec ablations: each variant trained and tested through the real entry point, several at once on one GPU.
 
 Variants (the paper's ablation grid, each a set of config overrides on top of the harness config):
-``default`` (dynamic fusion, the target's modalities, multi-mask pretraining with span + tail + multi),
-``static_fusion``, ``text_only``, ``image_only``, ``no_pretrain``, ``mlm_pretrain`` (MLM-only
-pretraining) and ``cross_domain_games`` (pretrained on Games instead of the target's own sequences;
-stages 1-2 over the union of both domains' items).
+``default`` (the paper's model: item-level scoring, dynamic fusion with the ponder penalty, the target's
+modalities, multi-mask pretraining with span + tail + multi on the other domains of ``pretrain_domain_pool``
+that are there), ``static_fusion``, ``no_depth_penalty`` (dynamic gates that never close), ``levels_scoring``
+(factorised per-level scoring), ``text_only``, ``image_only``, ``no_pretrain``, ``mlm_pretrain`` (MLM-only
+pretraining), ``in_domain_pretrain`` (pretrained on the target's own sequences) and ``cross_domain_games``
+(pretrained on Games alone; stages 1-2 over the union of both domains' items).
 
 Each variant runs ``run_recbole_qrec.py`` in its own process (:func:`common.run_model`,
 ``--parallel`` at a time, all on the default GPU), with its own checkpoint folder (RecBole names
@@ -40,16 +42,20 @@ from typing import Any
 from common import REPO_ROOT, machine_name, markdown, run_model, table_rows, write_outputs
 from recbole_qrec.config import build_config
 from recbole_qrec.data import ensure_atomic_files
+from recbole_qrec.data.cross_domain import pretrain_dataset_names
 from recbole_qrec.data.sid import SID_SUFFIX
 
 MODEL = "QBert4Rec"
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "static_fusion": {"fusion": "static"},
+    "no_depth_penalty": {"depth_weight": 0.0},
+    "levels_scoring": {"scoring": "levels"},
     "text_only": {"modalities": ["text"]},
     "image_only": {"modalities": ["image"]},
     "no_pretrain": {"pretrain_epochs": 0},
     "mlm_pretrain": {"mask_strategy": ["mlm"]},
+    "in_domain_pretrain": {"pretrain_datasets": []},
     "cross_domain_games": {"pretrain_datasets": ["Games"]},
 }
 
@@ -71,10 +77,14 @@ def variant_settings(common: dict[str, str], variant: str) -> dict[str, str]:
 
 
 def dataset_folders(dataset: str, variants: list[str], common: dict[str, str]) -> list[Path]:
-    """The atomic-file folders of the target and of every pretraining source of ``variants`` (checked to exist)."""
-    sources = {name for variant in variants for name in VARIANTS[variant].get("pretrain_datasets", [])}
-    configs = [build_config(MODEL, name, cmd_args=[f"--{key}={value}" for key, value in common.items()])
-               for name in [dataset, *sorted(sources)]]
+    """The atomic-file folders of the target and of every pretraining source of ``variants`` (checked to exist; a
+    variant without ``pretrain_datasets`` pretrains on the pool's domains that are under ``data_path``)."""
+    def arguments(settings: dict[str, str]) -> list[str]:
+        return [f"--{key}={value}" for key, value in settings.items()]
+
+    sources = {name for variant in variants for name in
+               pretrain_dataset_names(build_config(MODEL, dataset, cmd_args=arguments(variant_settings(common, variant))))}
+    configs = [build_config(MODEL, name, cmd_args=arguments(common)) for name in [dataset, *sorted(sources)]]
     return [ensure_atomic_files(config).parent for config in configs]
 
 

@@ -99,11 +99,11 @@ def one_user(test_users, device):
     return test_users[torch.arange(1)].to(device)
 
 
-def flop_counter(fn: Callable[[], Any]) -> int:
+def flop_counter(fn: Callable[..., Any], *args: Any) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        fn()
+        fn(*args)
     return int(counter.get_total_flops())
 
 
@@ -123,8 +123,10 @@ def analytic_qbert4rec_flops(config, n_items: int, levels: int) -> dict[str, int
     tokens = (config["MAX_ITEM_LIST_LENGTH"] + 1) * levels  # S history slots + the [MASK] slot, L tokens each
     hidden, inner, layers = config["hidden_size"], config["inner_size"], config["n_layers"]
     per_layer = 2 * (4 * tokens * hidden * hidden + 2 * tokens * tokens * hidden + 2 * tokens * hidden * inner)
-    heads = 2 * levels * config["sid_codebook_size"] * hidden  # the L slot states through their level heads
-    scoring = n_items * (levels - 1)  # sum of L gathered log-probabilities per item
+    if config["scoring"] == "item":  # the pooled slot state against every item embedding (ID + mean code tokens)
+        heads, scoring = 2 * n_items * hidden, n_items * (levels + 1) * hidden
+    else:  # the L slot states through their level heads; sum of L gathered log-probabilities per item
+        heads, scoring = 2 * levels * config["sid_codebook_size"] * hidden, n_items * (levels - 1)
     return {"encoder": layers * per_layer, "heads": heads, "scoring_adds": scoring,
             "total": layers * per_layer + heads + scoring, "tokens": tokens}
 
@@ -386,8 +388,8 @@ def measure(args, command: str, qbert_overrides: list[str], data_path: Path, wor
     model.eval()
     single = one_user(users, device)
     q_flops = {
-        "flop_counter_full_sort": flop_counter(lambda: model.full_sort_predict(single)),
-        "flop_counter_predict": flop_counter(lambda: model.predict(single)),
+        "flop_counter_full_sort": flop_counter(model.full_sort_predict, single),
+        "flop_counter_predict": flop_counter(model.predict, single),
         "thop_predict": thop_flops(model, qconfig, train),
         "analytic": analytic_qbert4rec_flops(qconfig, model.n_items, model.levels),
     }
@@ -427,8 +429,8 @@ def measure(args, command: str, qbert_overrides: list[str], data_path: Path, wor
     busers = test_users(btest)
     bsingle = one_user(busers, device)
     b_flops = {
-        "flop_counter_full_sort": flop_counter(lambda: bmodel.full_sort_predict(bsingle)),
-        "flop_counter_predict": flop_counter(lambda: bmodel.predict(bsingle)),
+        "flop_counter_full_sort": flop_counter(bmodel.full_sort_predict, bsingle),
+        "flop_counter_predict": flop_counter(bmodel.predict, bsingle),
         "thop_predict": thop_flops(bmodel, bconfig, btrain),
         "analytic": analytic_bert4rec_flops(bconfig, bmodel.n_items),
     }

@@ -51,7 +51,7 @@ FUSIONS = ("dynamic", "static")
 # Settings the codes depend on (besides the items and feature values, in the data fingerprint).
 STAGE_KEYS = (
     "modalities", "injection_dim", "injection_layers", "injection_heads", "injection_temperature", "gate_threshold",
-    "fusion", "consistency_weight", "injection_epochs", "injection_batch_size", "injection_learning_rate",
+    "fusion", "consistency_weight", "depth_weight", "injection_epochs", "injection_batch_size", "injection_learning_rate",
     "sid_levels", "sid_codebook_size", "sid_code_dim", "sid_epochs", "seed",
 )
 # Modules whose source the codes depend on: their hash is the stage's code version.
@@ -84,6 +84,7 @@ def build_injection(config: Config, features: ItemFeatures) -> CrossModalInjecti
         gate_threshold=config["gate_threshold"],
         dynamic=config["fusion"] == "dynamic",
         consistency_weight=config["consistency_weight"],
+        depth_weight=config["depth_weight"],
     )
 
 
@@ -166,7 +167,9 @@ def run_stage(config: Config, inputs: StageInputs, identity: Mapping[str, Any]) 
         losses = train_injection(module, on_device, config["injection_epochs"], config["injection_batch_size"],
                                  config["injection_learning_rate"], generator)
         fused, depths = fuse_items(module, on_device, config["injection_batch_size"])
-        logger.info(f"QBert4Rec stage 1: injection loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} epochs")
+        logger.info(f"QBert4Rec stage 1: injection loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} epochs; "
+                    f"items per depth 0..{config['injection_layers']}: "
+                    f"{depth_histogram(depths.cpu(), config['injection_layers'])} (median {int(depths.median())})")
         tokenized = fit_tokenizer(fused, tokenizer_config(config), device)
     report = tokenized.report
     logger.info(f"QBert4Rec stage 2: reconstruction loss {report['reconstruction_loss']:.4f}, collision rate "

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from recbole.data.interaction import Interaction
+from recbole.evaluator import Collector, Evaluator
 from recbole.utils import init_seed
 
 from dataset_prep.subset import convert_user_subsets
@@ -20,10 +21,11 @@ from recbole_qrec.data import create_dataset, data_preparation
 from recbole_qrec.data.cross_domain import pretrain_dataset_names, source_settings
 from recbole_qrec.data.sid import load_code_table
 from recbole_qrec.errors import ConfigError
-from recbole_qrec.generation import constrained_beam_search
+from recbole_qrec.generation import constrained_beam_search, credit_target_group
 from recbole_qrec.model.mql4grec import MQL4GRec
 from recbole_qrec.model.mql4grec_modules.fusion import fuse_beams
 from recbole_qrec.model.mql4grec_modules.tasks import N_SPECIAL
+from recbole_qrec.results import config_hash
 from recbole_qrec.trainer import PretrainFineTuneTrainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +35,8 @@ TINY = {
 }
 SUBSET_USERS = {"Instruments": 500, "Games": 300}
 BEAM = 20
+STRICT = {"eval_rule": "strict"}
+TASKS = ["text_next", "image_next", "text_to_image_next", "image_to_text_next", "text_to_image", "image_to_text"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,7 +66,8 @@ def prepared(work):
 def cross_domain(work):
     """The config with Games as pretraining source, the target's training split (carrying the source's code
     tables), the source's training loader, and an MQL4GRec built from them."""
-    config = subset_config(work, pretrain_datasets=["Games"], pretrain_epochs=2, pretrain_learning_rate=3e-3)
+    config = subset_config(work, pretrain_datasets=["Games"], pretrain_epochs=2, pretrain_learning_rate=3e-3,
+                           lr_scheduler="constant", warmup_steps=0)
     sources = [build_config("MQL4GRec", name, config_dict=source_settings(config)) for name in pretrain_dataset_names(config)]
     init_seed(config["seed"], True)
     train, _, _, pretrain_data = data_preparation(config, create_dataset(config, sources))
@@ -81,26 +86,31 @@ def item_file_codes(work: Path, dataset, field: str) -> torch.Tensor:
 
 # Languages and task examples
 
-def test_both_languages_are_unique_codes_in_disjoint_token_blocks(prepared, work):
-    model, dataset = prepared[4], prepared[1]._dataset
+@pytest.mark.parametrize("rule", ["group", "strict"])
+def test_languages_are_the_item_codes_in_disjoint_token_blocks(prepared, work, rule):
+    config, train, *_ = prepared
+    model = MQL4GRec(subset_config(work, eval_rule=rule), train._dataset)
+    dataset = train._dataset
     text, image = model.target_codes.codes("text"), model.target_codes.codes("image")
+    levels = 5 if rule == "strict" else 4
     assert torch.equal(text[:, :4], item_file_codes(work, dataset, "text_codes"))
     assert torch.equal(image[:, :4], item_file_codes(work, dataset, "image_codes"))
-    for codes in (text, image):
-        assert codes.shape == (dataset.item_num, 5) and len(codes[1:].unique(dim=0)) == dataset.item_num - 1
+    assert text.shape == image.shape == (dataset.item_num, levels)
+    distinct = len(text[1:].unique(dim=0))
+    assert distinct == dataset.item_num - 1 if rule == "strict" else distinct < dataset.item_num - 1  # shared text IDs
     size = model.vocabs["text"].codebook_size
     assert size == max(int(text.max()), int(image.max())) + 1 == model.vocabs["image"].codebook_size
     text_ids = set(model.vocabs["text"].encode(text[1:]).flatten().tolist())
     image_ids = set(model.vocabs["image"].encode(image[1:]).flatten().tolist())
     assert not text_ids & image_ids and min(text_ids | image_ids) >= N_SPECIAL
-    assert max(image_ids) < model.t5.config.vocab_size == N_SPECIAL + 10 * size
+    assert max(image_ids) < model.t5.config.vocab_size == N_SPECIAL + 2 * levels * size
 
 
-def test_task_examples_match_the_code_tables_by_hand(prepared):
-    model, batch = prepared[4], first_batch(prepared[1])
+def test_per_row_task_examples_match_the_code_tables_by_hand(prepared, work):
+    train = prepared[1]
+    model, batch = MQL4GRec(subset_config(work, task_mix="per_row", **STRICT), train._dataset), first_batch(train)
     examples = model.task_examples(batch)
-    assert list(examples) == ["text_next", "image_next", "text_to_image_next", "image_to_text_next",
-                              "text_to_image", "image_to_text"]
+    assert list(examples) == TASKS
     size = model.vocabs["text"].codebook_size
 
     def text(item: int) -> list[int]:
@@ -134,12 +144,53 @@ def test_task_examples_match_the_code_tables_by_hand(prepared):
             assert example.labels[row].tolist() == labels, name
 
 
+def test_official_mix_shares_cross_rows_and_translates_consistent_item_pairs(prepared):
+    model, batch = prepared[4], first_batch(prepared[1])
+    examples = model.task_examples(batch)
+    rows = len(batch)
+    assert len(examples["text_next"].labels) == len(examples["image_next"].labels) == rows
+    cross = [examples["text_to_image_next"], examples["image_to_text_next"]]
+    assert len(cross[0].labels) + len(cross[1].labels) == rows and min(len(c.labels) for c in cross) > rows // 4
+    # each row's cross example reads one language's history and writes the other's target ID
+    text_history = examples["text_next"].input_ids[:, 1:]
+    image_history = examples["image_next"].input_ids[:, 1:]
+    cross_inputs = {tuple(row) for row in cross[0].input_ids[:, 1:].tolist()}
+    assert cross_inputs <= {tuple(row) for row in text_history.tolist()}
+    assert {tuple(row) for row in cross[1].input_ids[:, 1:].tolist()} <= {tuple(row) for row in image_history.tolist()}
+    # translation: an item's ID in one language in, the same item's ID in the other out
+    text, image = model.target_codes.codes("text"), model.target_codes.codes("image")
+    pairs = {(tuple(model.vocabs["text"].encode(text[item]).tolist()), tuple(model.vocabs["image"].encode(image[item]).tolist()))
+             for item in range(1, len(text))}
+    forward = examples["text_to_image"]
+    assert abs(len(forward.labels) - rows * model.items_per_row[None]) <= 1
+    assert all((tuple(source), tuple(labels)) in pairs
+               for source, labels in zip(forward.input_ids[:, 1:].tolist(), forward.labels.tolist()))
+
+
+def test_official_mix_gives_the_official_task_proportions_over_an_epoch(prepared, work):
+    model, train = prepared[4], prepared[1]
+    inters = json.loads((work / "processed" / "Instruments" / "Instruments.inter.json").read_text())
+    rows = sum(len(items) - 3 for items in inters.values())  # the official training examples per next-item task
+    items = len({item for sequence in inters.values() for item in sequence})  # official: each item once per epoch
+    counts = dict.fromkeys(TASKS, 0)
+    torch.manual_seed(0)
+    for batch in train:
+        for name, example in model.task_examples(batch).items():
+            counts[name] += len(example.labels)
+    total = sum(counts.values())
+    assert counts["text_next"] == counts["image_next"] == rows
+    assert counts["text_to_image_next"] + counts["image_to_text_next"] == rows
+    assert counts["text_to_image"] == pytest.approx(items, rel=0.03) and counts["image_to_text"] == pytest.approx(items, rel=0.03)
+    official_share = 2 * rows / (3 * rows + 2 * items)  # Instruments: 63.5%
+    assert (counts["text_next"] + counts["image_next"]) / total == pytest.approx(official_share, abs=0.005)
+
+
 def test_a_domain_without_image_codes_trains_only_text_tasks(cross_domain, work):
     _, _, pretrain_data, model = cross_domain
     games = pretrain_data["Games"]
     assert list(pretrain_data) == ["Games"] and model.source_codes["Games"].languages == ("text",)
     codes = model.source_codes["Games"].codes("text")
-    assert codes.shape == (games._dataset.item_num, 5) and int(codes.max()) < model.vocabs["text"].codebook_size
+    assert codes.shape == (games._dataset.item_num, 4) and int(codes.max()) < model.vocabs["text"].codebook_size
     assert not [key for key in model.state_dict() if "Games" in key], "source tables are for pretraining only"
     batch = first_batch(games)
     examples = model.task_examples(batch, domain="Games")
@@ -150,16 +201,23 @@ def test_a_domain_without_image_codes_trains_only_text_tasks(cross_domain, work)
 
 # Training
 
-@pytest.mark.parametrize("part_rows", [0, 64])  # the history tasks' 256 rows in one T5 call, or in 4 length buckets
-def test_task_mixture_loss_is_the_mean_of_the_per_task_losses(prepared, part_rows, monkeypatch):
-    model, batch = prepared[4], first_batch(prepared[1])[:64]
-    monkeypatch.setattr(model, "length_bucket_rows", part_rows)
+@pytest.mark.parametrize("mix", ["official", "per_row"])
+@pytest.mark.parametrize("part_rows", [0, 64])  # the history tasks' rows in one T5 call, or in length buckets
+def test_task_mixture_loss_is_the_mean_over_all_examples(prepared, work, mix, part_rows):
+    train = prepared[1]
+    model = MQL4GRec(subset_config(work, task_mix=mix, length_bucket_rows=part_rows), train._dataset).eval()
+    batch = first_batch(train)[:64]
+    torch.manual_seed(0)
     examples = model.task_examples(batch)
     with torch.no_grad():
         per_task = torch.stack([model.t5(**example._asdict()).loss for example in examples.values()])
+        torch.manual_seed(0)  # the same random draws (cross directions, translated items) as above
         mixture = model.calculate_loss(batch)
+    rows = torch.tensor([len(example.labels) for example in examples.values()], dtype=torch.float)
     assert len({example.input_ids.shape[1] for example in examples.values()}) == 2
-    torch.testing.assert_close(mixture, per_task.mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mixture, (per_task * rows).sum() / rows.sum(), rtol=1e-5, atol=1e-6)
+    if mix == "per_row":  # every task has every row: the mean of the per-task losses
+        torch.testing.assert_close(mixture, per_task.mean(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("domain", ["Games", "fine-tune"])
@@ -172,6 +230,7 @@ def test_training_steps_decrease_the_loss(cross_domain, domain):
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(12):
+        torch.manual_seed(1)  # the same examples every step (cross directions and translated items are drawn)
         loss = model.calculate_loss(batch) if domain == "fine-tune" else model.pretrain_loss(batch, domain)
         optimizer.zero_grad()
         loss.backward()
@@ -189,30 +248,53 @@ def test_pretraining_on_the_games_source_lowers_the_epoch_loss(cross_domain):
 
 # Ranking
 
-def reference_fusion(beams: list[tuple[list[int], list[float]]]) -> dict[int, float]:
+def floor_sum_reference(beams: list[tuple[list[int], list[float]]], levels: list[int]) -> dict[int, float]:
     """Slow fusion of one user's beams: sum of scores, a beam's lowest score for an item it lacks."""
     lists = [{item: score for item, score in zip(items, scores) if score > -math.inf} for items, scores in beams]
     floors = [min(scores.values()) for scores in lists]
     return {item: sum(scores.get(item, floor) for scores, floor in zip(lists, floors)) for item in set().union(*lists)}
 
 
+def official_reference(beams: list[tuple[list[int], list[float]]], levels: list[int]) -> dict[int, float]:
+    """The official ensemble's loop: beam positions in turn, text then image; a score seen before is averaged with
+    the new one plus 1 (scores length-normalised over the L codes and EOS)."""
+    fused: dict[int, float] = {}
+    for position in range(len(beams[0][0])):
+        for (items, scores), length in zip(beams, levels):
+            item, score = items[position], scores[position] / (length + 1)
+            if score > -math.inf:
+                fused[item] = (score + fused[item]) / 2 + 1 if item in fused else score
+    return fused
+
+
+REFERENCES = {"official": official_reference, "floor_sum": floor_sum_reference}
+
+
 def test_fusion_of_hand_made_beams():
     text = (torch.tensor([[3, 5, 7]]), torch.tensor([[-1.0, -2.0, -4.0]]))
     image = (torch.tensor([[5, 9, -1]]), torch.tensor([[-0.5, -3.0, -math.inf]]))
-    expected = torch.full((1, 10), -math.inf)
-    expected[0, [3, 5, 7, 9]] = torch.tensor([-1.0 - 3.0, -2.0 - 0.5, -4.0 - 3.0, -4.0 - 3.0])
-    assert torch.equal(fuse_beams([text, image], 10), expected)
-    assert torch.equal(fuse_beams([text], 10)[0, [3, 5, 7]], text[1][0])
+    floor_sum = torch.full((1, 10), -math.inf)
+    floor_sum[0, [3, 5, 7, 9]] = torch.tensor([-1.0 - 3.0, -2.0 - 0.5, -4.0 - 3.0, -4.0 - 3.0])
+    assert torch.equal(fuse_beams([text, image], 10, [4, 4], "floor_sum"), floor_sum)
+    official = torch.full((1, 10), -math.inf)  # 4 codes + EOS: scores / 5; item 5 in both beams: mean + 1
+    official[0, [3, 5, 7, 9]] = torch.tensor([-0.2, (-0.4 - 0.1) / 2 + 1, -0.8, -0.6])
+    torch.testing.assert_close(fuse_beams([text, image], 10, [4, 4], "official"), official)
+    assert official[0].topk(2).indices.tolist() == [5, 3]  # found by both languages: ranked first
+    assert torch.equal(fuse_beams([text], 10, [4], "floor_sum")[0, [3, 5, 7]], text[1][0])
+    torch.testing.assert_close(fuse_beams([text], 10, [4], "official")[0, [3, 5, 7]], text[1][0] / 5)
 
 
-def test_full_sort_predict_follows_the_fusion_of_both_beams(prepared):
-    model, interaction = prepared[4], first_batch(prepared[3])[:16]
+@pytest.mark.parametrize("fusion", ["official", "floor_sum"])
+def test_full_sort_predict_follows_the_fusion_of_both_beams(prepared, work, fusion):
+    train, test = prepared[1], prepared[3]
+    model = MQL4GRec(subset_config(work, beam_fusion=fusion, **STRICT), train._dataset).eval()
+    interaction = first_batch(test)[:16]
     with torch.no_grad():
         scores = model.full_sort_predict(interaction)
         beams = [model.beam(interaction, language) for language in ("text", "image")]
     assert model.ranking_languages == ["text", "image"] and scores.shape == (16, model.n_items)
     for row in range(16):
-        reference = reference_fusion([(items[row].tolist(), values[row].tolist()) for items, values in beams])
+        reference = REFERENCES[fusion]([(items[row].tolist(), values[row].tolist()) for items, values in beams], [5, 5])
         finite = torch.isfinite(scores[row]).nonzero().flatten().tolist()
         assert sorted(finite) == sorted(reference) and 0 not in finite
         torch.testing.assert_close(scores[row, finite], torch.tensor([reference[item] for item in finite]))
@@ -221,9 +303,12 @@ def test_full_sort_predict_follows_the_fusion_of_both_beams(prepared):
         torch.testing.assert_close(torch.tensor([reference[item] for item in top]), torch.tensor(best))
 
 
-def test_predict_scores_items_as_a_beam_over_all_items_would(prepared, work):
-    config, train, _, test, model = prepared
-    exhaustive = MQL4GRec(subset_config(work, beam_size=model.n_items), train._dataset).eval()
+@pytest.mark.parametrize("fusion", ["official", "floor_sum"])
+def test_predict_scores_items_as_a_beam_over_all_items_would(prepared, work, fusion):
+    train, test = prepared[1], prepared[3]
+    model = MQL4GRec(subset_config(work, beam_fusion=fusion, **STRICT), train._dataset).eval()
+    exhaustive = MQL4GRec(subset_config(work, beam_fusion=fusion, beam_size=model.n_items, **STRICT),
+                          train._dataset).eval()
     exhaustive.load_state_dict(model.state_dict())
     interaction = first_batch(test)[:3]
     candidates = interaction.repeat_interleave(model.n_items - 1)
@@ -233,6 +318,44 @@ def test_predict_scores_items_as_a_beam_over_all_items_would(prepared, work):
         forced = model.predict(candidates).view(3, -1)
     assert torch.isfinite(full[:, 1:]).all()  # every item is in both exhaustive beams: no floors
     torch.testing.assert_close(forced, full[:, 1:], atol=2e-4, rtol=1e-5)
+
+
+def rank_metrics(config, scores: torch.Tensor, interaction: Interaction) -> dict[str, float]:
+    """RecBole's Hit/NDCG of ``scores`` for the targets of ``interaction``."""
+    collector = Collector(config)
+    collector.eval_batch_collect(scores, interaction, torch.arange(len(interaction)), interaction["item_id"])
+    return Evaluator(config).evaluate(collector.get_data_struct())
+
+
+def test_group_rule_counts_a_generated_id_the_target_shares_and_strict_does_not(prepared, work, monkeypatch):
+    config, train, _, test, group_model = prepared
+    strict_model = MQL4GRec(subset_config(work, **STRICT), train._dataset).eval()
+    groups = group_model.groups["text"]
+    shared = (groups != torch.arange(len(groups))).nonzero().flatten()  # items whose text ID an earlier item has
+    assert len(shared) >= 2, "the real text codes of the subset have shared IDs"
+    targets, firsts = shared[:2], groups[shared[:2]]
+    assert torch.equal(group_model.target_codes.codes("text")[targets], group_model.target_codes.codes("text")[firsts])
+    interaction = first_batch(test)[:2]
+    interaction.update(Interaction({"item_id": targets}))
+    others = torch.tensor([[item for item in range(1, 40) if item not in firsts.tolist() + targets.tolist()][:7]] * 2)
+    # Both models generate the first item's text ID at rank 1 (group: the shared ID, strict: that item's own ID)
+    # and other items; the target's own strict ID is in neither beam.
+    text_beam = (torch.cat([firsts[:, None], others[:, :3]], 1), torch.tensor([[-1.0, -2.0, -3.0, -4.0]] * 2))
+    image_beam = (others[:, 3:], torch.tensor([[-1.5, -2.5, -3.5, -4.5]] * 2))
+    for model in (group_model, strict_model):
+        monkeypatch.setattr(model, "beam", lambda _, language: text_beam if language == "text" else image_beam)
+    with torch.no_grad():
+        group = rank_metrics(config, group_model.full_sort_predict(interaction), interaction)
+        strict = rank_metrics(config, strict_model.full_sort_predict(interaction), interaction)
+    assert group["hit@1"] == 1.0 and group["ndcg@10"] == 1.0
+    assert strict["hit@10"] == 0.0
+
+
+def test_group_rule_moves_only_the_target_and_its_groups_first_item():
+    scores = torch.tensor([[-math.inf, 0.5, -1.0, 0.2, -math.inf]])
+    groups = torch.tensor([0, 1, 2, 1, 4])  # item 3 shares item 1's ID
+    assert torch.equal(credit_target_group(scores, torch.tensor([3]), groups), scores[:, [0, 3, 2, 1, 4]])
+    assert torch.equal(credit_target_group(scores, torch.tensor([2]), groups), scores)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -254,7 +377,8 @@ def test_a_sequence_that_is_no_item_is_never_recommended(prepared, seed):
             free = level_wise_greedy(model, tokens, mask, language)
             item_tuples = {tuple(row) for row in codes[1:].tolist()}
             assert any(tuple(row) not in item_tuples for row in free.tolist()), "free decoding never left the items"
-    assert torch.equal(finite, found)
+    # the group rule hands a shared ID's score from its first item to the target that shares it
+    assert torch.equal(finite, credit_target_group(found, interaction["item_id"], model.groups["text"]))
 
 
 def level_wise_greedy(model: MQL4GRec, tokens: torch.Tensor, mask: torch.Tensor, language: str) -> torch.Tensor:
@@ -276,6 +400,10 @@ def level_wise_greedy(model: MQL4GRec, tokens: torch.Tensor, mask: torch.Tensor,
     ({"beam_size": 5}, "beam_size"),
     ({"image_sid_source": "video_codes"}, "image_sid_source must be"),
     ({"tasks": ["text_to_image", "image_to_text"]}, "next-item generation task"),
+    ({"pretrain_tasks": []}, "pretrain_tasks must be a non-empty list"),
+    ({"eval_rule": "loose"}, "eval_rule must be one of group, strict"),
+    ({"task_mix": "uniform"}, "task_mix must be one of official, per_row"),
+    ({"beam_fusion": "max"}, "beam_fusion must be one of official, floor_sum"),
 ])
 def test_bad_settings_are_config_errors(prepared, work, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -285,20 +413,20 @@ def test_bad_settings_are_config_errors(prepared, work, overrides, message):
 def test_sources_that_cannot_work_are_config_errors(cross_domain, work):
     with pytest.raises(ConfigError, match="pretrain_epochs"):
         pretrain_dataset_names(subset_config(work, pretrain_datasets=["Games"]))
-    config = subset_config(work, pretrain_datasets=["Games"], pretrain_epochs=1, tasks=["image_next"])
+    config = subset_config(work, pretrain_datasets=["Games"], pretrain_epochs=1, pretrain_tasks=["image_next"])
     with pytest.raises(ConfigError, match="pretraining source Games"):
         MQL4GRec(config, cross_domain[1]._dataset)
 
 
 def test_text_only_target_ranks_with_the_text_beam(prepared, work):
     config, train, _, test, _ = prepared
-    model = MQL4GRec(subset_config(work, image_sid_source=None), train._dataset).eval()
+    model = MQL4GRec(subset_config(work, image_sid_source=None, **STRICT), train._dataset).eval()
     interaction = first_batch(test)[:8]
     with torch.no_grad():
         items, scores = model.beam(interaction, "text")
         full = model.full_sort_predict(interaction)
     assert model.ranking_languages == ["text"] and list(model.task_examples(first_batch(train))) == ["text_next"]
-    torch.testing.assert_close(full.gather(1, items), scores)
+    torch.testing.assert_close(full.gather(1, items), scores / 6)  # official fusion of one beam: 5 codes + EOS
     assert torch.isfinite(full).sum().item() == 8 * BEAM
 
 
@@ -313,7 +441,17 @@ def test_entry_point_pretrains_on_games_and_fine_tunes_on_instruments(work, tmp_
     assert done.returncode == 0, done.stderr[-3000:]
     log = next((tmp_path / "log" / "MQL4GRec").glob("*.log")).read_text()
     assert "pretraining source Games" in log and "pretrain epoch 0" in log
+    assert "eval_rule = group" in log  # the rule is part of the logged configuration and of the config hash
     record = json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[-1])
     assert record["model"] == "MQL4GRec"
     assert set(record["test"]) == {"hit@1", "hit@5", "hit@10", "ndcg@1", "ndcg@5", "ndcg@10"}
     assert all(0.0 <= value <= 1.0 for value in record["test"].values())
+
+
+def test_the_official_defaults_and_their_alternatives_change_the_config_hash(work):
+    defaults = subset_config(work)
+    assert (defaults["eval_rule"], defaults["task_mix"], defaults["beam_fusion"]) == ("group", "official", "official")
+    assert (defaults["lr_scheduler"], defaults["clip_grad_norm"]) == ("cosine", {"max_norm": 1.0})
+    hashes = {config_hash(subset_config(work, **change)) for change in
+              [{}, STRICT, {"task_mix": "per_row"}, {"beam_fusion": "floor_sum"}]}
+    assert len(hashes) == 4

@@ -216,24 +216,33 @@ def test_stage3_loss_decreases(prepared, loss_name):
 
 
 def slow_scores(model, item_seq, length, items):
-    """One user at a time, no padding, per-level log-probabilities summed by explicit loops."""
+    """One user at a time, no padding, by explicit loops: ``levels``: per-level log-probabilities summed;
+    ``item``: the slot's mean state against ID embedding + mean code-token embedding, plus the item's bias."""
     levels, codebook = model.levels, model.heads.weight.shape[1]
-    history = [[FIRST_CODE_TOKEN + level * codebook + int(model.item_codes[item, level]) for level in range(levels)]
-               for item in item_seq[:length].tolist()]
-    tokens = torch.tensor([history + [[MASK_TOKEN] * levels]])
+
+    def tokens_of(item):
+        return [FIRST_CODE_TOKEN + level * codebook + int(model.item_codes[item, level]) for level in range(levels)]
+
+    tokens = torch.tensor([[tokens_of(item) for item in item_seq[:length].tolist()] + [[MASK_TOKEN] * levels]])
     hidden = model(tokens)[0, length]
     scores = []
     for item in items:
-        total = 0.0
-        for level in range(levels):
-            logits = hidden[level] @ model.heads.weight[level].T + model.heads.bias[level]
-            total += float(logits.log_softmax(-1)[model.item_codes[item, level]])
+        if model.item_output is None:
+            total = 0.0
+            for level in range(levels):
+                logits = hidden[level] @ model.heads.weight[level].T + model.heads.bias[level]
+                total += float(logits.log_softmax(-1)[model.item_codes[item, level]])
+        else:
+            embedding = model.item_output.id_embedding.weight[item] + model.token_embedding.weight[tokens_of(item)].mean(0)
+            total = float(hidden.mean(0) @ embedding + model.item_output.bias[item])
         scores.append(total)
     return torch.tensor(scores)
 
 
-def test_full_sort_predict_matches_a_slow_reference(prepared):
-    model, test = prepared[4], prepared[3]
+@pytest.mark.parametrize("scoring", ["item", "levels"])
+def test_full_sort_predict_matches_a_slow_reference(prepared, work, scoring):
+    config, train, _, test, _ = prepared
+    model = QBert4Rec(subset_config(work, scoring=scoring), train._dataset)
     model.eval()
     interaction = first_batch(test)[:4]
     items = [1, 2, 7, 50, model.n_items - 1]
@@ -284,7 +293,8 @@ def test_pretraining_batches_by_its_own_size_and_is_checkpointed(prepared, tmp_p
     pretrained = torch.load(tmp_path / "QBert4Rec-pretrained.pth", weights_only=True)
     fine_tuned = torch.load(tmp_path / "QBert4Rec.pth", weights_only=True)
     assert pretrained["epoch"] == -1 and pretrained["state_dict"].keys() == fine_tuned["state_dict"].keys()
-    assert not torch.equal(pretrained["state_dict"]["heads.weight"], fine_tuned["state_dict"]["heads.weight"])
+    assert not torch.equal(pretrained["state_dict"]["token_embedding.weight"],
+                           fine_tuned["state_dict"]["token_embedding.weight"])
 
     resumed = QBert4RecTrainer(config, QBert4Rec(config, train._dataset))
     resumed.saved_model_file = str(tmp_path / "QBert4Rec-again.pth")

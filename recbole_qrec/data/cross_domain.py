@@ -9,16 +9,25 @@ and passes it to :func:`recbole_qrec.data.create_dataset`. A source contributes 
 its leave-one-out division (:func:`recbole_qrec.data.data_preparation`): pretraining never sees a
 source user's last two items, exactly as fine-tuning never sees the target's. Item ids are per
 domain; models share knowledge across domains through semantic-ID tokens, not item ids.
+
+Default sources: with ``pretrain_datasets: null`` and a ``pretrain_domain_pool`` (QBert4Rec: the three
+Amazon domains) that holds the target, the sources are the pool's other domains (:func:`pool_sources`);
+a domain that is not under ``data_path`` or has no item content features is left out with a logged
+warning, so the default runs on whatever part of the pool is there.
 """
 
 from __future__ import annotations
 
+from logging import getLogger
 from pathlib import Path
 from typing import Any
 
+import yaml
 from recbole.config import Config
 
+from recbole_qrec.data.atomic_files import data_root, detect_item_content_fields
 from recbole_qrec.errors import ConfigError
+from recbole_qrec.resources import PROPERTIES_DIR
 
 # Settings a source domain takes from the target's config (everything else comes from properties/).
 INHERITED_KEYS = (
@@ -28,8 +37,10 @@ INHERITED_KEYS = (
 
 
 def pretrain_dataset_names(config: Config) -> list[str]:
-    """The validated ``pretrain_datasets`` (an empty list when unset)."""
-    names = config["pretrain_datasets"] or []
+    """The validated ``pretrain_datasets`` (null: :func:`pool_sources`)."""
+    names = config["pretrain_datasets"]
+    if names is None:
+        return pool_sources(config)
     if isinstance(names, str) or not all(isinstance(name, str) for name in names):
         raise ConfigError(f"pretrain_datasets must be a list of dataset names, got {names!r} — write e.g. [Arts, Games]")
     if config["dataset"] in names:
@@ -48,3 +59,33 @@ def source_settings(config: Config) -> dict[str, Any]:
     settings = {key: config[key] for key in INHERITED_KEYS if key in config.final_config_dict}
     settings["data_path"] = str(Path(config["data_path"]).parent)
     return settings
+
+
+def pool_sources(config: Config) -> list[str]:
+    """The other domains of ``pretrain_domain_pool`` that are under ``data_path`` with item content features; none
+    when the target is not in the pool or ``pretrain_epochs`` is 0. Each domain left out is logged."""
+    pool, target = config["pretrain_domain_pool"] or [], config["dataset"]
+    if target not in pool or not config["pretrain_epochs"]:
+        return []
+    root, names = data_root(config), []
+    for name in [name for name in pool if name != target]:
+        folder = root / name
+        if not (folder / f"{name}.inter").is_file():
+            getLogger().warning(f"pretraining source {name} (pretrain_domain_pool) left out: no {name}.inter under {root}")
+        elif not declared_content_fields(folder, name, config["field_separator"]):
+            getLogger().warning(f"pretraining source {name} (pretrain_domain_pool) left out: it has no item content "
+                                "features (item_content_fields) to give its items semantic IDs")
+        else:
+            names.append(name)
+    return names
+
+
+def declared_content_fields(folder: Path, name: str, separator: str) -> list[str]:
+    """``item_content_fields`` of dataset ``name`` as its config resolves them: its bundled YAML's, else the
+    ``.item`` header's content columns."""
+    defaults = PROPERTIES_DIR / "dataset" / f"{name}.yaml"
+    declared = (yaml.safe_load(defaults.read_text(encoding="utf-8")) or {}) if defaults.is_file() else {}
+    if declared.get("item_content_fields") is not None:
+        return declared["item_content_fields"]
+    item_file = folder / f"{name}.item"
+    return detect_item_content_fields(item_file, separator) if item_file.is_file() else []

@@ -13,6 +13,7 @@ Splits made by ``build()`` are shallow copies and share both.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from recbole.config import Config
 from recbole.data.dataset import SequentialDataset
 from torch import Tensor
 
-from recbole_qrec.data.sid import SID_FIELD, SID_FILE, load_code_table, sid_path
+from recbole_qrec.data.sid import SID_FIELD, SID_FILE, load_code_table, sid_metadata_path, sid_path
 
 
 class SemanticIdDataset(SequentialDataset):
@@ -66,7 +67,13 @@ class MQL4GRecDataset(SemanticIdDataset):
 
 
 class QBert4RecDataset(SemanticIdDataset):
-    """QBert4Rec's codes: always ``<dataset>.sid``, written by its tokenize stage (stages 1-2)."""
+    """QBert4Rec's codes: always ``<dataset>.sid``, written by its tokenize stage (stages 1-2); ``sid_report``:
+    that stage's metadata (``<dataset>.sid.json``: collisions, injection depths; empty without the file)."""
+
+    def __init__(self, config: Config, sources: Mapping[str, SemanticIdDataset] | None = None) -> None:
+        super().__init__(config, sources)
+        metadata = sid_metadata_path(sid_path(Path(self.dataset_path), self.dataset_name))
+        self.sid_report = json.loads(metadata.read_text(encoding="utf-8")) if metadata.is_file() else {}
 
     def code_fields(self) -> list[str]:
         return [SID_FIELD]

@@ -141,10 +141,15 @@ def content_code_table(codes: Tensor) -> Tensor:
     return with_padding_row(torch.from_numpy(append_level(codes[1:].numpy())))
 
 
-def item_code_table(config: Config, code_tables: Mapping[str, Tensor], key: str = "sid_source") -> Tensor:
+def item_code_table(config: Config, code_tables: Mapping[str, Tensor], key: str = "sid_source",
+                    levels: int | None = None, disambiguate: bool = True) -> Tensor:
     """Unique codes ``[n_items, L]`` (row 0, the padding item, all zeros) of the semantic-ID source that config
     ``key`` names, from a dataset's ``code_tables``: the tokenizer's codes for ``file``, else a content field's
-    codes with TIGER's extra level."""
+    codes with TIGER's extra level.
+
+    For a content field, ``levels`` keeps its first ``levels`` levels (a coarser residual code) before the extra
+    level is added, and ``disambiguate=False`` returns the content codes as they are (items may share a tuple).
+    """
     source = config[key]
     field = SID_FIELD if source == SID_FILE else source
     if field not in code_tables:
@@ -153,4 +158,7 @@ def item_code_table(config: Config, code_tables: Mapping[str, Tensor], key: str 
             f"{config['item_content_fields'] or []}) — {key} must be '{SID_FILE}' (<dataset>.sid from `python -m "
             "recbole_qrec.tokenize`) or one of its content-code fields"
         )
-    return code_tables[field] if field == SID_FIELD else content_code_table(code_tables[field])
+    if field == SID_FIELD:
+        return code_tables[field]
+    codes = code_tables[field][:, :levels]
+    return content_code_table(codes) if disambiguate else codes

@@ -3,7 +3,8 @@
 from recbole_qrec.generation.beam_search import constrained_beam_search
 from recbole_qrec.generation.prefix_index import PrefixIndex
 from recbole_qrec.generation.reference import TokenTrie, generate_with_trie
-from recbole_qrec.generation.scores import beam_score_matrix
+from recbole_qrec.generation.scores import beam_score_matrix, code_groups, credit_target_group
 from recbole_qrec.generation.vocab import SemanticIdVocab
 
-__all__ = ["PrefixIndex", "SemanticIdVocab", "TokenTrie", "beam_score_matrix", "constrained_beam_search", "generate_with_trie"]
+__all__ = ["PrefixIndex", "SemanticIdVocab", "TokenTrie", "beam_score_matrix", "code_groups", "constrained_beam_search",
+           "credit_target_group", "generate_with_trie"]

@@ -15,10 +15,10 @@ from recbole_qrec.errors import ConfigError
 from recbole_qrec.generation import SemanticIdVocab
 
 
-def t5_config(config: Config, vocab: SemanticIdVocab) -> T5Config:
-    """A randomly initialised T5 over ``vocab`` with the model's hyper-parameters."""
+def t5_config(config: Config, vocab: SemanticIdVocab, extra_tokens: int = 0) -> T5Config:
+    """A randomly initialised T5 over ``vocab`` and ``extra_tokens`` ids after it, with the model's hyper-parameters."""
     return T5Config(
-        vocab_size=vocab.size,
+        vocab_size=vocab.size + extra_tokens,
         d_model=config["d_model"],
         d_kv=config["d_kv"],
         d_ff=config["d_ff"],

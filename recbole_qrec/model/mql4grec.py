@@ -1,22 +1,27 @@
 """MQL4GRec (Zhai et al., ICLR 2025): generative recommendation in two quantitative languages.
 
 Items speak two languages: their text codes (``text_sid_source``) and their image codes
-(``image_sid_source``), each made unique with TIGER's extra level. One randomly initialised T5 (built by
-:mod:`recbole_qrec.model.layers`, as TIGER's) shares a vocabulary in which the two languages have disjoint token
-blocks and each task has its own special token, prepended to the encoder input in place of the
-paper's text prompt (layout: :mod:`~recbole_qrec.model.mql4grec_modules.languages`).
+(``image_sid_source``). One randomly initialised T5 (built by :mod:`recbole_qrec.model.layers`, as TIGER's) shares
+a vocabulary in which the two languages have disjoint token blocks and each task has its own special token,
+prepended to the encoder input in place of the official code's soft prompt (layout:
+:mod:`~recbole_qrec.model.mql4grec_modules.languages`).
 
-Training is a task mixture (:mod:`~recbole_qrec.model.mql4grec_modules.tasks`, selected by
-``tasks``): each training row yields one example per task the domain's languages allow, and the
-loss is the mean over tasks of T5's token cross-entropy. :class:`~recbole_qrec.trainer.MQL4GRecTrainer`
-first pretrains on the source domains of ``pretrain_datasets`` (:meth:`MQL4GRec.pretrain_loss`, each
-source with its own code tables, which the target's dataset carries; a source without image codes, like
-Games, trains the text tasks only), then fine-tunes on all tasks of the target (:meth:`MQL4GRec.calculate_loss`).
+Evaluation rule (``eval_rule``), which also fixes the IDs: ``group`` (the official code) keeps the content codes as
+they are, so items that share a code tuple share one ID, are trained as one and generated as one, and a generated ID
+counts as a hit when the target has it (:func:`~recbole_qrec.generation.credit_target_group`; ``full_sort_predict``
+reads the target only for this relabelling); ``strict`` adds TIGER's extra level, every item has its own ID and only
+the target's ID is a hit.
 
-Ranking: a constrained beam search (``beam_size`` items) from the history in each language whose
-next-item generation task is trained, text history -> next text ID and image history -> next image ID;
-:func:`~recbole_qrec.model.mql4grec_modules.fusion.fuse_beams` merges the two beams (sum of the
-sequence log-probabilities, the beam's floor for an item it lacks, ``-inf`` for an item in neither).
+Training is a task mixture (:mod:`~recbole_qrec.model.mql4grec_modules.tasks`, selected by ``tasks``, mixed as
+``task_mix`` says: :mod:`~recbole_qrec.model.mql4grec_modules.mixes`); the loss is T5's token cross-entropy over all
+examples. :class:`~recbole_qrec.trainer.MQL4GRecTrainer` first pretrains on the source domains of
+``pretrain_datasets`` with ``pretrain_tasks`` (:meth:`MQL4GRec.pretrain_loss`, each source with its own code tables,
+which the target's dataset carries; a source without image codes, like Games, trains its text tasks only), then
+fine-tunes on ``tasks`` on the target (:meth:`MQL4GRec.calculate_loss`).
+
+Ranking: a constrained beam search (``beam_size`` IDs) from the history in each language whose next-item
+generation task is trained, text history -> next text ID and image history -> next image ID, merged by
+``beam_fusion`` (:mod:`~recbole_qrec.model.mql4grec_modules.fusion`).
 """
 
 from __future__ import annotations
@@ -29,15 +34,18 @@ from transformers import T5ForConditionalGeneration
 
 from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.errors import ConfigError
-from recbole_qrec.generation import PrefixIndex, constrained_beam_search
+from recbole_qrec.generation import PrefixIndex, code_groups, constrained_beam_search, credit_target_group
 from recbole_qrec.model.abstract_recommender import PretrainableRecommender
 from recbole_qrec.model.layers import (check_beam_size, checked_length_bucket_rows, length_bucketed_loss, t5_config,
                                        teacher_forced_log_prob)
-from recbole_qrec.model.mql4grec_modules.fusion import fuse_beams
+from recbole_qrec.model.mql4grec_modules.fusion import checked_fusion, fuse_beams, fuse_scores
 from recbole_qrec.model.mql4grec_modules.languages import (DomainCodes, language_vocabs, source_codes,
                                                            target_codes)
+from recbole_qrec.model.mql4grec_modules.mixes import MIXES, Tokens
 from recbole_qrec.model.mql4grec_modules.tasks import (Task, TaskExample, encoder_input, generation_task,
-                                                       select_tasks, task_example, usable_tasks)
+                                                       select_tasks, usable_tasks)
+
+EVAL_RULES = ("group", "strict")
 
 
 class MQL4GRec(PretrainableRecommender):
@@ -48,21 +56,35 @@ class MQL4GRec(PretrainableRecommender):
         check_beam_size(config["beam_size"], config["topk"])
         self.beam_size = config["beam_size"]
         self.length_bucket_rows = checked_length_bucket_rows(config["length_bucket_rows"])
+        self.eval_rule = checked_choice("eval_rule", config["eval_rule"], EVAL_RULES)
+        self.task_mix = checked_choice("task_mix", config["task_mix"], tuple(MIXES))
+        self.fusion = checked_fusion(config["beam_fusion"])
         self.tasks = select_tasks(config["tasks"])
-        self.target_codes = target_codes(config, dataset.code_tables)
+        self.pretrain_tasks = select_tasks(config["pretrain_tasks"], "pretrain_tasks")
+        unique = self.eval_rule == "strict"
+        self.target_codes = target_codes(config, dataset.code_tables, disambiguate=unique)
         self.ranking_languages = ranking_languages(self.tasks, self.target_codes.languages)
-        self.source_codes = nn.ModuleDict({name: source_codes(config, tables)
-                                           for name, tables in dataset.source_code_tables().items()})
+        sources = dataset.source_code_tables()
+        self.source_codes = nn.ModuleDict({name: source_codes(config, tables, disambiguate=unique)
+                                           for name, tables in sources.items()})
         for name, codes in self.source_codes.items():
-            check_source_has_tasks(name, codes, self.tasks)
+            check_source_has_tasks(name, codes, self.pretrain_tasks)
+        # Items per training row of each domain (None: the target, built from its training split), for translation.
+        self.items_per_row = {None: (dataset.item_num - 1) / len(dataset),
+                              **{name: (source.item_num - 1) / (len(source) - 2 * (source.user_num - 1))
+                                 for name, source in dataset.sources.items()}}
         self.vocabs = language_vocabs([self.target_codes, *self.source_codes.values()])
+        self.groups = {language: code_groups(self.target_codes.codes(language)) for language in self.ranking_languages}
         self.indexes = {language: self.prefix_index(language) for language in self.ranking_languages}
         self.t5 = T5ForConditionalGeneration(t5_config(config, list(self.vocabs.values())[-1]))
 
     def prefix_index(self, language: str) -> PrefixIndex:
-        """The prefix tree of the target's ``language`` codes (row 0, the padding item, left out)."""
-        codes = self.target_codes.codes(language)
-        return PrefixIndex(codes[1:], self.vocabs[language].codebook_size, item_ids=torch.arange(1, len(codes)))
+        """The prefix tree of the target's ``language`` IDs, each leading to its group's first item (row 0, the
+        padding item, left out)."""
+        codes, groups = self.target_codes.codes(language), self.groups[language]
+        first = (groups == torch.arange(len(codes)))[1:]
+        return PrefixIndex(codes[1:][first], self.vocabs[language].codebook_size,
+                           item_ids=torch.arange(1, len(codes))[first])
 
     def domain_codes(self, domain: str | None) -> DomainCodes:
         """The code tables of source ``domain``, or of the target for ``None``."""
@@ -72,37 +94,46 @@ class MQL4GRec(PretrainableRecommender):
         """Item ids of the histories ``[B, S']``, ``S'`` the longest history of the batch."""
         return interaction[self.ITEM_SEQ][:, : int(interaction[self.ITEM_SEQ_LEN].max())]
 
-    def task_examples(self, interaction: Interaction, domain: str | None = None) -> dict[str, TaskExample]:
-        """One example per row for every task the domain can train, by task name."""
+    def task_examples(self, interaction: Interaction, domain: str | None = None,
+                      tasks: list[Task] | None = None) -> dict[str, TaskExample]:
+        """The examples of ``tasks`` (default: the fine-tuning ``tasks``) that the domain can train, as ``task_mix``
+        draws them from the batch's rows, by task name."""
         codes = self.domain_codes(domain)
-        history, target = self.history(interaction), interaction[self.POS_ITEM_ID]
-        history_tokens = {language: codes.tokens(language, history, self.vocabs[language])
-                          for language in codes.languages}
-        target_tokens = {language: codes.tokens(language, target, self.vocabs[language])
-                         for language in codes.languages}
-        return {task.name: task_example(task, history_tokens, target_tokens)
-                for task in usable_tasks(self.tasks, codes.languages)}
 
-    def task_mixture_loss(self, interaction: Interaction, domain: str | None) -> Tensor:
-        """Mean over tasks of T5's token cross-entropy of each task's examples.
+        def tokens(items: Tensor) -> Tokens:
+            return {language: codes.tokens(language, items, self.vocabs[language]) for language in codes.languages}
 
-        Tasks whose encoder inputs have the same length (the history tasks; the translation tasks) go
-        through T5 as one batch: every example has ``L`` label tokens, so a group's token mean weighted
-        by its number of tasks sums to the mean of the per-task losses, with one T5 call per group (or per
-        part of ``length_bucket_rows`` rows of it, :func:`~recbole_qrec.model.layers.length_bucketed_loss`).
+        def translation_items(rows: int) -> Tokens:
+            """Tokens of about ``rows * items_per_row`` items drawn uniformly (the count rounded at random)."""
+            count = int(rows * self.items_per_row[domain] + torch.rand(()))
+            n_items = len(codes.codes(codes.languages[0]))
+            return tokens(torch.randint(1, n_items, (count,), device=codes.codes(codes.languages[0]).device))
+
+        usable = usable_tasks(self.tasks if tasks is None else tasks, codes.languages)
+        target = interaction[self.POS_ITEM_ID]
+        return MIXES[self.task_mix](usable, tokens(self.history(interaction)), tokens(target), translation_items)
+
+    def task_mixture_loss(self, interaction: Interaction, domain: str | None, tasks: list[Task]) -> Tensor:
+        """T5's token cross-entropy over all examples of the batch (each has ``L`` label tokens).
+
+        Examples whose encoder inputs have the same length (the history tasks; the translation tasks) go
+        through T5 as one batch (or in parts of ``length_bucket_rows`` rows,
+        :func:`~recbole_qrec.model.layers.length_bucketed_loss`); the groups' means weighted by their rows give
+        the mean over all examples. With ``task_mix: per_row`` every task has the batch's rows, so this is the
+        mean of the per-task losses.
         """
-        examples = list(self.task_examples(interaction, domain).values())
-        groups = examples_by_input_length(examples)
-        return sum(length_bucketed_loss(self.t5, *stacked_examples(group), self.length_bucket_rows) * len(group)
-                   for group in groups) / len(examples)
+        examples = list(self.task_examples(interaction, domain, tasks).values())
+        groups = [stacked_examples(group) for group in examples_by_input_length(examples)]
+        losses = [length_bucketed_loss(self.t5, *group, self.length_bucket_rows) * len(group.labels) for group in groups]
+        return sum(losses) / sum(len(group.labels) for group in groups)
 
     def pretrain_loss(self, interaction: Interaction, domain: str | None = None) -> Tensor:
-        """The task mixture on source ``domain``'s rows (the target's for ``None``)."""
-        return self.task_mixture_loss(interaction, domain)
+        """The ``pretrain_tasks`` mixture on source ``domain``'s rows (the target's for ``None``)."""
+        return self.task_mixture_loss(interaction, domain, self.pretrain_tasks)
 
     def calculate_loss(self, interaction: Interaction) -> Tensor:
-        """Fine-tuning: the task mixture on the target's rows."""
-        return self.task_mixture_loss(interaction, None)
+        """Fine-tuning: the ``tasks`` mixture on the target's rows."""
+        return self.task_mixture_loss(interaction, None, self.tasks)
 
     def history_input(self, interaction: Interaction, language: str) -> tuple[Tensor, Tensor]:
         """Encoder tokens and mask of the next-item generation task in ``language`` on the target's histories."""
@@ -110,22 +141,35 @@ class MQL4GRec(PretrainableRecommender):
         return encoder_input(generation_task(language), tokens)
 
     def beam(self, interaction: Interaction, language: str) -> tuple[Tensor, Tensor]:
-        """``(items, scores)`` ``[B, beam_size]`` of the constrained beam search in ``language``."""
+        """``(items, scores)`` ``[B, beam_size]`` of the constrained beam search in ``language`` (an ID shared by
+        several items stands for its group's first item)."""
         index = self.indexes[language].to(self.target_codes.codes(language).device)
         tokens, mask = self.history_input(interaction, language)
         return constrained_beam_search(self.t5, tokens, mask, index, self.vocabs[language], self.beam_size)
 
+    def levels(self) -> list[int]:
+        """Code levels of each ranking language's IDs."""
+        return [self.vocabs[language].levels for language in self.ranking_languages]
+
     def full_sort_predict(self, interaction: Interaction) -> Tensor:
-        """``[B, n_items]``: the fused scores of the languages' beams, ``-inf`` for items in none."""
-        return fuse_beams([self.beam(interaction, language) for language in self.ranking_languages], self.n_items)
+        """``[B, n_items]``: the fused scores of the languages' beams, ``-inf`` for items in none; under the group
+        rule the target takes the score of its group (of the first ranking language) in place of that group's first
+        item."""
+        beams = [self.beam(interaction, language) for language in self.ranking_languages]
+        scores = fuse_beams(beams, self.n_items, self.levels(), self.fusion)
+        if self.eval_rule == "group":
+            groups = self.groups[self.ranking_languages[0]].to(scores.device)
+            scores = credit_target_group(scores, interaction[self.POS_ITEM_ID], groups)
+        return scores
 
     def predict(self, interaction: Interaction) -> Tensor:
-        """Sum over the ranking languages of the candidate's (``ITEM_ID``) teacher-forced log-probability."""
+        """The fused score of the candidate (``ITEM_ID``) as if every beam had found it, from its teacher-forced
+        log-probability in each ranking language."""
         items = interaction[self.ITEM_ID]
         scores = [teacher_forced_log_prob(self.t5, *self.history_input(interaction, language),
                                           self.target_codes.tokens(language, items, self.vocabs[language]))
                   for language in self.ranking_languages]
-        return torch.stack(scores).sum(0)
+        return fuse_scores(scores, self.levels(), self.fusion)
 
 
 def examples_by_input_length(examples: list[TaskExample]) -> list[list[TaskExample]]:
@@ -141,6 +185,13 @@ def stacked_examples(examples: list[TaskExample]) -> TaskExample:
     return TaskExample(*(torch.cat(parts) for parts in zip(*examples)))
 
 
+def checked_choice(key: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r} — e.g. --{key}={choices[0]} "
+                          f"(the official code's)")
+    return value
+
+
 def ranking_languages(tasks: list[Task], languages: tuple[str, ...]) -> list[str]:
     """The target's languages whose next-item generation task is trained: the ones the beams search in."""
     ranked = [language for language in languages if generation_task(language) in tasks]
@@ -154,6 +205,5 @@ def ranking_languages(tasks: list[Task], languages: tuple[str, ...]) -> list[str
 def check_source_has_tasks(name: str, codes: DomainCodes, tasks: list[Task]) -> None:
     if not usable_tasks(tasks, codes.languages):
         raise ConfigError(f"pretraining source {name} has codes in {list(codes.languages) or 'no language'}, which "
-                          f"none of the tasks {[task.name for task in tasks]} uses — remove it from pretrain_datasets "
-                          "or add a task in its languages")
-
+                          f"none of the pretrain_tasks {[task.name for task in tasks]} uses — remove it from "
+                          "pretrain_datasets or add a task in its languages to pretrain_tasks")

@@ -28,8 +28,12 @@ Input layout: the ``S`` history items become ``S * L`` tokens (item by item, lev
 and one more slot of ``L`` tokens follows, holding [MASK] right after the last real item (RecBole
 left-aligns histories, so the slot is position ``item_length``). Token ids: 0 padding, 1 [MASK],
 ``2 + level * K + code`` for a code. Each token's embedding is its token + item position + level
-embedding. The score of an item is ``sum_l log p_l(code_l(item))`` under the per-level
-distributions at the slot.
+embedding. Scoring (``scoring``): ``item`` (the paper's item-level output,
+:class:`~recbole_qrec.model.qbert4rec_modules.item_output.ItemOutput`): the slot's state against an item
+embedding table over the whole catalogue (learned ID embedding + pooled code-token embeddings), trained by
+cross-entropy over all items; ``levels`` (factorised, no per-item parameters): ``sum_l log p_l(code_l(item))``
+under the per-level code distributions at the slot, trained by per-level cross-entropy. Pretraining always
+predicts masked code tokens through the per-level heads.
 """
 
 from __future__ import annotations
@@ -45,16 +49,18 @@ from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.data.sid import SID_FIELD
 from recbole_qrec.errors import ConfigError, MalformedDataError
 from recbole_qrec.model.abstract_recommender import PretrainableRecommender
+from recbole_qrec.model.qbert4rec_modules.item_output import ItemOutput
 from recbole_qrec.model.qbert4rec_modules.level_heads import LevelHeads
 from recbole_qrec.model.qbert4rec_modules.masking import MultiMask
 
 PAD_TOKEN = 0
 MASK_TOKEN = 1
 FIRST_CODE_TOKEN = 2
+SCORINGS = ("item", "levels")
 
 
 class QBert4Rec(PretrainableRecommender):
-    """Semantic-ID BERT4Rec with multimodal item codes; scores all items from the [MASK] slot's code distributions."""
+    """Semantic-ID BERT4Rec with multimodal item codes; scores all items from the [MASK] slot after the history."""
 
     def __init__(self, config: Config, dataset: SemanticIdDataset) -> None:
         super().__init__(config, dataset)
@@ -90,6 +96,11 @@ class QBert4Rec(PretrainableRecommender):
             layer_norm_eps=config["layer_norm_eps"],
         )
         self.heads = LevelHeads(self.levels, codebook_size, hidden, self.initializer_range)
+        if config["scoring"] not in SCORINGS:
+            raise ConfigError(f"scoring is {config['scoring']!r} — set it to one of {', '.join(SCORINGS)}")
+        self.item_output = ItemOutput(self.n_items, hidden) if config["scoring"] == "item" else None
+        # Items per stage-1 injection depth 0..injection_layers, from the tokenize stage's report (None without one).
+        self.injection_depth_histogram = dataset.sid_report.get("depth_histogram", {}).get(config["dataset"])
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -123,13 +134,18 @@ class QBert4Rec(PretrainableRecommender):
         hidden = self.encoder(embedded, attention_mask, output_all_encoded_layers=False)[-1]
         return hidden.view(batch, slots, levels, -1)
 
-    def slot_log_probs(self, interaction: Interaction) -> Tensor:
-        """Per-level code log-probabilities ``[B, L, K]`` at the [MASK] slot after each history."""
+    def slot_states(self, interaction: Interaction) -> Tensor:
+        """Hidden states ``[B, L, H]`` of the [MASK] slot after each history."""
         lengths = interaction[self.ITEM_SEQ_LEN]
         tokens = self.item_tokens(F.pad(interaction[self.ITEM_SEQ], (0, 1)), self.item_codes)
         rows = torch.arange(len(tokens), device=tokens.device)
         tokens[rows, lengths] = MASK_TOKEN
-        return self.heads(self.forward(tokens)[rows, lengths]).log_softmax(-1)
+        return self.forward(tokens)[rows, lengths]
+
+    def code_embeddings(self) -> Tensor:
+        """Every item's mean code-token embedding ``[n_items, H]`` (the padding item's is zero)."""
+        items = torch.arange(self.n_items, device=self.item_codes.device)
+        return self.token_embedding(self.item_tokens(items, self.item_codes)).mean(1)
 
     def pretrain_loss(self, interaction: Interaction, domain: str | None = None) -> Tensor:
         """Multi-mask pretraining: mean cross-entropy over the masked tokens of history + target item.
@@ -146,18 +162,23 @@ class QBert4Rec(PretrainableRecommender):
         return loss / masked.sum().clamp(min=1)
 
     def calculate_loss(self, interaction: Interaction) -> Tensor:
-        """Fine-tuning: per-level cross-entropy of the target item's codes at the slot, summed over levels."""
-        targets = self.item_codes[interaction[self.POS_ITEM_ID]].unsqueeze(2)  # [B, L, 1]
-        return -code_log_likelihood(self.slot_log_probs(interaction), targets).mean()
+        """Fine-tuning on the next item: cross-entropy over all items (``item``), or per-level cross-entropy of its
+        codes summed over levels (``levels``)."""
+        slot, targets = self.slot_states(interaction), interaction[self.POS_ITEM_ID]
+        if self.item_output is None:
+            codes = self.item_codes[targets].unsqueeze(2)  # [B, L, 1]
+            return -code_log_likelihood(self.heads(slot).log_softmax(-1), codes).mean()
+        return F.cross_entropy(self.item_output(slot, self.code_embeddings()), targets)
 
     def predict(self, interaction: Interaction) -> Tensor:
-        codes = self.item_codes[interaction[self.ITEM_ID]].unsqueeze(2)  # [B, L, 1]
-        return code_log_likelihood(self.slot_log_probs(interaction), codes).squeeze(1)
+        return self.full_sort_predict(interaction).gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
 
     def full_sort_predict(self, interaction: Interaction) -> Tensor:
-        log_probs = self.slot_log_probs(interaction)
-        codes = self.item_codes.T.unsqueeze(0).expand(len(log_probs), -1, -1)  # [B, L, n_items]
-        return code_log_likelihood(log_probs, codes)
+        slot = self.slot_states(interaction)
+        if self.item_output is None:
+            codes = self.item_codes.T.unsqueeze(0).expand(len(slot), -1, -1)  # [B, L, n_items]
+            return code_log_likelihood(self.heads(slot).log_softmax(-1), codes)
+        return self.item_output(slot, self.code_embeddings())
 
 
 def checked_codes(codes: Tensor, codebook_size: int) -> Tensor:

@@ -3,14 +3,17 @@
 A T5 encoder-decoder (no pretrained weights) reads the user's history as code tokens, item by item
 and level by level, and writes the ``L`` code tokens of the next item. Token ids come from
 :class:`~recbole_qrec.generation.SemanticIdVocab` (0 padding and decoder start, 1 EOS, then one block
-of ``K`` ids per level).
+of ``K`` ids per level), followed by ``user_buckets`` user tokens: as in the paper, the encoder input starts with
+the user's token, the user ID hashed into one of ``user_buckets`` buckets (CRC-32 of RecBole's user token, so a
+user keeps the bucket across runs and splits; 0 buckets: no user token).
 
 Semantic IDs (``sid_source``), a code table read by the dataset
 (:class:`~recbole_qrec.data.dataset.TIGERDataset`): ``file``, ``<dataset>.sid`` written by ``python -m
 recbole_qrec.tokenize``; or a content-code field of ``<dataset>.item`` (``text_codes``, ``image_codes``, as
 ``dataset_prep.convert`` writes them) with TIGER's extra level, each item's index among the items sharing its
-tuple (:func:`recbole_qrec.data.sid.item_code_table`), which makes the codes unique. ``K`` is the largest
-code + 1. The code table is a buffer, so a saved state dict carries it.
+tuple (:func:`recbole_qrec.data.sid.item_code_table`), which makes the codes unique; ``code_levels`` keeps the first
+levels of the content codes before that level (``3``: the paper's 3 + 1 layout from 4-level codes). ``K`` is the
+largest code + 1. The code table is a buffer, so a saved state dict carries it.
 
 Ranking: :meth:`TIGER.full_sort_predict` runs the constrained beam search
 (:func:`recbole_qrec.generation.constrained_beam_search`), which only generates existing items, and
@@ -22,6 +25,9 @@ any item the same score by teacher forcing.
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Mapping, Sequence
+
 import torch
 from recbole.config import Config
 from recbole.data.interaction import Interaction
@@ -30,7 +36,8 @@ from torch import Tensor
 from transformers import T5ForConditionalGeneration
 
 from recbole_qrec.data.dataset import SemanticIdDataset
-from recbole_qrec.data.sid import item_code_table
+from recbole_qrec.data.sid import SID_FILE, item_code_table
+from recbole_qrec.errors import ConfigError
 from recbole_qrec.generation import PrefixIndex, SemanticIdVocab, beam_score_matrix, constrained_beam_search
 from recbole_qrec.model.layers import (check_beam_size, checked_length_bucket_rows, code_tokens, length_bucketed_loss,
                                        t5_config, teacher_forced_log_prob)
@@ -44,20 +51,27 @@ class TIGER(SequentialRecommender):
         check_beam_size(config["beam_size"], config["topk"])
         self.beam_size = config["beam_size"]
         self.length_bucket_rows = checked_length_bucket_rows(config["length_bucket_rows"])
-        codes = item_code_table(config, dataset.code_tables)
+        levels = checked_code_levels(config, dataset.code_tables)
+        codes = item_code_table(config, dataset.code_tables, levels=levels)
         self.register_buffer("item_codes", codes)
         self.vocab = SemanticIdVocab(levels=codes.shape[1], codebook_size=int(codes.max()) + 1)
         self.index = PrefixIndex(codes[1:], self.vocab.codebook_size, item_ids=torch.arange(1, len(codes)))
-        self.t5 = T5ForConditionalGeneration(t5_config(config, self.vocab))
+        self.user_buckets = checked_user_buckets(config["user_buckets"])
+        users = dataset.field2id_token[dataset.uid_field]
+        self.register_buffer("user_tokens", self.vocab.size + user_buckets(users, self.user_buckets), persistent=False)
+        self.t5 = T5ForConditionalGeneration(t5_config(config, self.vocab, extra_tokens=self.user_buckets))
 
     def item_tokens(self, items: Tensor) -> Tensor:
         """Item ids ``[...]`` -> code token ids ``[..., L]`` (padding items -> padding tokens)."""
         return code_tokens(self.item_codes, items, self.vocab)
 
     def encoder_inputs(self, interaction: Interaction) -> tuple[Tensor, Tensor]:
-        """Right-padded history tokens ``[B, S' * L]`` and attention mask, ``S'`` the longest history of the batch."""
+        """The user token and the right-padded history tokens ``[B, 1 + S' * L]`` (no user token with 0
+        ``user_buckets``), and their attention mask; ``S'`` the longest history of the batch."""
         history = interaction[self.ITEM_SEQ][:, : int(interaction[self.ITEM_SEQ_LEN].max())]
         tokens = self.item_tokens(history).flatten(1)
+        if self.user_buckets:
+            tokens = torch.cat([self.user_tokens[interaction[self.USER_ID]].unsqueeze(1), tokens], dim=1)
         return tokens, (tokens != self.vocab.pad_id).long()
 
     def calculate_loss(self, interaction: Interaction) -> Tensor:
@@ -83,3 +97,30 @@ class TIGER(SequentialRecommender):
             self.index.to(self.item_codes.device)
         return self.index
 
+
+
+def user_buckets(users: Sequence[str], buckets: int) -> Tensor:
+    """``LongTensor[len(users)]``: each user token's bucket, its CRC-32 modulo ``buckets`` (zeros for 0 buckets)."""
+    return torch.tensor([zlib.crc32(str(user).encode()) % buckets if buckets else 0 for user in users])
+
+
+def checked_user_buckets(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"user_buckets must be an int >= 0, got {value!r} — set the number of hashed user tokens "
+                          "(the paper: 2000; 0: no user token)")
+    return value
+
+
+def checked_code_levels(config: Config, code_tables: Mapping[str, Tensor]) -> int | None:
+    """``code_levels`` if it is ~ or a level count of the content codes ``sid_source`` names, else a ConfigError."""
+    value, source = config["code_levels"], config["sid_source"]
+    if value is None:
+        return None
+    if source == SID_FILE:
+        raise ConfigError(f"code_levels is {value!r} but sid_source is '{SID_FILE}', whose levels the tokenizer sets — "
+                          "unset code_levels, or run `python -m recbole_qrec.tokenize --set levels=N`")
+    available = code_tables[source].shape[1] if source in code_tables else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= (available or value):
+        raise ConfigError(f"code_levels must be ~ or an int in 1..{available} (the levels of {source}), got {value!r} "
+                          "— e.g. --code_levels=3 for the paper's 3 levels + the disambiguation level")
+    return value

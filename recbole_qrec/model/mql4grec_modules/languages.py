@@ -50,20 +50,23 @@ class DomainCodes(nn.Module):
         return code_tokens(self.codes(language), items, vocab)
 
 
-def target_codes(config: Config, code_tables: Mapping[str, Tensor]) -> DomainCodes:
-    """The target's tables of every enabled language (a field it lacks is a ``ConfigError``), saved with the model."""
-    return DomainCodes({language: item_code_table(config, code_tables, source_key(language))
+def target_codes(config: Config, code_tables: Mapping[str, Tensor], disambiguate: bool) -> DomainCodes:
+    """The target's tables of every enabled language (a field it lacks is a ``ConfigError``), saved with the model;
+    content codes with TIGER's extra level when ``disambiguate``, else as they are (items may share an ID)."""
+    return DomainCodes({language: item_code_table(config, code_tables, source_key(language), disambiguate=disambiguate)
                         for language in enabled_languages(config)}, persistent=True)
 
 
-def source_codes(config: Config, code_tables: Mapping[str, Tensor]) -> DomainCodes:
-    """A source domain's tables of the target's languages whose content field it has (not saved: training only).
+def source_codes(config: Config, code_tables: Mapping[str, Tensor], disambiguate: bool) -> DomainCodes:
+    """A source domain's tables of the target's languages whose content field it has (not saved: training only),
+    with TIGER's extra level when ``disambiguate``.
 
     A language the target reads from the tokenizer's ``.sid`` file (``file``) is not looked up in sources.
     """
     fields = {language: config[source_key(language)] for language in enabled_languages(config)}
-    return DomainCodes({language: content_code_table(code_tables[field]) for language, field in fields.items()
-                        if field != SID_FILE and field in code_tables}, persistent=False)
+    return DomainCodes({language: content_code_table(code_tables[field]) if disambiguate else code_tables[field]
+                        for language, field in fields.items() if field != SID_FILE and field in code_tables},
+                       persistent=False)
 
 
 def language_vocabs(domains: list[DomainCodes]) -> dict[str, SemanticIdVocab]:

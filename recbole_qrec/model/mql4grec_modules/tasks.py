@@ -60,11 +60,11 @@ class TaskExample(NamedTuple):
     labels: Tensor
 
 
-def select_tasks(names: Sequence[str] | None) -> list[Task]:
-    """The tasks named in the config's ``tasks``, in the order of :data:`TASKS`."""
+def select_tasks(names: Sequence[str] | None, key: str = "tasks") -> list[Task]:
+    """The tasks named in the config's ``key`` (``tasks``, ``pretrain_tasks``), in the order of :data:`TASKS`."""
     known = [task.name for task in TASKS]
     if isinstance(names, str) or not names or any(name not in known for name in names):
-        raise ConfigError(f"tasks must be a non-empty list of task names, got {names!r} — choose from {', '.join(known)}")
+        raise ConfigError(f"{key} must be a non-empty list of task names, got {names!r} — choose from {', '.join(known)}")
     return [task for task in TASKS if task.name in names]
 
 

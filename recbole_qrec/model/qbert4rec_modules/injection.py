@@ -14,14 +14,19 @@ Adaptive depth (``dynamic=True``): after block ``l`` (``l < layers - 1``) a gate
 * Training (soft): the hard rule "continue while every gate so far is open" is relaxed to the
   running product ``c_l = g_0 * ... * g_{l-1}`` (``c_0 = 1``), and
   ``h_{l+1} = c_l * block_l(h_l) + (1 - c_l) * h_l``: a closed gate fades out all deeper blocks,
-  as stopping does at inference.
+  as stopping does at inference. An item's soft depth is ``sum_l c_l`` (the blocks it is expected to
+  go through); the ponder penalty ``depth_weight * mean(soft depth)`` (ACT's, Graves 2016) makes every
+  block cost something, so gates close where a block does not pay for itself in the contrastive terms
+  and the depths spread (the paper: most items stop within 1-3 blocks, median 2). Without the penalty
+  (``depth_weight: 0``) nothing rewards stopping and every gate stays open.
 
 ``dynamic=False`` (``fusion: static``): every item goes through all blocks, no gates.
 
 Loss: multi-view InfoNCE between the fused ID view ``h_i`` and each modality view, and between
 every two modality views, each over the items that have the views it compares; plus the
 ID-consistency term ``consistency_weight * mean(1 - cos(h_i, q_i))``, which keeps the fused
-embedding anchored to the item's own ID vector (the gates trade this against injecting content).
+embedding anchored to the item's own ID vector (the gates trade this against injecting content), plus the
+ponder penalty of dynamic fusion.
 """
 
 from __future__ import annotations
@@ -41,24 +46,28 @@ from recbole_qrec.model.qbert4rec_modules.cross_attention_block import CrossAtte
 @dataclass
 class InjectionOutput:
     """``fused`` ``[n, d]`` item embeddings ``h``, the ``ids`` ``q`` and projected ``views`` (one
-    ``[n, d]`` per modality) they came from, and each item's ``depth``: blocks applied under the
-    hard rule (in training mode every item passes every block, softly weighted)."""
+    ``[n, d]`` per modality) they came from, each item's ``depth``: blocks applied under the
+    hard rule (in training mode every item passes every block, softly weighted), and its ``soft_depth``
+    ``[n]``: the sum of its carries, what the ponder penalty charges (the hard depth at inference)."""
 
     fused: Tensor
     ids: Tensor
     views: list[Tensor]
     depth: Tensor
+    soft_depth: Tensor
 
 
 class CrossModalInjection(nn.Module):
     """Fuses text/image features into learnable item ID vectors (stage 1 of Q-Bert4Rec)."""
 
     def __init__(self, n_items: int, modality_dims: Sequence[int], dim: int, layers: int, heads: int,
-                 temperature: float, gate_threshold: float, dynamic: bool, consistency_weight: float) -> None:
+                 temperature: float, gate_threshold: float, dynamic: bool, consistency_weight: float,
+                 depth_weight: float) -> None:
         super().__init__()
         self.temperature = temperature
         self.gate_threshold = gate_threshold
         self.consistency_weight = consistency_weight
+        self.depth_weight = depth_weight if dynamic else 0.0
         self.id_embedding = nn.Embedding(n_items, dim)
         self.projections = nn.ModuleList(nn.Linear(in_dim, dim) for in_dim in modality_dims)
         self.blocks = nn.ModuleList(CrossAttentionBlock(dim, heads) for _ in range(layers))
@@ -72,8 +81,8 @@ class CrossModalInjection(nn.Module):
         ids = self.id_embedding(items)
         views = [projection(F.normalize(x, dim=-1)) for projection, x in zip(self.projections, features)]
         modalities = self.weighted_modalities(ids, torch.stack(views, 1), present)
-        fused, depth = self.fuse(ids, modalities, present)
-        return InjectionOutput(fused, ids, views, depth)
+        fused, depth, soft_depth = self.fuse(ids, modalities, present)
+        return InjectionOutput(fused, ids, views, depth, soft_depth)
 
     def weighted_modalities(self, ids: Tensor, views: Tensor, present: Tensor) -> Tensor:
         """Each view times ``softmax`` over the item's present modalities of ``cos(q_i, view) / tau``."""
@@ -83,21 +92,24 @@ class CrossModalInjection(nn.Module):
         weights = similarity.masked_fill(~present & has_any, float("-inf")).softmax(1) * present
         return weights.unsqueeze(-1) * views
 
-    def fuse(self, ids: Tensor, modalities: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
-        """Run the blocks with soft (training) or hard (inference) gating; returns ``(h, depth)``."""
+    def fuse(self, ids: Tensor, modalities: Tensor, present: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Run the blocks with soft (training) or hard (inference) gating; returns ``(h, depth, soft depth)``."""
         state = ids
         carry = torch.ones(len(ids), 1, device=ids.device)  # soft: P(still going); hard: 0/1
         depth = torch.zeros(len(ids), dtype=torch.long, device=ids.device)
+        soft_depth = torch.zeros(len(ids), device=ids.device)
         for index, block in enumerate(self.blocks):
             state = carry * block(state, modalities, present) + (1 - carry) * state
             depth += carry.squeeze(1).gt(0).long()
+            soft_depth = soft_depth + carry.squeeze(1)
             if index < len(self.gates):
                 gate = torch.sigmoid(self.gates[index](state))
                 carry = carry * (gate if self.training else (gate >= self.gate_threshold).float())
-        return state, depth
+        return state, depth, soft_depth
 
     def loss(self, output: InjectionOutput, present: Tensor) -> Tensor:
-        """Multi-view InfoNCE (ID-modality and modality-modality pairs) plus the ID-consistency term."""
+        """Multi-view InfoNCE (ID-modality and modality-modality pairs), the ID-consistency term and the ponder
+        penalty."""
         everyone = torch.ones(len(present), dtype=torch.bool, device=present.device)
         views = [(output.fused, everyone)] + [(view, present[:, m]) for m, view in enumerate(output.views)]
         contrastive = sum(
@@ -105,7 +117,8 @@ class CrossModalInjection(nn.Module):
             for (first, first_rows), (second, second_rows) in combinations(views, 2)
         )
         consistency = (1 - F.cosine_similarity(output.fused, output.ids, dim=-1)).mean()
-        return contrastive + self.consistency_weight * consistency
+        ponder = output.soft_depth.mean()
+        return contrastive + self.consistency_weight * consistency + self.depth_weight * ponder
 
 
 def depth_histogram(depth: Tensor, layers: int) -> list[int]:

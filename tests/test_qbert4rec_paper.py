@@ -1,0 +1,147 @@
+"""Q-Bert4Rec as the paper describes it, on the 500-user Instruments subset: an item-level output whose parameters
+grow with the catalogue (the paper's 3.71M on Instruments), gates that stop items early, default pretraining sources
+from the domain pool, and a trained model that beats popularity."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+
+from recbole_qrec.config import build_config
+from recbole_qrec.data.cross_domain import pretrain_dataset_names
+from recbole_qrec.data.item_features import load_item_features
+from recbole_qrec.model.qbert4rec import QBert4Rec
+from recbole_qrec.model.qbert4rec_modules.injection_training import fuse_items, train_injection
+from recbole_qrec.qbert4rec_stage import build_injection
+from recbole_qrec.trainer import get_trainer
+from test_qbert4rec import load_data, subset_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Stages 1-2 cut short but with the paper's code shape (4 levels x 256), so stage 3 has the paper's size.
+PAPER_CODES = {"injection_epochs": 1, "sid_levels": 4, "sid_codebook_size": 256, "sid_code_dim": 32, "sid_epochs": 2}
+STAGE3_KEYS = ("hidden_size", "inner_size", "n_layers", "n_heads", "MAX_ITEM_LIST_LENGTH")
+PAPER_PARAMETERS = {"Instruments": (6250, 3.71e6), "Arts": (9416, 4.51e6)}  # items, parameters (Q-Bert4Rec paper)
+
+
+def parameters(model):
+    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+
+
+def test_parameters_grow_with_the_catalogue_as_the_papers(work):
+    """Item scoring adds one hidden-wide embedding and a bias per item id to a catalogue-independent core; at the
+    default widths that is the paper's size on Instruments (3,722,347 vs 3.71M) and on Arts (4,536,009 vs 4.51M)."""
+    defaults = build_config("QBert4Rec", "Instruments")
+    config = subset_config(work, **PAPER_CODES, **{key: defaults[key] for key in STAGE3_KEYS})
+    _, train, *_ = load_data(config)
+    item_model = QBert4Rec(config, train._dataset)
+    core = parameters(QBert4Rec(subset_config(work, **PAPER_CODES, **{key: defaults[key] for key in STAGE3_KEYS},
+                                              scoring="levels"), train._dataset))
+    hidden = config["hidden_size"]
+    assert parameters(item_model) - core == item_model.n_items * (hidden + 1)
+    for dataset, (items, paper) in PAPER_PARAMETERS.items():
+        total = core + (items + 1) * (hidden + 1)  # + the padding id
+        assert abs(total - paper) / paper < 0.01, (dataset, total, paper)
+
+
+# Dynamic fusion: the ponder penalty closes gates
+
+@pytest.fixture(scope="module")
+def features(work):
+    config = subset_config(work)
+    _, train, *_ = load_data(config)
+    return config, load_item_features(config, train._dataset)
+
+
+def trained_injection(config, features, depth_weight):
+    config["depth_weight"] = depth_weight
+    torch.manual_seed(0)
+    module = build_injection(config, features)
+    train_injection(module, features, epochs=6, batch_size=512, learning_rate=3e-3,
+                    generator=torch.Generator().manual_seed(0))
+    return module
+
+
+def test_the_depth_penalty_stops_items_before_the_last_block(features):
+    config, features = features
+    layers = config["injection_layers"]
+    _, free_depth = fuse_items(trained_injection(config, features, 0.0), features, batch_size=1024)
+    _, depth = fuse_items(trained_injection(config, features, 0.1), features, batch_size=1024)
+    assert bool((depth < layers).any()) and bool((depth >= 1).all())
+    assert depth.float().mean() < free_depth.float().mean()
+
+
+def test_dynamic_fusion_differs_from_static_exactly_for_the_items_that_stop_early(features, work):
+    config, features = features
+    dynamic = trained_injection(config, features, 0.1)
+    static = build_injection(subset_config(work, fusion="static"), features)
+    static.load_state_dict({key: value for key, value in dynamic.state_dict().items() if not key.startswith("gates")})
+    fused, depth = fuse_items(dynamic, features, batch_size=1024)
+    static_fused, _ = fuse_items(static, features, batch_size=1024)
+    differs = (fused - static_fused).abs().amax(1) > 1e-5
+    assert bool(differs.any())
+    assert torch.equal(differs, depth < config["injection_layers"])
+
+
+def test_the_model_exposes_the_stage_depth_histogram(features, work):
+    config, _ = features
+    _, train, *_ = load_data(config)
+    histogram = QBert4Rec(config, train._dataset).injection_depth_histogram
+    assert len(histogram) == config["injection_layers"] + 1 and histogram[0] == 0
+    assert sum(histogram) == train._dataset.item_num - 1
+
+
+# Default pretraining sources: the other domains of the pool that are there and have content
+
+def test_default_sources_are_the_pools_other_domains_that_are_present(work, caplog):
+    config = subset_config(work)
+    assert config["pretrain_datasets"] is None and "Instruments" in config["pretrain_domain_pool"]
+    with caplog.at_level(logging.WARNING):
+        assert pretrain_dataset_names(config) == []  # this data_path holds Instruments only
+    assert "pretraining source Arts (pretrain_domain_pool) left out" in caplog.text
+    assert pretrain_dataset_names(subset_config(work, pretrain_datasets=[])) == []
+
+
+# A trained model against the most popular items
+
+def ndcg_at_10(scores_of, loader):
+    """Mean NDCG@10 of full-sort rankings as RecBole's evaluation makes them (the padding id excluded; sequential
+    loaders mask no history), one target per user."""
+    gains = []
+    for interaction, history, positive_u, positive_i in loader:
+        with torch.no_grad():
+            scores = scores_of(interaction).clone()
+        if history is not None:
+            scores[history] = -math.inf
+        scores[:, 0] = -math.inf
+        target = scores[positive_u, positive_i]
+        ranks = (scores[positive_u] > target.unsqueeze(1)).sum(1)
+        gains += [1 / math.log2(rank + 2) if rank < 10 else 0.0 for rank in ranks.tolist()]
+    return sum(gains) / len(gains)
+
+
+# Stage 1 trained enough for content to shape the codes; a small stage 3 at a constant learning rate.
+RANKING = {"injection_dim": 64, "injection_epochs": 10, "injection_learning_rate": 0.01, "sid_epochs": 20,
+           "hidden_size": 64, "inner_size": 128, "hidden_dropout_prob": 0.1, "attn_dropout_prob": 0.1,
+           "epochs": 5, "stopping_step": 5, "pretrain_epochs": 0, "learning_rate": 2e-3, "lr_scheduler": "constant",
+           "warmup_steps": 0, "weight_decay": 0.0}
+
+
+def test_a_trained_qbert4rec_beats_popularity(work, tmp_path, monkeypatch):
+    """On the validation split (test: 0.020 vs 0.021 at this size; 500 users leave little to learn beyond
+    popularity), full ranking, RecBole's sequential evaluation."""
+    config = subset_config(work, **RANKING)
+    _, train, valid, _, _ = load_data(config)
+    monkeypatch.chdir(tmp_path)  # the trainer opens ./log_tensorboard
+    model = QBert4Rec(config, train._dataset)
+    get_trainer(config["MODEL_TYPE"], config["model"])(config, model).fit(train, valid, saved=False)
+    model.eval()
+    counts = torch.bincount(train._dataset.inter_feat[model.POS_ITEM_ID], minlength=model.n_items).float()
+
+    def popularity(interaction):
+        return counts.expand(len(interaction), -1)
+
+    assert ndcg_at_10(model.full_sort_predict, valid) > 1.05 * ndcg_at_10(popularity, valid)
