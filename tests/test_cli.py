@@ -168,7 +168,7 @@ def test_help_lists_models_datasets_overrides_and_layering(command, cwd):
     assert done.returncode == 0, done.stderr
     text = done.stdout
     assert text.startswith(f"usage: {command} [--model=MODEL]")
-    assert "recbole-qrec models: MQL4GRec, QBert4Rec, TIGER" in text
+    assert "recbole-qrec models: MACRec, MQL4GRec, QBert4Rec, TIGER" in text
     assert all(name in text for name in ("SASRec", "GRU4Rec", "BERT4Rec", "FDSA", "LightGCN"))
     assert "Datasets under data/: Toy" in text and "python -m dataset_prep.convert" in text
     assert "--key=value" in text and "--config_files" in text and "--debug" in text and "--allow_data_mismatch" in text

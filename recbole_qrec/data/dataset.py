@@ -66,6 +66,10 @@ class MQL4GRecDataset(SemanticIdDataset):
     sid_source_keys = ("text_sid_source", "image_sid_source")
 
 
+class MACRecDataset(MQL4GRecDataset):
+    """MACRec's two languages, as MQL4GRec's."""
+
+
 class QBert4RecDataset(SemanticIdDataset):
     """QBert4Rec's codes: always ``<dataset>.sid``, written by its tokenize stage (stages 1-2); ``sid_report``:
     that stage's metadata (``<dataset>.sid.json``: collisions, injection depths; empty without the file)."""

@@ -6,7 +6,7 @@
 from recbole_qrec.trainer.checkpoint import SafeCheckpointMixin, get_trainer, plain_config, with_safe_checkpoint
 from recbole_qrec.trainer.pretrain_trainer import PretrainFineTuneTrainer
 
-QBert4RecTrainer = MQL4GRecTrainer = with_safe_checkpoint(PretrainFineTuneTrainer)
+QBert4RecTrainer = MQL4GRecTrainer = MACRecTrainer = with_safe_checkpoint(PretrainFineTuneTrainer)
 
-__all__ = ["MQL4GRecTrainer", "PretrainFineTuneTrainer", "QBert4RecTrainer", "SafeCheckpointMixin", "get_trainer",
-           "plain_config", "with_safe_checkpoint"]
+__all__ = ["MACRecTrainer", "MQL4GRecTrainer", "PretrainFineTuneTrainer", "QBert4RecTrainer", "SafeCheckpointMixin",
+           "get_trainer", "plain_config", "with_safe_checkpoint"]

@@ -1,0 +1,140 @@
+"""MACRec on the 500-user Instruments subset (text and image codes): its alignment losses, ranking and entry point."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from recbole.data.interaction import Interaction
+from recbole.utils import init_seed
+
+from recbole_qrec.config import build_config
+from recbole_qrec.data import create_dataset, data_preparation
+from recbole_qrec.errors import ConfigError
+from recbole_qrec.model.macrec import MACRec
+from recbole_qrec.model.mql4grec import MQL4GRec
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
+    "MAX_ITEM_LIST_LENGTH": 5, "epochs": 1, "train_batch_size": 256, "eval_batch_size": 256, "use_gpu": False,
+    "beam_size": 10,
+}
+EXPLICIT_TASKS = {"text_to_image_next", "image_to_text_next", "text_to_image", "image_to_text"}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def subset_config(work: Path, **overrides):
+    settings = {"data_path": str(work / "dataset"), "checkpoint_dir": str(work / "saved"), **TINY, **overrides}
+    return build_config("MACRec", "Instruments", config_dict=settings)
+
+
+@pytest.fixture(scope="module")
+def prepared(work):
+    """Config, training and test loaders, and an untrained MACRec (eval mode: no dropout) on the subset."""
+    config = subset_config(work)
+    init_seed(config["seed"], True)
+    train, _, test, _ = data_preparation(config, create_dataset(config))
+    return config, train, test, MACRec(config, train._dataset).eval()
+
+
+def first_batch(loader) -> Interaction:
+    batch = next(iter(loader))
+    return batch[0] if isinstance(batch, tuple) else batch
+
+
+def test_implicit_alignment_loss_is_finite_and_training_lowers_it(prepared, work):
+    config, train, _, _ = prepared
+    torch.manual_seed(0)
+    model = MACRec(config, train._dataset).eval()
+    batch = first_batch(train)[:64]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(6):
+        loss = model.implicit_align_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(value) for value in losses)
+    assert losses[-1] < losses[0] * 0.9, losses
+
+
+def test_the_loss_is_the_task_mixture_plus_the_weighted_implicit_alignment(prepared, work):
+    config, train, _, model = prepared
+    batch = first_batch(train)[:64]
+    without = MACRec(subset_config(work, implicit_align_weight=0), train._dataset).eval()
+    mql4grec = MQL4GRec(config, train._dataset).eval()  # the same T5 trained on the tasks alone
+    for other in (without, mql4grec):
+        other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.manual_seed(0)  # the same random draws of the task mix in each call
+        task_loss = mql4grec.calculate_loss(batch)
+        torch.manual_seed(0)
+        full = model.calculate_loss(batch)
+        torch.manual_seed(0)
+        zero = without.calculate_loss(batch)
+        align = model.implicit_align_loss(batch)
+    assert model.implicit_align_weight == 0.01 and float(align) > 0
+    torch.testing.assert_close(zero, task_loss)
+    torch.testing.assert_close(full, task_loss + 0.01 * align)
+
+
+def test_without_explicit_tasks_only_the_next_item_tasks_train(prepared, work):
+    _, train, _, model = prepared
+    batch = first_batch(train)
+    implicit_only = MACRec(subset_config(work, tasks=["text_next", "image_next"]), train._dataset)
+    torch.manual_seed(0)
+    assert EXPLICIT_TASKS <= set(model.task_examples(batch))
+    assert set(implicit_only.task_examples(batch)) == {"text_next", "image_next"}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"implicit_align_weight": -0.1}, "implicit_align_weight must be a number >= 0"),  # the config's check
+    ({"implicit_align_temperature": 0}, "implicit_align_temperature must be a number > 0"),  # the config's check
+    ({"image_sid_source": None}, "implicit_align_weight is 0.01 but the target has codes in"),
+])
+def test_bad_settings_are_config_errors(prepared, work, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        MACRec(subset_config(work, **overrides), prepared[1]._dataset)
+
+
+@pytest.mark.parametrize("rule", ["group", "strict"])
+def test_full_sort_predict_scores_only_real_items(prepared, work, rule):
+    _, train, test, _ = prepared
+    torch.manual_seed(0)
+    model = MACRec(subset_config(work, eval_rule=rule), train._dataset).eval()
+    interaction = first_batch(test)[:16]
+    with torch.no_grad():
+        scores = model.full_sort_predict(interaction)
+        beams = [model.beam(interaction, language)[0] for language in model.ranking_languages]
+    assert scores.shape == (16, train._dataset.item_num) and bool(torch.isneginf(scores[:, 0]).all())
+    finite = torch.isfinite(scores)
+    generated = torch.zeros_like(finite).scatter_(1, torch.cat(beams, dim=1), True)
+    if rule == "group":  # the target may take the score of the generated ID it shares
+        generated[torch.arange(16), interaction["item_id"]] |= finite[torch.arange(16), interaction["item_id"]]
+    assert bool((torch.cat(beams) >= 1).all()) and bool(finite.any(1).all())
+    assert torch.equal(finite, generated)
+
+
+def test_entry_point_trains_and_evaluates_macrec(work, tmp_path):
+    settings = {**TINY, "data_path": work / "dataset", "allow_data_mismatch": True}
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), "--model=MACRec", "--dataset=Instruments",
+         *(f"--{key}={value}" for key, value in settings.items())],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = next((tmp_path / "log" / "MACRec").glob("*.log")).read_text()
+    assert "implicit_align_weight = 0.01" in log
+    record = json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[-1])
+    assert record["model"] == "MACRec"
+    assert all(0.0 <= value <= 1.0 for value in record["test"].values()) and "ndcg@10" in record["test"]
