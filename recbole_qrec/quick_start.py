@@ -119,7 +119,7 @@ def run_recbole_qrec(
         logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
         logger.info(set_color("test result", "yellow") + f": {test_result}")
         record = build_record(config, trainer, best_valid_score, best_valid_result, test_result,
-                              time.time() - start, saved)
+                              time.time() - start, saved, dataset_obj)
         path = append_result(record, config["results_dir"]) if is_main_process(config) else None  # one per run
     if path:
         logger.info(f"result recorded in {path}")

@@ -4,7 +4,8 @@ A record says what ran (model, dataset, the hash of every setting that can chang
 which data (the dataset fingerprint from :func:`recbole_qrec.data.check_dataset`) and which code
 (git commit and whether the checkout had uncommitted changes), how long it took (fine-tuning and
 pretraining epochs counted apart), what it scored on the validation and test splits (and on validation after each
-evaluated epoch) and the labels it was given (``run_tags``).
+evaluated epoch), the labels it was given (``run_tags``) and the quality of the semantic-ID code tables its model
+reads (``tokenizer``, :func:`recbole_qrec.data.sid_quality.code_table_quality`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from typing import Any
 
 import torch
 from recbole.config import Config
+from recbole.data.dataset import Dataset
 from recbole.trainer import Trainer
 
+from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.data.item_features import run_content_sources
+from recbole_qrec.data.sid_quality import code_table_quality
 from recbole_qrec.fileio import atomic_open
 from recbole_qrec.resources import PACKAGE_DIR
 from recbole_qrec.trainer.checkpoint import RUN_LOCATION_KEYS, plain_config
@@ -80,8 +84,9 @@ def check_finite(record: dict[str, Any]) -> None:
 
 
 def build_record(config: Config, trainer: Trainer, best_valid_score: float, best_valid_result: dict | None,
-                 test_result: dict, wall_time_s: float, saved: bool) -> dict[str, Any]:
-    """The result record of a finished run (checked: every metric is finite)."""
+                 test_result: dict, wall_time_s: float, saved: bool, dataset: Dataset | None = None) -> dict[str, Any]:
+    """The result record of a finished run (checked: every metric is finite); ``dataset``, the run's, gives the
+    quality of the semantic-ID code tables its model reads (``tokenizer``, empty for models of item IDs)."""
     commit, dirty = git_state()
     pretrain_seconds = getattr(trainer, "pretrain_epoch_seconds", [])  # trainers without a pretraining phase
     record = {
@@ -111,6 +116,8 @@ def build_record(config: Config, trainer: Trainer, best_valid_score: float, best
         "valid_curve": trainer.valid_curve,
         "tags": dict(config["run_tags"] or {}),
         "eval_rule": config.final_config_dict.get("eval_rule"),  # generative models: how a shared code counts
+        "eval_mode": config.final_config_dict.get("eval_mode"),  # generative models: beam search or exact ranking
+        "tokenizer": code_table_quality(config, dataset) if isinstance(dataset, SemanticIdDataset) else {},
     }
     depth = getattr(trainer.model, "injection_depth_histogram", None)  # QBert4Rec: items per injection depth
     if depth is not None:

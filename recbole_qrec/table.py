@@ -6,7 +6,10 @@ share model, dataset and ``config_hash`` are seeds of one configuration; a model
 has several). Rows are models, datasets sit side by side; the best value of each column is marked, the second
 too, and each model's relative improvement over the best baseline is given per dataset, with a paired t-test
 over matching seeds. Plots: grouped bars of a test metric per dataset (``png``), and the validation metric after
-each evaluated epoch (``curves``, from the records' ``valid_curve``).
+each evaluated epoch (``curves``, from the records' ``valid_curve``). With ``--tokenizer`` each dataset gets three more
+columns from the records' ``tokenizer`` figures (:mod:`recbole_qrec.data.sid_quality`) of the model's main code table:
+its collision rate before and after de-duplication and its mean codebook utilisation over the levels (mean over the
+seeds; empty for models of item IDs).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ MARK = "†"
 METRIC = re.compile(r"^(?P<name>[a-z]+)@(?P<k>[1-9]\d*)$")
 ALIASES = {"hr": "hit"}
 LABELS = {"hit": "HR", "ndcg": "NDCG"}
+TOKENIZER_COLUMNS = ("collisions before", "collisions after", "utilisation")
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,19 @@ class Table:
     sources: dict[str, str] = field(default_factory=dict)
     runs: dict[tuple[str, str], dict[int, dict[str, Any]]] = field(default_factory=dict)  # the cells' records by seed
     command: str | None = None  # the command that built the table, shown under it
+    tokenizer: bool = False  # add the TOKENIZER_COLUMNS per dataset
+
+    def tokenizer_values(self, model: str, dataset: str) -> list[float | None]:
+        """The :data:`TOKENIZER_COLUMNS` of a cell: means over its seeds of the main code table's figures (None
+        where its records have none)."""
+        tables = [next((t for t in (r.get("tokenizer") or {}).values() if t.get("main")), None)
+                  for r in self.runs.get((model, dataset), {}).values()]
+        tables = [t for t in tables if t is not None]
+        if not tables:
+            return [None] * len(TOKENIZER_COLUMNS)
+        figures = [(t["collision_rate_before"], t["collision_rate_after"], statistics.fmean(t["utilisation"]))
+                   for t in tables]
+        return [statistics.fmean(column) for column in zip(*figures)]
 
     def n(self, model: str, dataset: str) -> int | None:
         cells = self.cells.get((model, dataset))
@@ -215,9 +232,10 @@ def load_paper(path: Path) -> tuple[dict[tuple[str, str], dict[str, float]], dic
 
 
 def build_table(records: list[dict[str, Any]], metrics: list[str], key_metric: str = "ndcg@10",
-                baseline: str | None = None, paper: Path | None = None) -> Table:
+                baseline: str | None = None, paper: Path | None = None, tokenizer: bool = False) -> Table:
     """The table of ``records``: models in first-seen order, each dataset's baseline (``baseline``, else the best
-    of GRU4Rec/SASRec/BERT4Rec/FDSA present on ``key_metric``), and the published numbers of ``paper``."""
+    of GRU4Rec/SASRec/BERT4Rec/FDSA present on ``key_metric``), the published numbers of ``paper`` and, with
+    ``tokenizer``, the code-table columns."""
     runs = chosen_runs(records)
     cells = configuration_cells(runs, sorted(set(metrics) | {key_metric}))
     models = list(dict.fromkeys(r["model"] for r in records))
@@ -230,7 +248,7 @@ def build_table(records: list[dict[str, Any]], metrics: list[str], key_metric: s
         present = [m for m in candidates if (m, dataset) in cells]
         if present:
             baselines[dataset] = max(present, key=lambda m: cells[(m, dataset)][key_metric].mean)
-    table = Table(models, datasets, list(metrics), key_metric, cells, baselines, runs=runs)
+    table = Table(models, datasets, list(metrics), key_metric, cells, baselines, runs=runs, tokenizer=tokenizer)
     if paper is not None:
         values, sources = load_paper(paper)
         table.paper = {key: v for key, v in values.items() if key[1] in datasets}
@@ -255,6 +273,7 @@ def display_rows(table: Table, tex: bool = False) -> tuple[list[str], list[list[
     for dataset in table.datasets:
         header += [f"{dataset} n", *(f"{dataset} {metric_label(m)}" for m in table.metrics), f"{dataset} Δ"]
         header += [f"{dataset} paper {metric_label(m)}" for m in paper_metrics]
+        header += [f"{dataset} {name}" for name in TOKENIZER_COLUMNS if table.tokenizer]
     rows = []
     for model in table.models:
         row = [model]
@@ -273,6 +292,8 @@ def display_rows(table: Table, tex: bool = False) -> tuple[list[str], list[list[
             row.append("baseline" if base else f"{gain:+.1f}{percent}" if gain is not None else "")
             row += [f"{table.paper[(model, dataset)][m]:.4f}" if m in table.paper.get((model, dataset), {}) else ""
                     for m in paper_metrics]
+            if table.tokenizer:
+                row += [f"{value:.4f}" if value is not None else "" for value in table.tokenizer_values(model, dataset)]
         rows.append(row)
     return header, rows
 
@@ -284,6 +305,11 @@ def notes(table: Table, tex: bool = False) -> list[str]:
               f"Δ: relative improvement in {metric_label(table.key_metric)} over the baseline ({bases}). "
               f"{MARK}: p < {SIGNIFICANCE} in a paired t-test over the seeds shared with the baseline.")]
     lines += [f"Paper ({model}): {source}" for model, source in table.sources.items()]
+    if table.tokenizer:
+        lines.append("Collisions before / after: share of items whose semantic ID another item shares, before and "
+                     "after de-duplication (TIGER's extra level; MQL4GRec under eval_rule group keeps shared IDs); "
+                     "utilisation: share of the codebook used, mean over the levels; of the main code table (TIGER: "
+                     "sid_source, MQL4GRec: text, QBert4Rec: its .sid).")
     lines += provenance(table)
     return [tex_escape(line) for line in lines] if tex else lines
 
@@ -321,6 +347,10 @@ def provenance(table: Table) -> list[str]:
     if rules:
         lines.append("Shared semantic IDs (eval_rule; group: a generated ID shared with the target counts as a hit, "
                      "strict: only the target's own ID): " + ", ".join(sorted(rules)) + ".")
+    modes = {f"{r['model']} {r['eval_mode']}" for r in records if r.get("eval_mode")}
+    if modes:
+        lines.append("Ranking (eval_mode; beam: constrained beam search, items outside the beam rank last, exact: every "
+                     "item by its semantic ID's log-probability): " + ", ".join(sorted(modes)) + ".")
     return lines
 
 
@@ -343,6 +373,7 @@ def render_csv(table: Table) -> str:
     for d in table.datasets:
         header += [f"{d} n"] + [f"{d} {m} {part}" for m in table.metrics for part in ("mean", "std", "p")]
         header += [f"{d} improvement %", *(f"{d} paper {m}" for m in paper_metrics)]
+        header += [f"{d} {name}" for name in TOKENIZER_COLUMNS if table.tokenizer]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
@@ -358,6 +389,8 @@ def render_csv(table: Table) -> str:
             gain = table.improvement(model, d)
             row.append(f"{gain:.2f}" if gain is not None else "")
             row += [table.paper.get((model, d), {}).get(m, "") for m in paper_metrics]
+            if table.tokenizer:
+                row += [f"{value:.6f}" if value is not None else "" for value in table.tokenizer_values(model, d)]
         writer.writerow(row)
     return out.getvalue()
 
@@ -496,6 +529,8 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", help="model to compare against (default: the best of GRU4Rec, SASRec, "
                         "BERT4Rec, FDSA present, per dataset)")
     parser.add_argument("--metric", default="ndcg@10", help="metric of the improvement column and the plots")
+    parser.add_argument("--tokenizer", action="store_true", help="add per dataset the collision rate before and after "
+                        "de-duplication and the mean codebook utilisation of each semantic-ID model's main code table")
 
 
 @dataclass(frozen=True)
@@ -508,6 +543,7 @@ class TableRequest:
     out: Path | None
     paper: Path | None
     baseline: str | None
+    tokenizer: bool = False
 
 
 def table_request(args: argparse.Namespace) -> TableRequest:
@@ -524,12 +560,13 @@ def table_request(args: argparse.Namespace) -> TableRequest:
     if paper is not None:
         load_paper(paper)
     metrics = [metric_key(m) for m in args.metrics.split(",") if m.strip()]
-    return TableRequest(metrics, metric_key(args.metric), formats, args.out, paper, args.baseline)
+    return TableRequest(metrics, metric_key(args.metric), formats, args.out, paper, args.baseline, args.tokenizer)
 
 
 def publish(records: list[dict[str, Any]], request: TableRequest) -> Table:
     """Build the table of ``records``, print it as markdown and write the files of ``request``."""
-    built = build_table(records, request.metrics, request.key_metric, request.baseline, request.paper)
+    built = build_table(records, request.metrics, request.key_metric, request.baseline, request.paper,
+                        request.tokenizer)
     built.command = command_line()
     written = write_outputs(built, request.formats, request.out) if request.out is not None else []
     print(render_md(built), end="")

@@ -21,7 +21,12 @@ fine-tunes on ``tasks`` on the target (:meth:`MQL4GRec.calculate_loss`).
 
 Ranking: a constrained beam search (``beam_size`` IDs) from the history in each language whose next-item
 generation task is trained, text history -> next text ID and image history -> next image ID, merged by
-``beam_fusion`` (:mod:`~recbole_qrec.model.mql4grec_modules.fusion`).
+``beam_fusion`` (:mod:`~recbole_qrec.model.mql4grec_modules.fusion`). With ``eval_mode: exact`` every item is scored
+instead by its IDs' teacher-forced log-probabilities (:func:`~recbole_qrec.generation.exact_score_matrix`), fused as
+if every beam had found it (:func:`~recbole_qrec.model.mql4grec_modules.fusion.fuse_scores`, the score of
+``predict``). Items with the same ID in every ranking language would tie there, and RecBole's top-k would give each
+of them a slot, in arbitrary order; so, as a beam does, such an ID is scored once, on its first item, and under the
+group rule the target takes that score.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from transformers import T5ForConditionalGeneration
 
 from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.errors import ConfigError
-from recbole_qrec.generation import PrefixIndex, code_groups, constrained_beam_search, credit_target_group
+from recbole_qrec.generation import (PrefixIndex, checked_eval_mode, code_groups, constrained_beam_search,
+                                    credit_target_group, exact_score_matrix)
 from recbole_qrec.model.abstract_recommender import PretrainableRecommender
 from recbole_qrec.model.layers import (check_beam_size, checked_length_bucket_rows, length_bucketed_loss, t5_config,
                                        teacher_forced_log_prob)
@@ -53,7 +59,9 @@ class MQL4GRec(PretrainableRecommender):
 
     def __init__(self, config: Config, dataset: SemanticIdDataset) -> None:
         super().__init__(config, dataset)
-        check_beam_size(config["beam_size"], config["topk"])
+        self.eval_mode = checked_eval_mode(config["eval_mode"])
+        if self.eval_mode == "beam":
+            check_beam_size(config["beam_size"], config["topk"])
         self.beam_size = config["beam_size"]
         self.length_bucket_rows = checked_length_bucket_rows(config["length_bucket_rows"])
         self.eval_rule = checked_choice("eval_rule", config["eval_rule"], EVAL_RULES)
@@ -76,6 +84,10 @@ class MQL4GRec(PretrainableRecommender):
         self.vocabs = language_vocabs([self.target_codes, *self.source_codes.values()])
         self.groups = {language: code_groups(self.target_codes.codes(language)) for language in self.ranking_languages}
         self.indexes = {language: self.prefix_index(language) for language in self.ranking_languages}
+        # Exact ranking: items with the same ID in every ranking language share a score, kept on the first of them.
+        joint = torch.cat([self.target_codes.codes(language) for language in self.ranking_languages], dim=1)
+        self.joint_groups = code_groups(joint)
+        self.exact_items = (self.joint_groups == torch.arange(len(joint)))[1:].nonzero().flatten() + 1
         self.t5 = T5ForConditionalGeneration(t5_config(config, list(self.vocabs.values())[-1]))
 
     def prefix_index(self, language: str) -> PrefixIndex:
@@ -152,15 +164,29 @@ class MQL4GRec(PretrainableRecommender):
         return [self.vocabs[language].levels for language in self.ranking_languages]
 
     def full_sort_predict(self, interaction: Interaction) -> Tensor:
-        """``[B, n_items]``: the fused scores of the languages' beams, ``-inf`` for items in none; under the group
-        rule the target takes the score of its group (of the first ranking language) in place of that group's first
-        item."""
-        beams = [self.beam(interaction, language) for language in self.ranking_languages]
-        scores = fuse_beams(beams, self.n_items, self.levels(), self.fusion)
+        """``[B, n_items]``: the fused scores of the languages' beams, ``-inf`` for items in none (``eval_mode:
+        exact``: :meth:`exact_scores`); under the group rule the target takes the score of its group (beam: of the
+        first ranking language; exact: of the items with its IDs in every ranking language) in place of that group's
+        first item."""
+        if self.eval_mode == "exact":
+            scores, groups = self.exact_scores(interaction), self.joint_groups
+        else:
+            beams = [self.beam(interaction, language) for language in self.ranking_languages]
+            scores = fuse_beams(beams, self.n_items, self.levels(), self.fusion)
+            groups = self.groups[self.ranking_languages[0]]
         if self.eval_rule == "group":
-            groups = self.groups[self.ranking_languages[0]].to(scores.device)
-            scores = credit_target_group(scores, interaction[self.POS_ITEM_ID], groups)
+            scores = credit_target_group(scores, interaction[self.POS_ITEM_ID], groups.to(scores.device))
         return scores
+
+    def exact_scores(self, interaction: Interaction) -> Tensor:
+        """``[B, n_items]``: each item's fused teacher-forced score (``predict``'s) on the first item of its group of
+        :attr:`joint_groups`, ``-inf`` on the group's other items and on the padding item 0."""
+        items = self.exact_items.to(interaction[self.ITEM_SEQ].device)
+        scores = [exact_score_matrix(self.t5, *self.history_input(interaction, language),
+                                     self.target_codes.tokens(language, items, self.vocabs[language]), items,
+                                     self.n_items)
+                  for language in self.ranking_languages]
+        return fuse_scores(scores, self.levels(), self.fusion)
 
     def predict(self, interaction: Interaction) -> Tensor:
         """The fused score of the candidate (``ITEM_ID``) as if every beam had found it, from its teacher-forced

@@ -20,7 +20,9 @@ Ranking: :meth:`TIGER.full_sort_predict` runs the constrained beam search
 returns each beam item's sequence log-probability and ``-inf`` for every other item. RecBole ranks by
 score, so its top-k is the beam order (exact for every ``k <= beam_size``; equal scores, which would
 be ordered arbitrarily, do not occur in practice). :meth:`TIGER.predict` (sampled evaluation) gives
-any item the same score by teacher forcing.
+any item the same score by teacher forcing. With ``eval_mode: exact`` it ranks every item by that score instead
+(:func:`recbole_qrec.generation.exact_score_matrix`): the ranking a beam as wide as the catalogue would give, at the
+cost of decoding every item's code tokens for every user.
 """
 
 from __future__ import annotations
@@ -38,17 +40,20 @@ from transformers import T5ForConditionalGeneration
 from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.data.sid import SID_FILE, item_code_table
 from recbole_qrec.errors import ConfigError
-from recbole_qrec.generation import PrefixIndex, SemanticIdVocab, beam_score_matrix, constrained_beam_search
+from recbole_qrec.generation import (PrefixIndex, SemanticIdVocab, beam_score_matrix, checked_eval_mode,
+                                    constrained_beam_search, exact_score_matrix)
 from recbole_qrec.model.layers import (check_beam_size, checked_length_bucket_rows, code_tokens, length_bucketed_loss,
                                        t5_config, teacher_forced_log_prob)
 
 
 class TIGER(SequentialRecommender):
-    """Encoder-decoder over semantic-ID tokens; ranks all items by constrained beam search."""
+    """Encoder-decoder over semantic-ID tokens; ranks all items by constrained beam search or exactly."""
 
     def __init__(self, config: Config, dataset: SemanticIdDataset) -> None:
         super().__init__(config, dataset)
-        check_beam_size(config["beam_size"], config["topk"])
+        self.eval_mode = checked_eval_mode(config["eval_mode"])
+        if self.eval_mode == "beam":
+            check_beam_size(config["beam_size"], config["topk"])
         self.beam_size = config["beam_size"]
         self.length_bucket_rows = checked_length_bucket_rows(config["length_bucket_rows"])
         levels = checked_code_levels(config, dataset.code_tables)
@@ -86,8 +91,12 @@ class TIGER(SequentialRecommender):
         return teacher_forced_log_prob(self.t5, tokens, mask, self.item_tokens(interaction[self.ITEM_ID]))
 
     def full_sort_predict(self, interaction: Interaction) -> Tensor:
-        """``[B, n_items]``: the ``beam_size`` beam items' sequence log-probabilities, ``-inf`` elsewhere."""
+        """``[B, n_items]``: the ``beam_size`` beam items' sequence log-probabilities, ``-inf`` elsewhere; with
+        ``eval_mode: exact`` every item's (``-inf`` for the padding item 0)."""
         tokens, mask = self.encoder_inputs(interaction)
+        if self.eval_mode == "exact":
+            items = torch.arange(1, self.n_items, device=tokens.device)
+            return exact_score_matrix(self.t5, tokens, mask, self.item_tokens(items), items, self.n_items)
         items, scores = constrained_beam_search(self.t5, tokens, mask, self.prefix_index(), self.vocab, self.beam_size)
         return beam_score_matrix(items, scores, self.n_items)
 

@@ -9,7 +9,7 @@
 
 Either way an item in no beam scores ``-inf``, and with one language the ranking is that beam's.
 :func:`fuse_scores` gives the fused score of an item found by every beam, which sampled evaluation
-(``predict``) uses.
+(``predict``) and exact ranking (``eval_mode: exact``, every item scored in every language) use.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def fuse_beams(beams: Sequence[Beam], n_items: int, levels: Sequence[int], rule:
 
 
 def fuse_scores(scores: Sequence[Tensor], levels: Sequence[int], rule: str) -> Tensor:
-    """The fused score ``[B]`` of items whose sequence log-probabilities ``scores`` ``[B]`` put them in every beam."""
+    """The fused score of items whose sequence log-probabilities ``scores`` (each ``[B]`` or ``[B, n_items]``) put them
+    in every beam; ``-inf`` where they are ``-inf``."""
     if rule == "official":
         normalised = torch.stack([score / (length + 1) for score, length in zip(scores, levels)])
         return normalised.mean(0) + (len(scores) > 1)
