@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -228,9 +229,16 @@ def build_table_parser(prog: str) -> ArgumentParser:
     return parser
 
 
+def invocation(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str:
+    """The command line of a subcommand, as shown under the tables it writes."""
+    return f"{parser.prog} {shlex.join(argv)}"
+
+
 def table_command(argv: Sequence[str], prog: str) -> None:
     """``table``: build the table of result records and write it in the formats asked for."""
-    args = build_table_parser(prog).parse_args(argv)
+    parser = build_table_parser(prog)
+    args = parser.parse_args(argv)
+    args.command = invocation(parser, argv)
     if args.by.replace(" ", "") != "model,dataset":
         raise ConfigError(f"--by {args.by} is not supported — use --by model,dataset (models as rows)")
     request = table.table_request(args)
@@ -242,6 +250,7 @@ def compare_command(argv: Sequence[str], prog: str) -> None:
     parser = ArgumentParser(prog=f"{prog} compare", description=compare.DESCRIPTION, allow_abbrev=False)
     compare.add_arguments(parser)
     args, overrides = parser.parse_known_args([FLAG_OVERRIDES.get(arg, arg) for arg in argv])
+    args.command = invocation(parser, argv)
     compare.compare(args, overrides)
 
 
@@ -249,7 +258,9 @@ def sweep_command(argv: Sequence[str], prog: str) -> None:
     """``sweep``: run the hyper-parameter sweep of a YAML file (:mod:`recbole_qrec.sweep`)."""
     parser = ArgumentParser(prog=f"{prog} sweep", description=sweep.DESCRIPTION, allow_abbrev=False)
     sweep.add_arguments(parser)
-    sweep.run_command(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    args.command = invocation(parser, argv)
+    sweep.run_command(args)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "recbole-qrec") -> None:

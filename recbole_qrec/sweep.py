@@ -79,7 +79,7 @@ from recbole_qrec.config import as_argument, build_config, check_config_values, 
 from recbole_qrec.errors import ConfigError, MissingDependencyError, QRecError, single_line
 from recbole_qrec.fileio import atomic_open, atomic_path, write_json_atomic
 from recbole_qrec.resources import PROPERTIES_DIR
-from recbole_qrec.table import command_line, load_records, metric_key, metric_label, runs_line
+from recbole_qrec.table import load_records, metric_key, metric_label, runs_line
 
 if TYPE_CHECKING:
     import optuna
@@ -634,7 +634,8 @@ def run_study(spec: SweepSpec, target: Target, out: Path, storage: optuna.storag
     return study
 
 
-def run_sweep(spec: SweepSpec, out: Path, parallel: int = 1, storage_url: str | None = None) -> list[Path]:
+def run_sweep(spec: SweepSpec, out: Path, parallel: int = 1, storage_url: str | None = None,
+              command: str | None = None) -> list[Path]:
     """Run the sweep (resuming what ``out`` or the storage holds) and write its reports; returns their paths."""
     targets = plan_targets(spec)
     storage = open_storage(out, storage_url)
@@ -643,7 +644,7 @@ def run_sweep(spec: SweepSpec, out: Path, parallel: int = 1, storage_url: str | 
     with worker_lease(out) as lease:
         for target in targets:
             study = run_study(spec, target, out, storage, lease, parallel)
-            written += write_reports(spec, target, study, out / target.label)
+            written += write_reports(spec, target, study, out / target.label, command)
     return written
 
 
@@ -701,9 +702,10 @@ def render_md(spec: SweepSpec, target: Target, trials: list[optuna.trial.FrozenT
     return "\n".join(lines) + "\n"
 
 
-def provenance_text(records: list[dict[str, Any]]) -> str:
+def provenance_text(command: str | None, records: list[dict[str, Any]]) -> str:
     """The command and the trials' commits, machines and dates, under the ranked table."""
-    return "\n".join(["", f"Command: `{command_line()}`", *([runs_line(records)] if records else [])]) + "\n"
+    lines = [*([f"Command: `{command}`"] if command else []), *([runs_line(records)] if records else [])]
+    return "\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def render_csv(spec: SweepSpec, target: Target, trials: list[optuna.trial.FrozenTrial]) -> str:
@@ -767,13 +769,14 @@ def plot_sweep(spec: SweepSpec, target: Target, trials: list[optuna.trial.Frozen
     plt.close(fig)
 
 
-def write_reports(spec: SweepSpec, target: Target, study: optuna.Study, folder: Path) -> list[Path]:
+def write_reports(spec: SweepSpec, target: Target, study: optuna.Study, folder: Path,
+                  command: str | None = None) -> list[Path]:
     """``sweep.md``, ``sweep.csv`` and, when a trial completed, ``best.yaml``, ``best.json`` and ``sweep.png``."""
     trials = finished(study)
     records = [r for r in load_records([folder.parent / "results.jsonl"])
                if r.get("tags", {}).get("sweep") == spec.id and r.get("model") == target.model
                and r.get("dataset") == target.dataset] if (folder.parent / "results.jsonl").is_file() else []
-    texts = {folder / "sweep.md": render_md(spec, target, trials) + provenance_text(records),
+    texts = {folder / "sweep.md": render_md(spec, target, trials) + provenance_text(command, records),
              folder / "sweep.csv": render_csv(spec, target, trials)}
     done = ranked([t for t in trials if t.value is not None], target.bigger)
     if done:
@@ -826,7 +829,7 @@ def run_command(args: argparse.Namespace) -> None:
     spec = load_spec(path, args.trials)
     out = args.out or Path("sweeps") / path.stem
     try:
-        written = run_sweep(spec, out, args.parallel, args.storage)
+        written = run_sweep(spec, out, args.parallel, args.storage, getattr(args, "command", None))
     except KeyboardInterrupt:
         if args.debug:
             raise

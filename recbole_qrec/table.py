@@ -20,7 +20,6 @@ import io
 import json
 import math
 import re
-import shlex
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -324,11 +323,6 @@ def runs_line(records: list[dict[str, Any]]) -> str:
             f"finished {dates[0]}" + (f" to {dates[-1]}" if dates[-1] != dates[0] else "") + ".")
 
 
-def command_line() -> str:
-    """This process's command as ``recbole-qrec <arguments>``."""
-    return " ".join(["recbole-qrec", *map(shlex.quote, sys.argv[1:])])
-
-
 def provenance(table: Table) -> list[str]:
     """Where the measured cells come from: the command, the records' commits, machines and dates, and the content
     (semantic-ID sources) each dataset's runs used when it was not the dataset's own text/image codes."""
@@ -544,6 +538,7 @@ class TableRequest:
     paper: Path | None
     baseline: str | None
     tokenizer: bool = False
+    command: str | None = None  # the command line, shown under the table
 
 
 def table_request(args: argparse.Namespace) -> TableRequest:
@@ -560,14 +555,15 @@ def table_request(args: argparse.Namespace) -> TableRequest:
     if paper is not None:
         load_paper(paper)
     metrics = [metric_key(m) for m in args.metrics.split(",") if m.strip()]
-    return TableRequest(metrics, metric_key(args.metric), formats, args.out, paper, args.baseline, args.tokenizer)
+    return TableRequest(metrics, metric_key(args.metric), formats, args.out, paper, args.baseline, args.tokenizer,
+                        getattr(args, "command", None))
 
 
 def publish(records: list[dict[str, Any]], request: TableRequest) -> Table:
     """Build the table of ``records``, print it as markdown and write the files of ``request``."""
     built = build_table(records, request.metrics, request.key_metric, request.baseline, request.paper,
                         request.tokenizer)
-    built.command = command_line()
+    built.command = request.command
     written = write_outputs(built, request.formats, request.out) if request.out is not None else []
     print(render_md(built), end="")
     for path in written:

@@ -233,5 +233,5 @@ def test_the_markdown_says_where_its_numbers_come_from(tmp_path: Path) -> None:
     md, _ = run_table([str(path), "--metrics", "hr@10,ndcg@10"])
     assert "Runs: 3 records; commit 0123456, fedcba9 (uncommitted changes); machine NVIDIA H200; finished 2026-01-01." in md
     assert "Content: Arts: no image_codes; Arts: text_codes from id-embedding:SASRec." in md
-    assert "Command: `recbole-qrec " in md and "only the target's own ID): MQL4GRec group." in md
+    assert f"Command: `recbole-qrec table {path} --metrics hr@10,ndcg@10`" in md and "only the target's own ID): MQL4GRec group." in md
     assert "every item by its semantic ID's log-probability): MQL4GRec exact." in md
