@@ -51,6 +51,19 @@ def work(instruments_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return folder
 
 
+def losses_over_steps(model: torch.nn.Module, loss_of, steps: int, learning_rate: float = 3e-3) -> list[float]:
+    """The loss ``loss_of()`` before each of ``steps`` AdamW steps on ``model``'s parameters (a fixed batch)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    losses = []
+    for _ in range(steps):
+        loss = loss_of()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """For modules of tiny tensors: one intra-op thread avoids oversubscribing a shared CPU (several times faster)."""

@@ -92,15 +92,17 @@ def test_tiger_exact_ranking_is_the_beam_as_wide_as_the_catalogue(tiger, loaders
     assert float(scores[:, 1:].std(1).min()) > 0.1, "the scores are not a near-uniform tie"
 
 
-def test_tiger_exact_scores_are_the_teacher_forced_scores_of_predict(tiger, loaders):
-    exact = tiger[0]
-    interaction = loaders[1]
-    items = torch.randint(1, exact.n_items, (USERS, 5), generator=torch.Generator().manual_seed(0))
-    candidates = interaction.repeat_interleave(5)
+def full_and_predicted_scores(model, interaction: Interaction, per_user: int) -> tuple[torch.Tensor, ...]:
+    """``full_sort_predict`` of ``interaction``, ``per_user`` sampled items per user and ``predict``'s scores of them."""
+    items = torch.randint(1, model.n_items, (USERS, per_user), generator=torch.Generator().manual_seed(0))
+    candidates = interaction.repeat_interleave(per_user)
     candidates.update(Interaction({"item_id": items.flatten()}))
     with torch.no_grad():
-        scores = exact.full_sort_predict(interaction)
-        forced = exact.predict(candidates).view(USERS, 5)
+        return model.full_sort_predict(interaction), items, model.predict(candidates).view(USERS, per_user)
+
+
+def test_tiger_exact_scores_are_the_teacher_forced_scores_of_predict(tiger, loaders):
+    scores, items, forced = full_and_predicted_scores(tiger[0], loaders[1], 5)
     torch.testing.assert_close(scores.gather(1, items), forced, atol=1e-4, rtol=1e-5)
 
 
@@ -123,12 +125,7 @@ def test_mql4grec_exact_strict_ranking_fuses_every_items_teacher_forced_scores(w
     config = subset_config("MQL4GRec", work, eval_mode="exact", eval_rule="strict", beam_fusion=fusion)
     torch.manual_seed(0)
     model = MQL4GRec(config, train._dataset).eval()
-    items = torch.randint(1, model.n_items, (USERS, 20), generator=torch.Generator().manual_seed(0))
-    candidates = interaction.repeat_interleave(20)
-    candidates.update(Interaction({"item_id": items.flatten()}))
-    with torch.no_grad():
-        scores = model.full_sort_predict(interaction)
-        forced = model.predict(candidates).view(USERS, 20)
+    scores, items, forced = full_and_predicted_scores(model, interaction, 20)
     assert model.ranking_languages == ["text", "image"] and bool((scores[:, 0] == -math.inf).all())
     assert bool(torch.isfinite(scores[:, 1:]).all()), "under the strict rule every item has its own IDs"
     torch.testing.assert_close(scores.gather(1, items), forced, atol=2e-4, rtol=1e-5)

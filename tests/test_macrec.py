@@ -19,6 +19,7 @@ from recbole_qrec.data import create_dataset, data_preparation
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.model.macrec import MACRec
 from recbole_qrec.model.mql4grec import MQL4GRec
+from conftest import losses_over_steps
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -55,14 +56,7 @@ def test_implicit_alignment_loss_is_finite_and_training_lowers_it(prepared, work
     torch.manual_seed(0)
     model = MACRec(config, train._dataset).eval()
     batch = first_batch(train)[:64]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(6):
-        loss = model.implicit_align_loss(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = losses_over_steps(model, lambda: model.implicit_align_loss(batch), steps=6)
     assert all(math.isfinite(value) for value in losses)
     assert losses[-1] < losses[0] * 0.9, losses
 

@@ -29,6 +29,7 @@ from recbole_qrec.model.tiger import TIGER
 from recbole_qrec.quantization import append_level
 from recbole_qrec.tokenize import main as tokenize_main
 from recbole_qrec.trainer import get_trainer
+from conftest import losses_over_steps
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -151,14 +152,7 @@ def test_training_steps_decrease_the_loss(prepared):
     torch.manual_seed(0)
     model = TIGER(config, train._dataset)
     batch = first_batch(train)[:64]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(12):
-        loss = model.calculate_loss(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = losses_over_steps(model, lambda: model.calculate_loss(batch), steps=12)
     assert sum(losses[-3:]) / 3 < losses[0] * 0.9
 
 
