@@ -25,7 +25,9 @@ Each trial runs the entry point in its own process, once per seed (``python -m r
 --key=value ...``), with ``results_dir`` the sweep's folder and ``run_tags`` ``{'sweep': <id>, 'trial': <n>}``;
 its value is read back from those records in ``<out>/results.jsonl``. A failed trial is marked failed with its
 one-line error and the sweep goes on. ``--parallel N`` runs N trials at a time (processes sharing the machine and
-its GPU). Grid points are enqueued into the study up front, in the order of the YAML.
+its GPU); ``--gpus 0,1`` spreads them over those GPUs (the i-th of the N workers runs its trials with ``gpu_id`` the
+i-th GPU, round-robin: ``--parallel 2 --gpus 0,1`` is one trial per GPU). Grid points are enqueued into the study
+up front, in the order of the YAML.
 
 Resuming: the study lives in ``<out>/optuna.journal`` (or the ``--storage`` URL). While a sweep process works it
 holds a lease, an ``flock`` on a file in ``<out>/workers/``; a trial left running by a process that died (its
@@ -373,9 +375,10 @@ class Outcome:
 
 
 def trial_command(spec: SweepSpec, target: Target, out: Path, number: int, params: dict[str, Any],
-                  seed: int | None) -> list[str]:
-    """The entry point's command line for one run of a trial."""
+                  seed: int | None, gpu_id: str | None = None) -> list[str]:
+    """The entry point's command line for one run of a trial (on GPU ``gpu_id`` if given)."""
     settings = {**spec.fixed, **params, **({"seed": seed} if seed is not None else {}),
+                **({"gpu_id": gpu_id} if gpu_id is not None else {}),
                 "results_dir": str(out), "checkpoint_dir": str(out / target.label / "saved" / str(number)),
                 "run_tags": {"sweep": spec.id, "trial": number}}
     return [sys.executable, "-m", "recbole_qrec", f"--model={target.model}", f"--dataset={target.dataset}",
@@ -399,16 +402,16 @@ def trial_environment(parallel: int) -> dict[str, str]:
 
 
 def run_trial(spec: SweepSpec, target: Target, out: Path, number: int, params: dict[str, Any],
-              env: dict[str, str]) -> Outcome:
-    """Run a trial once per seed, each in its own process, and read its records back; raises KeyboardInterrupt
-    when a run was stopped by Ctrl-C."""
+              env: dict[str, str], gpu_id: str | None = None) -> Outcome:
+    """Run a trial once per seed, each in its own process (on GPU ``gpu_id`` if given), and read its records back;
+    raises KeyboardInterrupt when a run was stopped by Ctrl-C."""
     start = time.time()
     log_path = out / target.label / "trials" / f"{number}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     records = []
     with open(log_path, "w", encoding="utf-8") as log:
         for seed in spec.seeds or (None,):
-            command = trial_command(spec, target, out, number, params, seed)
+            command = trial_command(spec, target, out, number, params, seed, gpu_id)
             log.write(f"$ {shlex.join(command)}\n")
             log.flush()
             code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
@@ -503,8 +506,9 @@ class Worker:
             trial.set_user_attr("worker", self.lease)
             return trial.number, trial.params
 
-    def run(self) -> None:
-        """Run trials until the budget is spent (or the sweep stops) and tell the study each outcome."""
+    def run(self, gpu_id: str | None = None) -> None:
+        """Run trials (on GPU ``gpu_id`` if given) until the budget is spent (or the sweep stops) and tell the study
+        each outcome."""
         from optuna.trial import TrialState
 
         while not self.stop.is_set():
@@ -512,7 +516,7 @@ class Worker:
             if claimed is None:
                 return
             number, params = claimed
-            outcome = run_trial(self.spec, self.target, self.out, number, params, self.env)
+            outcome = run_trial(self.spec, self.target, self.out, number, params, self.env, gpu_id)
             self.set_attrs(number, {"seconds": round(outcome.seconds, 1), "valid": outcome.valid,
                                     "test": outcome.test, "error": outcome.error})
             if outcome.error is None:
@@ -614,15 +618,16 @@ def claim_folder(out: Path, spec: SweepSpec) -> None:
 
 
 def run_study(spec: SweepSpec, target: Target, out: Path, storage: optuna.storages.BaseStorage, lease: str,
-              parallel: int) -> optuna.Study:
-    """Run the target's trials, ``parallel`` at a time, until its budget is spent."""
+              parallel: int, gpus: tuple[str, ...] = ()) -> optuna.Study:
+    """Run the target's trials, ``parallel`` at a time (worker i on GPU ``gpus[i % len(gpus)]``, if any), until its
+    budget is spent."""
     study = open_study(spec, target, out, storage)
     progress = Progress(target, len(finished(study)))
     stop = threading.Event()
     worker = Worker(spec, target, out, study, storage, lease, trial_environment(parallel), stop, progress)
     try:
         with ThreadPoolExecutor(parallel) as pool:
-            futures = [pool.submit(worker.run) for _ in range(parallel)]
+            futures = [pool.submit(worker.run, gpus[i % len(gpus)] if gpus else None) for i in range(parallel)]
             try:
                 for future in futures:
                     future.result()
@@ -635,7 +640,7 @@ def run_study(spec: SweepSpec, target: Target, out: Path, storage: optuna.storag
 
 
 def run_sweep(spec: SweepSpec, out: Path, parallel: int = 1, storage_url: str | None = None,
-              command: str | None = None) -> list[Path]:
+              command: str | None = None, gpus: tuple[str, ...] = ()) -> list[Path]:
     """Run the sweep (resuming what ``out`` or the storage holds) and write its reports; returns their paths."""
     targets = plan_targets(spec)
     storage = open_storage(out, storage_url)
@@ -643,7 +648,7 @@ def run_sweep(spec: SweepSpec, out: Path, parallel: int = 1, storage_url: str | 
     written = []
     with worker_lease(out) as lease:
         for target in targets:
-            study = run_study(spec, target, out, storage, lease, parallel)
+            study = run_study(spec, target, out, storage, lease, parallel, gpus)
             written += write_reports(spec, target, study, out / target.label, command)
     return written
 
@@ -808,6 +813,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", dest="sweep_file", metavar="SWEEP_YAML", help="the sweep YAML (same as SWEEP_YAML)")
     parser.add_argument("--parallel", type=int, default=1, metavar="N",
                         help="trials run at a time (each its own process, sharing the machine and its GPU)")
+    parser.add_argument("--gpus", metavar="IDS", help="spread the trials that run at once over these GPUs (e.g. 0,1 "
+                        "with --parallel 2: one trial per GPU), each run with its worker's gpu_id")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="the sweep's folder: storage, records, logs, reports (default sweeps/<YAML name>); "
                         "running the same command again resumes it")
@@ -818,6 +825,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
+def parse_gpus(text: str | None) -> tuple[str, ...]:
+    """The GPU ids of ``--gpus`` (``"0,1"``); empty without the option."""
+    if text is None:
+        return ()
+    ids = tuple(part.strip() for part in text.split(","))
+    if not all(part.isdigit() for part in ids):
+        raise ConfigError(f"--gpus {text} is not a list of GPU numbers — e.g. --gpus 0,1")
+    return ids
+
+
 def run_command(args: argparse.Namespace) -> None:
     """``sweep``: run the sweep that ``args`` name and print each study's ranked table."""
     name = args.spec or args.sweep_file
@@ -825,11 +842,14 @@ def run_command(args: argparse.Namespace) -> None:
         raise ConfigError("give one sweep YAML — recbole-qrec sweep sweep.yaml (or --sweep sweep.yaml)")
     if args.parallel < 1 or (args.trials is not None and args.trials < 1):
         raise ConfigError("--parallel and --trials must be at least 1 — e.g. --parallel 2")
+    gpus = parse_gpus(args.gpus)
     path = find_spec_file(name)
     spec = load_spec(path, args.trials)
+    if gpus and ("gpu_id" in spec.fixed or any(dimension.name == "gpu_id" for dimension in spec.space)):
+        raise ConfigError(f"{path} sets gpu_id and --gpus is given — remove gpu_id from the YAML or drop --gpus")
     out = args.out or Path("sweeps") / path.stem
     try:
-        written = run_sweep(spec, out, args.parallel, args.storage, getattr(args, "command", None))
+        written = run_sweep(spec, out, args.parallel, args.storage, getattr(args, "command", None), gpus)
     except KeyboardInterrupt:
         if args.debug:
             raise

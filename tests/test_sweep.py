@@ -1,12 +1,13 @@
 """``recbole-qrec sweep``: a grid with failing points finishes, a killed sweep resumes without repeating finished
-trials (with two workers cooperating on its storage), best.yaml reproduces the best trial, and a bad sweep YAML is
-one error line."""
+trials (with two workers cooperating on its storage, one per GPU of --gpus), best.yaml reproduces the best trial,
+and a bad sweep YAML is one error line."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -50,7 +51,8 @@ def records(out: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def sweep_run(work: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The grid swept once, killed (SIGKILL of its process group) while trial 1 runs, then resumed with two workers."""
+    """The grid swept once, killed (SIGKILL of its process group) while trial 1 runs, then resumed with two workers
+    spread over GPUs 0 and 1 (``--gpus``; the runs stay on the CPU: use_gpu is False)."""
     folder = tmp_path_factory.mktemp("sweep")
     spec, out = write_spec(folder / "grid.yaml", work / "dataset"), folder / "out"
     out.mkdir()
@@ -62,7 +64,7 @@ def sweep_run(work: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     before = records(out)
-    resumed = sweep_process(spec, out, "--parallel", "2")
+    resumed = sweep_process(spec, out, "--parallel", "2", "--gpus", "0,1")
     stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr
     return {"spec": spec, "out": out, "before": before, "after": records(out),
@@ -77,6 +79,14 @@ def test_killed_sweep_resumes_without_repeating_finished_trials(sweep_run: dict)
     assert {r["tags"]["sweep"] for r in after} == {load_spec(sweep_run["spec"]).id}
     # The resumed sweep ran trial 1 again (its run had been killed) and the two failing points, nothing else.
     assert sorted(line.split(" trial ")[1].split(":")[0] for line in sweep_run["resumed_lines"]) == ["1", "2", "3"]
+
+
+def test_gpus_spread_the_workers_trials_over_the_gpus(sweep_run: dict) -> None:
+    trials = sweep_run["out"] / "SASRec-Instruments" / "trials"
+    gpu_ids = {n: re.findall(r" --gpu_id=(\S+)", (trials / f"{n}.log").read_text(encoding="utf-8")) for n in range(4)}
+    assert gpu_ids[0] == []  # run before the sweep was resumed with --gpus
+    assert all(len(gpu_ids[n]) == 1 for n in (1, 2, 3))  # one run (seed) each, on its worker's GPU
+    assert {gpu_ids[n][0] for n in (1, 2, 3)} == {"0", "1"}  # both workers took trials
 
 
 def test_grid_reports_rank_trials_and_keep_failures(sweep_run: dict) -> None:
@@ -129,12 +139,13 @@ def test_shipped_example_is_a_valid_sweep() -> None:
     ({"space": {"hidden_size": [16, 0]}}, "space.hidden_size: hidden_size must be"),
     ({"metric": "ndcg@20"}, "ndcg@20 is not computed by the runs"),
     ({"fixed": {"seed": 1}}, "seed is set by the sweep for every run"),
+    ({"fixed": {"gpu_id": "1"}}, "sets gpu_id and --gpus is given"),
 ])
 def test_bad_sweep_yaml_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict,
                                           message: str) -> None:
     spec = write_spec(tmp_path / "bad.yaml", tmp_path, **change)
     with pytest.raises(SystemExit) as exit_info:
-        main(["sweep", str(spec), "--out", str(tmp_path / "out")])
+        main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--gpus", "0,1"])
     lines = capsys.readouterr().err.splitlines()
     assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and " — " in lines[0]
     assert message in lines[0]
