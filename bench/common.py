@@ -11,9 +11,14 @@ from __future__ import annotations
 import csv
 import json
 import platform
+import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import torch
 
 from dataset_prep.convert import convert
@@ -70,11 +75,13 @@ def markdown(rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(out: Path, payload: dict, rows: list[dict], table: str) -> None:
-    """``<out>.json`` (every record), ``<out>.csv`` (the table's rows) and ``<out>.md``, each written atomically."""
+def write_outputs(out: Path, payload: dict, rows: list[dict], table: str, columns: list[str] = COLUMNS) -> None:
+    """``<out>.json`` (every record), ``<out>.csv`` (the table's ``columns`` of ``rows``) and ``<out>.md``, each
+    written atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out.with_suffix(".json"), payload)
     with atomic_open(out.with_suffix(".csv"), "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     with atomic_open(out.with_suffix(".md"), "w", encoding="utf-8") as handle:
@@ -134,3 +141,66 @@ def build_model(config, train):
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     return get_model(config["model"])(config, train._dataset).to(config["device"])
+
+def split_records(rows: list[dict]) -> dict:
+    """``rows`` without their ``record`` entries, and the records apart (the JSON of a timing bench)."""
+    return {"rows": [{key: value for key, value in item.items() if key != "record"} for item in rows],
+            "records": [item["record"] for item in rows]}
+
+
+# Per-epoch timings of a run's log (RecBole's epoch lines), and the row of a timed run
+
+TRAINED = re.compile(r"^.*?epoch (\d+) training \[time: ([\d.]+)s", re.MULTILINE)
+VALIDATED = re.compile(r"^.*?epoch (\d+) evaluating \[time: ([\d.]+)s, valid_score: ([\d.eE+-]+|nan)\]", re.MULTILINE)
+PRETRAINED = re.compile(r"^.*?pretrain epoch \d+ \[time: ([\d.]+)s", re.MULTILINE)
+COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def log_timings(log: str) -> dict:
+    """Per-epoch training seconds, validations ``(epoch, seconds, score)`` and pretraining seconds of a run's log."""
+    log = COLOUR.sub("", log)
+    return {"train": {int(epoch): float(seconds) for epoch, seconds in TRAINED.findall(log)},
+            "valid": [(int(epoch), float(seconds), float(score)) for epoch, seconds, score in VALIDATED.findall(log)],
+            "pretrain": [float(seconds) for seconds in PRETRAINED.findall(log)]}
+
+
+def row(record: dict, mode: str, timings: dict, gpu_busy: float | None) -> dict:
+    """The table row of one run: its record's metrics and the timings of its log."""
+    valid = timings["valid"]
+    best = max(valid, key=lambda item: item[2])[0] if valid else None  # the first epoch with the best score
+    to_best = None if best is None else (sum(timings["pretrain"])
+                                         + sum(seconds for epoch, seconds in timings["train"].items() if epoch <= best)
+                                         + sum(seconds for epoch, seconds, _ in valid if epoch <= best))
+    return {"model": record["model"], "data_path_mode": mode, "seed": record["seed"], "epochs": record["epochs"],
+            "train_s_per_epoch": record["train_seconds_per_epoch"],
+            "eval_s": round(statistics.mean(seconds for _, seconds, _ in valid), 3) if valid else None,
+            "best_epoch": best, "time_to_best_s": None if to_best is None else round(to_best, 2),
+            "wall_time_s": record["wall_time_s"], "hit@10": record["test"]["hit@10"],
+            "ndcg@10": record["test"]["ndcg@10"], "gpu_busy": gpu_busy}
+
+
+# A synthetic catalogue
+
+SYNTHETIC = "Synthetic"
+
+
+def write_synthetic(folder: Path, items: int, interactions: int, seed: int) -> Path:
+    """``<folder>/Synthetic/Synthetic.{inter,item}`` (RecBole atomic files) as described above, up to ``items``
+    items (the rarest may draw no interaction and are left out); returns the data_path."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(5, 36, size=max(interactions // 20, 1))
+    lengths = lengths[: np.searchsorted(lengths.cumsum(), interactions) + 1]
+    popularity = 1 / np.arange(1, items + 1) ** 0.8
+    item_ids = rng.choice(items, size=int(lengths.sum()), p=popularity / popularity.sum())
+    users = np.repeat(np.arange(len(lengths)), lengths)
+    order = np.arange(len(users)) - np.repeat(lengths.cumsum() - lengths, lengths)  # position in the history
+    out = folder / SYNTHETIC
+    out.mkdir(parents=True)
+    pd.DataFrame({"user_id:token": users, "item_id:token": item_ids, "timestamp:float": order}).to_csv(
+        out / f"{SYNTHETIC}.inter", sep="\t", index=False)
+    listed = np.unique(item_ids)  # the items with interactions (the rarest may have none)
+    codes = {field: [" ".join(f"{prefix}_{code}" for prefix, code in zip(letters, row))
+                     for row in rng.integers(0, 256, size=(len(listed), 4)).tolist()]
+             for field, letters in (("text_codes:token_seq", "abcd"), ("image_codes:token_seq", "ABCD"))}
+    pd.DataFrame({"item_id:token": listed, **codes}).to_csv(out / f"{SYNTHETIC}.item", sep="\t", index=False)
+    return folder

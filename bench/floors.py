@@ -13,12 +13,13 @@ only with ``--lowered_because REASON``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -26,8 +27,18 @@ from common import REPO_ROOT, prepare_data
 from recbole_qrec.fileio import write_json_atomic
 from recbole_qrec.results import git_state
 
-sys.path.insert(0, str(REPO_ROOT / "tests"))
-from test_floors import FLOORS_FILE, load_floors, small_run  # the tests' own run
+
+
+def load_test_module(path: Path) -> ModuleType:
+    """The test module at ``path``, loaded by file location (the floors are measured by the tests' own run)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+test_floors = load_test_module(REPO_ROOT / "tests" / "test_floors.py")
+FLOORS_FILE, load_floors, small_run = test_floors.FLOORS_FILE, test_floors.load_floors, test_floors.small_run
 
 SUBSET_USERS = 500  # tests/conftest.py SUBSET_USERS
 

@@ -17,7 +17,6 @@ random learning rates) with ``--parallel <GPUs> --gpus 0,...``, one trial per GP
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 import subprocess
 import sys
@@ -28,13 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from common import REPO_ROOT, load_data, machine_name, make_config, prepare_data, run_model
-from scale import DATASET as SYNTHETIC
-from scale import write_synthetic
-from train_speed import COLOUR, log_timings, row
+from common import (COLOUR, REPO_ROOT, SYNTHETIC, load_data, log_timings, machine_name, make_config, prepare_data, row,
+                    run_model, split_records, write_outputs, write_synthetic)
 
 from recbole_qrec.data import check_dataset
-from recbole_qrec.fileio import atomic_open, write_json_atomic
 from recbole_qrec.results import git_state
 from recbole_qrec.tokenize import ensure_semantic_ids
 
@@ -185,17 +181,9 @@ def main() -> None:
         lines += ["", "## Sweep throughput", "", f"{args.sweep_trials} trials of `recbole-qrec sweep` (random "
                   "learning rates), `--parallel <GPUs> --gpus 0,...`: one trial per GPU; speedup: over 1 GPU", "",
                   *table(sweeps, SWEEP_COLUMNS)]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(args.out.with_suffix(".md"), "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
-    with atomic_open(args.out.with_suffix(".csv"), "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    write_json_atomic(args.out.with_suffix(".json"), {
-        "command": command, "commit": commit, "machine": machine_name(), "device": args.device,
-        "rows": [{key: value for key, value in item.items() if key != "record"} for item in rows], "sweeps": sweeps,
-        "records": [item["record"] for item in rows]})
+    payload = {"command": command, "commit": commit, "machine": machine_name(), "device": args.device,
+               "sweeps": sweeps, **split_records(rows)}
+    write_outputs(args.out, payload, rows, "\n".join(lines) + "\n", COLUMNS)
     if not all(item["each_user_once"] for item in rows):
         sys.exit(f"error: a run did not evaluate every test user exactly once — see each_user_once in {args.out}.md")
 

@@ -21,10 +21,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
-from common import machine_name, synchronize
+from common import SYNTHETIC, machine_name, synchronize, write_synthetic
 from recbole.utils import init_seed
 
 from recbole_qrec.config import build_config
@@ -35,30 +33,7 @@ from recbole_qrec.tokenize import ensure_semantic_ids
 from recbole_qrec.trainer import get_trainer
 from recbole_qrec.utils import get_model
 
-DATASET = "Synthetic"
 COLUMNS = ["model", "data_path_mode", "prepare_s", "train_epoch_s", "full_eval_s", "peak_gpu_gib", "ndcg@10"]
-
-
-def write_synthetic(folder: Path, items: int, interactions: int, seed: int) -> Path:
-    """``<folder>/Synthetic/Synthetic.{inter,item}`` (RecBole atomic files) as described above, up to ``items``
-    items (the rarest may draw no interaction and are left out); returns the data_path."""
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(5, 36, size=max(interactions // 20, 1))
-    lengths = lengths[: np.searchsorted(lengths.cumsum(), interactions) + 1]
-    popularity = 1 / np.arange(1, items + 1) ** 0.8
-    item_ids = rng.choice(items, size=int(lengths.sum()), p=popularity / popularity.sum())
-    users = np.repeat(np.arange(len(lengths)), lengths)
-    order = np.arange(len(users)) - np.repeat(lengths.cumsum() - lengths, lengths)  # position in the history
-    out = folder / DATASET
-    out.mkdir(parents=True)
-    pd.DataFrame({"user_id:token": users, "item_id:token": item_ids, "timestamp:float": order}).to_csv(
-        out / f"{DATASET}.inter", sep="\t", index=False)
-    listed = np.unique(item_ids)  # the items with interactions (the rarest may have none)
-    codes = {field: [" ".join(f"{prefix}_{code}" for prefix, code in zip(letters, row))
-                     for row in rng.integers(0, 256, size=(len(listed), 4)).tolist()]
-             for field, letters in (("text_codes:token_seq", "abcd"), ("image_codes:token_seq", "ABCD"))}
-    pd.DataFrame({"item_id:token": listed, **codes}).to_csv(out / f"{DATASET}.item", sep="\t", index=False)
-    return folder
 
 
 def peak_gib(device: torch.device) -> float | None:
@@ -69,7 +44,7 @@ def measure(model: str, mode: str, data: Path, work: Path, settings: list[str]) 
     """Build ``model``'s data in ``mode``, train one epoch and evaluate on the test users; the timings."""
     args = [f"--data_path={data}", f"--data_path_mode={mode}", f"--checkpoint_dir={work / 'saved'}",
             "--show_progress=False", *(f"--{item}" for item in settings)]
-    config = build_config(model, DATASET, cmd_args=args)
+    config = build_config(model, SYNTHETIC, cmd_args=args)
     device = torch.device(config["device"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -14,8 +14,6 @@ the seeds), ``<out>.csv`` and ``<out>.json`` (one row and record per run):
 from __future__ import annotations
 
 import argparse
-import csv
-import re
 import shutil
 import statistics
 import subprocess
@@ -28,9 +26,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import machine_name, prepare_data, run_model
+from common import log_timings, machine_name, prepare_data, row, run_model, split_records, write_outputs
 
-from recbole_qrec.fileio import atomic_open, write_json_atomic
 from recbole_qrec.results import git_state
 
 MODELS = ["GRU4Rec", "SASRec", "BERT4Rec", "FDSA", "QBert4Rec", "TIGER", "MQL4GRec"]
@@ -39,10 +36,7 @@ COLUMNS = ["model", "data_path_mode", "seed", "epochs", "train_s_per_epoch", "ev
            "wall_time_s", "hit@10", "ndcg@10", "gpu_busy"]
 MEANS = ["train_s_per_epoch", "eval_s", "time_to_best_s", "wall_time_s", "hit@10", "ndcg@10", "gpu_busy"]
 # RecBole's Trainer.fit log lines (colour codes removed) and the pretraining trainer's.
-TRAINED = re.compile(r"^.*?epoch (\d+) training \[time: ([\d.]+)s", re.MULTILINE)
-VALIDATED = re.compile(r"^.*?epoch (\d+) evaluating \[time: ([\d.]+)s, valid_score: ([\d.eE+-]+|nan)\]", re.MULTILINE)
-PRETRAINED = re.compile(r"^.*?pretrain epoch \d+ \[time: ([\d.]+)s", re.MULTILINE)
-COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
 
 
 class GpuBusy:
@@ -100,29 +94,6 @@ def nvidia_smi_reader() -> Callable[[], int | None] | None:
         return int(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip().isdigit() else None
 
     return read
-
-
-def log_timings(log: str) -> dict:
-    """Per-epoch training seconds, validations ``(epoch, seconds, score)`` and pretraining seconds of a run's log."""
-    log = COLOUR.sub("", log)
-    return {"train": {int(epoch): float(seconds) for epoch, seconds in TRAINED.findall(log)},
-            "valid": [(int(epoch), float(seconds), float(score)) for epoch, seconds, score in VALIDATED.findall(log)],
-            "pretrain": [float(seconds) for seconds in PRETRAINED.findall(log)]}
-
-
-def row(record: dict, mode: str, timings: dict, gpu_busy: float | None) -> dict:
-    """The table row of one run: its record's metrics and the timings of its log."""
-    valid = timings["valid"]
-    best = max(valid, key=lambda item: item[2])[0] if valid else None  # the first epoch with the best score
-    to_best = None if best is None else (sum(timings["pretrain"])
-                                         + sum(seconds for epoch, seconds in timings["train"].items() if epoch <= best)
-                                         + sum(seconds for epoch, seconds, _ in valid if epoch <= best))
-    return {"model": record["model"], "data_path_mode": mode, "seed": record["seed"], "epochs": record["epochs"],
-            "train_s_per_epoch": record["train_seconds_per_epoch"],
-            "eval_s": round(statistics.mean(seconds for _, seconds, _ in valid), 3) if valid else None,
-            "best_epoch": best, "time_to_best_s": None if to_best is None else round(to_best, 2),
-            "wall_time_s": record["wall_time_s"], "hit@10": record["test"]["hit@10"],
-            "ndcg@10": record["test"]["ndcg@10"], "gpu_busy": gpu_busy}
 
 
 def run_group(models: list[str], mode: str, seed: int, args: argparse.Namespace, data: Path, work: Path) -> list[dict]:
@@ -208,16 +179,9 @@ def main() -> None:
               "time_to_best_s: pretraining + training + validations up to the best validation NDCG@10; test HR@10, "
               "NDCG@10; gpu_busy: mean GPU utilisation over the whole run, start-up included (shared by the runs of "
               "a group with --parallel)"]
-    with atomic_open(args.out.with_suffix(".md"), "w", encoding="utf-8") as handle:
-        handle.write(markdown(rows, header))
-    with atomic_open(args.out.with_suffix(".csv"), "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    write_json_atomic(args.out.with_suffix(".json"), {
-        "command": command, "commit": commit, "machine": machine_name(), "parallel": args.parallel,
-        "rows": [{key: value for key, value in item.items() if key != "record"} for item in rows],
-        "records": [item["record"] for item in rows]})
+    payload = {"command": command, "commit": commit, "machine": machine_name(), "parallel": args.parallel,
+               **split_records(rows)}
+    write_outputs(args.out, payload, rows, markdown(rows, header), COLUMNS)
 
 
 if __name__ == "__main__":

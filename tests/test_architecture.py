@@ -144,11 +144,15 @@ def test_no_model_file_imports_another(imports):
 
 
 def test_bench_scripts_import_only_installed_packages_and_leave_sys_path_alone(imports):
+    bench_scripts = {path.stem for path in (REPO_ROOT / "bench").glob("*.py")} - {"common"}
     for name, path in module_names().items():
         if top_level(name) != "bench":
             continue
         local = {target for target in imports[name] if top_level(target) == "bench"}
         assert not local, f"{name} imports {local}: shared helpers live in bench/common.py (import common)"
+        siblings = {node.module for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in bench_scripts}
+        assert not siblings, f"{name} imports the bench scripts {siblings}: shared helpers live in bench/common.py"
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             assert not (isinstance(node, ast.Attribute) and node.attr == "path"
                         and isinstance(node.value, ast.Name) and node.value.id == "sys"), f"{name} edits sys.path"
