@@ -25,6 +25,7 @@ from recbole_qrec.config import build_config
 from recbole_qrec.console import log_settings, resolve_show_progress
 from recbole_qrec.data import check_dataset, create_dataset, data_preparation
 from recbole_qrec.data.cross_domain import pretrain_dataset_names, source_settings
+from recbole_qrec.data.item_features import run_content_sources
 from recbole_qrec.distributed import end_distributed, is_main_process, main_process_first, trainer_for
 from recbole_qrec.errors import QRecError
 from recbole_qrec.results import append_result, build_record
@@ -101,6 +102,7 @@ def run_recbole_qrec(
             ensure_semantic_ids(config, source_configs)  # the model's tokenize stage, when its output is missing or stale
         dataset_obj = create_dataset(config, source_configs)
         logger.info(dataset_obj)
+        content_sources = run_content_sources(config, [source["dataset"] for source in source_configs])
         train_data, valid_data, test_data, pretrain_data = data_preparation(config, dataset_obj)
 
         init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
@@ -119,7 +121,7 @@ def run_recbole_qrec(
         logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
         logger.info(set_color("test result", "yellow") + f": {test_result}")
         record = build_record(config, trainer, best_valid_score, best_valid_result, test_result,
-                              time.time() - start, saved, dataset_obj)
+                              time.time() - start, saved, dataset_obj, content_sources)
         path = append_result(record, config["results_dir"]) if is_main_process(config) else None  # one per run
     if path:
         logger.info(f"result recorded in {path}")

@@ -27,7 +27,6 @@ from recbole.data.dataset import Dataset
 from recbole.trainer import Trainer
 
 from recbole_qrec.data.dataset import SemanticIdDataset
-from recbole_qrec.data.item_features import run_content_sources
 from recbole_qrec.data.sid_quality import code_table_quality
 from recbole_qrec.fileio import atomic_open
 from recbole_qrec.resources import PACKAGE_DIR
@@ -84,9 +83,11 @@ def check_finite(record: dict[str, Any]) -> None:
 
 
 def build_record(config: Config, trainer: Trainer, best_valid_score: float, best_valid_result: dict | None,
-                 test_result: dict, wall_time_s: float, saved: bool, dataset: Dataset | None = None) -> dict[str, Any]:
+                 test_result: dict, wall_time_s: float, saved: bool, dataset: Dataset | None = None,
+                 content_sources: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """The result record of a finished run (checked: every metric is finite); ``dataset``, the run's, gives the
-    quality of the semantic-ID code tables its model reads (``tokenizer``, empty for models of item IDs)."""
+    quality of the semantic-ID code tables its model reads (``tokenizer``, empty for models of item IDs), and
+    ``content_sources`` (:func:`recbole_qrec.data.item_features.run_content_sources`) where their content came from."""
     commit, dirty = git_state()
     pretrain_seconds = getattr(trainer, "pretrain_epoch_seconds", [])  # trainers without a pretraining phase
     record = {
@@ -94,7 +95,7 @@ def build_record(config: Config, trainer: Trainer, best_valid_score: float, best
         "dataset": config["dataset"],
         "data_fingerprint": config["data_fingerprint"],
         "data_counts_match": config["data_fingerprint"]["expected_counts_match"],
-        "content_sources": run_content_sources(config),
+        "content_sources": content_sources or {},
         "config_hash": config_hash(config),
         "seed": config["seed"],
         "git_commit": commit,

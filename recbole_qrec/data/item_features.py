@@ -190,11 +190,13 @@ def domain_content_sources(config: Config, dataset: str, target: bool) -> dict[s
     return used
 
 
-def run_content_sources(config: Config) -> dict[str, dict[str, str]]:
-    """``dataset -> {field or modality: source}`` for the target and each ``pretrain_datasets`` source, e.g.
+def run_content_sources(config: Config, source_names: Sequence[str] | None = None) -> dict[str, dict[str, str]]:
+    """``dataset -> {field or modality: source}`` for the target and each pretraining source (``source_names``, as
+    a run resolved them; None: resolved here from ``pretrain_datasets``), e.g.
     ``{"Arts": {"text_codes": "id-embedding:SASRec"}}``; ``{}`` per dataset for models that read no content.
     Logs a warning for each content the model can use but a dataset lacks (``missing``)."""
-    names = [config["dataset"], *pretrain_dataset_names(config)]
+    sources_of_run = pretrain_dataset_names(config) if source_names is None else source_names
+    names = [config["dataset"], *sources_of_run]
     sources = {name: domain_content_sources(config, name, target=index == 0) for index, name in enumerate(names)}
     for name, used in sources.items():
         missing = [field for field, source in used.items() if source == MISSING_SOURCE]
