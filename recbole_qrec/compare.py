@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from recbole_qrec import table
+from recbole_qrec.child_runs import child_environment, last_error
 from recbole_qrec.config import build_config
 from recbole_qrec.data import check_dataset
 from recbole_qrec.errors import ConfigError, QRecError, single_line
@@ -106,13 +107,15 @@ def recorded(path: Path | None) -> list[dict[str, Any]]:
     return table.load_records([path]) if path is not None and path.is_file() and path.stat().st_size else []
 
 
-def execute(run: Run) -> tuple[int, str, float]:
-    """Run the entry point; its exit status, its ``error:`` line (else its last line of output) and seconds."""
+def execute(run: Run, env: dict[str, str]) -> tuple[int, str, float]:
+    """Run the entry point in ``env``; its exit status, its ``error:`` line (else its last line of output) and
+    seconds."""
     start = time.time()
-    done = subprocess.run(run.command, capture_output=True, text=True, check=False)
+    done = subprocess.run(run.command, capture_output=True, text=True, env=env, check=False)
+    error = last_error(done.stderr)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    error = next((line for line in reversed(lines) if line.startswith("error: ")), lines[-1] if lines else "")
-    return done.returncode, error or f"exit status {done.returncode}", time.time() - start
+    outcome = f"error: {error}" if error is not None else lines[-1] if lines else f"exit status {done.returncode}"
+    return done.returncode, outcome, time.time() - start
 
 
 class Progress:
@@ -147,7 +150,8 @@ def run_grid(runs: list[Run], parallel: int, compare_id: str, metric: str,
     failures: dict[Run, str] = {}
     pool = ThreadPoolExecutor(parallel)
     try:
-        futures = {pool.submit(execute, run): run for run in runs}
+        env = child_environment(parallel)
+        futures = {pool.submit(execute, run, env): run for run in runs}
         for future in as_completed(futures):
             run, (status, error, seconds) = futures[future], future.result()
             found = [r for r in recorded(run.results_file) if (r.get("tags") or {}).get("compare") == compare_id

@@ -55,7 +55,6 @@ import fcntl
 import hashlib
 import io
 import json
-import os
 import re
 import shlex
 import signal
@@ -77,6 +76,7 @@ import yaml
 from recbole.config import Config
 from tqdm import tqdm
 
+from recbole_qrec.child_runs import child_environment, last_error
 from recbole_qrec.config import as_argument, build_config, check_config_values, is_number
 from recbole_qrec.errors import ConfigError, MissingDependencyError, QRecError, single_line
 from recbole_qrec.fileio import atomic_open, atomic_path, write_json_atomic
@@ -387,18 +387,11 @@ def trial_command(spec: SweepSpec, target: Target, out: Path, number: int, param
 
 def error_line(log: Path, code: int) -> str:
     """A failed run's ``error: ...`` line (the last one in its output), else its exit status."""
-    errors = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
-              if line.startswith("error: ")]
-    if errors:
-        return errors[-1][len("error: "):]
+    error = last_error(log.read_text(encoding="utf-8", errors="replace"))
+    if error is not None:
+        return error
     how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
     return f"the run stopped ({how}) without an error line — see {log}"
-
-
-def trial_environment(parallel: int) -> dict[str, str]:
-    """The trials' environment: unless set, ``OMP_NUM_THREADS`` shares the CPU cores among the trials that run at
-    once (more threads than cores slow every trial down many times)."""
-    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // parallel)), **os.environ}
 
 
 def run_trial(spec: SweepSpec, target: Target, out: Path, number: int, params: dict[str, Any],
@@ -624,7 +617,7 @@ def run_study(spec: SweepSpec, target: Target, out: Path, storage: optuna.storag
     study = open_study(spec, target, out, storage)
     progress = Progress(target, len(finished(study)))
     stop = threading.Event()
-    worker = Worker(spec, target, out, study, storage, lease, trial_environment(parallel), stop, progress)
+    worker = Worker(spec, target, out, study, storage, lease, child_environment(parallel), stop, progress)
     try:
         with ThreadPoolExecutor(parallel) as pool:
             futures = [pool.submit(worker.run, gpus[i % len(gpus)] if gpus else None) for i in range(parallel)]

@@ -44,6 +44,7 @@ LAYERS = (
     ("qbert4rec_stage",),
     ("tokenize",),
     ("results", "table"),
+    ("child_runs",),
     ("compare", "sweep"),
     ("quick_start",),
     ("cli",),

@@ -1,0 +1,19 @@
+"""Runs of the entry point in child processes, several at a time (``recbole-qrec compare`` and ``sweep``)."""
+
+from __future__ import annotations
+
+import os
+
+ERROR_PREFIX = "error: "
+
+
+def child_environment(parallel: int) -> dict[str, str]:
+    """The environment of runs started ``parallel`` at a time: unless set, ``OMP_NUM_THREADS`` shares the CPU cores
+    among them (more threads than cores slow every run down many times)."""
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // parallel)), **os.environ}
+
+
+def last_error(output: str) -> str | None:
+    """The message of the last ``error: ...`` line a failed run printed (the entry point's one-line error), if any."""
+    errors = [line for line in output.splitlines() if line.startswith(ERROR_PREFIX)]
+    return errors[-1][len(ERROR_PREFIX):] if errors else None
