@@ -187,6 +187,7 @@ VALUE_RULES: tuple[tuple[str, ValueRule], ...] = (
     ("*batch_size", POSITIVE_INT),
     ("length_bucket_rows", COUNT),
     ("worker", COUNT),
+    ("warmup_steps", COUNT),
     ("*_decimal_place", COUNT),
     ("*learning_rate", POSITIVE_NUMBER),
     ("*dropout*", PROBABILITY),

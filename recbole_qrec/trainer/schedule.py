@@ -23,13 +23,12 @@ LR_SCHEDULERS = ("constant", "linear", "cosine", "inverse_sqrt", "polynomial")
 
 
 def check_lr_schedule(config: Config) -> None:
-    """``lr_scheduler`` must name a schedule of :data:`LR_SCHEDULERS` and ``warmup_steps`` be a count."""
-    name, warmup = config["lr_scheduler"], config["warmup_steps"]
+    """``lr_scheduler`` must name a schedule of :data:`LR_SCHEDULERS` (``warmup_steps`` is a count, checked with the
+    other numeric keys by :data:`recbole_qrec.config.VALUE_RULES`)."""
+    name = config["lr_scheduler"]
     if name not in LR_SCHEDULERS:
         raise ConfigError(f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {name!r} — "
                           "e.g. --lr_scheduler=cosine --warmup_steps=1000")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ConfigError(f"warmup_steps must be an integer >= 0, got {warmup!r} — e.g. --warmup_steps=1000")
 
 
 def attach_lr_schedule(optimizer: Optimizer, config: Config, base_lr: float, total_steps: int,
