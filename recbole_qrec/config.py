@@ -44,6 +44,7 @@ from recbole_qrec.data.dataloader import check_data_path_mode
 from recbole_qrec.data.eval_dataloader import check_valid_sample_users
 from recbole_qrec.trainer.acceleration import check_acceleration
 from recbole_qrec.trainer.schedule import check_lr_schedule
+from recbole_qrec.trainer.time_limit import check_train_time_limit
 from recbole_qrec.utils import get_model
 
 RECBOLE_PROPERTIES_DIR = Path(recbole.__file__).resolve().parent / "properties"
@@ -340,6 +341,7 @@ def build_config(
     check_matmul_precision(config)
     check_lr_schedule(config)
     check_acceleration(config)
+    check_train_time_limit(config)
     check_data_path_mode(config)
     check_valid_sample_users(config)
     check_run_tags(config)

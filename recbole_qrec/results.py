@@ -114,6 +114,7 @@ def build_record(config: Config, trainer: Trainer, best_valid_score: float, best
         "test": {k: float(v) for k, v in test_result.items()},
         "checkpoint": trainer.saved_model_file if saved else None,
         "resumed_from": config["resume_checkpoint"],
+        "train_time_limit_reached": bool(getattr(trainer, "stopped_by_time_limit", False)),
         "valid_curve": trainer.valid_curve,
         "tags": dict(config["run_tags"] or {}),
         "eval_rule": config.final_config_dict.get("eval_rule"),  # generative models: how a shared code counts

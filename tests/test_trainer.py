@@ -128,3 +128,29 @@ def test_anomaly_detection_stays_off_after_recbole_models_are_looked_up():
     subprocess.run([sys.executable, "-c", code], check=True)
     bare = "import torch, recbole.model.sequential_recommender; assert torch.is_anomaly_enabled()"
     subprocess.run([sys.executable, "-c", bare], check=True)
+
+
+def test_a_spent_train_time_limit_ends_training_after_the_first_validation_and_tests_its_checkpoint(
+        instruments_subset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    convert("Instruments", src=instruments_subset, out=tmp_path / "dataset")
+    settings = {"data_path": "dataset", "allow_data_mismatch": True, "epochs": 2, "use_gpu": False,
+                "train_batch_size": 256, "hidden_size": 16, "embedding_size": 16}
+    from recbole_qrec.quick_start import run_recbole_qrec
+
+    limited = run_recbole_qrec("GRU4Rec", "Instruments", config_dict={**settings, "train_time_limit": 1e-9})
+    unlimited = run_recbole_qrec("GRU4Rec", "Instruments", config_dict=settings)
+    assert limited["train_time_limit_reached"] and not unlimited["train_time_limit_reached"]
+    assert limited["epochs"] == 1 and [point["epoch"] for point in limited["valid_curve"]] == [0]
+    assert unlimited["epochs"] == 2
+    # Both runs share seed and data: the limited run is the unlimited one cut after its first epoch.
+    assert limited["valid_curve"][0] == unlimited["valid_curve"][0]
+    assert (tmp_path / limited["checkpoint"]).exists() and limited["test"]["ndcg@10"] > 0
+
+
+@pytest.mark.parametrize("limit", [0, -5, "soon", True])
+def test_a_bad_train_time_limit_is_a_config_error(limit):
+    from recbole_qrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train_time_limit must be"):
+        build_config("GRU4Rec", "Instruments", config_dict={"train_time_limit": limit})

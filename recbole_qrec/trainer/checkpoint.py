@@ -40,6 +40,7 @@ from recbole_qrec.errors import CheckpointError
 from recbole_qrec.fileio import atomic_path
 from recbole_qrec.trainer.acceleration import AccelerationMixin
 from recbole_qrec.trainer.schedule import LRScheduleMixin
+from recbole_qrec.trainer.time_limit import TimeLimitMixin
 
 # Settings that change where, how verbosely or under which labels a run happens, not what it computes: left out of a
 # result's config hash and of the settings compared between a checkpoint and the run that loads it.
@@ -347,11 +348,12 @@ class SafeCheckpointMixin:
 
 @cache
 def with_safe_checkpoint(trainer_class: type[Trainer]) -> type[Trainer]:
-    """``trainer_class`` with :class:`SafeCheckpointMixin`, :class:`LRScheduleMixin` and :class:`AccelerationMixin` in
-    front (returned as is if already there)."""
+    """``trainer_class`` with :class:`SafeCheckpointMixin`, :class:`TimeLimitMixin`, :class:`LRScheduleMixin` and
+    :class:`AccelerationMixin` in front (returned as is if already there)."""
     if issubclass(trainer_class, SafeCheckpointMixin):
         return trainer_class
-    return type(trainer_class.__name__, (SafeCheckpointMixin, LRScheduleMixin, AccelerationMixin, trainer_class),
+    return type(trainer_class.__name__, (SafeCheckpointMixin, TimeLimitMixin, LRScheduleMixin, AccelerationMixin,
+                                          trainer_class),
                 {"__doc__": trainer_class.__doc__})
 
 
