@@ -733,6 +733,7 @@ def plot_sweep(spec: SweepSpec, target: Target, trials: list[optuna.trial.Frozen
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     done = [t for t in trials if t.value is not None]
     best = ranked(done, target.bigger)[0]
@@ -750,8 +751,13 @@ def plot_sweep(spec: SweepSpec, target: Target, trials: list[optuna.trial.Frozen
             ax.set_xticks(range(len(choices)), [value_text(v) for v in choices])
             ax.set_xlim(-0.5, len(choices) - 0.5)
         log = dimension.kind == "loguniform"
-        if log:
+        if log:  # ticks at 1 and 3 per decade, plainly written: the default labels overlap on a short range
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 3.0)))
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        if dimension.kind == "int":
+            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.set_xlabel(dimension.name + (" (log scale)" if log else ""))
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:

@@ -296,3 +296,25 @@ def test_semantic_id_models_pretrain_train_and_evaluate_on_device_loaders(two_do
         batch = next(iter(loader))
         assert len(batch) == loader.step and torch.isfinite(loss(batch))
     assert set(trainer.evaluate(valid, load_best_model=False)) >= {"hit@10", "ndcg@10"}
+
+
+def test_bert4rec_test_sequences_equal_recbole_own_reconstruction():
+    """The vectorised reconstruction (recbole_qrec.compat) against RecBole's own loop, run from RecBole's source."""
+    import importlib.util
+
+    import recbole.model.sequential_recommender.bert4rec as patched_module
+    from recbole_qrec.compat import bert4rec_test_sequences, prepare_recbole
+
+    prepare_recbole()
+    assert patched_module.BERT4Rec.reconstruct_test_data is bert4rec_test_sequences
+    spec = importlib.util.spec_from_file_location("recbole_bert4rec_as_shipped", patched_module.__file__)
+    shipped = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shipped)
+    holder = type("Holder", (), {"mask_token": 1001})()
+    generator = torch.Generator().manual_seed(0)
+    max_len = 20
+    lengths = torch.tensor([1, 2, 7, 19, 20, 20, 13])
+    item_seq = torch.randint(1, 1000, (len(lengths), max_len), generator=generator)
+    item_seq[torch.arange(max_len) >= lengths.unsqueeze(1)] = 0  # histories left-aligned, zero padded
+    expected = shipped.BERT4Rec.reconstruct_test_data(holder, item_seq.clone(), lengths)
+    assert torch.equal(bert4rec_test_sequences(holder, item_seq, lengths), expected)
