@@ -48,7 +48,8 @@ def prepare_recbole() -> None:
     for name, target in NUMPY_REMOVED_ALIASES.items():
         if name not in np.__dict__:
             setattr(np, name, target)
-    from recbole.model.sequential_recommender.bert4rec import BERT4Rec
+    with undo_sine_anomaly_detection():  # the package's __init__ imports sine.py
+        from recbole.model.sequential_recommender.bert4rec import BERT4Rec
 
     BERT4Rec.reconstruct_test_data = bert4rec_test_sequences
 

@@ -20,6 +20,8 @@ from recbole_qrec.errors import CheckpointError
 from recbole_qrec.trainer import get_trainer
 from recbole_qrec.utils import get_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def trained(instruments_subset, tmp_path_factory):
@@ -28,7 +30,7 @@ def trained(instruments_subset, tmp_path_factory):
     config = build_config(
         "FDSA", "Instruments",
         config_dict={"data_path": str(work / "dataset"), "checkpoint_dir": str(work / "saved"), "epochs": 1,
-                     "use_gpu": False, "train_batch_size": 256},
+                     "use_gpu": False, "train_batch_size": 256, "hidden_size": 32, "inner_size": 64},
     )
     convert("Instruments", src=instruments_subset, out=work / "dataset")
     init_seed(config["seed"], True)
@@ -122,8 +124,11 @@ def test_the_harness_never_imports_ray():
 
 
 def test_anomaly_detection_stays_off_after_recbole_models_are_looked_up():
-    """RecBole's sine.py turns torch's anomaly detection on at import; the package turns it off again."""
-    code = ("import torch, recbole_qrec; from recbole_qrec.utils import get_model; get_model('SINE'); "
+    """RecBole's sine.py turns torch's anomaly detection on at import; the package turns it off again, also where
+    building a config first imports RecBole's models (recbole_qrec.compat.prepare_recbole)."""
+    code = ("import torch, recbole_qrec; from recbole_qrec.config import build_config; build_config('BERT4Rec', "
+            "'Instruments'); assert not torch.is_anomaly_enabled(), 'anomaly detection is on after a config'; "
+            "from recbole_qrec.utils import get_model; get_model('SINE'); "
             "get_model('SASRec'); assert not torch.is_anomaly_enabled(), 'anomaly detection is on'")
     subprocess.run([sys.executable, "-c", code], check=True)
     bare = "import torch, recbole.model.sequential_recommender; assert torch.is_anomaly_enabled()"
