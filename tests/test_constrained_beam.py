@@ -17,6 +17,8 @@ from recbole_qrec.generation import (
 
 HAND_TABLE = [(0, 1, 2), (0, 1, 3), (0, 2, 0), (3, 0, 0), (3, 0, 1)]
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def random_table(n_items: int, levels: int, codebook: int, seed: int) -> torch.Tensor:
     """``n_items`` distinct random code tuples (small codebooks make prefixes collide a lot)."""

@@ -29,6 +29,7 @@ SUBSET = {"users": 500, "items": 2650, "interactions": 5541}  # the first 500 us
 FAST = {"epochs": 1, "train_batch_size": 256, "eval_batch_size": 256, "use_gpu": False}
 TIGER_TINY = {**FAST, "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
               "MAX_ITEM_LIST_LENGTH": 8}
+FDSA_TINY = {**FAST, "hidden_size": 32, "inner_size": 64, "n_layers": 1}
 TOKENIZER_TINY = {"epochs": 1, "hidden_dims": [32], "batch_size": 512, "codebook_size": 16, "code_dim": 8}
 ITEM_ROW = "99999\tA_1 B_1 C_1 D_1\ta_1 b_1 c_1 d_1"
 
@@ -285,7 +286,7 @@ def test_a_new_dataset_declares_its_content_fields_from_the_item_header(my_shop)
 
 
 @pytest.mark.usefixtures("one_thread")
-@pytest.mark.parametrize(("model", "settings"), [("TIGER", TIGER_TINY), ("FDSA", FAST)])
+@pytest.mark.parametrize(("model", "settings"), [("TIGER", TIGER_TINY), ("FDSA", FDSA_TINY)])
 def test_a_new_dataset_trains_with_no_hand_written_yaml(model, settings, my_shop, instruments_subset, tmp_path,
                                                          monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -23,7 +23,7 @@ def run_entry_point(args: list[str], cwd: Path, data_root: Path) -> subprocess.C
     """Run the entry point in ``cwd`` on the processed subset ``data_root``, converted to ``cwd/dataset`` first."""
     if not (cwd / "dataset" / "Instruments").is_dir():
         convert("Instruments", src=data_root, out=cwd / "dataset")
-    env = {**os.environ, ENV_VAR: str(data_root)}
+    env = {**os.environ, ENV_VAR: str(data_root), "OMP_NUM_THREADS": "1"}  # one thread per run on a shared CPU
     return subprocess.run(
         [sys.executable, str(ENTRY_POINT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
