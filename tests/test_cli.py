@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stderr
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -64,6 +64,16 @@ def assert_one_error_line(args: list[str], cwd: Path, fragment: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: ") and " — " in lines[0], stderr.getvalue()
     assert fragment in lines[0]
     assert folder_listing(cwd) == before, "a failed run wrote files"
+
+
+def help_text(args: list[str], cwd: Path) -> str:
+    """What ``main(args)`` prints in ``cwd`` for a help request (in this process; the commands themselves are run by
+    test_help_lists_models_datasets_overrides_and_layering), checking that it ends normally and writes nothing."""
+    before = folder_listing(cwd)
+    with working_folder(cwd), redirect_stdout(io.StringIO()) as stdout:
+        main(args)
+    assert folder_listing(cwd) == before
+    return stdout.getvalue()
 
 
 @contextmanager
@@ -129,16 +139,13 @@ def test_bad_input_about_the_data_is_one_line_and_writes_nothing(args, fragment,
 
 def test_the_suggested_model_name_works(cwd):
     assert_one_error_line(["--model=mql4grec"], cwd, "did you mean 'MQL4GRec'?")
-    done = run_cli(["--model=MQL4GRec", "--help"], cwd)
-    assert done.returncode == 0, done.stderr
-    assert "MQL4GRec (a recbole-qrec model)" in done.stdout
+    assert "MQL4GRec (a recbole-qrec model)" in help_text(["--model=MQL4GRec", "--help"], cwd)
 
 
 def test_allow_data_mismatch_is_a_bare_flag_for_the_config_key(cwd):
     assert_one_error_line(["--allow_data_mismatch", "--allow_data_mismatch=False"], cwd,
                           "--allow_data_mismatch is given twice with different values ('True' and 'False')")
-    done = run_cli(["--allow_data_mismatch", "--debug", "--help"], cwd)
-    assert done.returncode == 0, done.stderr
+    assert help_text(["--allow_data_mismatch", "--debug", "--help"], cwd).startswith("usage: ")
 
 
 @pytest.mark.parametrize("env", [{}, {"QREC_DEBUG": "1"}])
@@ -168,7 +175,7 @@ def test_help_lists_models_datasets_overrides_and_layering(command, cwd):
     assert done.returncode == 0, done.stderr
     text = done.stdout
     assert text.startswith(f"usage: {command} [--model=MODEL]")
-    assert "recbole-qrec models: MACRec, MQL4GRec, QBert4Rec, TIGER" in text
+    assert "recbole-qrec models: MACRec, MMESID, MQL4GRec, QBert4Rec, TIGER" in text
     assert all(name in text for name in ("SASRec", "GRU4Rec", "BERT4Rec", "FDSA", "LightGCN"))
     assert "Datasets under data/: Toy" in text and "python -m dataset_prep.convert" in text
     assert "--key=value" in text and "--config_files" in text and "--debug" in text and "--allow_data_mismatch" in text
@@ -185,7 +192,5 @@ def test_help_lists_models_datasets_overrides_and_layering(command, cwd):
     ],
 )
 def test_model_help_lists_its_keys_defaults_and_meanings(model, lines, cwd):
-    done = run_cli([f"--model={model}", "--help"], cwd)
-    assert done.returncode == 0, done.stderr
-    assert all(line in done.stdout for line in lines), done.stdout
-    assert folder_listing(cwd) == sorted(CONFIG_FILES)
+    text = help_text([f"--model={model}", "--help"], cwd)
+    assert all(line in text for line in lines), text

@@ -8,6 +8,7 @@ import multiprocessing
 from pathlib import Path
 
 import pytest
+import torch
 
 from recbole_qrec.config import build_config
 from recbole_qrec.quick_start import run_recbole_qrec
@@ -51,6 +52,10 @@ def test_fine_tuning_and_pretraining_epochs_are_recorded_apart(pretrained_run):
     folder, record = pretrained_run
     assert record["epochs"] == 1 and record["pretrain_epochs"] == 1
     assert record["train_seconds_per_epoch"] > 0 and record["pretrain_seconds_per_epoch"] > 0
+    checkpoint = torch.load(folder / record["checkpoint"], weights_only=True)
+    weights = checkpoint["state_dict"]  # parameters and buffers (code tables)
+    assert 0 < record["parameters"] < sum(value.numel() for value in weights.values())
+    assert record["parameters"] > weights["t5.shared.weight"].numel()  # the token table is one of several parameters
     assert json.loads((folder / "results" / "results.jsonl").read_text()) == record
 
 

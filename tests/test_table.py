@@ -227,7 +227,7 @@ def test_the_markdown_says_where_its_numbers_come_from(tmp_path: Path) -> None:
     records.append({**record("MQL4GRec", "Arts", "d", 1, 0.1, 0.05), "git_commit": "fedcba9876543210",
                     "git_dirty": True, "machine": "NVIDIA H200",
                     "content_sources": {"Arts": {"text_codes": "id-embedding:SASRec", "image_codes": "missing"}},
-                    "eval_rule": "group", "eval_mode": "exact"})
+                    "eval_rule": "group", "eval_mode": "exact", "train_time_limit_reached": True, "epochs": 3})
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     md, _ = run_table([str(path), "--metrics", "hr@10,ndcg@10"])
@@ -235,3 +235,4 @@ def test_the_markdown_says_where_its_numbers_come_from(tmp_path: Path) -> None:
     assert "Content: Arts: no image_codes; Arts: text_codes from id-embedding:SASRec." in md
     assert f"Command: `recbole-qrec table {path} --metrics hr@10,ndcg@10`" in md and "only the target's own ID): MQL4GRec group." in md
     assert "every item by its semantic ID's log-probability): MQL4GRec exact." in md
+    assert "(train_time_limit) before early stopping, so not converged: MQL4GRec on Arts (3 epochs)." in md

@@ -8,7 +8,11 @@ dataset is built, from a content-code field of ``<dataset>.item`` or the tokeniz
 so a model finds their code tables on the target's dataset (:meth:`SemanticIdDataset.source_code_tables`).
 Splits made by ``build()`` are shallow copies and share both.
 
-:func:`recbole_qrec.data.create_dataset` picks ``<Model>Dataset`` from this module when it exists.
+:class:`QRecSequentialDataset`, their base, is RecBole's ``SequentialDataset`` under the cold-start protocol when
+``cold_start_share`` is set (:mod:`recbole_qrec.data.cold_start`); ``cold_items`` marks the cold items.
+
+:func:`recbole_qrec.data.create_dataset` picks ``<Model>Dataset`` from this module when it exists (else
+:class:`QRecSequentialDataset` under cold start, else RecBole's dataset).
 """
 
 from __future__ import annotations
@@ -17,14 +21,45 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
 from recbole.config import Config
 from recbole.data.dataset import SequentialDataset
 from torch import Tensor
 
-from recbole_qrec.data.sid import SID_FIELD, SID_FILE, load_code_table, sid_metadata_path, sid_path
+from recbole_qrec.data.cold_start import hold_out_cold_items, log_held_out
+from recbole_qrec.data.sid import (SID_FIELD, SID_FILE, load_code_table, load_sid_embeddings, sid_embeddings_path,
+                                   sid_metadata_path, sid_path)
+from recbole_qrec.errors import ConfigError
 
 
-class SemanticIdDataset(SequentialDataset):
+class QRecSequentialDataset(SequentialDataset):
+    """RecBole's ``SequentialDataset``; with ``cold_start_share``, the interactions of the cold-start protocol
+    (:func:`~recbole_qrec.data.cold_start.hold_out_cold_items`) and ``dropped_users``. ``cold_items``:
+    ``BoolTensor[n_items]``, True for a cold item (none without ``cold_start_share``)."""
+
+    def __init__(self, config: Config) -> None:
+        self.cold_tokens: list[str] = []
+        self.dropped_users = 0
+        super().__init__(config)
+        self.cold_items = torch.zeros(self.item_num, dtype=torch.bool)
+        self.cold_items[torch.as_tensor(self.token2id(self.iid_field, self.cold_tokens), dtype=torch.long)] = True
+
+    def _data_filtering(self) -> None:
+        super()._data_filtering()
+        share = self.config["cold_start_share"]
+        if share is not None:
+            if self.item_feat is None:
+                raise ConfigError(f"cold_start_share needs {self.dataset_name}.item under {self.dataset_path}, the "
+                                  "catalogue that keeps the ids and content of cold items — write it with "
+                                  "python -m dataset_prep.convert (or tokenize), or unset cold_start_share")
+            held_out = hold_out_cold_items(self.inter_feat, self.uid_field, self.iid_field, self.time_field, share)
+            log_held_out(held_out, share)
+            self.inter_feat, self.cold_tokens, self.dropped_users = (held_out.inter, held_out.cold_items,
+                                                                     held_out.dropped_users)
+            self._reset_index()
+
+
+class SemanticIdDataset(QRecSequentialDataset):
     """A sequential dataset with the code tables named by the config keys in ``sid_source_keys``."""
 
     sid_source_keys: tuple[str, ...] = ()
@@ -68,6 +103,19 @@ class MQL4GRecDataset(SemanticIdDataset):
 
 class MACRecDataset(MQL4GRecDataset):
     """MACRec's two languages, as MQL4GRec's."""
+
+
+class MMESIDDataset(SemanticIdDataset):
+    """MMESID's codes: always ``<dataset>.sid`` from the per-modality tokenizer, and beside it ``<dataset>.sid.npz``:
+    ``sid_codebooks`` ``[M, L, K, d]`` and ``sid_latents`` ``[n_items, M, d]`` (internal item order)."""
+
+    def __init__(self, config: Config, sources: Mapping[str, SemanticIdDataset] | None = None) -> None:
+        super().__init__(config, sources)
+        path = sid_embeddings_path(sid_path(Path(self.dataset_path), self.dataset_name))
+        self.sid_codebooks, self.sid_latents = load_sid_embeddings(self, path)
+
+    def code_fields(self) -> list[str]:
+        return [SID_FIELD]
 
 
 class QBert4RecDataset(SemanticIdDataset):

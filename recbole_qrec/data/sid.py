@@ -20,6 +20,7 @@ import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from recbole.config import Config
 from recbole.data.dataset import Dataset
@@ -122,6 +123,38 @@ def sid_path(folder: str | Path, dataset: str) -> Path:
 def sid_metadata_path(sid_file: Path) -> Path:
     """The metadata JSON beside a ``.sid`` file (``Instruments.sid`` -> ``Instruments.sid.json``)."""
     return sid_file.with_name(f"{sid_file.name}.json")
+
+
+def sid_embeddings_path(sid_file: Path) -> Path:
+    """The quantized embeddings beside a ``.sid`` file (``Instruments.sid`` -> ``Instruments.sid.npz``), written by a
+    per-modality tokenizer (``quantizers: per_modality``)."""
+    return sid_file.with_name(f"{sid_file.name}.npz")
+
+
+def write_sid_embeddings(path: Path, item_tokens: Sequence[str], codebooks: np.ndarray, latents: np.ndarray) -> None:
+    """Write, atomically, ``items`` (the item tokens), ``codebooks`` ``[M, L, K, d]`` (modality ``m``'s level ``l``)
+    and ``latents`` ``[n, M, d]`` (each item's encoder latent per modality, rows in ``item_tokens`` order)."""
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, items=np.array(item_tokens), codebooks=codebooks.astype(np.float32),
+                 latents=latents.astype(np.float32))
+
+
+def load_sid_embeddings(dataset: Dataset, path: Path) -> tuple[Tensor, Tensor]:
+    """``(codebooks [M, L, K, d], latents [n_items, M, d])`` of :func:`write_sid_embeddings`'s file, the latents in
+    ``dataset``'s internal item order (row 0, the padding item, zeros)."""
+    if not path.is_file():
+        raise MalformedDataError(f"{path} does not exist — write it with the per-modality tokenizer: `python -m "
+                                 "recbole_qrec.tokenize --features ... --set quantizers=per_modality "
+                                 "collision_strategy=append_level`")
+    with np.load(path) as saved:
+        rows = {str(item): row for row, item in enumerate(saved["items"])}
+        tokens = dataset.field2id_token[dataset.iid_field][1:]
+        missing = [token for token in tokens if token not in rows]
+        if missing:
+            raise MalformedDataError(f"{path}: {len(missing)} items have no embeddings (e.g. {format_ids(missing)}) — "
+                                     f"re-create it with the .sid for dataset {dataset.dataset_name}")
+        latents = torch.from_numpy(saved["latents"][[rows[token] for token in tokens]])
+        return torch.from_numpy(saved["codebooks"]), with_padding_row(latents)
 
 
 def level_tokens(codes: Sequence[Sequence[int]]) -> list[str]:

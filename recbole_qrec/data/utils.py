@@ -14,18 +14,21 @@ from recbole.data.dataset import Dataset
 
 import recbole_qrec.data.dataset as qrec_datasets
 from recbole_qrec.data.dataloader import TensorTrainDataLoader, check_data_path_mode
-from recbole_qrec.data.dataset import SemanticIdDataset
+from recbole_qrec.data.dataset import QRecSequentialDataset, SemanticIdDataset
 from recbole_qrec.data.eval_dataloader import TensorFullSortEvalDataLoader, check_valid_sample_users, user_sample
 from recbole_qrec.errors import ConfigError
 
 
 def create_dataset(config: Config, source_configs: Sequence[Config] = ()) -> Dataset:
     """``<Model>Dataset`` of :mod:`recbole_qrec.data.dataset` when it exists (with the pretraining sources built
-    from ``source_configs``, one per ``pretrain_datasets`` entry), else RecBole's dataset for the model."""
+    from ``source_configs``, one per ``pretrain_datasets`` entry), else :class:`QRecSequentialDataset` under the
+    cold-start protocol (``cold_start_share``), else RecBole's dataset for the model."""
     dataset_class = getattr(qrec_datasets, f"{config['model']}Dataset", None)
     if dataset_class is None:
         if source_configs:
             raise ConfigError(f"{config['model']} does not pretrain on other domains — unset pretrain_datasets")
+        if config["cold_start_share"] is not None:
+            return QRecSequentialDataset(config)
         return create_recbole_dataset(config)
     sources = {source["dataset"]: dataset_class(source) for source in source_configs}
     return dataset_class(config, sources)

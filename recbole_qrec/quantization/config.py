@@ -13,6 +13,8 @@ from recbole_qrec.errors import ConfigError
 COLLISION_STRATEGIES = ("rerank", "append_level")
 ALIGNMENTS = ("none", "contrastive", "mmd")
 FUSIONS = ("mean", "concat")
+QUANTIZERS = ("joint", "per_modality")
+RECONSTRUCTIONS = ("mse", "mmd")
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,10 @@ class TokenizerConfig:
     ``dead_code_threshold``: a code unused for this many consecutive training steps is re-seeded
     from a current residual (0 disables). ``align_sample``: the alignment losses (O(B^2)) use the
     first ``align_sample`` rows of each shuffled batch. ``mixed_precision``: bf16 autocast for the
-    encoder/decoder MLPs on CUDA (quantization distances always run in fp32).
+    encoder/decoder MLPs on CUDA (quantization distances always run in fp32). ``quantizers``: ``joint`` (one
+    residual quantizer over the fused latent) or ``per_modality`` (MME-SID's MM-RQ-VAE: one per modality, the codes
+    side by side). ``reconstruction``: ``mse`` or ``mmd`` (MME-SID: Gaussian MMD^2 between a modality's features and
+    their reconstruction), weighted by ``reconstruction_weight``.
     """
 
     levels: int = 4
@@ -48,6 +53,9 @@ class TokenizerConfig:
     mmd_weight: float = 0.1
     align_sample: int = 2048
     mixed_precision: bool = True
+    quantizers: str = "joint"
+    reconstruction: str = "mse"
+    reconstruction_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.hidden_dims, list):
@@ -56,6 +64,9 @@ class TokenizerConfig:
             value = getattr(self, name)
             if not check(value):
                 raise ConfigError(f"Invalid tokenizer setting {name}={value!r} — allowed is {allowed}")
+        if self.quantizers == "per_modality" and self.collision_strategy != "append_level":
+            raise ConfigError(f"quantizers=per_modality with collision_strategy={self.collision_strategy!r}: re-ranking "
+                              "needs one quantizer — set collision_strategy=append_level")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TokenizerConfig:
@@ -111,4 +122,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mmd_weight": (_number(positive=False), "a number >= 0"),
     "align_sample": (_int_at_least(2), "an integer >= 2"),
     "mixed_precision": (lambda v: isinstance(v, bool), "true or false"),
+    "quantizers": (_one_of(QUANTIZERS), " or ".join(QUANTIZERS)),
+    "reconstruction": (_one_of(RECONSTRUCTIONS), " or ".join(RECONSTRUCTIONS)),
+    "reconstruction_weight": (_number(positive=False), "a number >= 0"),
 }

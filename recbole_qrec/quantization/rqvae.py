@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.quantization.alignment import gaussian_mmd, info_nce
 from recbole_qrec.quantization.config import TokenizerConfig
+from recbole_qrec.quantization.multimodal import PerModalityQuantizer, per_modality_alignment
 from recbole_qrec.quantization.quantizer import ResidualQuantizer
 
 
@@ -72,27 +73,44 @@ class RQVAE(nn.Module):
       bandwidth) between the text and image branch latents, weight ``mmd_weight``
       (:func:`~recbole_qrec.quantization.alignment.gaussian_mmd`). No semantic-ID paper fixes this
       term's form; it is the standard distribution-matching regulariser, offered as an alternative.
+
+    ``quantizers: per_modality`` (MME-SID's MM-RQ-VAE, any number of modalities): the branch latents are not fused;
+    each is quantized by its own residual quantizer
+    (:class:`~recbole_qrec.quantization.multimodal.PerModalityQuantizer`) and decoded by its own decoder, and the
+    alignment terms pair every two modalities (:func:`~recbole_qrec.quantization.multimodal.per_modality_alignment`).
+    ``reconstruction: mmd`` replaces each modality's MSE by the Gaussian MMD^2 between features and reconstructions.
     """
 
     def __init__(self, in_dims: int | Sequence[int], config: TokenizerConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or TokenizerConfig()
         dims = [in_dims] if isinstance(in_dims, int) else list(in_dims)
-        if config.alignment != "none" and len(dims) != 2:
-            raise ConfigError(f"alignment={config.alignment!r} needs exactly 2 feature matrices, got {len(dims)} — "
+        self.per_modality = config.quantizers == "per_modality"
+        if config.alignment != "none" and (len(dims) < 2 if self.per_modality else len(dims) != 2):
+            needed = "at least 2 (quantizers=per_modality)" if self.per_modality else "exactly 2"
+            raise ConfigError(f"alignment={config.alignment!r} needs {needed} feature matrices, got {len(dims)} — "
                               "give a text and an image matrix, or set alignment: none")
         hidden = list(config.hidden_dims)
         self.encoders = nn.ModuleList(mlp([dim, *hidden, config.code_dim]) for dim in dims)
         self.decoders = nn.ModuleList(mlp([config.code_dim, *reversed(hidden), dim]) for dim in dims)
-        fuse_linear = config.fusion == "concat" and len(dims) > 1
+        fuse_linear = config.fusion == "concat" and len(dims) > 1 and not self.per_modality
         self.fusion = nn.Linear(len(dims) * config.code_dim, config.code_dim) if fuse_linear else None
-        self.quantizer = ResidualQuantizer(config.levels, config.codebook_size, config.code_dim, config.dead_code_threshold)
+        sizes = (config.levels, config.codebook_size, config.code_dim, config.dead_code_threshold)
+        self.quantizer = PerModalityQuantizer(len(dims), *sizes) if self.per_modality else ResidualQuantizer(*sizes)
+
+    @property
+    def latent_dim(self) -> int:
+        """Width of :meth:`encode`'s latent: ``code_dim``, ``M * code_dim`` for per-modality quantizers."""
+        return self.config.code_dim * (len(self.encoders) if self.per_modality else 1)
 
     def encode(self, *features: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """``(fused latent (B, d), per-modality branch latents)``."""
+        """``(fused latent (B, d), per-modality branch latents)``; per-modality quantizers: the branch latents
+        side by side ``(B, M * d)``."""
         if len(features) != len(self.encoders):
             raise ValueError(f"expected {len(self.encoders)} feature matrices, got {len(features)}")
         branches = [encoder(x) for encoder, x in zip(self.encoders, features)]
+        if self.per_modality:
+            return torch.cat(branches, 1), branches
         if self.fusion is not None:
             return self.fusion(torch.cat(branches, 1)), branches
         return torch.stack(branches).mean(0), branches
@@ -100,12 +118,15 @@ class RQVAE(nn.Module):
     def forward(self, *features: Tensor) -> RQVAEOutput:
         latent, branches = self.encode(*features)
         quantized = self.quantizer(latent)
-        reconstructions = tuple(decoder(quantized.quantized) for decoder in self.decoders)
+        decoder_inputs = (self.quantizer.split(quantized.quantized) if self.per_modality
+                          else [quantized.quantized] * len(self.decoders))
+        reconstructions = tuple(decoder(part) for decoder, part in zip(self.decoders, decoder_inputs))
+        distance = gaussian_mmd if self.config.reconstruction == "mmd" else F.mse_loss
         losses = {
-            "reconstruction": sum(F.mse_loss(r.float(), x.float()) for r, x in zip(reconstructions, features)),
+            "reconstruction": sum(distance(r.float(), x.float()) for r, x in zip(reconstructions, features)),
             "codebook": quantized.codebook_loss,
             "commitment": quantized.commitment_loss,
-            **self.alignment_losses(branches, quantized.codes),
+            **self.alignment_losses(branches, quantized.codes, decoder_inputs),
         }
         weights = self.loss_weights()
         losses["total"] = sum(weights[name] * value for name, value in losses.items())
@@ -114,16 +135,19 @@ class RQVAE(nn.Module):
     def loss_weights(self) -> dict[str, float]:
         """The weight of each loss term in ``"total"``."""
         c = self.config
-        return {"reconstruction": 1.0, "codebook": 1.0, "commitment": c.beta, "contrastive": c.contrastive_weight,
-                "recon_align": c.recon_align_weight, "mmd": c.mmd_weight}
+        return {"reconstruction": c.reconstruction_weight, "codebook": 1.0, "commitment": c.beta,
+                "contrastive": c.contrastive_weight, "recon_align": c.recon_align_weight, "mmd": c.mmd_weight}
 
-    def alignment_losses(self, branches: list[Tensor], codes: Tensor) -> dict[str, Tensor]:
-        """The configured cross-modal terms (empty for ``alignment: none``)."""
+    def alignment_losses(self, branches: list[Tensor], codes: Tensor, quantized: Sequence[Tensor]) -> dict[str, Tensor]:
+        """The configured cross-modal terms (empty for ``alignment: none``); ``quantized``: each decoder's input."""
         if self.config.alignment == "none":
             return {}
         n = self.config.align_sample
-        text, image = (branch[:n] for branch in branches)
-        with torch.autocast(text.device.type, enabled=False):
+        with torch.autocast(branches[0].device.type, enabled=False):
+            if self.per_modality:
+                return per_modality_alignment(self.config.alignment, tuple(part[:n] for part in quantized),
+                                              [branch[:n] for branch in branches], self.config.temperature)
+            text, image = (branch[:n] for branch in branches)
             if self.config.alignment == "mmd":
                 return {"mmd": gaussian_mmd(text, image)}
             return self.contrastive_losses(text, image, codes[:n])

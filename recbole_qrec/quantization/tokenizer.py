@@ -21,12 +21,14 @@ from recbole_qrec.quantization.rqvae import RQVAE
 @dataclass
 class TokenizerResult:
     """``codes``: ``(n_items, L)`` (``rerank``) or ``(n_items, L + 1)`` (``append_level``) int64, all
-    rows unique; ``report``: losses, collision rates, codebook usage and timings; ``model``: the
-    trained RQ-VAE."""
+    rows unique (``L``: ``M * levels`` for per-modality quantizers); ``report``: losses, collision rates, codebook
+    usage and timings; ``model``: the trained RQ-VAE; ``latents``: ``(n_items, d)`` float32, each item's encoder
+    latent (``d = M * code_dim`` for per-modality quantizers)."""
 
     codes: np.ndarray
     report: dict[str, Any]
     model: RQVAE
+    latents: np.ndarray
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -91,8 +93,8 @@ def assign_codes(model: RQVAE, features: list[Tensor], config: TokenizerConfig) 
     """Nearest-code assignment of every item in batches: ``(codes (n, L) int64, latents (n, d) float32)``."""
     device = features[0].device
     n = len(features[0])
-    codes = torch.empty(n, config.levels, dtype=torch.long, device=device)
-    latents = torch.empty(n, config.code_dim, dtype=torch.float32, device=device)
+    codes = torch.empty(n, model.quantizer.levels, dtype=torch.long, device=device)
+    latents = torch.empty(n, model.latent_dim, dtype=torch.float32, device=device)
     model.eval()
     for start in range(0, n, config.assign_batch_size):
         rows = slice(start, start + config.assign_batch_size)
@@ -123,7 +125,7 @@ def fit_tokenizer(features: Features, config: TokenizerConfig | None = None,
     codebooks = model.quantizer.codebooks.detach().float().cpu().numpy()
     resolved = resolve_collisions(codes, latents, codebooks, config.collision_strategy)
     finished = time.perf_counter()
-    utilisation, perplexity = level_usage(resolved[:, : config.levels], config.codebook_size)
+    utilisation, perplexity = level_usage(resolved[:, : model.quantizer.levels], config.codebook_size)
     report = {
         "n_items": len(resolved),
         "levels": resolved.shape[1],
@@ -139,4 +141,4 @@ def fit_tokenizer(features: Features, config: TokenizerConfig | None = None,
         "seconds_collisions": finished - assigned,
         "device": str(device),
     }
-    return TokenizerResult(resolved, report, model)
+    return TokenizerResult(resolved, report, model, latents)

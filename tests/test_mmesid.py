@@ -1,0 +1,189 @@
+"""MMESID on a 500-user subset of Instruments: the per-modality tokenizer (MM-RQ-VAE), item tokens initialised from
+its codebooks, training, constrained and exact ranking, settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from recbole.utils import init_seed
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from dataset_prep.features import code_file_features
+from recbole_qrec.config import build_config
+from recbole_qrec.data import create_dataset, data_preparation
+from recbole_qrec.errors import ConfigError
+from recbole_qrec.generation import causal_beam_search, causal_exact_scores
+from recbole_qrec.model.mmesid import MMESID
+from recbole_qrec.quantization import TokenizerConfig, build_rqvae
+from recbole_qrec.tokenize import integer_item_ids, tokenize_dataset
+from recbole_qrec.trainer import get_trainer
+from conftest import losses_over_steps
+from test_architecture import no_file_access_or_training
+
+TINY_LM = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+           "num_attention_heads": 2, "num_key_value_heads": 2}
+TINY = {"llm_config": TINY_LM, "MAX_ITEM_LIST_LENGTH": 5, "epochs": 3, "eval_step": 3, "train_batch_size": 128,
+        "eval_batch_size": 256, "beam_size": 10, "learning_rate": 0.01, "use_gpu": False, "show_progress": False}
+# MM-RQ-VAE as the paper trains it (MMD reconstruction x 3, InfoNCE between the modalities' quantized vectors x 0.01).
+MM_RQVAE = {"levels": 2, "codebook_size": 32, "code_dim": 16, "hidden_dims": (64,), "batch_size": 256,
+            "quantizers": "per_modality", "collision_strategy": "append_level", "alignment": "contrastive",
+            "reconstruction": "mmd", "reconstruction_weight": 3.0, "contrastive_weight": 0.01, "mixed_precision": False}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def features(work, amazon_dir) -> list[np.ndarray]:
+    """Text and image proxy features (one-hot of the shipped LLaMA and ViT codes), one row per item id."""
+    rows = integer_item_ids(work / "dataset", "Instruments")[-1] + 1
+    return [code_file_features(amazon_dir / "Instruments" / f"Instruments.index_{name}.json")[:rows]
+            for name in ("lemb", "vitemb")]
+
+
+@pytest.fixture(scope="module")
+def tokenized(work, features):
+    """The subset's per-modality semantic IDs (``.sid`` and ``.sid.npz``)."""
+    paths = []
+    for name, matrix in zip(("text", "image"), features):
+        paths.append(work / f"{name}.npy")
+        np.save(paths[-1], matrix)
+    return tokenize_dataset("Instruments", paths, TokenizerConfig(epochs=3, **MM_RQVAE), work / "dataset", "cpu")
+
+
+def subset_config(work, **overrides):
+    settings = {"data_path": str(work / "dataset"), "checkpoint_dir": str(work / "saved"), **TINY, **overrides}
+    return build_config("MMESID", "Instruments", config_dict=settings)
+
+
+@pytest.fixture(scope="module")
+def prepared(work, tokenized):
+    """Config, training and validation loaders of MMESID on the subset."""
+    config = subset_config(work)
+    init_seed(config["seed"], True)
+    train, valid, _, _ = data_preparation(config, create_dataset(config))
+    return config, train, valid
+
+
+def trainer_of(model: MMESID, config):
+    return get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+
+
+# MM-RQ-VAE (tokenizer options)
+
+def test_mm_rqvae_alignment_and_mmd_reconstruction_losses_decrease(features):
+    # Text, image and a stand-in for a trained SASRec's item embeddings (tokenize --checkpoint's third modality).
+    stand_in = torch.randn(128, 32, generator=torch.Generator().manual_seed(0))
+    batch = [torch.from_numpy(matrix[1:129]).float() for matrix in features] + [stand_in]
+    model = build_rqvae([matrix.shape[1] for matrix in batch], TokenizerConfig(**MM_RQVAE), torch.device("cpu"))
+    model.quantizer.kmeans_init(model.encode(*batch)[0].detach(), iters=10)
+    terms = []
+    losses_over_steps(model, lambda: terms.append(model(*batch).losses) or terms[-1]["total"], steps=60)
+    for name in ("contrastive", "reconstruction"):
+        assert terms[-1][name].item() < 0.7 * terms[0][name].item(), name  # measured: contrastive 0.63, MMD 0.08
+    model.config = TokenizerConfig(**{**MM_RQVAE, "alignment": "mmd"})
+    assert set(model(*batch).losses) == {"reconstruction", "codebook", "commitment", "mmd", "total"}
+
+
+def test_per_modality_codes_sit_side_by_side_with_their_codebooks(tokenized, work):
+    codes, model = tokenized.codes, tokenized.model
+    assert codes.shape[1] == 2 * 2 + 1 and len(np.unique(codes, axis=0)) == len(codes)
+    saved = np.load(work / "dataset" / "Instruments" / "Instruments.sid.npz")
+    assert saved["codebooks"].shape == (2, 2, 32, 16) and saved["latents"].shape == (len(codes), 2, 16)
+    for modality, part in enumerate(model.quantizer.parts):  # each modality: its own quantizer on its own latent
+        latents = torch.from_numpy(saved["latents"][:, modality])
+        assert np.array_equal(part.assign(latents)[0].numpy(), codes[:, 2 * modality:2 * modality + 2])
+    with pytest.raises(ConfigError, match="collision_strategy=append_level"):
+        TokenizerConfig(quantizers="per_modality")
+
+
+# Model
+
+def test_item_token_embeddings_start_as_the_codebook_vectors(prepared, work):
+    dataset = prepared[1]._dataset
+    codebooks = dataset.sid_codebooks.flatten(0, 1)  # [M * L, K, d], d = 16
+    for width in (16, 32):  # the LM as wide as the codes (copied) and wider (projected)
+        model = MMESID(subset_config(work, llm_config={**TINY_LM, "hidden_size": width}), dataset)
+        embedding, projection = model.lm.get_input_embeddings().weight, model.codebook_projection
+        assert projection.shape == (width, 16)
+        assert torch.allclose(projection.T @ projection, torch.eye(16), atol=1e-5)  # distances are kept
+        for level, vectors in enumerate(codebooks):
+            start = model.vocab.level_start(level)
+            assert torch.allclose(embedding[start:start + len(vectors)], vectors @ projection.T, atol=1e-6)
+        if width == 16:
+            assert torch.equal(embedding[model.vocab.level_start(0):][:32], codebooks[0])
+
+
+def test_the_model_builds_from_config_and_dataset_without_files_or_training(prepared):
+    config, train, _ = prepared
+    MMESID(config, train._dataset)  # transformers imports its llama modules (source files) on first use
+    with no_file_access_or_training():
+        model = MMESID(config, train._dataset)
+    assert "randomly initialised" in model.llm_source and model.n_items == train._dataset.item_num
+
+
+def test_training_beats_the_untrained_model_on_validation_ndcg(prepared):
+    config, train, valid = prepared
+    init_seed(config["seed"], True)
+    model = MMESID(config, train._dataset)
+    untrained = trainer_of(model, config).evaluate(valid, load_best_model=False)["ndcg@10"]
+    trained = trainer_of(model, config).fit(train, valid, saved=False, show_progress=False)[1]["ndcg@10"]
+    assert trained >= 3 * max(untrained, 10 / (model.n_items - 1)), (trained, untrained)
+
+
+def test_decoding_only_returns_existing_items_with_their_exact_scores(prepared, work):
+    config, train, valid = prepared
+    model = MMESID(subset_config(work, beam_size=30), train._dataset).eval()
+    interaction = next(iter(valid))[0][:16]
+    prompt, mask = model.prompt(interaction)
+    items, scores = causal_beam_search(model.lm, prompt, mask, model.index, model.vocab, 30)
+    assert bool((items >= 1).all() and (items < model.n_items).all())
+    assert all(len(set(row)) == 30 for row in items.tolist())
+    candidates = torch.arange(1, model.n_items)
+    exact = causal_exact_scores(model.lm, prompt, mask, model.item_tokens(candidates), candidates, model.n_items,
+                                rows=2048)
+    assert torch.allclose(exact.gather(1, items), scores, atol=1e-4)
+    wide_items, wide_scores = causal_beam_search(model.lm, prompt[:4], mask[:4], model.index, model.vocab,
+                                                 model.n_items - 1)  # a beam as wide as the catalogue: exact ranking
+    assert torch.allclose(wide_scores, exact[:4].sort(1, descending=True).values[:, :-1], atol=1e-4)
+    assert torch.allclose(exact[:4].gather(1, wide_items), wide_scores, atol=1e-4)
+    model.eval_mode = "exact"
+    assert torch.allclose(model.full_sort_predict(interaction)[:, 1:], exact[:, 1:], atol=1e-4)
+    interaction.update(type(interaction)({"item_id": items[:, 0]}))
+    assert torch.allclose(model.predict(interaction), scores[:, 0], atol=1e-4)  # teacher forcing: the same score
+
+
+def test_lora_trains_adapters_embeddings_and_output_layer_only(prepared, work):
+    config, train, _ = prepared
+    model = MMESID(subset_config(work, lora_rank=4), train._dataset)
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert any("lora_" in name for name in trainable) and any("embed_tokens" in name for name in trainable)
+    assert not any(name.endswith("q_proj.base_layer.weight") for name in trainable)
+    interaction = next(iter(train))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    losses = losses_over_steps(model, lambda: model.calculate_loss(interaction), steps=5, learning_rate=1e-2)
+    assert losses[-1] < losses[0]
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed <= trainable and any("lora_B" in name for name in changed)
+
+
+def test_local_pretrained_weights_keep_their_vocabulary_before_the_item_tokens(prepared, work, tmp_path):
+    torch.manual_seed(0)
+    pretrained = AutoModelForCausalLM.from_config(AutoConfig.for_model(vocab_size=50, **TINY_LM))
+    pretrained.save_pretrained(tmp_path / "lm")
+    model = MMESID(subset_config(work, llm_name_or_path=str(tmp_path / "lm")), prepared[1]._dataset)
+    embedding = model.lm.get_input_embeddings().weight
+    assert model.start_id == 50 and model.vocab.level_start(0) == 51 and "pretrained" in model.llm_source
+    assert torch.equal(embedding[:50], pretrained.get_input_embeddings().weight)
+    codebook = prepared[1]._dataset.sid_codebooks[0, 0]  # modality 0, level 0: [32, 16], the LM 32 wide
+    assert torch.allclose(embedding[51:51 + 32], codebook @ model.codebook_projection.T, atol=1e-6)
+
+
+def test_bad_settings_are_config_errors(prepared, work):
+    dataset = prepared[1]._dataset
+    with pytest.raises(ConfigError, match="model_type is 'nope'"):
+        MMESID(subset_config(work, llm_config={**TINY_LM, "model_type": "nope"}), dataset)
+    with pytest.raises(ConfigError, match="lora_rank must be an int >= 0, got -1"):
+        MMESID(subset_config(work, lora_rank=-1), dataset)
+    with pytest.raises(ConfigError, match="beam_size"):
+        MMESID(subset_config(work, beam_size=5), dataset)
