@@ -641,7 +641,13 @@ def run_sweep(spec: SweepSpec, out: Path, parallel: int = 1, storage_url: str | 
     written = []
     with worker_lease(out) as lease:
         for target in targets:
-            study = run_study(spec, target, out, storage, lease, parallel, gpus)
+            try:
+                study = run_study(spec, target, out, storage, lease, parallel, gpus)
+            except KeyboardInterrupt:  # report the trials finished so far, then stop
+                study = open_study(spec, target, out, storage)
+                if any(trial.value is not None for trial in finished(study)):
+                    write_reports(spec, target, study, out / target.label, command)
+                raise
             written += write_reports(spec, target, study, out / target.label, command)
     return written
 
@@ -852,8 +858,8 @@ def run_command(args: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"error: interrupted — the finished trials are kept in {out}; run the same command to resume",
-              file=sys.stderr)
+        print(f"error: interrupted — the finished trials are kept in {out} (and reported in its sweep.md files); run "
+              "the same command to resume", file=sys.stderr)
         sys.exit(130)
     for path in written:
         if path.suffix == ".md":

@@ -51,8 +51,8 @@ def records(out: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def sweep_run(work: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The grid swept once, killed (SIGKILL of its process group) while trial 1 runs, then resumed with two workers
-    spread over GPUs 0 and 1 (``--gpus``; the runs stay on the CPU: use_gpu is False)."""
+    """The grid swept once, interrupted (SIGINT to its process group, as Ctrl-C) while trial 1 runs, then resumed
+    with two workers spread over GPUs 0 and 1 (``--gpus``; the runs stay on the CPU: use_gpu is False)."""
     folder = tmp_path_factory.mktemp("sweep")
     spec, out = write_spec(folder / "grid.yaml", work / "dataset"), folder / "out"
     out.mkdir()
@@ -61,19 +61,24 @@ def sweep_run(work: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     while not (records(out) and (out / "SASRec-Instruments" / "trials" / "1.log").is_file()):
         assert first.poll() is None and time.time() < deadline, first.stderr.read() if first.poll() else "timed out"
         time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    os.killpg(first.pid, signal.SIGINT)
+    _, interrupted = first.communicate(timeout=120)
     before = records(out)
+    report = (out / "SASRec-Instruments" / "sweep.md").read_text(encoding="utf-8")  # written on the way out
     resumed = sweep_process(spec, out, "--parallel", "2", "--gpus", "0,1")
     stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr
-    return {"spec": spec, "out": out, "before": before, "after": records(out),
+    return {"spec": spec, "out": out, "before": before, "after": records(out), "interrupted": (first.returncode,
+            interrupted, report),
             "resumed_lines": [line for line in stdout.splitlines() if line.startswith("[")]}
 
 
 def test_killed_sweep_resumes_without_repeating_finished_trials(sweep_run: dict) -> None:
     before, after = sweep_run["before"], sweep_run["after"]
-    assert [r["tags"]["trial"] for r in before] == [0]  # killed while trial 1 ran
+    assert [r["tags"]["trial"] for r in before] == [0]  # interrupted while trial 1 ran
+    returncode, stderr, report = sweep_run["interrupted"]
+    assert returncode == 130 and "error: interrupted" in stderr
+    assert report.count("\n| ") == 2  # the interrupted sweep reported its one finished trial: header and trial 0
     assert sorted(r["tags"]["trial"] for r in after) == [0, 1]  # each completed trial recorded once
     assert after[0] == before[0]
     assert {r["tags"]["sweep"] for r in after} == {load_spec(sweep_run["spec"]).id}
