@@ -12,7 +12,7 @@ from torch import Tensor
 from transformers import T5Config, T5ForConditionalGeneration
 
 from recbole_qrec.errors import ConfigError
-from recbole_qrec.generation import SemanticIdVocab
+from recbole_qrec.generation import SemanticIdVocab, checked_eval_mode
 
 
 def t5_config(config: Config, vocab: SemanticIdVocab, extra_tokens: int = 0) -> T5Config:
@@ -67,11 +67,14 @@ def length_bucketed_loss(t5: T5ForConditionalGeneration, tokens: Tensor, mask: T
     return t5(input_ids=tokens, attention_mask=mask, labels=labels).loss
 
 
-def check_beam_size(beam_size: int, topk: list[int]) -> None:
-    """The beam must cover the largest cut-off, else ``-inf`` items would fill the top-k in arbitrary order."""
-    if beam_size < max(topk):
+def checked_ranking(config: Config) -> tuple[str, int]:
+    """A generative model's ``(eval_mode, beam_size)``, checked: in beam mode the beam must cover the largest cut-off,
+    else ``-inf`` items would fill the top-k in arbitrary order."""
+    eval_mode, beam_size, topk = checked_eval_mode(config["eval_mode"]), config["beam_size"], config["topk"]
+    if eval_mode == "beam" and beam_size < max(topk):
         raise ConfigError(f"beam_size ({beam_size}) is smaller than the largest topk ({max(topk)}): items outside the "
                           f"beam all score -inf — set beam_size to at least {max(topk)}")
+    return eval_mode, beam_size
 
 
 def checked_length_bucket_rows(value: object) -> int:

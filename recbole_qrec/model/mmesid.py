@@ -42,8 +42,8 @@ from recbole_qrec.data.dataset import MMESIDDataset
 from recbole_qrec.data.sid import SID_FIELD
 from recbole_qrec.errors import ConfigError, MalformedDataError
 from recbole_qrec.generation import (PrefixIndex, SemanticIdVocab, beam_score_matrix, causal_beam_search,
-                                    causal_exact_scores, checked_eval_mode, prompt_positions)
-from recbole_qrec.model.layers import check_beam_size, code_tokens
+                                    causal_exact_scores, prompt_positions)
+from recbole_qrec.model.layers import checked_ranking, code_tokens
 
 
 class MMESID(SequentialRecommender):
@@ -51,10 +51,7 @@ class MMESID(SequentialRecommender):
 
     def __init__(self, config: Config, dataset: MMESIDDataset) -> None:
         super().__init__(config, dataset)
-        self.eval_mode = checked_eval_mode(config["eval_mode"])
-        if self.eval_mode == "beam":
-            check_beam_size(config["beam_size"], config["topk"])
-        self.beam_size = config["beam_size"]
+        self.eval_mode, self.beam_size = checked_ranking(config)
         codes, codebooks = dataset.code_tables[SID_FIELD], dataset.sid_codebooks
         modalities, levels, codebook_size, code_dim = codebooks.shape
         if codes.shape[1] != modalities * levels + 1:

@@ -39,10 +39,10 @@ from transformers import T5ForConditionalGeneration
 
 from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.errors import ConfigError
-from recbole_qrec.generation import (PrefixIndex, checked_eval_mode, code_groups, constrained_beam_search,
+from recbole_qrec.generation import (PrefixIndex, code_groups, constrained_beam_search,
                                     credit_target_group, exact_score_matrix)
 from recbole_qrec.model.abstract_recommender import PretrainableRecommender
-from recbole_qrec.model.layers import (check_beam_size, checked_length_bucket_rows, length_bucketed_loss, t5_config,
+from recbole_qrec.model.layers import (checked_ranking, checked_length_bucket_rows, length_bucketed_loss, t5_config,
                                        teacher_forced_log_prob)
 from recbole_qrec.model.mql4grec_modules.fusion import checked_fusion, fuse_beams, fuse_scores
 from recbole_qrec.model.mql4grec_modules.languages import (DomainCodes, language_vocabs, source_codes,
@@ -59,10 +59,7 @@ class MQL4GRec(PretrainableRecommender):
 
     def __init__(self, config: Config, dataset: SemanticIdDataset) -> None:
         super().__init__(config, dataset)
-        self.eval_mode = checked_eval_mode(config["eval_mode"])
-        if self.eval_mode == "beam":
-            check_beam_size(config["beam_size"], config["topk"])
-        self.beam_size = config["beam_size"]
+        self.eval_mode, self.beam_size = checked_ranking(config)
         self.length_bucket_rows = checked_length_bucket_rows(config["length_bucket_rows"])
         self.eval_rule = checked_choice("eval_rule", config["eval_rule"], EVAL_RULES)
         self.task_mix = checked_choice("task_mix", config["task_mix"], tuple(MIXES))

@@ -40,9 +40,9 @@ from transformers import T5ForConditionalGeneration
 from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.data.sid import SID_FILE, item_code_table
 from recbole_qrec.errors import ConfigError
-from recbole_qrec.generation import (PrefixIndex, SemanticIdVocab, beam_score_matrix, checked_eval_mode,
+from recbole_qrec.generation import (PrefixIndex, SemanticIdVocab, beam_score_matrix,
                                     constrained_beam_search, exact_score_matrix)
-from recbole_qrec.model.layers import (check_beam_size, checked_length_bucket_rows, code_tokens, length_bucketed_loss,
+from recbole_qrec.model.layers import (checked_ranking, checked_length_bucket_rows, code_tokens, length_bucketed_loss,
                                        t5_config, teacher_forced_log_prob)
 
 
@@ -51,10 +51,7 @@ class TIGER(SequentialRecommender):
 
     def __init__(self, config: Config, dataset: SemanticIdDataset) -> None:
         super().__init__(config, dataset)
-        self.eval_mode = checked_eval_mode(config["eval_mode"])
-        if self.eval_mode == "beam":
-            check_beam_size(config["beam_size"], config["topk"])
-        self.beam_size = config["beam_size"]
+        self.eval_mode, self.beam_size = checked_ranking(config)
         self.length_bucket_rows = checked_length_bucket_rows(config["length_bucket_rows"])
         levels = checked_code_levels(config, dataset.code_tables)
         codes = item_code_table(config, dataset.code_tables, levels=levels)
