@@ -14,6 +14,7 @@ import torch
 from dataset_prep.convert import convert
 from dataset_prep.locate import ENV_VAR
 from dataset_prep.subset import write_user_subset
+from recbole_qrec.config import build_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SUBSET_USERS = 500
@@ -49,6 +50,13 @@ def work(instruments_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     folder = tmp_path_factory.mktemp("work")
     convert("Instruments", src=instruments_subset, out=folder / "dataset")
     return folder
+
+
+def work_config(model: str, work: Path, **settings):
+    """``model``'s config on Instruments in ``work`` (atomic files in ``dataset/``, checkpoints in ``saved/``), with
+    ``settings`` on top."""
+    return build_config(model, "Instruments", config_dict={
+        "data_path": str(work / "dataset"), "checkpoint_dir": str(work / "saved"), **settings})
 
 
 def losses_over_steps(model: torch.nn.Module, loss_of, steps: int, learning_rate: float = 3e-3) -> list[float]:

@@ -15,7 +15,6 @@ import torch
 from recbole.utils import init_seed
 
 from recbole_qrec.cli import main as cli_main
-from recbole_qrec.config import build_config
 from recbole_qrec.data import create_dataset, data_preparation
 from recbole_qrec.data.cold_start import target_groups
 from recbole_qrec.data.eval_dataloader import TensorFullSortEvalDataLoader
@@ -25,6 +24,7 @@ from recbole_qrec.table import build_table
 from recbole_qrec.tokenize import ensure_semantic_ids
 from recbole_qrec.trainer import get_trainer
 from recbole_qrec.utils import get_model
+from conftest import work_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,9 +40,8 @@ QBERT4REC = {"scoring": "levels", "injection_dim": 32, "injection_epochs": 1, "i
 
 
 def cold_config(work, model="SASRec", **settings):
-    return build_config(model, NAME, config_dict={
-        "data_path": str(work / "dataset"), "checkpoint_dir": str(work / "saved"), "results_dir": str(work / "results"),
-        "allow_data_mismatch": True, "use_gpu": False, "show_progress": False, "cold_start_share": SHARE, **settings})
+    return work_config(model, work, **{"results_dir": str(work / "results"), "allow_data_mismatch": True,
+                                       "use_gpu": False, "show_progress": False, "cold_start_share": SHARE, **settings})
 
 
 def loaded(config):

@@ -10,12 +10,12 @@ import torch
 from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
-from recbole_qrec.config import build_config
 from recbole_qrec.data import create_dataset, data_preparation
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.generation import constrained_beam_search, exact_score_matrix
 from recbole_qrec.model.mql4grec import MQL4GRec
 from recbole_qrec.model.tiger import TIGER
+from conftest import work_config
 
 TINY = {
     "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
@@ -27,8 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def subset_config(model: str, work, **overrides):
-    settings = {"data_path": str(work / "dataset"), "checkpoint_dir": str(work / "saved"), **TINY, **overrides}
-    return build_config(model, "Instruments", config_dict=settings)
+    return work_config(model, work, **{**TINY, **overrides})
 
 
 def split(config) -> tuple:

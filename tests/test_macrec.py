@@ -14,12 +14,11 @@ import torch
 from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
-from recbole_qrec.config import build_config
 from recbole_qrec.data import create_dataset, data_preparation
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.model.macrec import MACRec
 from recbole_qrec.model.mql4grec import MQL4GRec
-from conftest import losses_over_steps
+from conftest import losses_over_steps, work_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -33,8 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def subset_config(work: Path, **overrides):
-    settings = {"data_path": str(work / "dataset"), "checkpoint_dir": str(work / "saved"), **TINY, **overrides}
-    return build_config("MACRec", "Instruments", config_dict=settings)
+    return work_config("MACRec", work, **{**TINY, **overrides})
 
 
 @pytest.fixture(scope="module")

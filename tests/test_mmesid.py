@@ -10,7 +10,6 @@ from recbole.utils import init_seed
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from dataset_prep.features import code_file_features
-from recbole_qrec.config import build_config
 from recbole_qrec.data import create_dataset, data_preparation
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.generation import causal_beam_search, causal_exact_scores
@@ -18,7 +17,7 @@ from recbole_qrec.model.mmesid import MMESID
 from recbole_qrec.quantization import TokenizerConfig, build_rqvae
 from recbole_qrec.tokenize import integer_item_ids, tokenize_dataset
 from recbole_qrec.trainer import get_trainer
-from conftest import losses_over_steps
+from conftest import losses_over_steps, work_config
 from test_architecture import no_file_access_or_training
 
 TINY_LM = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
@@ -52,8 +51,7 @@ def tokenized(work, features):
 
 
 def subset_config(work, **overrides):
-    settings = {"data_path": str(work / "dataset"), "checkpoint_dir": str(work / "saved"), **TINY, **overrides}
-    return build_config("MMESID", "Instruments", config_dict=settings)
+    return work_config("MMESID", work, **{**TINY, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from recbole_qrec.model.mql4grec_modules.fusion import fuse_beams
 from recbole_qrec.model.mql4grec_modules.tasks import N_SPECIAL
 from recbole_qrec.results import config_hash
 from recbole_qrec.trainer import PretrainFineTuneTrainer
+from conftest import work_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -49,8 +50,7 @@ def work(amazon_dir, tmp_path_factory):
 
 
 def subset_config(work: Path, **overrides):
-    settings = {"data_path": str(work / "dataset"), "checkpoint_dir": str(work / "saved"), **TINY, **overrides}
-    return build_config("MQL4GRec", "Instruments", config_dict=settings)
+    return work_config("MQL4GRec", work, **{**TINY, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import pytest
 import torch
 from recbole.utils import init_seed
 
-from recbole_qrec.config import build_config
 from recbole_qrec.data import create_dataset, data_preparation
 from recbole_qrec.data.item_features import load_item_features
 from recbole_qrec.errors import ConfigError
@@ -27,6 +26,7 @@ from recbole_qrec.model.qbert4rec_modules.masking import MultiMask
 from recbole_qrec.qbert4rec_stage import build_injection
 from recbole_qrec.tokenize import ensure_semantic_ids
 from recbole_qrec.trainer import QBert4RecTrainer
+from conftest import work_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -42,8 +42,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def subset_config(work, **overrides):
-    settings = {"data_path": str(work / "dataset"), "checkpoint_dir": str(work / "saved"), **TINY, **overrides}
-    return build_config("QBert4Rec", "Instruments", config_dict=settings)
+    return work_config("QBert4Rec", work, **{**TINY, **overrides})
 
 
 def load_data(config, source_configs=()):
