@@ -3,12 +3,13 @@
 For each model: the harness config on the real dataset (under ``--data_path`` or ``$QREC_DATA_DIR``; its first
 ``--users`` users if given), a model trained for ``--epochs`` epochs by its trainer (no validation), or the weights of
 ``--checkpoint`` (a recbole-qrec checkpoint of that model and config); then the same weights evaluated on the test
-split in each mode, timed (device-synchronised): test metrics and milliseconds per test user. The modes differ where
-the beam prunes (it keeps the best prefixes level by level): a target it drops is a miss, and the items it drops that
-would score above the target no longer rank above it. Writes ``<out>.json`` (every figure, the command, machine and
+split (or the same random ``--test_users`` of its users) in each mode, timed (device-synchronised): test metrics
+and milliseconds per test user. The modes differ where the beam prunes (it keeps the best prefixes level by level):
+a target it drops is a miss, and the items it drops that would score above the target no longer rank above it. Writes ``<out>.json`` (every figure, the command, machine and
 date), ``<out>.csv`` and ``<out>.md``.
 
     python bench/exact_scoring.py --device cuda --epochs 30 --out docs/results/exact_scoring
+    python bench/exact_scoring.py --device cuda --epochs 6 --test_users 2000 --out docs/results/exact_scoring
     python bench/exact_scoring.py --models TIGER --checkpoint saved/TIGER-....pth --device cuda \\
         --out docs/results/exact_scoring                                  # a trained checkpoint
     python bench/exact_scoring.py --device cpu --users 100 --epochs 1 --set d_model=32 d_ff=64 num_layers=1 \\
@@ -18,7 +19,6 @@ date), ``<out>.csv`` and ``<out>.md``.
 from __future__ import annotations
 
 import argparse
-import csv
 import shlex
 import sys
 import tempfile
@@ -26,8 +26,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import METRICS, build_model, load_data, machine_name, make_config, prepare_data, synchronize
-from recbole_qrec.fileio import atomic_open, write_json_atomic
+from common import (METRICS, build_model, load_data, machine_name, make_config, prepare_data, synchronize,
+                    write_outputs)
+from recbole_qrec.data.eval_dataloader import user_sample
 from recbole_qrec.generation import EVAL_MODES
 from recbole_qrec.trainer import get_trainer
 from recbole_qrec.trainer.checkpoint import read_checkpoint
@@ -41,6 +42,8 @@ def evaluate_modes(model_name: str, dataset: str, data_path: Path, work: Path, a
     for mode in EVAL_MODES:
         config = make_config(model_name, dataset, data_path, work, args.device, [*args.set, f"eval_mode={mode}"])
         _, train, _, test = load_data(config)
+        if args.test_users:
+            test = user_sample(test, args.test_users, config["seed"])
         model = build_model(config, train)
         trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
         if weights is None:
@@ -58,6 +61,8 @@ def evaluate_modes(model_name: str, dataset: str, data_path: Path, work: Path, a
         rows.append({"model": model_name, "eval_mode": mode, "users": users,
                      "ms_per_user": 1000 * (time.perf_counter() - start) / users,
                      **{metric: float(result[metric]) for metric in METRICS}})
+        print(f"{model_name} {mode}: " + ", ".join(f"{key} {value:.4f}" for key, value in rows[-1].items()
+                                                    if isinstance(value, float)), flush=True)
     return rows
 
 
@@ -74,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data_path", help="processed datasets (default: $QREC_DATA_DIR)")
     parser.add_argument("--models", nargs="+", default=["TIGER", "MQL4GRec"], choices=["TIGER", "MQL4GRec"])
     parser.add_argument("--users", type=int, help="only the first N users (default: all)")
+    parser.add_argument("--test_users", type=int, help="rank the same random N test users in both modes (default: all)")
     parser.add_argument("--epochs", type=int, default=30, help="training epochs (without --checkpoint)")
     parser.add_argument("--checkpoint", help="weights of the one model of --models instead of training")
     parser.add_argument("--device", default="cuda", help="cpu, cuda or cuda:N")
@@ -83,24 +89,26 @@ def main(argv: list[str] | None = None) -> None:
     if args.checkpoint and len(args.models) != 1:
         raise SystemExit("error: --checkpoint holds one model's weights — pass that model alone with --models")
     args.set = [*args.set, f"epochs={args.epochs}"]
+    command = shlex.join(["python", "bench/exact_scoring.py", *sys.argv[1:]] if argv is None else argv)
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data_path = prepare_data(args.dataset, work, args.users, args.data_path)
-        rows = [row for model in args.models for row in evaluate_modes(model, args.dataset, data_path, work, args)]
-    command = shlex.join(["python", "bench/exact_scoring.py", *sys.argv[1:]] if argv is None else argv)
+        for model in args.models:  # the outputs after each model: a run stopped later keeps the finished ones
+            rows += evaluate_modes(model, args.dataset, data_path, work, args)
+            table = write_results(args.out, rows, command, args)
+    print(table)
+
+
+def write_results(out: Path, rows: list[dict], command: str, args: argparse.Namespace) -> str:
+    """Write ``<out>.json``, ``.csv`` and ``.md`` of ``rows``; returns the markdown."""
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
     header = (f"# Beam search vs exact ranking on {args.dataset}\n\n`{command}`  \n"
               f"{machine_name()}; {date}; {'checkpoint ' + args.checkpoint if args.checkpoint else f'epochs: {args.epochs}'}")
-    write_json_atomic(args.out.with_suffix(".json"), {"command": command, "machine": machine_name(), "date": date,
-                                                     "rows": rows})
-    with atomic_open(args.out.with_suffix(".csv"), "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
     table = markdown(rows, header)
-    with atomic_open(args.out.with_suffix(".md"), "w", encoding="utf-8") as handle:
-        handle.write(table)
-    print(table)
+    write_outputs(out, {"command": command, "machine": machine_name(), "date": date, "rows": rows}, rows, table,
+                  COLUMNS)
+    return table
 
 
 if __name__ == "__main__":
