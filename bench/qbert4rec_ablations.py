@@ -12,7 +12,7 @@ Each variant runs ``run_recbole_qrec.py`` in its own process (:func:`common.run_
 ``--parallel`` at a time, all on the default GPU), with its own checkpoint folder (RecBole names
 checkpoints by model and second, so parallel runs of one model would overwrite each other's) and its
 own copy of the atomic files of the target and the sources (each variant's tokenize stage writes its
-own ``<dataset>.sid``). The atomic files are read from ``data_path`` (``--set data_path=DIR``, default
+own ``<dataset>.QBert4Rec.sid``). The atomic files are read from ``data_path`` (``--set data_path=DIR``, default
 ``dataset/``; written by ``python -m dataset_prep.convert``). ``--set key=value ...`` applies to every
 variant (a variant's own keys win), e.g. the epoch caps that make the grid fit a time budget; relative
 paths in them are relative to the repository root, where the runs start. Output: the Markdown table on stdout and ``<out>.md`` / ``<out>.json`` /

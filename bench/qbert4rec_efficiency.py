@@ -19,7 +19,7 @@ and configs (``build_config("QBert4Rec", ...)`` and ``build_config("BERT4Rec", .
   device, one warm-up epoch then the median of ``--epochs`` epochs; both at their harness configs and
   at one common ``train_batch_size``;
 * the stage-1 injection depth histogram (items per number of cross-attention blocks applied), from the
-  tokenize stage's ``<dataset>.sid.json``.
+  tokenize stage's ``<dataset>.QBert4Rec.sid.json``.
 
 Stages 1-2 run with the configured (paper) epochs by default: they take seconds on a GPU, and the
 depth histogram only means something for a trained injection module. ``--quick-stages`` cuts them
@@ -87,7 +87,7 @@ def stage12_parameters(config, dataset) -> dict[str, Any]:
 def injection_depths(config) -> tuple[list[int], float]:
     """Items per injection depth ``0..injection_layers`` (real items only) and the median depth, as the tokenize
     stage recorded them."""
-    sid_file = sid_path(config["data_path"], config["dataset"])
+    sid_file = sid_path(config["data_path"], config["dataset"], config["sid_producer"])
     histogram = json.loads(sid_metadata_path(sid_file).read_text(encoding="utf-8"))["depth_histogram"][config["dataset"]]
     depths = torch.repeat_interleave(torch.arange(len(histogram)), torch.tensor(histogram))
     return histogram, float(depths.float().median())

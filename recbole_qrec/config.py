@@ -43,6 +43,7 @@ from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.data.cold_start import check_cold_start
 from recbole_qrec.data.dataloader import check_data_path_mode
 from recbole_qrec.data.eval_dataloader import check_valid_sample_users
+from recbole_qrec.data.sid import check_sid_producer
 from recbole_qrec.trainer.acceleration import check_acceleration
 from recbole_qrec.trainer.schedule import check_lr_schedule
 from recbole_qrec.trainer.time_limit import check_train_time_limit
@@ -196,6 +197,8 @@ VALUE_RULES: tuple[tuple[str, ValueRule], ...] = (
     ("*_prob", PROBABILITY),
     ("*_ratio", PROBABILITY),
     ("gate_threshold", PROBABILITY),
+    ("depth_target", ValueRule(float, 1)),
+    ("depth_weight_step", NON_NEGATIVE_NUMBER),
     ("weight_decay", NON_NEGATIVE_NUMBER),
     ("*_weight", NON_NEGATIVE_NUMBER),
     ("*temperature", POSITIVE_NUMBER),
@@ -346,5 +349,6 @@ def build_config(
     check_data_path_mode(config)
     check_valid_sample_users(config)
     check_cold_start(config)
+    check_sid_producer(config)
     check_run_tags(config)
     return config

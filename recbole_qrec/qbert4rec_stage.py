@@ -1,5 +1,6 @@
 """QBert4Rec's stages 1-2 as a tokenize stage: item features -> fused embeddings -> unique semantic IDs,
-written to ``<dataset>.sid`` for the model's dataset to read.
+written to ``<dataset>.QBert4Rec.sid`` for the model's dataset to read (``sid_producer: QBert4Rec``; the
+tokenizer's ``<dataset>.sid`` in the same folder is left alone).
 
 Stage 1 trains the cross-modal injection module
 (:class:`~recbole_qrec.model.qbert4rec_modules.injection.CrossModalInjection`) on every item and fuses
@@ -10,9 +11,9 @@ Cross-domain (``pretrain_datasets``): the stages run once over the union of the 
 sources' items. Their features are aligned by modality
 (:func:`~recbole_qrec.data.item_features.load_source_features`) and stacked, target first; one injection
 module and one RQ-VAE see every item, collisions are re-ranked over the union (no two items of any
-domains share a code tuple), and each domain's codes go to its own ``<domain>.sid``.
+domains share a code tuple), and each domain's codes go to its own ``<domain>.QBert4Rec.sid``.
 
-Beside every ``.sid`` the stage writes ``<domain>.sid.json``: its ``key`` (a hash of the stage settings,
+Beside every ``.sid`` the stage writes ``<domain>.QBert4Rec.sid.json``: its ``key`` (a hash of the stage settings,
 the data fingerprint and the code version), the settings, the ``data_fingerprint`` (item tokens of every
 domain and the feature values), the ``code_version`` (a hash of the source of the modules the codes
 depend on), the domains, the collision, utilisation and perplexity figures, the stage-1 losses and each
@@ -51,7 +52,7 @@ FUSIONS = ("dynamic", "static")
 # Settings the codes depend on (besides the items and feature values, in the data fingerprint).
 STAGE_KEYS = (
     "modalities", "injection_dim", "injection_layers", "injection_heads", "injection_temperature", "gate_threshold",
-    "fusion", "consistency_weight", "depth_weight", "injection_epochs", "injection_batch_size", "injection_learning_rate",
+    "fusion", "consistency_weight", "depth_weight", "depth_target", "depth_weight_step", "injection_epochs", "injection_batch_size", "injection_learning_rate",
     "sid_levels", "sid_codebook_size", "sid_code_dim", "sid_epochs", "seed",
 )
 # Modules whose source the codes depend on: their hash is the stage's code version.
@@ -67,13 +68,17 @@ class StageInputs:
     folders: dict[str, Path]
 
     def sid_file(self, domain: str) -> Path:
-        return sid_path(self.folders[domain], domain)
+        """The stage's code file of ``domain``: ``<domain>.QBert4Rec.sid``."""
+        return sid_path(self.folders[domain], domain, STAGE)
 
 
 def build_injection(config: Config, features: ItemFeatures) -> CrossModalInjection:
     """The stage-1 module for ``features``, configured by the ``injection_*`` keys and ``fusion``."""
     if config["fusion"] not in FUSIONS:
         raise ConfigError(f"fusion is {config['fusion']!r} — set it to one of {', '.join(FUSIONS)}")
+    if config["depth_target"] > config["injection_layers"]:
+        raise ConfigError(f"depth_target is {config['depth_target']}, deeper than the {config['injection_layers']} "
+                          "injection_layers — set it between 1 and injection_layers")
     return CrossModalInjection(
         n_items=len(features.present),
         modality_dims=[matrix.shape[1] for matrix in features.matrices],
@@ -85,6 +90,8 @@ def build_injection(config: Config, features: ItemFeatures) -> CrossModalInjecti
         dynamic=config["fusion"] == "dynamic",
         consistency_weight=config["consistency_weight"],
         depth_weight=config["depth_weight"],
+        depth_target=config["depth_target"],
+        depth_weight_step=config["depth_weight_step"],
     )
 
 

@@ -1,4 +1,5 @@
-"""Tokenize stages: item features -> semantic IDs in ``<dataset>.sid``, the file models read their codes from.
+"""Tokenize stages: item features -> semantic IDs in ``<dataset>.sid`` (a model's own stage:
+``<dataset>.<Model>.sid``), the files models read their codes from (config ``sid_producer`` picks one).
 
 Plain, contrastive or MMD tokenizer (RQ-VAE on feature files, settings in ``properties/tokenizer.yaml``)::
 
@@ -34,7 +35,9 @@ A model's own stage (QBert4Rec's stages 1-2, :mod:`recbole_qrec.qbert4rec_stage`
 
     python -m recbole_qrec.tokenize --model QBert4Rec --dataset Instruments [--config_files a.yaml] [--key=value ...]
 
-The entry point runs it itself when its output is missing or stale (:func:`ensure_semantic_ids`).
+It writes ``<dataset>.QBert4Rec.sid`` and its metadata, so the plain tokenizer's ``<dataset>.sid`` in the same
+folder (TIGER's, MMESID's) stays as it is. The entry point runs it itself when its output is missing or stale
+(:func:`ensure_semantic_ids`).
 Models read the codes through their dataset (:class:`recbole_qrec.data.dataset.SemanticIdDataset`).
 """
 
@@ -216,8 +219,8 @@ def tokenize_dataset(
 
 def ensure_semantic_ids(config: Config, source_configs: Sequence[Config] = ()) -> bool:
     """Run the model's tokenize stage when its output is missing or stale; True if it ran (False for a model
-    without a stage of its own)."""
-    if config["model"] not in MODEL_STAGES:
+    without a stage of its own, or one that reads another producer's codes: ``sid_producer``)."""
+    if config["model"] not in MODEL_STAGES or config["sid_producer"] != config["model"]:
         return False
     return MODEL_STAGES[config["model"]].ensure_semantic_ids(config, source_configs)
 

@@ -1,5 +1,5 @@
 """The architecture: one-way imports, models built from config, dataset and tensors only, and the tokenize
-stage's output reused until its inputs change."""
+stage's output reused until its inputs change, beside the tokenizer's, which it leaves alone."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ import torch
 from dataset_prep.features import code_file_features
 from recbole_qrec.config import build_config
 from recbole_qrec.data import create_dataset
-from recbole_qrec.data.sid import read_code_column, sid_metadata_path
-from recbole_qrec.tokenize import ensure_semantic_ids
+from recbole_qrec.data.sid import load_code_table, read_code_column, sid_metadata_path, sid_path
+from recbole_qrec.tokenize import DEFAULT_CONFIG, ensure_semantic_ids, load_tokenizer_config, parse_overrides
+from recbole_qrec.tokenize import tokenize_dataset
 from recbole_qrec.tokenize import main as tokenize_main
 from recbole_qrec.utils import get_model, qrec_model_names
 
@@ -203,7 +204,7 @@ def test_models_build_from_config_and_dataset_without_files_or_training(work, mo
     assert built.n_items == dataset.item_num and sum(p.numel() for p in built.parameters()) > 0
 
 
-# (c) The tokenize stage: reused across runs, rebuilt when its inputs change
+# (c) The tokenize stage: reused across runs, rebuilt when its inputs change, kept apart from the tokenizer's codes
 
 @pytest.fixture
 def stage_data(work, tmp_path, amazon_dir) -> Path:
@@ -217,7 +218,7 @@ def stage_data(work, tmp_path, amazon_dir) -> Path:
 
 
 def stage_output(folder: Path) -> tuple[Path, Path]:
-    sid_file = folder / "dataset" / "Instruments" / "Instruments.sid"
+    sid_file = sid_path(folder / "dataset" / "Instruments", "Instruments", "QBert4Rec")
     return sid_file, sid_metadata_path(sid_file)
 
 
@@ -270,3 +271,28 @@ def test_the_command_line_stage_writes_what_the_entry_point_reuses(stage_data, c
     assert sid_file.is_file() and json.loads(metadata.read_text())["stage"] == "QBert4Rec"
     assert not ensure_semantic_ids(subset_config("QBert4Rec", stage_data / "dataset"))
     assert "are up to date" in caplog.text
+
+
+def test_the_stage_and_the_tokenizer_keep_their_codes_apart(stage_data):
+    folder = stage_data / "dataset" / "Instruments"
+    settings = parse_overrides(["levels=2", "codebook_size=16", "code_dim=8", "hidden_dims=[32]", "epochs=1",
+                                "quantizers=per_modality", "collision_strategy=append_level"])
+    tokenize_dataset("Instruments", [stage_data / "text.npy"], load_tokenizer_config(DEFAULT_CONFIG, settings),
+                     stage_data / "dataset", "cpu")  # MMESID's <dataset>.sid, .sid.npz and .sid.json
+    tokenizer_files = [folder / name for name in ("Instruments.sid", "Instruments.sid.json", "Instruments.sid.npz")]
+    written = [path.read_bytes() for path in tokenizer_files]
+
+    qbert4rec = subset_config("QBert4Rec", stage_data / "dataset")
+    assert ensure_semantic_ids(qbert4rec)
+    assert [path.read_bytes() for path in tokenizer_files] == written
+    stage_file, _ = stage_output(stage_data)
+    qbert4rec_dataset = create_dataset(qbert4rec)
+    assert torch.equal(qbert4rec_dataset.code_tables["sid"], load_code_table(qbert4rec_dataset, stage_file, "sid", 0))
+    assert qbert4rec_dataset.code_tables["sid"].shape[1] == TINY["sid_levels"]
+    assert qbert4rec_dataset.sid_report["stage"] == "QBert4Rec"
+
+    tiger_dataset = create_dataset(subset_config("TIGER", stage_data / "dataset", sid_source="file"))
+    assert torch.equal(tiger_dataset.code_tables["sid"], load_code_table(tiger_dataset, tokenizer_files[0], "sid", 0))
+    assert tiger_dataset.code_tables["sid"].shape[1] == 3  # 2 levels per modality of one, plus the appended level
+    # sid_producer: ~ (QBert4Rec on the tokenizer's codes): its stage does not run, though its settings changed
+    assert not ensure_semantic_ids(subset_config("QBert4Rec", stage_data / "dataset", sid_producer=None, sid_epochs=4))

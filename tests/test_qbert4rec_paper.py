@@ -14,6 +14,8 @@ from recbole_qrec.config import build_config
 from recbole_qrec.data.cross_domain import pretrain_dataset_names
 from recbole_qrec.data.item_features import load_item_features
 from recbole_qrec.model.qbert4rec import QBert4Rec
+from recbole_qrec.errors import ConfigError
+from recbole_qrec.model.qbert4rec_modules.injection import depth_histogram
 from recbole_qrec.model.qbert4rec_modules.injection_training import fuse_items, train_injection
 from recbole_qrec.qbert4rec_stage import build_injection
 from recbole_qrec.trainer import get_trainer
@@ -47,7 +49,7 @@ def test_parameters_grow_with_the_catalogue_as_the_papers(work):
         assert abs(total - paper) / paper < 0.01, (dataset, total, paper)
 
 
-# Dynamic fusion: the ponder penalty closes gates
+# Dynamic fusion: the ponder penalty closes gates, steered to the depth asked for
 
 @pytest.fixture(scope="module")
 def features(work):
@@ -56,11 +58,11 @@ def features(work):
     return config, load_item_features(config, train._dataset)
 
 
-def trained_injection(config, features, depth_weight):
-    config["depth_weight"] = depth_weight
+def trained_injection(config, features, depth_weight, depth_weight_step=0.0, depth_target=2.0, epochs=6):
+    config["depth_weight"], config["depth_weight_step"], config["depth_target"] = depth_weight, depth_weight_step, depth_target
     torch.manual_seed(0)
     module = build_injection(config, features)
-    train_injection(module, features, epochs=6, batch_size=512, learning_rate=3e-3,
+    train_injection(module, features, epochs=epochs, batch_size=512, learning_rate=3e-3,
                     generator=torch.Generator().manual_seed(0))
     return module
 
@@ -72,6 +74,24 @@ def test_the_depth_penalty_stops_items_before_the_last_block(features):
     _, depth = fuse_items(trained_injection(config, features, 0.1), features, batch_size=1024)
     assert bool((depth < layers).any()) and bool((depth >= 1).all())
     assert depth.float().mean() < free_depth.float().mean()
+
+
+@pytest.mark.parametrize("target", [1.5, 3.0])
+def test_dual_ascent_steers_the_mean_depth_to_its_target(features, target):
+    """From the same starting weight, the steered weight lands the items' mean hard depth near each target (a fixed
+    weight gives one depth whatever the target)."""
+    config, features = features
+    module = trained_injection(config, features, 0.1, depth_weight_step=0.05, depth_target=target, epochs=15)
+    _, depth = fuse_items(module, features, batch_size=1024)
+    assert abs(float(depth.float().mean()) - target) < 0.5, depth_histogram(depth, config["injection_layers"])
+
+
+def test_a_depth_target_deeper_than_the_blocks_is_a_config_error(features):
+    config, features = features
+    config["depth_target"] = config["injection_layers"] + 1
+    with pytest.raises(ConfigError, match="depth_target"):
+        build_injection(config, features)
+    config["depth_target"] = 2.0
 
 
 def test_dynamic_fusion_differs_from_static_exactly_for_the_items_that_stop_early(features, work):

@@ -32,7 +32,7 @@ from recbole_qrec.resources import PROPERTIES_DIR
 # Settings a source domain takes from the target's config (everything else comes from properties/).
 INHERITED_KEYS = (
     "MAX_ITEM_LIST_LENGTH", "train_batch_size", "seed", "reproducibility", "checkpoint_dir",
-    "use_gpu", "gpu_id", "show_progress", "state", "allow_data_mismatch",
+    "use_gpu", "gpu_id", "show_progress", "state", "allow_data_mismatch", "sid_producer",
 )
 
 

@@ -3,9 +3,10 @@ derived from data belong to the dataset, not to files the model opens).
 
 :class:`SemanticIdDataset` is RecBole's ``SequentialDataset`` plus ``code_tables``: ``field ->
 LongTensor[n_items, L]`` in internal item-id order (row 0, the padding item, all zeros), read once when the
-dataset is built, from a content-code field of ``<dataset>.item`` or the tokenizer's ``<dataset>.sid``
-(field ``sid``). ``sources`` holds the pretraining source domains' datasets (same class, their own configs),
-so a model finds their code tables on the target's dataset (:meth:`SemanticIdDataset.source_code_tables`).
+dataset is built, from a content-code field of ``<dataset>.item`` or, as field ``sid``, the code file of config
+``sid_producer`` (:func:`~recbole_qrec.data.sid.sid_path`: the tokenizer's ``<dataset>.sid`` by default).
+``sources`` holds the pretraining source domains' datasets (same class, their own configs), so a model finds
+their code tables on the target's dataset (:meth:`SemanticIdDataset.source_code_tables`).
 Splits made by ``build()`` are shallow copies and share both.
 
 :class:`QRecSequentialDataset`, their base, is RecBole's ``SequentialDataset`` under the cold-start protocol when
@@ -80,9 +81,12 @@ class SemanticIdDataset(QRecSequentialDataset):
 
     def read_code_table(self, field: str) -> Tensor:
         """``LongTensor[n_items, L]`` of ``field``, padding row 0 all zeros."""
-        folder = Path(self.dataset_path)
-        path = sid_path(folder, self.dataset_name) if field == SID_FIELD else folder / f"{self.dataset_name}.item"
+        path = self.sid_file() if field == SID_FIELD else Path(self.dataset_path) / f"{self.dataset_name}.item"
         return load_code_table(self, path, field, pad_code=0)
+
+    def sid_file(self) -> Path:
+        """The code file of ``sid_producer`` for this dataset (field ``sid``)."""
+        return sid_path(self.dataset_path, self.dataset_name, self.config["sid_producer"])
 
     def source_code_tables(self) -> dict[str, dict[str, Tensor]]:
         """``source name -> field -> codes`` of the pretraining sources, in ``pretrain_datasets`` order."""
@@ -106,25 +110,26 @@ class MACRecDataset(MQL4GRecDataset):
 
 
 class MMESIDDataset(SemanticIdDataset):
-    """MMESID's codes: always ``<dataset>.sid`` from the per-modality tokenizer, and beside it ``<dataset>.sid.npz``:
-    ``sid_codebooks`` ``[M, L, K, d]`` and ``sid_latents`` ``[n_items, M, d]`` (internal item order)."""
+    """MMESID's codes: always field ``sid`` (``<dataset>.sid`` from the per-modality tokenizer), and beside its file
+    ``<dataset>.sid.npz``: ``sid_codebooks`` ``[M, L, K, d]`` and ``sid_latents`` ``[n_items, M, d]`` (internal item
+    order)."""
 
     def __init__(self, config: Config, sources: Mapping[str, SemanticIdDataset] | None = None) -> None:
         super().__init__(config, sources)
-        path = sid_embeddings_path(sid_path(Path(self.dataset_path), self.dataset_name))
-        self.sid_codebooks, self.sid_latents = load_sid_embeddings(self, path)
+        self.sid_codebooks, self.sid_latents = load_sid_embeddings(self, sid_embeddings_path(self.sid_file()))
 
     def code_fields(self) -> list[str]:
         return [SID_FIELD]
 
 
 class QBert4RecDataset(SemanticIdDataset):
-    """QBert4Rec's codes: always ``<dataset>.sid``, written by its tokenize stage (stages 1-2); ``sid_report``:
-    that stage's metadata (``<dataset>.sid.json``: collisions, injection depths; empty without the file)."""
+    """QBert4Rec's codes: always field ``sid``, by default ``<dataset>.QBert4Rec.sid``, written by its tokenize stage
+    (stages 1-2); ``sid_report``: the metadata beside it (``<dataset>.QBert4Rec.sid.json``: collisions, injection
+    depths; empty without the file)."""
 
     def __init__(self, config: Config, sources: Mapping[str, SemanticIdDataset] | None = None) -> None:
         super().__init__(config, sources)
-        metadata = sid_metadata_path(sid_path(Path(self.dataset_path), self.dataset_name))
+        metadata = sid_metadata_path(self.sid_file())
         self.sid_report = json.loads(metadata.read_text(encoding="utf-8")) if metadata.is_file() else {}
 
     def code_fields(self) -> list[str]:

@@ -43,7 +43,8 @@ from recbole_qrec.errors import ConfigError, MalformedDataError
 
 # modality -> (config key of a .npy feature file, content-code field of <dataset>.item).
 MODALITY_SOURCES = {"text": ("text_feature_file", "text_codes"), "image": ("image_feature_file", "image_codes")}
-# Config keys naming the code fields a model reads: TIGER's codes, MQL4GRec's two languages (``file``: <dataset>.sid).
+# Config keys naming the code fields a model reads: TIGER's codes, MQL4GRec's two languages (``file``: the .sid of
+# sid_producer).
 CODE_SOURCE_KEYS = ("sid_source", "text_sid_source", "image_sid_source")
 MISSING_SOURCE = "missing"
 
@@ -158,9 +159,10 @@ def code_proxy(item_file: Path, field: str, min_items: int) -> np.ndarray:
     return codes_to_features(codes, n_items, source=f"{item_file}:{field}").features
 
 
-def sid_file_source(folder: Path, dataset: str) -> str:
-    """The content behind ``<dataset>.sid``: the sources its tokenize report records, joined by ``+``."""
-    report_path = sid_metadata_path(sid_path(folder, dataset))
+def sid_file_source(folder: Path, dataset: str, producer: str | None) -> str:
+    """The content behind ``producer``'s code file (:func:`~recbole_qrec.data.sid.sid_path`): the sources its
+    tokenize report records, joined by ``+``."""
+    report_path = sid_metadata_path(sid_path(folder, dataset, producer))
     if not report_path.is_file():
         return MISSING_SOURCE
     sources = json.loads(report_path.read_text(encoding="utf-8")).get("content_sources")
@@ -170,7 +172,7 @@ def sid_file_source(folder: Path, dataset: str) -> str:
 def domain_content_sources(config: Config, dataset: str, target: bool) -> dict[str, str]:
     """``field or modality -> source`` of the content ``config``'s model reads from ``dataset``: the code fields of
     :data:`CODE_SOURCE_KEYS` and ``selected_features``, and QBert4Rec's modalities (their feature files on the target,
-    else their code fields). A pretraining source reads neither ``<dataset>.sid`` nor the feature files."""
+    else their code fields). A pretraining source reads neither a ``.sid`` file nor the feature files."""
     folder = data_root(config) / dataset
     item_file = folder / f"{dataset}.item"
     present = {name for name, _ in read_header(item_file, config["field_separator"])} if item_file.is_file() else set()
@@ -182,7 +184,7 @@ def domain_content_sources(config: Config, dataset: str, target: bool) -> dict[s
     fields = [config[key] for key in CODE_SOURCE_KEYS if config[key] is not None] + list(config["selected_features"] or [])
     used = {field: field_source(field) for field in fields if field != SID_FILE}
     if SID_FILE in fields and target:
-        used[SID_FIELD] = sid_file_source(folder, dataset)
+        used[SID_FIELD] = sid_file_source(folder, dataset, config["sid_producer"])
     if "text_feature_file" in config.final_config_dict:  # QBert4Rec's stage 1 fuses modality features
         for modality in selected_modalities(config) or list(MODALITY_SOURCES):
             file_key, code_field = MODALITY_SOURCES[modality]

@@ -1,15 +1,18 @@
 """Semantic-ID code tables aligned with RecBole's internal item ids.
 
 Codes live in RecBole atomic-file format, one ``token_seq`` column of level tokens per item
-(``a_12 b_7 c_201 d_3``: level letter, underscore, code index). They come either from the
-tokenizer (``<dataset>.sid``, written by ``python -m recbole_qrec.tokenize``) or from the content
-codes that ``dataset_prep.convert`` puts into ``<dataset>.item`` (``text_codes``, ``image_codes``).
+(``a_12 b_7 c_201 d_3``: level letter, underscore, code index). They come from a code file of one producer
+(:func:`sid_path`): ``<dataset>.sid``, written by the tokenizer (``python -m recbole_qrec.tokenize``), or
+``<dataset>.<Model>.sid``, written by a model's own tokenize stage (QBert4Rec's), so that neither overwrites the
+other; config ``sid_producer`` says whose file a model reads as its ``sid`` field (:func:`check_sid_producer`).
+Or they are the content codes that ``dataset_prep.convert`` puts into ``<dataset>.item`` (``text_codes``,
+``image_codes``).
 
 :func:`load_code_table` returns a ``LongTensor[n_items, L]`` whose row ``i`` holds the codes of
 RecBole's internal item id ``i``; row 0 (RecBole's padding item) holds ``pad_code`` at every level.
 :class:`~recbole_qrec.data.dataset.SemanticIdDataset` reads the tables a model needs with it (``code_tables``);
 :func:`item_code_table` picks a model's table from them, made unique with TIGER's extra level for content codes.
-:func:`write_sid_file` writes a tokenizer's codes; its metadata goes beside it (:func:`sid_metadata_path`).
+:func:`write_sid_file` writes a producer's codes; its metadata goes beside them (:func:`sid_metadata_path`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from recbole_qrec.quantization import append_level
 
 SID_SUFFIX = "sid"
 SID_FIELD = "sid"
-SID_FILE = "file"  # the value of a ``*sid_source`` key that names the tokenizer's <dataset>.sid
+SID_FILE = "file"  # the value of a ``*sid_source`` key that names the code file of ``sid_producer``
+# Models whose own tokenize stage writes <dataset>.<Model>.sid: the values of ``sid_producer`` besides null.
+SID_PRODUCERS = ("QBert4Rec",)
 
 
 CODE_TOKEN = re.compile(r"[A-Za-z]_(\d+)")
@@ -114,10 +119,21 @@ def with_padding_row(values: torch.Tensor) -> torch.Tensor:
     return torch.cat([values.new_zeros((1, *values.shape[1:])), values])
 
 
-def sid_path(folder: str | Path, dataset: str) -> Path:
-    """Where a tokenize stage writes the semantic IDs of ``dataset``: ``<folder>/<dataset>.sid`` (``folder`` is the
-    dataset's own folder, RecBole's ``data_path``)."""
-    return Path(folder) / f"{dataset}.{SID_SUFFIX}"
+def sid_path(folder: str | Path, dataset: str, producer: str | None = None) -> Path:
+    """Where ``producer`` writes the semantic IDs of ``dataset`` (``folder`` is the dataset's own folder, RecBole's
+    ``data_path``): ``<folder>/<dataset>.sid`` for the tokenizer (``None``), ``<folder>/<dataset>.<producer>.sid``
+    for a model's own stage."""
+    name = dataset if producer is None else f"{dataset}.{producer}"
+    return Path(folder) / f"{name}.{SID_SUFFIX}"
+
+
+def check_sid_producer(config: Config) -> None:
+    """``sid_producer`` is null (the tokenizer's codes) or one of :data:`SID_PRODUCERS`."""
+    producer = config["sid_producer"]
+    if producer is not None and producer not in SID_PRODUCERS:
+        raise ConfigError(f"sid_producer must be null (<dataset>.sid of `python -m recbole_qrec.tokenize`) or one of "
+                          f"{', '.join(SID_PRODUCERS)} (<dataset>.<Model>.sid of its tokenize stage), got "
+                          f"{producer!r} — e.g. --sid_producer={SID_PRODUCERS[0]}")
 
 
 def sid_metadata_path(sid_file: Path) -> Path:
@@ -177,8 +193,8 @@ def content_code_table(codes: Tensor) -> Tensor:
 def item_code_table(config: Config, code_tables: Mapping[str, Tensor], key: str = "sid_source",
                     levels: int | None = None, disambiguate: bool = True) -> Tensor:
     """Unique codes ``[n_items, L]`` (row 0, the padding item, all zeros) of the semantic-ID source that config
-    ``key`` names, from a dataset's ``code_tables``: the tokenizer's codes for ``file``, else a content field's
-    codes with TIGER's extra level.
+    ``key`` names, from a dataset's ``code_tables``: the codes of ``sid_producer``'s file for ``file``, else a content
+    field's codes with TIGER's extra level.
 
     For a content field, ``levels`` keeps its first ``levels`` levels (a coarser residual code) before the extra
     level is added, and ``disambiguate=False`` returns the content codes as they are (items may share a tuple).

@@ -1,10 +1,10 @@
 """Quality of the semantic-ID code tables a run reads, for its result record (``record["tokenizer"]``).
 
 :func:`code_table_quality` gives, per code table of a :class:`~recbole_qrec.data.dataset.SemanticIdDataset`
-(``sid`` for ``<dataset>.sid``, else the content-code field, e.g. ``text_codes``):
+(``sid`` for the code file of ``sid_producer``, else the content-code field, e.g. ``text_codes``):
 
 * ``collision_rate_before``: share of items whose full code tuple is shared with another item before any
-  de-duplication: for codes a tokenizer wrote (``<dataset>.sid``, or a content field of ``python -m
+  de-duplication: for codes a tokenizer wrote (a ``.sid`` file, or a content field of ``python -m
   recbole_qrec.tokenize --item_field``) the figure its report records (its codes before its collision handling;
   QBert4Rec's stage: over every domain it tokenized together), else that of the codes as read (content codes:
   their first ``code_levels`` levels when TIGER keeps fewer);
@@ -35,7 +35,7 @@ from recbole.config import Config
 from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.data.features import DEFAULT_CODEBOOK_SIZE, UNKNOWN_SOURCE, content_sources, read_content_metadata
 from recbole_qrec.data.item_features import sid_file_source
-from recbole_qrec.data.sid import SID_FIELD, SID_FILE, item_code_table, sid_metadata_path, sid_path
+from recbole_qrec.data.sid import SID_FIELD, SID_FILE, item_code_table, sid_metadata_path
 from recbole_qrec.quantization.metrics import collision_rate, level_usage
 
 
@@ -79,15 +79,15 @@ def code_table_quality(config: Config, dataset: SemanticIdDataset) -> dict[str, 
     folder, name = Path(dataset.dataset_path), dataset.dataset_name
     content = read_content_metadata(folder, name)
     recorded_sources = content_sources(folder, name)
-    # The keys naming the model's code sources, None for QBert4Rec's, which always reads <dataset>.sid.
+    # The keys naming the model's code sources, None for QBert4Rec's, which always reads field sid.
     keys = [key for key in dataset.sid_source_keys if config[key] is not None] if dataset.sid_source_keys else [None]
     quality: dict[str, dict[str, Any]] = {}
     for index, key in enumerate(keys):
         field = SID_FIELD if key is None or config[key] == SID_FILE else config[key]
         if field == SID_FIELD:
-            metadata = sid_metadata_path(sid_path(folder, name))
+            metadata = sid_metadata_path(dataset.sid_file())
             report = json.loads(metadata.read_text(encoding="utf-8")) if metadata.is_file() else {}
-            source = sid_file_source(folder, name)
+            source = sid_file_source(folder, name, config["sid_producer"])
         else:
             report = content.get(field, {}).get("tokenizer") or {}
             source = recorded_sources.get(field, UNKNOWN_SOURCE)

@@ -11,7 +11,7 @@ Three stages:
 
 Stages 1-2 are a tokenize stage (:mod:`recbole_qrec.qbert4rec_stage`, run by ``python -m
 recbole_qrec.tokenize --model QBert4Rec`` or by the entry point when its output is missing or stale) that
-writes ``<dataset>.sid``; the dataset (:class:`~recbole_qrec.data.dataset.QBert4RecDataset`) reads it and
+writes ``<dataset>.QBert4Rec.sid``; the dataset (:class:`~recbole_qrec.data.dataset.QBert4RecDataset`) reads it and
 the model takes the code table from the dataset as a buffer, so a saved state dict carries it. Stage 3 is
 trained by :class:`~recbole_qrec.trainer.PretrainFineTuneTrainer`: ``pretrain_epochs`` epochs of
 :meth:`QBert4Rec.pretrain_loss`, then RecBole's usual fit with :meth:`QBert4Rec.calculate_loss`;
@@ -19,7 +19,7 @@ trained by :class:`~recbole_qrec.trainer.PretrainFineTuneTrainer`: ``pretrain_ep
 
 Cross-domain: with ``pretrain_datasets: [Arts, Games]`` the tokenize stage runs once over the union of the
 target's and the sources' items (one tokenizer, codes unique across domains) and writes each domain's
-``.sid``; the target's dataset carries the sources' code tables, and pretraining runs on the sources'
+``.QBert4Rec.sid``; the target's dataset carries the sources' code tables, and pretraining runs on the sources'
 training splits, each batch scored with its own domain's table (``source_codes``: non-persistent buffers,
 moved with the model but not saved, since fine-tuning and evaluation need only the target's
 ``item_codes``). All domains share the code-token vocabulary and the transformer; item ids stay per domain.

@@ -7,18 +7,18 @@ views are the keys/values of up to ``layers`` cross-attention blocks whose query
 state ``h`` (``h_0 = q_i``).
 
 Adaptive depth (``dynamic=True``): after block ``l`` (``l < layers - 1``) a gate
-``g_l = sigmoid(MLP_l(h))`` decides whether the item continues into block ``l + 1``.
-
-* Inference (hard): an item stops after the first block whose gate is below ``gate_threshold``;
-  its depth is the number of blocks it went through (1 .. ``layers``).
-* Training (soft): the hard rule "continue while every gate so far is open" is relaxed to the
-  running product ``c_l = g_0 * ... * g_{l-1}`` (``c_0 = 1``), and
-  ``h_{l+1} = c_l * block_l(h_l) + (1 - c_l) * h_l``: a closed gate fades out all deeper blocks,
-  as stopping does at inference. An item's soft depth is ``sum_l c_l`` (the blocks it is expected to
-  go through); the ponder penalty ``depth_weight * mean(soft depth)`` (ACT's, Graves 2016) makes every
-  block cost something, so gates close where a block does not pay for itself in the contrastive terms
-  and the depths spread (the paper: most items stop within 1-3 blocks, median 2). Without the penalty
-  (``depth_weight: 0``) nothing rewards stopping and every gate stays open.
+``g_l = sigmoid(MLP_l(h))`` decides whether the item continues into block ``l + 1``: it stops after the
+first block whose gate is below ``gate_threshold``; its depth is the number of blocks it went through
+(1 .. ``layers``). Training runs the same hard rule (``c_l`` = 1 while every gate so far is open, else 0;
+``h_{l+1} = c_l * block_l(h_l) + (1 - c_l) * h_l``) with straight-through gradients to the gates (the
+backward pass sees the running product of the sigmoids), so the depths trained are the depths used.
+The ponder penalty ``depth_weight * mean(depth)`` (ACT's, Graves 2016) makes every block cost something,
+so gates close where a block does not pay for itself in the contrastive terms.
+:meth:`CrossModalInjection.steer_depth` moves ``depth_weight`` after every step by dual ascent towards the
+mean depth ``depth_target`` (``depth_weight += depth_weight_step * (mean depth - depth_target)``, at least 0):
+a fixed weight that spreads the depths on one catalogue sends every item to depth 1 or every item to the last
+block on another (the paper: most items stop within 1-3 blocks, median 2). With ``depth_weight_step`` 0 the
+weight stays fixed; at weight 0 nothing rewards stopping and every gate stays open.
 
 ``dynamic=False`` (``fusion: static``): every item goes through all blocks, no gates.
 
@@ -47,8 +47,8 @@ from recbole_qrec.model.qbert4rec_modules.cross_attention_block import CrossAtte
 class InjectionOutput:
     """``fused`` ``[n, d]`` item embeddings ``h``, the ``ids`` ``q`` and projected ``views`` (one
     ``[n, d]`` per modality) they came from, each item's ``depth``: blocks applied under the
-    hard rule (in training mode every item passes every block, softly weighted), and its ``soft_depth``
-    ``[n]``: the sum of its carries, what the ponder penalty charges (the hard depth at inference)."""
+    hard rule, and its ``soft_depth`` ``[n]``: the same value in the forward pass, carrying the straight-through
+    gradient the ponder penalty sends to the gates."""
 
     fused: Tensor
     ids: Tensor
@@ -62,12 +62,14 @@ class CrossModalInjection(nn.Module):
 
     def __init__(self, n_items: int, modality_dims: Sequence[int], dim: int, layers: int, heads: int,
                  temperature: float, gate_threshold: float, dynamic: bool, consistency_weight: float,
-                 depth_weight: float) -> None:
+                 depth_weight: float, depth_target: float = 1.0, depth_weight_step: float = 0.0) -> None:
         super().__init__()
         self.temperature = temperature
         self.gate_threshold = gate_threshold
         self.consistency_weight = consistency_weight
-        self.depth_weight = depth_weight if dynamic else 0.0
+        self.depth_target = depth_target
+        self.depth_weight_step = depth_weight_step if dynamic else 0.0
+        self.register_buffer("depth_weight", torch.tensor(depth_weight if dynamic else 0.0))
         self.id_embedding = nn.Embedding(n_items, dim)
         self.projections = nn.ModuleList(nn.Linear(in_dim, dim) for in_dim in modality_dims)
         self.blocks = nn.ModuleList(CrossAttentionBlock(dim, heads) for _ in range(layers))
@@ -93,9 +95,10 @@ class CrossModalInjection(nn.Module):
         return weights.unsqueeze(-1) * views
 
     def fuse(self, ids: Tensor, modalities: Tensor, present: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Run the blocks with soft (training) or hard (inference) gating; returns ``(h, depth, soft depth)``."""
+        """Run the blocks under the hard gating rule (straight-through gradients in training); returns
+        ``(h, depth, soft depth)``."""
         state = ids
-        carry = torch.ones(len(ids), 1, device=ids.device)  # soft: P(still going); hard: 0/1
+        carry = torch.ones(len(ids), 1, device=ids.device)  # 0/1: still going
         depth = torch.zeros(len(ids), dtype=torch.long, device=ids.device)
         soft_depth = torch.zeros(len(ids), device=ids.device)
         for index, block in enumerate(self.blocks):
@@ -104,7 +107,8 @@ class CrossModalInjection(nn.Module):
             soft_depth = soft_depth + carry.squeeze(1)
             if index < len(self.gates):
                 gate = torch.sigmoid(self.gates[index](state))
-                carry = carry * (gate if self.training else (gate >= self.gate_threshold).float())
+                open_gate = (gate >= self.gate_threshold).float()
+                carry = carry * (open_gate + gate - gate.detach() if self.training else open_gate)
         return state, depth, soft_depth
 
     def loss(self, output: InjectionOutput, present: Tensor) -> Tensor:
@@ -119,6 +123,14 @@ class CrossModalInjection(nn.Module):
         consistency = (1 - F.cosine_similarity(output.fused, output.ids, dim=-1)).mean()
         ponder = output.soft_depth.mean()
         return contrastive + self.consistency_weight * consistency + self.depth_weight * ponder
+
+    @torch.no_grad()
+    def steer_depth(self, output: InjectionOutput) -> None:
+        """Dual ascent of ``depth_weight`` towards ``depth_target`` from a training batch's depths (no-op when
+        ``depth_weight_step`` is 0)."""
+        if self.depth_weight_step:
+            error = output.depth.float().mean() - self.depth_target
+            self.depth_weight.add_(self.depth_weight_step * error).clamp_(min=0.0)
 
 
 def depth_histogram(depth: Tensor, layers: int) -> list[int]:

@@ -11,7 +11,8 @@ from recbole_qrec.data.item_features import ItemFeatures
 
 def train_injection(module: CrossModalInjection, features: ItemFeatures, epochs: int, batch_size: int,
                     learning_rate: float, generator: torch.Generator) -> list[float]:
-    """AdamW over shuffled item batches (``features`` on the module's device); mean loss per epoch."""
+    """AdamW over shuffled item batches (``features`` on the module's device), steering the depth after each step;
+    mean loss per epoch."""
     optimizer = torch.optim.AdamW(module.parameters(), lr=learning_rate)
     n_items = len(features.present)
     module.train()
@@ -26,6 +27,7 @@ def train_injection(module: CrossModalInjection, features: ItemFeatures, epochs:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            module.steer_depth(output)
             total += loss.detach()
         history.append(float(total / len(batches)))
     return history
