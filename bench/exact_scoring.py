@@ -30,6 +30,7 @@ from common import (METRICS, build_model, load_data, machine_name, make_config, 
                     write_outputs)
 from recbole_qrec.data.eval_dataloader import user_sample
 from recbole_qrec.generation import EVAL_MODES
+from recbole_qrec.results import git_state
 from recbole_qrec.trainer import get_trainer
 from recbole_qrec.trainer.checkpoint import read_checkpoint
 
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", help="weights of the one model of --models instead of training")
     parser.add_argument("--device", default="cuda", help="cpu, cuda or cuda:N")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more config settings of both modes")
+    parser.add_argument("--commit", help="this checkout's commit, where git cannot tell (a copied tree)")
     parser.add_argument("--out", type=Path, required=True, help="output prefix, e.g. docs/results/exact_scoring")
     args = parser.parse_args(argv)
     if args.checkpoint and len(args.models) != 1:
@@ -103,11 +105,13 @@ def main(argv: list[str] | None = None) -> None:
 def write_results(out: Path, rows: list[dict], command: str, args: argparse.Namespace) -> str:
     """Write ``<out>.json``, ``.csv`` and ``.md`` of ``rows``; returns the markdown."""
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    commit = args.commit or git_state()[0]
     header = (f"# Beam search vs exact ranking on {args.dataset}\n\n`{command}`  \n"
-              f"{machine_name()}; {date}; {'checkpoint ' + args.checkpoint if args.checkpoint else f'epochs: {args.epochs}'}")
+              f"commit {commit}; {machine_name()}; {date}; "
+              f"{'checkpoint ' + args.checkpoint if args.checkpoint else f'epochs: {args.epochs}'}")
     table = markdown(rows, header)
-    write_outputs(out, {"command": command, "machine": machine_name(), "date": date, "rows": rows}, rows, table,
-                  COLUMNS)
+    write_outputs(out, {"command": command, "commit": commit, "machine": machine_name(), "date": date, "rows": rows},
+                  rows, table, COLUMNS)
     return table
 
 

@@ -398,7 +398,7 @@ def level_wise_greedy(model: MQL4GRec, tokens: torch.Tensor, mask: torch.Tensor,
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"tasks": ["text_next", "captioning"]}, "tasks must be a non-empty list"),
     ({"beam_size": 5}, "beam_size"),
-    ({"image_sid_source": "video_codes"}, "image_sid_source must be"),
+    ({"image_sid_source": "video_codes"}, "image_sid_source must be .* or --image_sid_source=None to leave that"),
     ({"tasks": ["text_to_image", "image_to_text"]}, "next-item generation task"),
     ({"pretrain_tasks": []}, "pretrain_tasks must be a non-empty list"),
     ({"eval_rule": "loose"}, "eval_rule must be one of group, strict"),
