@@ -1,7 +1,9 @@
-"""Atomic file output: every file the project writes appears whole or not at all."""
+"""Atomic file output: every file the project writes appears whole or not at all; exclusive locks for writers
+that several processes share."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -45,3 +47,12 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2)
     with atomic_open(path, "w", encoding="utf-8") as handle:
         json.dump(obj, handle, indent=indent)
         handle.write("\n")
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``flock`` of ``path`` (created if missing) for the block; other holders wait."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield

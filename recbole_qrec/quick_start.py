@@ -13,7 +13,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from logging import getLogger
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from recbole_qrec.data.item_features import run_content_sources
 from recbole_qrec.distributed import end_distributed, is_main_process, main_process_first, trainer_for
 from recbole_qrec.errors import QRecError
 from recbole_qrec.results import append_result, build_record
-from recbole_qrec.tokenize import ensure_semantic_ids
+from recbole_qrec.tokenize import ensure_semantic_ids, semantic_ids_lock
 from recbole_qrec.trainer import get_trainer
 from recbole_qrec.trainer.checkpoint import check_resume_checkpoint
 from recbole_qrec.utils import get_model
@@ -119,9 +119,11 @@ def run_recbole_qrec(
         logger = getLogger()
         log_settings(config)
 
-        with main_process_first(config):  # the others then find its output up to date
-            ensure_semantic_ids(config, source_configs)  # the model's tokenize stage, when its output is missing or stale
-        dataset_obj = create_dataset(config, source_configs)
+        # Other runs on this data_path wait while this one checks, runs and reads the model's tokenize stage.
+        with semantic_ids_lock(config) if is_main_process(config) else nullcontext():
+            with main_process_first(config):  # the others then find its output up to date
+                ensure_semantic_ids(config, source_configs)  # the model's tokenize stage, when missing or stale
+            dataset_obj = create_dataset(config, source_configs)
         logger.info(dataset_obj)
         content_sources = run_content_sources(config, [source["dataset"] for source in source_configs])
         train_data, valid_data, test_data, pretrain_data = data_preparation(config, dataset_obj)

@@ -12,7 +12,6 @@ reads (``tokenizer``, :func:`recbole_qrec.data.sid_quality.code_table_quality`).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -31,7 +30,7 @@ from recbole.trainer import Trainer
 from recbole_qrec.data.cold_start import TARGET_GROUPS
 from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.data.sid_quality import code_table_quality
-from recbole_qrec.fileio import atomic_open
+from recbole_qrec.fileio import atomic_open, exclusive_lock
 from recbole_qrec.resources import PACKAGE_DIR
 from recbole_qrec.trainer.checkpoint import RUN_LOCATION_KEYS, plain_config
 
@@ -147,8 +146,7 @@ def append_result(record: dict[str, Any], results_dir: str | Path) -> Path:
     exclusive lock of ``.results.jsonl.lock`` beside it, so runs finishing at once all keep their lines)."""
     path = Path(results_dir) / "results.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(path.with_name(f".{path.name}.lock")):
         previous = path.read_text(encoding="utf-8") if path.is_file() else ""
         with atomic_open(path, "w", encoding="utf-8") as handle:
             handle.write(previous + json.dumps(record, sort_keys=True, allow_nan=False) + "\n")

@@ -45,8 +45,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import yaml
@@ -56,7 +57,7 @@ from recbole.utils import argument_list
 from recbole_qrec import qbert4rec_stage
 from recbole_qrec.config import build_config
 from recbole_qrec.data import check_dataset, create_dataset
-from recbole_qrec.data.atomic_files import CODE_FIELD_SUFFIX, item_tokens, read_header
+from recbole_qrec.data.atomic_files import CODE_FIELD_SUFFIX, data_root, item_tokens, read_header
 from recbole_qrec.data.cross_domain import pretrain_dataset_names, source_settings
 from recbole_qrec.data.features import (EncodedRows, FeaturePaths, feature_source, load_features, read_progress,
                                         record_content_sources, save_features)
@@ -64,7 +65,7 @@ from recbole_qrec.data.item_features import item_rows
 from recbole_qrec.data.sid import (level_tokens, sid_embeddings_path, sid_metadata_path, sid_path, write_sid_embeddings,
                                    write_sid_file)
 from recbole_qrec.errors import DEBUG_EPILOG, ConfigError, MalformedDataError, user_errors
-from recbole_qrec.fileio import atomic_open, write_json_atomic
+from recbole_qrec.fileio import atomic_open, exclusive_lock, write_json_atomic
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.quantization import TokenizerConfig, TokenizerResult, fit_tokenizer
 from recbole_qrec.trainer.checkpoint import check_written_for, read_checkpoint
@@ -217,12 +218,30 @@ def tokenize_dataset(
     return result
 
 
+def reads_own_stage(config: Config) -> bool:
+    """Whether the model has a tokenize stage of its own and reads its codes (``sid_producer`` is the model)."""
+    return config["model"] in MODEL_STAGES and config["sid_producer"] == config["model"]
+
+
 def ensure_semantic_ids(config: Config, source_configs: Sequence[Config] = ()) -> bool:
     """Run the model's tokenize stage when its output is missing or stale; True if it ran (False for a model
     without a stage of its own, or one that reads another producer's codes: ``sid_producer``)."""
-    if config["model"] not in MODEL_STAGES or config["sid_producer"] != config["model"]:
+    if not reads_own_stage(config):
         return False
     return MODEL_STAGES[config["model"]].ensure_semantic_ids(config, source_configs)
+
+
+@contextmanager
+def semantic_ids_lock(config: Config) -> Iterator[None]:
+    """Hold ``<data_path>/.<Model>.sid.lock`` for the block when the model reads its own stage's codes. A stage
+    writes the code file of every domain it covers (the target's and its pretraining sources'), so runs on one
+    data_path that check, run and read the stage inside this lock one at a time never read codes that another
+    run's stage, for another target, is rewriting; a run after one with the same stage key finds them up to date."""
+    if not reads_own_stage(config):
+        yield
+        return
+    with exclusive_lock(data_root(config) / f".{config['model']}.sid.lock"):
+        yield
 
 
 def run_model_stage(model: str, dataset: str, config_files: Sequence[str], overrides: Sequence[str]) -> dict[str, Any]:

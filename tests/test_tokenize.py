@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 
 import numpy as np
 import pytest
 from recbole.data import create_dataset
 
+from conftest import work_config
 from dataset_prep.convert import convert
 from dataset_prep.features import code_file_features
 from recbole_qrec.config import build_config
 from recbole_qrec.data.sid import load_code_table
 from recbole_qrec.errors import MalformedDataError
-from recbole_qrec.tokenize import DEFAULT_CONFIG, load_tokenizer_config, parse_overrides, tokenize_dataset
+from recbole_qrec.tokenize import (DEFAULT_CONFIG, load_tokenizer_config, parse_overrides, semantic_ids_lock,
+                                   tokenize_dataset)
 from recbole_qrec.tokenize import main as tokenize_main
 
 TINY = ["epochs=2", "hidden_dims=[64]", "batch_size=512", "codebook_size=64", "code_dim=8"]
@@ -80,3 +83,29 @@ def test_bad_settings_are_clear_errors(workspace, capsys, monkeypatch):
         tokenize_main([*args, "--features", str(features), "--set", "epoch=3"])
     assert exited.value.code == 2
     assert capsys.readouterr().err.startswith("error: Unknown tokenizer setting 'epoch' — did you mean 'epochs'?")
+
+
+# Runs sharing a data_path take turns at a model's own tokenize stage
+
+def test_a_second_run_waits_for_the_stage_lock_of_the_first(work):
+    """While one run holds QBert4Rec's stage lock of the data_path, another QBert4Rec run (any target) does not get
+    past it; a model that reads no stage of its own (SASRec) is not held up."""
+    first, second = work_config("QBert4Rec", work), work_config("QBert4Rec", work, seed=7)
+    entered = threading.Event()
+    order = []
+
+    def other_run():
+        with semantic_ids_lock(second):
+            order.append("second")
+            entered.set()
+
+    with semantic_ids_lock(first):
+        thread = threading.Thread(target=other_run)
+        thread.start()
+        assert not entered.wait(0.5), "the second run got past the lock the first one holds"
+        with semantic_ids_lock(work_config("SASRec", work)):
+            order.append("SASRec")
+        order.append("first done")
+    thread.join(5)
+    assert order == ["SASRec", "first done", "second"]
+    assert (work / "dataset" / ".QBert4Rec.sid.lock").is_file()
