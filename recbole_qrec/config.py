@@ -197,6 +197,7 @@ VALUE_RULES: tuple[tuple[str, ValueRule], ...] = (
     ("*_prob", PROBABILITY),
     ("*_ratio", PROBABILITY),
     ("gate_threshold", PROBABILITY),
+    ("unseen_item_share", PROBABILITY),
     ("depth_target", ValueRule(float, 1)),
     ("depth_weight_step", NON_NEGATIVE_NUMBER),
     ("weight_decay", NON_NEGATIVE_NUMBER),

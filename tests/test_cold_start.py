@@ -180,6 +180,36 @@ def test_content_model_ranks_cold_targets_far_above_an_id_model(work, split, sas
     assert float(content_ranks.mean()) < float(id_ranks.mean()) - 0.1, (float(content_ranks.mean()), float(id_ranks.mean()))
 
 
+TIGER = {"d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
+         "user_buckets": 0, "beam_size": 20, "eval_batch_size": 64}
+
+
+def test_tiger_lets_unseen_items_follow_the_beam_item_that_shares_their_prefix(work, split):
+    """TIGER's cold-start rule: the same weights rank the plain beam, plus, per user, at most unseen_item_share of
+    beam_size items that were never a training target (every cold item is one), each sharing its first
+    unseen_prefix_levels codes with a beam item and scored just below the best such item; nothing else changes."""
+    dataset, *_ = split
+    plain_config = cold_config(work, "TIGER", **TIGER)
+    _, train, _, test = loaded(plain_config)
+    init_seed(plain_config["seed"], True)
+    plain = get_model("TIGER")(plain_config, train._dataset).eval()
+    admitting = get_model("TIGER")(cold_config(work, "TIGER", **TIGER, unseen_item_share=0.5, unseen_prefix_levels=1),
+                                   train._dataset).eval()
+    admitting.load_state_dict(plain.state_dict())
+    unseen = torch.zeros(len(dataset.cold_items), dtype=torch.bool)
+    unseen[admitting.unseen_items] = True
+    assert bool(unseen[dataset.cold_items].all())
+    interaction = next(iter(test))[0]
+    with torch.no_grad():
+        beam, scores = plain.full_sort_predict(interaction), admitting.full_sort_predict(interaction)
+    changed = scores != beam
+    assert bool(unseen[changed.nonzero()[:, 1]].all()) and int(changed.sum(1).max()) <= 10 and bool(changed.any())
+    first_code = admitting.item_codes[:, 0]
+    for row, item in changed.nonzero().tolist():
+        followed = torch.isfinite(beam[row]) & (first_code == first_code[item])
+        assert scores[row, item] < beam[row][followed].max() and scores[row, item] > beam[row][followed].max() - 1e-4
+
+
 def test_table_shows_warm_or_cold_targets(sasrec_record, work, tmp_path, capsys):
     plain = {key: value for key, value in sasrec_record.items() if key not in ("test_warm", "test_cold", "cold_start")}
     records = [sasrec_record, {**plain, "model": "GRU4Rec", "config_hash": "other"}]

@@ -37,3 +37,24 @@ def credit_target_group(scores: Tensor, targets: Tensor, representatives: Tensor
     credited[rows, targets] = scores[rows, group]
     credited[rows, group] = scores[rows, targets]
     return credited
+
+
+def admit_unseen_items(matrix: Tensor, items: Tensor, scores: Tensor, codes: Tensor, unseen: Tensor,
+                       prefix_levels: int, slots: int) -> Tensor:
+    """TIGER's cold-start rule on a beam score matrix ``[B, n_items]``: an item of ``unseen`` (ids ``[U]``, never a
+    training target) whose first ``prefix_levels`` codes (``codes`` ``[n_items, L]``) equal those of a beam item
+    (``items`` / ``scores`` ``[B, K]``, item -1 for an empty slot) follows the best such beam item, scored just below
+    it; the ``slots`` best of them per row enter the ranking, every other item keeps its score."""
+    if slots == 0 or len(unseen) == 0:
+        return matrix
+    base = int(codes.max()) + 1
+    weights = base ** torch.arange(prefix_levels - 1, -1, -1, device=codes.device)
+    keys = (codes[:, :prefix_levels] * weights).sum(1)  # one integer per prefix
+    matches = (keys[unseen][None, :, None] == keys[items.clamp_min(0)][:, None, :]) & (items >= 0)[:, None, :]
+    followed = torch.where(matches, scores[:, None, :], float("-inf")).amax(2)  # [B, U]
+    best, position = followed.topk(min(slots, len(unseen)), dim=1)
+    columns = unseen[position]
+    below = torch.nextafter(best, torch.full_like(best, float("-inf")))
+    admitted = matrix.clone()
+    admitted.scatter_(1, columns, torch.maximum(admitted.gather(1, columns), below))
+    return admitted

@@ -20,9 +20,12 @@ Ranking: :meth:`TIGER.full_sort_predict` runs the constrained beam search
 returns each beam item's sequence log-probability and ``-inf`` for every other item. RecBole ranks by
 score, so its top-k is the beam order (exact for every ``k <= beam_size``; equal scores, which would
 be ordered arbitrarily, do not occur in practice). :meth:`TIGER.predict` (sampled evaluation) gives
-any item the same score by teacher forcing. With ``eval_mode: exact`` it ranks every item by that score instead
-(:func:`recbole_qrec.generation.exact_score_matrix`): the ranking a beam as wide as the catalogue would give, at the
-cost of decoding every item's code tokens for every user.
+any item the same score by teacher forcing. Cold start (the paper's rule, ``unseen_item_share`` > 0): items that
+were never a training target, whose codes the decoder never learned to write, follow the beam item that shares
+their first ``unseen_prefix_levels`` codes, up to ``unseen_item_share`` of ``beam_size`` of them per user
+(:func:`recbole_qrec.generation.admit_unseen_items`). With ``eval_mode: exact`` it ranks every item by that score
+instead (:func:`recbole_qrec.generation.exact_score_matrix`): the ranking a beam as wide as the catalogue would
+give, at the cost of decoding every item's code tokens for every user.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from transformers import T5ForConditionalGeneration
 from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.data.sid import SID_FILE, item_code_table
 from recbole_qrec.errors import ConfigError
-from recbole_qrec.generation import (PrefixIndex, SemanticIdVocab, beam_score_matrix,
+from recbole_qrec.generation import (PrefixIndex, SemanticIdVocab, admit_unseen_items, beam_score_matrix,
                                     constrained_beam_search, exact_score_matrix)
 from recbole_qrec.model.layers import (checked_ranking, checked_length_bucket_rows, code_tokens, length_bucketed_loss,
                                        t5_config, teacher_forced_log_prob)
@@ -56,6 +59,11 @@ class TIGER(SequentialRecommender):
         levels = checked_code_levels(config, dataset.code_tables)
         codes = item_code_table(config, dataset.code_tables, levels=levels)
         self.register_buffer("item_codes", codes)
+        self.unseen_slots, self.unseen_prefix_levels = checked_unseen_items(config, codes.shape[1])
+        seen = torch.zeros(len(codes), dtype=torch.bool)
+        seen[dataset.inter_feat[dataset.iid_field]] = True  # training targets: the IDs the decoder learns to write
+        seen[0] = True
+        self.register_buffer("unseen_items", (~seen).nonzero().squeeze(1), persistent=False)
         self.vocab = SemanticIdVocab(levels=codes.shape[1], codebook_size=int(codes.max()) + 1)
         self.index = PrefixIndex(codes[1:], self.vocab.codebook_size, item_ids=torch.arange(1, len(codes)))
         self.user_buckets = checked_user_buckets(config["user_buckets"])
@@ -88,14 +96,16 @@ class TIGER(SequentialRecommender):
         return teacher_forced_log_prob(self.t5, tokens, mask, self.item_tokens(interaction[self.ITEM_ID]))
 
     def full_sort_predict(self, interaction: Interaction) -> Tensor:
-        """``[B, n_items]``: the ``beam_size`` beam items' sequence log-probabilities, ``-inf`` elsewhere; with
+        """``[B, n_items]``: the ``beam_size`` beam items' sequence log-probabilities (plus up to ``unseen_item_share``
+        of ``beam_size`` unseen items that share a beam item's prefix, just below it), ``-inf`` elsewhere; with
         ``eval_mode: exact`` every item's (``-inf`` for the padding item 0)."""
         tokens, mask = self.encoder_inputs(interaction)
         if self.eval_mode == "exact":
             items = torch.arange(1, self.n_items, device=tokens.device)
             return exact_score_matrix(self.t5, tokens, mask, self.item_tokens(items), items, self.n_items)
         items, scores = constrained_beam_search(self.t5, tokens, mask, self.prefix_index(), self.vocab, self.beam_size)
-        return beam_score_matrix(items, scores, self.n_items)
+        return admit_unseen_items(beam_score_matrix(items, scores, self.n_items), items, scores, self.item_codes,
+                                  self.unseen_items, self.unseen_prefix_levels, self.unseen_slots)
 
     def prefix_index(self) -> PrefixIndex:
         """The prefix index of the item codes, on the model's device."""
@@ -115,6 +125,17 @@ def checked_user_buckets(value: object) -> int:
         raise ConfigError(f"user_buckets must be an int >= 0, got {value!r} — set the number of hashed user tokens "
                           "(the paper: 2000; 0: no user token)")
     return value
+
+
+def checked_unseen_items(config: Config, levels: int) -> tuple[int, int]:
+    """``(slots, prefix levels)`` of TIGER's cold-start rule: ``unseen_item_share`` of ``beam_size`` (rounded down)
+    and ``unseen_prefix_levels`` (~: every level but the last), or a ConfigError."""
+    prefix = config["unseen_prefix_levels"]
+    prefix = levels - 1 if prefix is None else prefix
+    if isinstance(prefix, bool) or not isinstance(prefix, int) or not 1 <= prefix <= levels:
+        raise ConfigError(f"unseen_prefix_levels must be ~ or an int in 1..{levels} (the item codes' levels), got "
+                          f"{config['unseen_prefix_levels']!r} — e.g. --unseen_prefix_levels={max(1, levels - 1)}")
+    return int(config["unseen_item_share"] * config["beam_size"]), prefix
 
 
 def checked_code_levels(config: Config, code_tables: Mapping[str, Tensor]) -> int | None:
