@@ -42,11 +42,9 @@ from recbole_qrec.errors import ConfigError, QRecError
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.data.cold_start import check_cold_start
 from recbole_qrec.data.dataloader import check_data_path_mode
-from recbole_qrec.data.eval_dataloader import check_valid_sample_users
 from recbole_qrec.data.sid import check_sid_producer
 from recbole_qrec.trainer.acceleration import check_acceleration
 from recbole_qrec.trainer.schedule import check_lr_schedule
-from recbole_qrec.trainer.time_limit import check_train_time_limit
 from recbole_qrec.utils import get_model
 
 RECBOLE_PROPERTIES_DIR = Path(recbole.__file__).resolve().parent / "properties"
@@ -139,15 +137,21 @@ def is_number(value: Any) -> bool:
 @dataclass(frozen=True)
 class ValueRule:
     """What a key accepts: an ``int`` or any number (``float``), within optional bounds; ``listed`` also
-    takes a non-empty list of such values."""
+    takes a non-empty list of such values, ``optional`` also ``~`` (None); ``example`` is the value an error suggests
+    for a key without a numeric default."""
 
     kind: type
     minimum: float | None = None
     maximum: float | None = None
     above_minimum: bool = False  # the minimum itself is excluded
+    below_maximum: bool = False  # the maximum itself is excluded
     listed: bool = False
+    optional: bool = False
+    example: Any = None
 
     def accepts(self, value: Any) -> bool:
+        if self.optional and value is None:
+            return True
         if self.listed and isinstance(value, list):
             return bool(value) and all(self.accepts_one(item) for item in value)
         return self.accepts_one(value)
@@ -157,17 +161,19 @@ class ValueRule:
             return False
         if self.minimum is not None and (value <= self.minimum if self.above_minimum else value < self.minimum):
             return False
-        return self.maximum is None or value <= self.maximum
+        return self.maximum is None or (value < self.maximum if self.below_maximum else value <= self.maximum)
 
     def describe(self) -> str:
-        """E.g. ``an integer >= 1``, ``a number in [0, 1]``."""
+        """E.g. ``an integer >= 1``, ``a number in [0, 1]``, ``a number > 0 or ~``."""
         one = self.describe_values(plural=False)
-        return f"a non-empty list of {self.describe_values(plural=True)} (or {one})" if self.listed else one
+        described = f"a non-empty list of {self.describe_values(plural=True)} (or {one})" if self.listed else one
+        return f"{described} or ~" if self.optional else described
 
     def describe_values(self, plural: bool) -> str:
         noun = {(int, False): "an integer", (int, True): "integers"}.get((self.kind, plural), "numbers" if plural else "a number")
         if self.minimum is not None and self.maximum is not None:
-            return f"{noun} in [{self.minimum:g}, {self.maximum:g}]"
+            return (f"{noun} in {'(' if self.above_minimum else '['}{self.minimum:g}, {self.maximum:g}"
+                    f"{')' if self.below_maximum else ']'}")
         if self.minimum is not None:
             return f"{noun} {'>' if self.above_minimum else '>='} {self.minimum:g}"
         return noun
@@ -180,8 +186,13 @@ NON_NEGATIVE_NUMBER = ValueRule(float, 0)
 PROBABILITY = ValueRule(float, 0, 1)
 
 # Range rules by key pattern (fnmatch, case-sensitive), first match wins. They apply to keys whose default is
-# a number (``topk`` always); any other numeric key gets the generic rule of its default's type.
+# a number, and listed or optional rules always (``topk``; keys whose default is ~); any other numeric key gets the
+# generic rule of its default's type.
 VALUE_RULES: tuple[tuple[str, ValueRule], ...] = (
+    ("train_time_limit", ValueRule(float, 0, above_minimum=True, optional=True, example=600)),  # seconds; ~: none
+    ("valid_sample_users", ValueRule(int, 1, optional=True, example=10000)),  # ~: every user
+    ("cold_start_share", ValueRule(float, 0, 1, above_minimum=True, below_maximum=True, optional=True, example=0.1)),
+    ("unseen_prefix_levels", ValueRule(int, 1, optional=True, example=3)),  # ~: all levels but the last
     ("topk", ValueRule(int, 1, listed=True)),
     ("epochs", POSITIVE_INT),
     ("*_epochs", COUNT),  # pretrain_epochs, injection_epochs, sid_epochs: 0 skips the stage
@@ -221,7 +232,7 @@ VALUE_RULES: tuple[tuple[str, ValueRule], ...] = (
 def value_rule(key: str, default: Any) -> ValueRule | None:
     """The rule for ``key`` given its default: a matching :data:`VALUE_RULES` entry, else the default's type."""
     for pattern, rule in VALUE_RULES:
-        if fnmatchcase(key, pattern) and (is_number(default) or rule.listed):
+        if fnmatchcase(key, pattern) and (is_number(default) or rule.listed or rule.optional):
             return rule
     if is_number(default):
         return ValueRule(type(default))
@@ -243,7 +254,8 @@ def check_config_values(settings: Mapping[str, Any], defaults: Mapping[str, Any]
         rule = value_rule(key, default)
         if rule is not None and not rule.accepts(value):
             if default is None:
-                example = f"e.g. --{key}={as_argument([10] if rule.listed else rule.minimum)}"
+                suggested = rule.example if rule.example is not None else [10] if rule.listed else rule.minimum
+                example = f"e.g. --{key}={as_argument(suggested)}"
             raise ConfigError(f"{key} must be {rule.describe()}, got {value!r} — {example}")
 
 
@@ -346,9 +358,7 @@ def build_config(
     check_matmul_precision(config)
     check_lr_schedule(config)
     check_acceleration(config)
-    check_train_time_limit(config)
     check_data_path_mode(config)
-    check_valid_sample_users(config)
     check_cold_start(config)
     check_sid_producer(config)
     check_run_tags(config)

@@ -130,6 +130,13 @@ def test_sid_producer_is_the_tokenizer_or_a_model_with_a_stage():
         ("initializer_range", 0.02, 0.02, None),
         ("reproducibility", "yes", True, "True or False"),
         ("mlp_hidden_size", [64, 32], [128, 64], None),  # a list-valued *_size key keeps its list
+        # keys whose default is ~ (optional rules: ~ or a number in range)
+        ("train_time_limit", None, None, None),
+        ("train_time_limit", 0, None, "a number > 0 or ~"),
+        ("valid_sample_users", 2.5, None, "an integer >= 1 or ~"),
+        ("cold_start_share", 1, None, "a number in (0, 1) or ~"),
+        ("cold_start_share", 0.1, None, None),
+        ("unseen_prefix_levels", 0, None, "an integer >= 1 or ~"),
     ],
 )
 def test_every_numeric_key_is_checked_by_its_rule_or_its_defaults_type(key, value, default, expected):
@@ -177,3 +184,8 @@ def test_recbole_rejections_and_bad_structures_are_config_errors():
 def test_numpy_aliases_recbole_reads_exist():
     build_config("SASRec", "Instruments")  # a Config restores them
     assert np.float_ is np.float64 and np.complex_ is np.complex128 and np.unicode_ is np.str_
+
+
+def test_an_optional_key_suggests_its_own_example():
+    with pytest.raises(ConfigError, match=r"^train_time_limit must be a number > 0 or ~, got -5 — e.g. --train_time_limit=600$"):
+        check_config_values({"train_time_limit": -5}, {"train_time_limit": None})

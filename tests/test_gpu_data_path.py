@@ -126,7 +126,7 @@ def test_a_transform_without_a_device_version_is_refused_in_one_line(work, tmp_p
     ({"data_path_mode": "cuda"}, "data_path_mode must be one of recbole, gpu, got 'cuda' — e.g. --data_path_mode=recbole"),
     ({"data_path_mode": "gpu", "loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}},
      "data_path_mode gpu trains without negative sampling"),
-    ({"valid_sample_users": 0}, r"valid_sample_users must be an integer >= 1 or ~ \(all users\), got 0 — e.g."),
+    ({"valid_sample_users": 0}, r"valid_sample_users must be an integer >= 1 or ~, got 0 — e.g. --valid_sample_users=10000"),
     ({"autocast_dtype": "float16"}, r"autocast_dtype must be ~ \(float32\) or one of bfloat16, got 'float16' — e.g."),
 ])
 def test_a_wrong_data_path_or_acceleration_setting_is_a_config_error(work, tmp_path, settings, message):

@@ -33,15 +33,12 @@ LEAVE_ONE_OUT = {"split": {"LS": "valid_and_test"}, "order": "TO"}
 
 
 def check_cold_start(config: Config) -> None:
-    """Check ``cold_start_share`` (a number in (0, 1), or ~ for no cold start) and what the protocol needs (a
+    """Check what ``cold_start_share`` (its value checked by :data:`recbole_qrec.config.VALUE_RULES`) needs (a
     sequential model, the time-ordered leave-one-out split); with a share, ``load_col`` also loads the item ids of
     ``<dataset>.item``, so that cold items without interactions left keep their ids."""
     share = config["cold_start_share"]
     if share is None:
         return
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
-        raise ConfigError(f"cold_start_share must be a number in (0, 1), the share of items held out of training, "
-                          f"got {share!r} — e.g. --cold_start_share=0.1, or ~ for no cold start")
     eval_args = config["eval_args"]
     if {key: eval_args.get(key) for key in LEAVE_ONE_OUT} != LEAVE_ONE_OUT or config["benchmark_filename"]:
         raise ConfigError(f"cold_start_share needs the time-ordered leave-one-out split (eval_args split "

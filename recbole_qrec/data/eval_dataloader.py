@@ -17,7 +17,6 @@ from recbole.sampler.sampler import AbstractSampler
 
 from recbole_qrec.data.dataloader import DeviceRows
 from recbole_qrec.data.transform import device_transform
-from recbole_qrec.errors import ConfigError
 
 EvalBatch = tuple[Interaction, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor, torch.Tensor]
 
@@ -70,15 +69,6 @@ class TensorFullSortEvalDataLoader(FullSortEvalDataLoader):
                 yield interaction, None, positive_u, interaction[self.iid_field]
             else:
                 yield self.rows[start:end], self.history.batch(start, end), *self.positive.batch(start, end)
-
-
-def check_valid_sample_users(config: Config) -> int | None:
-    """``valid_sample_users``: None (validate on all users) or a user count >= 1."""
-    users = config["valid_sample_users"]
-    if users is not None and (isinstance(users, bool) or not isinstance(users, int) or users < 1):
-        raise ConfigError(f"valid_sample_users must be an integer >= 1 or ~ (all users), got {users!r} — "
-                          "e.g. --valid_sample_users=10000")
-    return users
 
 
 def user_sample(loader: AbstractDataLoader, users: int, seed: int) -> AbstractDataLoader:

@@ -15,7 +15,7 @@ from recbole.data.dataset import Dataset
 import recbole_qrec.data.dataset as qrec_datasets
 from recbole_qrec.data.dataloader import TensorTrainDataLoader, check_data_path_mode
 from recbole_qrec.data.dataset import QRecSequentialDataset, SemanticIdDataset
-from recbole_qrec.data.eval_dataloader import TensorFullSortEvalDataLoader, check_valid_sample_users, user_sample
+from recbole_qrec.data.eval_dataloader import TensorFullSortEvalDataLoader, user_sample
 from recbole_qrec.errors import ConfigError
 
 
@@ -47,7 +47,7 @@ def data_preparation(config: Config, dataset: Dataset) -> tuple[AbstractDataLoad
     always holds all. With ``data_path_mode: gpu`` every training loader (the sources' too) is a
     :class:`TensorTrainDataLoader` and every full-ranking loader a :class:`TensorFullSortEvalDataLoader`."""
     gpu = check_data_path_mode(config) == "gpu"
-    valid_users = check_valid_sample_users(config)
+    valid_users = config["valid_sample_users"]  # checked by build_config (VALUE_RULES)
     train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
     if valid_users:
         valid_data = user_sample(valid_data, valid_users, config["seed"])

@@ -12,17 +12,6 @@ from recbole.config import Config
 from recbole.utils import set_color
 
 from recbole_qrec.distributed import broadcast_from_main
-from recbole_qrec.errors import ConfigError
-
-
-def check_train_time_limit(config: Config) -> None:
-    """``train_time_limit`` must be ~ (none) or a positive number of seconds."""
-    limit = config["train_time_limit"]
-    if limit is None:
-        return
-    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit <= 0:
-        raise ConfigError(f"train_time_limit must be ~ (no limit) or a positive number of seconds, got {limit!r} — "
-                          "e.g. --train_time_limit=600")
 
 
 class TrainTimeLimitReached(Exception):
@@ -36,7 +25,6 @@ class TimeLimitMixin:
     did. In a distributed run rank 0's clock decides for every rank."""
 
     def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
-        check_train_time_limit(config)
         super().__init__(config, *args, **kwargs)
         self.deadline: float | None = None
         self.stopped_by_time_limit = False
