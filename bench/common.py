@@ -68,10 +68,10 @@ def table_rows(results: list[dict]) -> list[dict]:
     ]
 
 
-def markdown(rows: list[dict], header: str) -> str:
-    lines = [header, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def markdown(rows: list[dict], header: str, columns: list[str] = COLUMNS) -> str:
+    lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(f"{row[c]:.4f}" if isinstance(row[c], float) and c in METRICS else str(row[c])
-                                for c in COLUMNS) + " |" for row in rows]
+                                for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
