@@ -52,7 +52,8 @@ FUSIONS = ("dynamic", "static")
 # Settings the codes depend on (besides the items and feature values, in the data fingerprint).
 STAGE_KEYS = (
     "modalities", "injection_dim", "injection_layers", "injection_heads", "injection_temperature", "gate_threshold",
-    "fusion", "consistency_weight", "depth_weight", "depth_target", "depth_weight_step", "injection_epochs", "injection_batch_size", "injection_learning_rate",
+    "fusion", "consistency_weight", "depth_weight", "depth_target", "depth_weight_step", "injection_epochs",
+    "injection_batch_size", "injection_learning_rate",
     "sid_levels", "sid_codebook_size", "sid_code_dim", "sid_epochs", "seed",
 )
 # Modules whose source the codes depend on: their hash is the stage's code version.

@@ -79,7 +79,7 @@ from tqdm import tqdm
 from recbole_qrec.child_runs import child_environment, last_error
 from recbole_qrec.config import as_argument, build_config, check_config_values, is_number
 from recbole_qrec.errors import ConfigError, MissingDependencyError, QRecError, single_line
-from recbole_qrec.fileio import atomic_open, atomic_path, write_json_atomic
+from recbole_qrec.fileio import atomic_open, atomic_path, exclusive_lock, write_json_atomic
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.table import load_records, metric_key, metric_label, runs_line
 
@@ -431,14 +431,6 @@ def run_trial(spec: SweepSpec, target: Target, out: Path, number: int, params: d
 # Workers cooperating on a study
 
 @contextmanager
-def exclusive(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` of ``path`` (threads and processes wait for each other)."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
-@contextmanager
 def worker_lease(out: Path) -> Iterator[str]:
     """A lease that this process holds while it works on the sweep; a crash or Ctrl-C frees it and keeps its file,
     so the trials it left running are taken up by the next sweep (see :func:`lease_expired`)."""
@@ -487,7 +479,7 @@ class Worker:
         """A trial left running by a dead worker, else a new one while the budget lasts, else None."""
         from optuna.trial import TrialState
 
-        with exclusive(self.out / ".sweep.lock"):
+        with exclusive_lock(self.out / ".sweep.lock"):
             trials = self.study.get_trials(deepcopy=False)
             for trial in trials:
                 if trial.state == TrialState.RUNNING and lease_expired(self.out, trial.user_attrs.get("worker", "")):
@@ -591,7 +583,7 @@ def open_study(spec: SweepSpec, target: Target, out: Path, storage: optuna.stora
     optuna = import_optuna()
     samplers = {"tpe": lambda: optuna.samplers.TPESampler(constant_liar=True), "random": optuna.samplers.RandomSampler,
                 "grid": optuna.samplers.RandomSampler}  # a grid's trials are all enqueued: nothing is sampled
-    with exclusive(out / ".sweep.lock"):
+    with exclusive_lock(out / ".sweep.lock"):
         study = optuna.create_study(storage=storage, study_name=f"{spec.id}:{target.label}",
                                     direction="maximize" if target.bigger else "minimize",
                                     sampler=samplers[spec.algorithm](), load_if_exists=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from logging import getLogger
 
 import torch
 from recbole.config import Config
@@ -80,6 +79,5 @@ def user_sample(loader: AbstractDataLoader, users: int, seed: int) -> AbstractDa
     if users >= len(distinct):
         return loader
     chosen = distinct[torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed))[:users]]
-    getLogger().info(f"validating on {users} of {len(distinct)} users (valid_sample_users; the test ranks all users)")
     return type(loader)(loader.config, dataset.copy(dataset.inter_feat[torch.isin(user_ids, chosen)]), loader._sampler,
                         shuffle=False)

@@ -206,8 +206,7 @@ def item_code_table(config: Config, code_tables: Mapping[str, Tensor], key: str 
             f"{key} is {source!r}, which dataset {config['dataset']} does not provide (its item_content_fields: "
             f"{config['item_content_fields'] or []}) — {key} must be '{SID_FILE}' (<dataset>.sid from `python -m "
             "recbole_qrec.tokenize`) or one of its content-code fields"
-            + (f", or --{key}=None to leave that language out" if key.endswith("_sid_source") and key != "sid_source"
-               else "")
+            + (f", or --{key}=None to leave that language out" if key.endswith("_sid_source") else "")
         )
     if field == SID_FIELD:
         return code_tables[field]

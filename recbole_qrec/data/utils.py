@@ -50,7 +50,10 @@ def data_preparation(config: Config, dataset: Dataset) -> tuple[AbstractDataLoad
     valid_users = config["valid_sample_users"]  # checked by build_config (VALUE_RULES)
     train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
     if valid_users:
-        valid_data = user_sample(valid_data, valid_users, config["seed"])
+        all_users, valid_data = len(valid_data._dataset), user_sample(valid_data, valid_users, config["seed"])
+        if len(valid_data._dataset) < all_users:
+            getLogger().info(f"validating on {len(valid_data._dataset)} of {all_users} users (valid_sample_users; the "
+                             "test ranks all users)")
     if gpu:
         train_data = on_device(train_data)
         valid_data, test_data = (TensorFullSortEvalDataLoader(config, loader._dataset, loader._sampler)

@@ -9,7 +9,6 @@ from recbole_qrec.generation.reference import TokenTrie, generate_with_trie
 from recbole_qrec.generation.scores import admit_unseen_items, beam_score_matrix, code_groups, credit_target_group
 from recbole_qrec.generation.vocab import SemanticIdVocab
 
-__all__ = ["EVAL_MODES", "admit_unseen_items", "PrefixIndex", "SemanticIdVocab", "TokenTrie", "beam_score_matrix", "causal_beam_search",
-           "causal_exact_scores", "checked_eval_mode",
-           "code_groups", "constrained_beam_search", "credit_target_group", "exact_score_matrix", "generate_with_trie",
-           "prompt_positions"]
+__all__ = ["EVAL_MODES", "PrefixIndex", "SemanticIdVocab", "TokenTrie", "admit_unseen_items", "beam_score_matrix",
+           "causal_beam_search", "causal_exact_scores", "checked_eval_mode", "code_groups", "constrained_beam_search",
+           "credit_target_group", "exact_score_matrix", "generate_with_trie", "prompt_positions"]

@@ -39,18 +39,17 @@ def credit_target_group(scores: Tensor, targets: Tensor, representatives: Tensor
     return credited
 
 
-def admit_unseen_items(matrix: Tensor, items: Tensor, scores: Tensor, codes: Tensor, unseen: Tensor,
-                       prefix_levels: int, slots: int) -> Tensor:
+def admit_unseen_items(matrix: Tensor, items: Tensor, scores: Tensor, prefix_groups: Tensor, unseen: Tensor,
+                       slots: int) -> Tensor:
     """TIGER's cold-start rule on a beam score matrix ``[B, n_items]``: an item of ``unseen`` (ids ``[U]``, never a
-    training target) whose first ``prefix_levels`` codes (``codes`` ``[n_items, L]``) equal those of a beam item
-    (``items`` / ``scores`` ``[B, K]``, item -1 for an empty slot) follows the best such beam item, scored just below
-    it; the ``slots`` best of them per row enter the ranking, every other item keeps its score."""
+    training target) in the prefix group (``prefix_groups`` ``[n_items]``, :func:`code_groups` of the codes' first
+    levels) of a beam item (``items`` / ``scores`` ``[B, K]``, item -1 for an empty slot) follows the best such beam
+    item, scored just below it; the ``slots`` best of them per row enter the ranking, every other item keeps its
+    score."""
     if slots == 0 or len(unseen) == 0:
         return matrix
-    base = int(codes.max()) + 1
-    weights = base ** torch.arange(prefix_levels - 1, -1, -1, device=codes.device)
-    keys = (codes[:, :prefix_levels] * weights).sum(1)  # one integer per prefix
-    matches = (keys[unseen][None, :, None] == keys[items.clamp_min(0)][:, None, :]) & (items >= 0)[:, None, :]
+    matches = ((prefix_groups[unseen][None, :, None] == prefix_groups[items.clamp_min(0)][:, None, :])
+               & (items >= 0)[:, None, :])
     followed = torch.where(matches, scores[:, None, :], float("-inf")).amax(2)  # [B, U]
     best, position = followed.topk(min(slots, len(unseen)), dim=1)
     columns = unseen[position]

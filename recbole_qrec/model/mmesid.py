@@ -127,9 +127,8 @@ class MMESID(SequentialRecommender):
         if self.eval_mode == "exact":
             items = torch.arange(1, self.n_items, device=prompt.device)
             return causal_exact_scores(self.lm, prompt, mask, self.item_tokens(items), items, self.n_items)
-        if self.index.leaf_items.device != prompt.device:
-            self.index.to(prompt.device)
-        items, scores = causal_beam_search(self.lm, prompt, mask, self.index, self.vocab, self.beam_size)
+        items, scores = causal_beam_search(self.lm, prompt, mask, self.index.to(prompt.device), self.vocab,
+                                           self.beam_size)
         return beam_score_matrix(items, scores, self.n_items)
 
 

@@ -43,7 +43,7 @@ from transformers import T5ForConditionalGeneration
 from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.data.sid import SID_FILE, item_code_table
 from recbole_qrec.errors import ConfigError
-from recbole_qrec.generation import (PrefixIndex, SemanticIdVocab, admit_unseen_items, beam_score_matrix,
+from recbole_qrec.generation import (PrefixIndex, SemanticIdVocab, admit_unseen_items, beam_score_matrix, code_groups,
                                     constrained_beam_search, exact_score_matrix)
 from recbole_qrec.model.layers import (checked_ranking, checked_length_bucket_rows, code_tokens, length_bucketed_loss,
                                        t5_config, teacher_forced_log_prob)
@@ -59,7 +59,8 @@ class TIGER(SequentialRecommender):
         levels = checked_code_levels(config, dataset.code_tables)
         codes = item_code_table(config, dataset.code_tables, levels=levels)
         self.register_buffer("item_codes", codes)
-        self.unseen_slots, self.unseen_prefix_levels = checked_unseen_items(config, codes.shape[1])
+        self.unseen_slots, prefix_levels = checked_unseen_items(config, codes.shape[1])
+        self.register_buffer("prefix_groups", code_groups(codes[:, :prefix_levels]), persistent=False)
         seen = torch.zeros(len(codes), dtype=torch.bool)
         seen[dataset.inter_feat[dataset.iid_field]] = True  # training targets: the IDs the decoder learns to write
         seen[0] = True
@@ -104,14 +105,12 @@ class TIGER(SequentialRecommender):
             items = torch.arange(1, self.n_items, device=tokens.device)
             return exact_score_matrix(self.t5, tokens, mask, self.item_tokens(items), items, self.n_items)
         items, scores = constrained_beam_search(self.t5, tokens, mask, self.prefix_index(), self.vocab, self.beam_size)
-        return admit_unseen_items(beam_score_matrix(items, scores, self.n_items), items, scores, self.item_codes,
-                                  self.unseen_items, self.unseen_prefix_levels, self.unseen_slots)
+        return admit_unseen_items(beam_score_matrix(items, scores, self.n_items), items, scores, self.prefix_groups,
+                                  self.unseen_items, self.unseen_slots)
 
     def prefix_index(self) -> PrefixIndex:
         """The prefix index of the item codes, on the model's device."""
-        if self.index.leaf_items.device != self.item_codes.device:
-            self.index.to(self.item_codes.device)
-        return self.index
+        return self.index.to(self.item_codes.device)
 
 
 
@@ -129,10 +128,11 @@ def checked_user_buckets(value: object) -> int:
 
 def checked_unseen_items(config: Config, levels: int) -> tuple[int, int]:
     """``(slots, prefix levels)`` of TIGER's cold-start rule: ``unseen_item_share`` of ``beam_size`` (rounded down)
-    and ``unseen_prefix_levels`` (~: every level but the last), or a ConfigError."""
+    and ``unseen_prefix_levels`` (~: every level but the last; its type and minimum checked by VALUE_RULES), or a
+    ConfigError when it is deeper than the codes."""
     prefix = config["unseen_prefix_levels"]
     prefix = levels - 1 if prefix is None else prefix
-    if isinstance(prefix, bool) or not isinstance(prefix, int) or not 1 <= prefix <= levels:
+    if prefix > levels:
         raise ConfigError(f"unseen_prefix_levels must be ~ or an int in 1..{levels} (the item codes' levels), got "
                           f"{config['unseen_prefix_levels']!r} — e.g. --unseen_prefix_levels={max(1, levels - 1)}")
     return int(config["unseen_item_share"] * config["beam_size"]), prefix
