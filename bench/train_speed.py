@@ -97,15 +97,20 @@ def nvidia_smi_reader() -> Callable[[], int | None] | None:
 
 
 def run_group(models: list[str], mode: str, seed: int, args: argparse.Namespace, data: Path, work: Path) -> list[dict]:
-    """Run ``models`` in ``mode`` with ``seed`` (at once with ``--parallel``); their rows, records added."""
+    """Run ``models`` in ``mode`` with ``seed`` (at once with ``--parallel``); their rows, records added. A run that
+    fails is reported and left out."""
     folder = work / f"{mode}-{seed}"
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     overrides = [f"--data_path={data}", f"--data_path_mode={mode}", f"--seed={seed}",
                  f"--checkpoint_dir={folder / 'saved'}", *(["--allow_data_mismatch=True"] if args.users else []),
                  *(f"--{item}" for item in args.set)]
 
-    def run(model: str) -> dict:
-        return run_model(model, args.dataset, overrides, folder, folder)
+    def run(model: str) -> dict | None:
+        try:
+            return run_model(model, args.dataset, overrides, folder, folder)
+        except RuntimeError as err:
+            print(f"{model} {mode} seed {seed}: {err}", flush=True)
+            return None
 
     def finished(record: dict, busy: GpuBusy) -> dict:
         timings = log_timings((folder / f"{record['model']}.log").read_text(encoding="utf-8"))
@@ -117,12 +122,13 @@ def run_group(models: list[str], mode: str, seed: int, args: argparse.Namespace,
     if args.parallel:
         with GpuBusy().running() as shared, ThreadPoolExecutor(len(models)) as pool:
             records = list(pool.map(run, models))
-        return [finished(record, shared) for record in records]
+        return [finished(record, shared) for record in records if record is not None]
     rows = []
     for model in models:
         with GpuBusy().running() as busy:
             record = run(model)
-        rows.append(finished(record, busy))
+        if record is not None:
+            rows.append(finished(record, busy))
     return rows
 
 
@@ -164,12 +170,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        data = prepare_data(args.dataset, Path(tmp), args.users, args.data_path)
-        for seed in range(FIRST_SEED, FIRST_SEED + args.seeds):
-            for mode in args.modes:
-                rows += run_group(args.models, mode, seed, args, data, Path(tmp) / "runs")
     commit = args.commit or git_state()[0]
     command = "python bench/train_speed.py " + " ".join(sys.argv[1:])
     header = ["# Training and evaluation speed by data path", "", f"- command: `{command}`", f"- commit: {commit}",
@@ -179,9 +179,23 @@ def main() -> None:
               "time_to_best_s: pretraining + training + validations up to the best validation NDCG@10; test HR@10, "
               "NDCG@10; gpu_busy: mean GPU utilisation over the whole run, start-up included (shared by the runs of "
               "a group with --parallel)"]
-    payload = {"command": command, "commit": commit, "machine": machine_name(), "parallel": args.parallel,
-               **split_records(rows)}
-    write_outputs(args.out, payload, rows, markdown(rows, header), COLUMNS)
+    rows: list[dict] = []
+
+    def write() -> None:
+        payload = {"command": command, "commit": commit, "machine": machine_name(), "parallel": args.parallel,
+                   **split_records(rows)}
+        write_outputs(args.out, payload, rows, markdown(rows, header), COLUMNS)
+
+    # Outputs are rewritten after every group of runs (each model and mode, or each mode with --parallel), so a
+    # bench stopped part-way keeps what it finished.
+    groups = [(args.models, mode) for mode in args.modes] if args.parallel else \
+        [([model], mode) for model in args.models for mode in args.modes]
+    with tempfile.TemporaryDirectory() as tmp:
+        data = prepare_data(args.dataset, Path(tmp), args.users, args.data_path)
+        for seed in range(FIRST_SEED, FIRST_SEED + args.seeds):
+            for models, mode in groups:
+                rows += run_group(models, mode, seed, args, data, Path(tmp) / "runs")
+                write()
 
 
 if __name__ == "__main__":
