@@ -27,7 +27,15 @@ reused while it records the same checkpoint), which is tokenized like any other:
 ``<dataset>.item`` instead of ``<dataset>.sid`` (other columns kept), so TIGER, MQL4GRec, QBert4Rec and FDSA
 read them exactly like the converted text codes of Instruments and Games; ``<dataset>.content.json`` records the
 field's source (``id-embedding:SASRec``), feature files and tokenizer report. A ``.sid.json`` report lists its
-features' sources as ``content_sources``.
+features' sources as ``content_sources``. With per-modality quantizers (``--set quantizers=per_modality``), one
+field per feature file splits the codes by modality, e.g. MACRec's two languages from its cross-modally aligned
+tokenizer::
+
+    python -m recbole_qrec.tokenize --dataset Instruments --features text.npy image.npy \
+        --set quantizers=per_modality alignment=contrastive --item_field text_codes image_codes
+
+Each field then holds its modality's ``levels`` codes (shared tuples left to the model's own rule, as in the
+converted content codes).
 
 A model's own stage (QBert4Rec's stages 1-2, :mod:`recbole_qrec.qbert4rec_stage`), configured like a run
 (the model's and dataset's YAML defaults, ``--config_files``, ``--key=value``; sources from
@@ -174,11 +182,24 @@ def write_item_codes(item_file: Path, field: str, items: Sequence[str], codes: S
             handle.write("\t".join([*(values[index] for index in kept), tokens]) + "\n")
 
 
-def check_item_field(field: str | None) -> None:
-    """A content-code field name must end in ``_codes``: that is how datasets without a YAML declare their content."""
-    if field is not None and not field.endswith(CODE_FIELD_SUFFIX):
-        raise ConfigError(f"item_field {field!r} does not end in {CODE_FIELD_SUFFIX} — name the content-code field "
-                          "like text_codes (what TIGER, MQL4GRec, QBert4Rec and FDSA read)")
+def check_item_fields(fields: Sequence[str], config: TokenizerConfig, modalities: int) -> None:
+    """Content-code field names must end in ``_codes`` (how datasets without a YAML declare their content); more than
+    one needs per-modality quantizers and one field per modality."""
+    for field in fields:
+        if not field.endswith(CODE_FIELD_SUFFIX):
+            raise ConfigError(f"item_field {field!r} does not end in {CODE_FIELD_SUFFIX} — name the content-code field "
+                              "like text_codes (what TIGER, MQL4GRec, QBert4Rec and FDSA read)")
+    if len(fields) > 1 and (config.quantizers != "per_modality" or len(fields) != modalities):
+        raise ConfigError(f"{len(fields)} item fields {list(fields)} for {modalities} feature file(s) with "
+                          f"quantizers={config.quantizers} — give one field, or --set quantizers=per_modality and one "
+                          "field per feature file (in their order)")
+
+
+def field_codes(codes: np.ndarray, fields: Sequence[str], levels: int) -> dict[str, np.ndarray]:
+    """The codes each content-code field gets: all of them for one field, else each modality's ``levels`` columns."""
+    if len(fields) == 1:
+        return {fields[0]: codes}
+    return {field: codes[:, index * levels:(index + 1) * levels] for index, field in enumerate(fields)}
 
 
 def tokenize_dataset(
@@ -187,18 +208,19 @@ def tokenize_dataset(
     config: TokenizerConfig,
     data_path: str | Path = "dataset",
     device: str | None = None,
-    item_field: str | None = None,
+    item_fields: Sequence[str] = (),
 ) -> TokenizerResult:
     """Fit the tokenizer on the dataset's item features and write ``<dataset>.sid`` and its report, or, with
-    ``item_field``, the content-code field ``item_field`` of ``<dataset>.item`` and its ``<dataset>.content.json`` entry."""
-    check_item_field(item_field)
+    ``item_fields``, those content-code fields of ``<dataset>.item`` (one, or one per modality) and their
+    ``<dataset>.content.json`` entries."""
+    check_item_fields(item_fields, config, len(feature_files))
     items = integer_item_ids(data_path, dataset)
     features = [load_features(path, n_items=items[-1] + 1)[items] for path in feature_files]
     result = fit_tokenizer(features, config, device)
     folder = Path(data_path) / dataset
     report = {**result.report, "dataset": dataset, "features": [str(p) for p in feature_files],
               "content_sources": [feature_source(path) for path in feature_files], "config": config.to_dict()}
-    if item_field is None:
+    if not item_fields:
         sid_file = sid_path(folder, dataset)
         write_sid_file(sid_file, [str(item) for item in items], result.codes)
         embeddings = sid_embeddings_path(sid_file)
@@ -212,9 +234,10 @@ def tokenize_dataset(
             embeddings.unlink(missing_ok=True)  # they belonged to the codes just replaced
         write_json_atomic(sid_metadata_path(sid_file), report)
     else:
-        write_item_codes(folder / f"{dataset}.item", item_field, [str(item) for item in items], result.codes)
-        record_content_sources(folder, dataset, {item_field: {"source": "+".join(report["content_sources"]),
-                                                              "tokenizer": report}})
+        for field, codes in field_codes(result.codes, item_fields, config.levels).items():
+            write_item_codes(folder / f"{dataset}.item", field, [str(item) for item in items], codes)
+        record_content_sources(folder, dataset, {field: {"source": "+".join(report["content_sources"]),
+                                                         "tokenizer": report} for field in item_fields})
     return result
 
 
@@ -269,8 +292,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--features", nargs="+", default=[], help="one .npy per modality, rows = item ids")
     parser.add_argument("--checkpoint", help="also tokenize the item embeddings of this recbole-qrec checkpoint of an "
                         "ID model (SASRec, ...) trained on the dataset, exported to <dataset>/<dataset>.<Model>.npy")
-    parser.add_argument("--item_field", help="write the codes as this content-code field of <dataset>.item (e.g. "
-                        "text_codes) instead of <dataset>.sid; <dataset>.content.json records their source")
+    parser.add_argument("--item_field", nargs="+", default=[], help="write the codes as this content-code field of "
+                        "<dataset>.item (e.g. text_codes) instead of <dataset>.sid, or with quantizers=per_modality one "
+                        "field per feature file; <dataset>.content.json records their source")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="tokenizer YAML")
     parser.add_argument("--data_path", help="RecBole data_path (default: dataset/)")
     parser.add_argument("--device", default=None, help="plain tokenizer: cuda / cpu (default: cuda when available)")
@@ -289,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             config = load_tokenizer_config(args.config, parse_overrides(args.set))
             data_path = args.data_path or "dataset"
-            check_item_field(args.item_field)
+            check_item_fields(args.item_field, config, len(args.features) + bool(args.checkpoint))
             exported = [export_checkpoint_features(args.checkpoint, args.dataset, data_path)] if args.checkpoint else []
             report = tokenize_dataset(args.dataset, [*args.features, *exported], config, data_path, args.device,
                                       args.item_field).report

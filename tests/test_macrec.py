@@ -5,19 +5,25 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
 from recbole_qrec.data import create_dataset, data_preparation
+from recbole_qrec.data.features import content_sources
+from recbole_qrec.data.item_features import code_proxy, item_rows
+from recbole_qrec.data.sid import read_code_column
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.model.macrec import MACRec
 from recbole_qrec.model.mql4grec import MQL4GRec
+from recbole_qrec.tokenize import main as tokenize_main
 from conftest import losses_over_steps, work_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -130,3 +136,34 @@ def test_entry_point_trains_and_evaluates_macrec(work, tmp_path):
     record = json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[-1])
     assert record["model"] == "MACRec"
     assert all(0.0 <= value <= 1.0 for value in record["test"].values()) and "ndcg@10" in record["test"]
+
+
+def test_macrec_reads_its_own_aligned_tokenizer_one_language_per_modality(work, tmp_path, capsys):
+    data = tmp_path / "dataset"
+    shutil.copytree(work / "dataset", data)
+    item_file = data / "Instruments" / "Instruments.item"
+    features = []
+    for field in ("text_codes", "image_codes"):
+        features.append(tmp_path / f"{field}.npy")
+        np.save(features[-1], code_proxy(item_file, field, 0))
+    converted = {field: read_code_column(item_file, field) for field in ("text_codes", "image_codes")}
+    tokenize = ["--dataset", "Instruments", "--data_path", str(data), "--features", *map(str, features),
+                "--device", "cpu", "--item_field", "text_codes", "image_codes", "--set", "levels=2", "codebook_size=16",
+                "code_dim=8", "hidden_dims=[32]", "epochs=2", "batch_size=512"]
+    with pytest.raises(SystemExit) as stop:  # two fields need one quantizer per modality
+        tokenize_main(tokenize)
+    assert stop.value.code == 2 and "--set quantizers=per_modality and one field per feature file" in capsys.readouterr().err
+    tokenize_main([*tokenize, "quantizers=per_modality", "collision_strategy=append_level", "alignment=contrastive"])
+
+    aligned = {field: read_code_column(item_file, field) for field in ("text_codes", "image_codes")}
+    assert all(len(codes) == 2 and max(codes) < 16 for table in aligned.values() for codes in table.values())
+    assert aligned["text_codes"] != aligned["image_codes"] and aligned["text_codes"] != converted["text_codes"]
+    assert set(content_sources(data / "Instruments", "Instruments")) == {"text_codes", "image_codes"}
+    config = work_config("MACRec", tmp_path, **TINY)
+    init_seed(config["seed"], True)
+    train, _, _, _ = data_preparation(config, create_dataset(config))
+    model = MACRec(config, train._dataset)
+    items = item_rows(train._dataset)
+    for language, field in (("text", "text_codes"), ("image", "image_codes")):
+        read = model.target_codes.codes(language)[1:].tolist()
+        assert read == [aligned[field][str(item)] for item in items], language
