@@ -109,6 +109,18 @@ def parse_overrides(args: Sequence[str]) -> dict[str, str]:
     return overrides
 
 
+def flow_collection(value: Any) -> Any:
+    """A command-line value RecBole left a string that is a YAML flow list or mapping, as in the YAML files
+    (``--tasks=[text_next, image_next]``), parsed; anything else as it is."""
+    if not (isinstance(value, str) and value.strip()[:1] in ("[", "{")):
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return parsed if isinstance(parsed, (list, dict)) else value
+
+
 @cache
 def known_config_keys() -> frozenset[str]:
     """Keys of RecBole's YAMLs and argument lists and of our harness YAMLs (not the tokenizer's own file)."""
@@ -317,7 +329,8 @@ class QRecConfig(Config):
         return settings
 
     def _load_cmd_line(self) -> dict[str, Any]:
-        return self._convert_config_dict(parse_overrides(self.cmd_args))
+        return {key: flow_collection(value) for key, value in self._convert_config_dict(
+            parse_overrides(self.cmd_args)).items()}
 
     def _get_model_and_dataset(self, model: str | type, dataset: str) -> tuple[str, type, str]:
         model_class = get_model(model) if isinstance(model, str) else model

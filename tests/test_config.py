@@ -54,6 +54,16 @@ def test_build_config_reads_its_arguments_not_sys_argv(monkeypatch):
     assert build_config("SASRec", "Instruments", cmd_args=["--epochs=3"])["epochs"] == 3
 
 
+def test_command_line_lists_and_mappings_read_as_in_yaml():
+    tasks = build_config("MACRec", "Instruments", cmd_args=["--tasks=[text_next, image_next]"])["tasks"]
+    assert tasks == ["text_next", "image_next"]
+    assert build_config("MACRec", "Instruments", cmd_args=["--tasks=['text_next']"])["tasks"] == ["text_next"]
+    clip = build_config("MACRec", "Instruments", cmd_args=["--clip_grad_norm={max_norm: 0.5}"])["clip_grad_norm"]
+    assert clip == {"max_norm": 0.5}
+    # Not YAML: left as the string, which the model's own check names.
+    assert build_config("MACRec", "Instruments", cmd_args=["--tasks=[text_next"])["tasks"] == "[text_next"
+
+
 def test_allow_data_mismatch_is_a_config_key():
     assert build_config("SASRec", "Instruments")["allow_data_mismatch"] is False
     assert build_config("SASRec", "Instruments", cmd_args=["--allow_data_mismatch=True"])["allow_data_mismatch"] is True
