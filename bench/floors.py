@@ -72,8 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         for model in models:
             entry = floors["models"][model]
             start = time.time()
-            (untrained, first), (_, second) = (small_run(model, entry["settings"], data_path, entry.get("tokenizer"))
-                                               for _ in range(2))
+            (untrained, first), (_, second) = (small_run(model, entry["settings"], data_path) for _ in range(2))
             measured, seconds = [first, second], (time.time() - start) / 2
             current = entry["floors"][-1]["floor"] if entry["floors"] else None
             proposed = proposed_floor(measured, args.margin)

@@ -24,28 +24,26 @@ the same whether the codes were computed or reused.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from logging import getLogger
 from pathlib import Path
 from typing import Any
 
 import torch
 from recbole.config import Config
-from recbole.data.dataset import SequentialDataset
 
 import recbole_qrec.quantization
+from recbole_qrec import stage_cache
 from recbole_qrec.data import item_features
-from recbole_qrec.data.item_features import ItemFeatures, concat_features, load_item_features, load_source_features
-from recbole_qrec.data.sid import sid_metadata_path, sid_path, write_sid_file
+from recbole_qrec.data.item_features import ItemFeatures, concat_features
+from recbole_qrec.data.sid import sid_metadata_path, write_sid_file
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.fileio import write_json_atomic
 from recbole_qrec.model.qbert4rec_modules import contrastive, cross_attention_block, injection, injection_training
 from recbole_qrec.model.qbert4rec_modules.injection import CrossModalInjection, depth_histogram
 from recbole_qrec.model.qbert4rec_modules.injection_training import fuse_items, train_injection
 from recbole_qrec.quantization import TokenizerConfig, fit_tokenizer
+from recbole_qrec.stage_cache import StageInputs, stage_inputs
 
 STAGE = "QBert4Rec"
 FUSIONS = ("dynamic", "static")
@@ -58,19 +56,6 @@ STAGE_KEYS = (
 )
 # Modules whose source the codes depend on: their hash is the stage's code version.
 STAGE_MODULES = (contrastive, cross_attention_block, injection, injection_training, item_features)
-
-
-@dataclass
-class StageInputs:
-    """Every domain's items and features, by domain name, target first."""
-
-    item_tokens: dict[str, list[str]]
-    features: dict[str, ItemFeatures]
-    folders: dict[str, Path]
-
-    def sid_file(self, domain: str) -> Path:
-        """The stage's code file of ``domain``: ``<domain>.QBert4Rec.sid``."""
-        return sid_path(self.folders[domain], domain, STAGE)
 
 
 def build_injection(config: Config, features: ItemFeatures) -> CrossModalInjection:
@@ -103,63 +88,11 @@ def tokenizer_config(config: Config) -> TokenizerConfig:
                            collision_strategy="rerank")
 
 
-def stage_inputs(config: Config, source_configs: Sequence[Config] = ()) -> StageInputs:
-    """Build each domain's RecBole dataset (for its item tokens in internal-id order) and read its features,
-    aligned with the target's."""
-    tokens, features, folders = {}, {}, {}
-    for domain_config in [config, *source_configs]:
-        name = domain_config["dataset"]
-        dataset = SequentialDataset(domain_config)
-        if features:
-            features[name] = load_source_features(domain_config, dataset, features[config["dataset"]])
-            if not features[name].present.any():
-                getLogger().warning(f"pretraining source {name} has no {features[name].modalities} features: the "
-                                    "semantic IDs of its items come from their learnable ID vectors alone")
-        else:
-            features[name] = load_item_features(domain_config, dataset)
-        tokens[name] = list(dataset.field2id_token[dataset.iid_field][1:])
-        folders[name] = Path(domain_config["data_path"])
-    return StageInputs(tokens, features, folders)
-
-
-def sha256(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
-
-
-def code_version() -> str:
-    """Hash of the source of the stage's modules and of the quantization package."""
+def stage_identity(config: Config, inputs: StageInputs) -> dict[str, Any]:
+    """What the codes depend on (:data:`STAGE_KEYS`, the data, the stage's and the quantizer's source), and its key."""
     files = [Path(__file__), *(Path(module.__file__) for module in STAGE_MODULES),
              *sorted(Path(recbole_qrec.quantization.__file__).parent.glob("*.py"))]
-    return hashlib.sha256(b"".join(path.read_bytes() for path in files)).hexdigest()[:16]
-
-
-def data_fingerprint(inputs: StageInputs) -> str:
-    """Hash of every domain's item tokens and feature values."""
-    return sha256({name: [tokens, inputs.features[name].digest()] for name, tokens in inputs.item_tokens.items()})
-
-
-def stage_identity(config: Config, inputs: StageInputs) -> dict[str, Any]:
-    """What the codes depend on, and its ``key``."""
-    identity = {"stage": STAGE, "settings": {name: config[name] for name in STAGE_KEYS},
-                "domains": list(inputs.item_tokens), "data_fingerprint": data_fingerprint(inputs),
-                "code_version": code_version()}
-    return {"key": sha256(identity)[:16], **identity}
-
-
-def recorded_key(metadata: Path) -> str | None:
-    """The stage key a ``.sid.json`` records (None for a file that is not a stage's metadata)."""
-    try:
-        return json.loads(metadata.read_text(encoding="utf-8")).get("key")
-    except (ValueError, AttributeError):
-        return None
-
-
-def stage_status(inputs: StageInputs, key: str) -> str:
-    """``missing``, ``stale`` or ``up to date``: the state of every domain's ``.sid`` and metadata."""
-    files = [(inputs.sid_file(domain), sid_metadata_path(inputs.sid_file(domain))) for domain in inputs.item_tokens]
-    if not all(sid_file.is_file() and metadata.is_file() for sid_file, metadata in files):
-        return "missing"
-    return "up to date" if all(recorded_key(metadata) == key for _, metadata in files) else "stale"
+    return stage_cache.stage_identity(config, inputs, STAGE_KEYS, files)
 
 
 def run_stage(config: Config, inputs: StageInputs, identity: Mapping[str, Any]) -> dict[str, Any]:
@@ -198,20 +131,11 @@ def run_stage(config: Config, inputs: StageInputs, identity: Mapping[str, Any]) 
 
 def tokenize(config: Config, source_configs: Sequence[Config] = ()) -> dict[str, Any]:
     """Run the stage (whatever the state of its output); the metadata it wrote."""
-    inputs = stage_inputs(config, source_configs)
+    inputs = stage_inputs(STAGE, config, source_configs)
     return run_stage(config, inputs, stage_identity(config, inputs))
 
 
 def ensure_semantic_ids(config: Config, source_configs: Sequence[Config] = ()) -> bool:
-    """Run the stage when a domain's ``.sid`` is missing or stale (one log line says which); True if it ran."""
-    inputs = stage_inputs(config, source_configs)
-    identity = stage_identity(config, inputs)
-    status = stage_status(inputs, identity["key"])
-    target_file = inputs.sid_file(config["dataset"])
-    if status == "up to date":
-        getLogger().info(f"QBert4Rec semantic IDs {target_file} are up to date (stage key {identity['key']}): reused")
-        return False
-    getLogger().info(f"QBert4Rec semantic IDs {target_file} are {status} (stage key {identity['key']}): running "
-                     "the tokenize stage")
-    run_stage(config, inputs, identity)
-    return True
+    """Run the stage when a domain's ``.sid`` is missing or stale; True if it ran."""
+    inputs = stage_inputs(STAGE, config, source_configs)
+    return stage_cache.ensure(config, inputs, stage_identity(config, inputs), run_stage)

@@ -62,7 +62,7 @@ import yaml
 from recbole.config import Config
 from recbole.utils import argument_list
 
-from recbole_qrec import qbert4rec_stage
+from recbole_qrec import mmesid_stage, qbert4rec_stage
 from recbole_qrec.config import build_config
 from recbole_qrec.data import check_dataset, create_dataset
 from recbole_qrec.data.atomic_files import CODE_FIELD_SUFFIX, data_root, item_tokens, read_header
@@ -70,8 +70,8 @@ from recbole_qrec.data.cross_domain import pretrain_dataset_names, source_settin
 from recbole_qrec.data.features import (EncodedRows, FeaturePaths, feature_source, load_features, read_progress,
                                         record_content_sources, save_features)
 from recbole_qrec.data.item_features import item_rows
-from recbole_qrec.data.sid import (level_tokens, sid_embeddings_path, sid_metadata_path, sid_path, write_sid_embeddings,
-                                   write_sid_file)
+from recbole_qrec.data.sid import (level_tokens, sid_embeddings_path, sid_metadata_path, sid_path,
+                                   write_per_modality_embeddings, write_sid_file)
 from recbole_qrec.errors import DEBUG_EPILOG, ConfigError, MalformedDataError, user_errors
 from recbole_qrec.fileio import atomic_open, exclusive_lock, write_json_atomic
 from recbole_qrec.resources import PROPERTIES_DIR
@@ -83,7 +83,7 @@ ITEM_EMBEDDING = "item_embedding.weight"  # RecBole's ID models: row = internal 
 ID_EMBEDDING_KIND = "id-embedding"
 # Models with a tokenize stage of their own, each a module with ``tokenize(config, source_configs) -> metadata``
 # (run it) and ``ensure_semantic_ids(config, source_configs) -> bool`` (run it if its output is missing or stale).
-MODEL_STAGES = {qbert4rec_stage.STAGE: qbert4rec_stage}
+MODEL_STAGES = {stage.STAGE: stage for stage in (qbert4rec_stage, mmesid_stage)}
 
 
 def integer_item_ids(data_path: str | Path, dataset: str) -> list[int]:
@@ -225,11 +225,8 @@ def tokenize_dataset(
         write_sid_file(sid_file, [str(item) for item in items], result.codes)
         embeddings = sid_embeddings_path(sid_file)
         if config.quantizers == "per_modality":
-            codebooks = result.model.quantizer.codebooks.detach().float().cpu().numpy()
-            modalities = len(features)
-            write_sid_embeddings(embeddings, [str(item) for item in items],
-                                 codebooks.reshape(modalities, config.levels, *codebooks.shape[1:]),
-                                 result.latents.reshape(len(items), modalities, config.code_dim))
+            write_per_modality_embeddings(embeddings, [str(item) for item in items], result.codebooks(), result.latents,
+                                          len(features))
         else:
             embeddings.unlink(missing_ok=True)  # they belonged to the codes just replaced
         write_json_atomic(sid_metadata_path(sid_file), report)

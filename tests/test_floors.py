@@ -11,15 +11,12 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from recbole.utils import init_seed
 
 from recbole_qrec.config import build_config
 from recbole_qrec.data import create_dataset, data_preparation
-from recbole_qrec.data.item_features import code_proxy
-from recbole_qrec.quantization import TokenizerConfig
-from recbole_qrec.tokenize import ensure_semantic_ids, tokenize_dataset
+from recbole_qrec.tokenize import ensure_semantic_ids
 from recbole_qrec.trainer import get_trainer
 from recbole_qrec.utils import get_model
 
@@ -28,32 +25,16 @@ METRIC = "ndcg@10"
 
 
 def load_floors(path: Path = FLOORS_FILE) -> dict[str, Any]:
-    """The floors file: ``{"models": {model: {"settings", "broken", "floors": [...]}}}``, the last floor current; a
-    model that reads the plain tokenizer's ``<dataset>.sid`` (MMESID) also has ``tokenizer``: its settings."""
+    """The floors file: ``{"models": {model: {"settings", "broken", "floors": [...]}}}``, the last floor current."""
     return json.loads(path.read_text())
 
 
 FLOORS = load_floors()["models"]
 
 
-def tokenize_content(data_path: Path, settings: dict[str, Any]) -> None:
-    """Instruments' semantic IDs in ``data_path`` from its text and image content codes (one-hot proxy features),
-    by the plain tokenizer with ``settings``."""
-    item_file = data_path / "Instruments" / "Instruments.item"
-    paths = []
-    for field in ("text_codes", "image_codes"):
-        paths.append(data_path.parent / f"{field}.npy")
-        np.save(paths[-1], code_proxy(item_file, field, 0))
-    tokenize_dataset("Instruments", paths, TokenizerConfig(**settings), data_path, "cpu")
-
-
-def small_run(model: str, settings: dict[str, Any], data_path: Path,
-              tokenizer: dict[str, Any] | None = None) -> tuple[float, float]:
+def small_run(model: str, settings: dict[str, Any], data_path: Path) -> tuple[float, float]:
     """Validation NDCG@10 of ``model``'s freshly initialised model and of its small run (the best epoch's) on the
-    atomic files in ``data_path``, seeded as the entry point seeds them; with ``tokenizer``, the plain tokenizer
-    first writes the semantic IDs it reads. Nothing else is saved."""
-    if tokenizer is not None:
-        tokenize_content(data_path, tokenizer)
+    atomic files in ``data_path``, seeded as the entry point seeds them; nothing is saved."""
     config = build_config(model, "Instruments", config_dict={
         "data_path": str(data_path), "checkpoint_dir": str(data_path.parent / "saved"), "use_gpu": False,
         "show_progress": False, **settings})
@@ -82,7 +63,7 @@ def test_the_small_run_reaches_its_floor_and_the_untrained_model_does_not(model,
     entry = FLOORS[model]
     floor = entry["floors"][-1]["floor"]
     assert entry["broken"] == "untrained"
-    untrained, trained = small_run(model, entry["settings"], work / "dataset", entry.get("tokenizer"))
+    untrained, trained = small_run(model, entry["settings"], work / "dataset")
     assert untrained < floor, f"{model}: the untrained model reaches the floor ({untrained:.4f} >= {floor})"
     assert trained >= floor, f"{model}: valid {METRIC} {trained:.4f} is below its floor {floor}"
 

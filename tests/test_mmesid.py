@@ -1,7 +1,14 @@
-"""MMESID on a 500-user subset of Instruments: the per-modality tokenizer (MM-RQ-VAE), item tokens initialised from
-its codebooks, training, constrained and exact ranking, settings."""
+"""MMESID on a 500-user subset of Instruments: the per-modality tokenizer (MM-RQ-VAE) by hand and as MMESID's own
+tokenize stage, item tokens initialised from its codebooks, training, constrained and exact ranking, settings."""
 
 from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,18 +18,21 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from dataset_prep.features import code_file_features
 from recbole_qrec.data import create_dataset, data_preparation
+from recbole_qrec.data.dataset import MMESIDDataset
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.generation import causal_beam_search, causal_exact_scores
 from recbole_qrec.model.mmesid import MMESID
 from recbole_qrec.quantization import TokenizerConfig, build_rqvae
-from recbole_qrec.tokenize import integer_item_ids, tokenize_dataset
+from recbole_qrec.tokenize import ensure_semantic_ids, integer_item_ids, tokenize_dataset
 from recbole_qrec.trainer import get_trainer
 from conftest import losses_over_steps, work_config
 from test_architecture import no_file_access_or_training
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_LM = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
            "num_attention_heads": 2, "num_key_value_heads": 2}
-TINY = {"llm_config": TINY_LM, "MAX_ITEM_LIST_LENGTH": 5, "epochs": 3, "eval_step": 3, "train_batch_size": 128,
+# The tokenizer's <dataset>.sid, written by the module's `tokenized` fixture (sid_producer: ~).
+TINY = {"sid_producer": None, "llm_config": TINY_LM, "MAX_ITEM_LIST_LENGTH": 5, "epochs": 3, "eval_step": 3, "train_batch_size": 128,
         "eval_batch_size": 256, "beam_size": 10, "learning_rate": 0.01, "use_gpu": False, "show_progress": False}
 # MM-RQ-VAE as the paper trains it (MMD reconstruction x 3, InfoNCE between the modalities' quantized vectors x 0.01).
 MM_RQVAE = {"levels": 2, "codebook_size": 32, "code_dim": 16, "hidden_dims": (64,), "batch_size": 256,
@@ -185,3 +195,44 @@ def test_bad_settings_are_config_errors(prepared, work):
         MMESID(subset_config(work, lora_rank=-1), dataset)
     with pytest.raises(ConfigError, match="beam_size"):
         MMESID(subset_config(work, beam_size=5), dataset)
+
+
+# The tokenize stage (sid_producer: MMESID, the default)
+
+STAGE = {"sid_levels": 2, "sid_codebook_size": 32, "sid_code_dim": 16, "sid_hidden_dims": [64], "sid_epochs": 3,
+         "sid_batch_size": 256}
+
+
+def test_the_stage_writes_its_own_codes_reuses_them_and_reruns_on_new_settings(tokenized, work):
+    folder = work / "dataset" / "Instruments"
+    by_hand = (folder / "Instruments.sid").read_bytes()
+    stage = {**STAGE, "sid_producer": "MMESID"}
+    config = subset_config(work, **stage)
+    assert ensure_semantic_ids(config) and not ensure_semantic_ids(config)  # written, then up to date
+    metadata = json.loads((folder / "Instruments.MMESID.sid.json").read_text())
+    assert metadata["modalities"] == ["text", "image"] and metadata["collision_rate_after"] == 0
+    dataset = MMESIDDataset(config)
+    codes = dataset.code_tables["sid"][1:]
+    assert codes.shape[1] == 2 * 2 + 1 and len(torch.unique(codes, dim=0)) == len(codes)
+    assert dataset.sid_codebooks.shape == (2, 2, 32, 16)
+    assert (folder / "Instruments.sid").read_bytes() == by_hand  # the tokenizer's file is left alone
+    assert ensure_semantic_ids(subset_config(work, **{**stage, "sid_levels": 3}))  # stale: new settings
+
+
+def test_the_entry_point_runs_the_stage_then_trains_and_evaluates(work, tmp_path):
+    shutil.copytree(work / "dataset", tmp_path / "dataset", ignore=shutil.ignore_patterns("*.sid*"))
+    settings = {**{key: value for key, value in TINY.items() if key != "sid_producer"}, **STAGE, "epochs": 1,
+                "eval_step": 1, "data_path": tmp_path / "dataset", "allow_data_mismatch": True}
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), "--model=MMESID", "--dataset=Instruments",
+         *(f"--{key}={value}" for key, value in settings.items())],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = next((tmp_path / "log" / "MMESID").glob("*.log")).read_text()
+    assert "Instruments.MMESID.sid are missing" in log and "MMESID stage: MM-RQ-VAE over ['text', 'image']" in log
+    assert (tmp_path / "dataset" / "Instruments" / "Instruments.MMESID.sid.npz").is_file()
+    record = json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[-1])
+    assert record["model"] == "MMESID" and record["tokenizer"]["sid"]["collision_rate_after"] == 0
+    assert record["tokenizer"]["sid"]["source"] == "text:llama+image:vit"

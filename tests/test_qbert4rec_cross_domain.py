@@ -16,7 +16,7 @@ from recbole_qrec.config import build_config
 from recbole_qrec.data.cross_domain import pretrain_dataset_names, source_settings
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.model.qbert4rec import QBert4Rec
-from recbole_qrec.qbert4rec_stage import stage_inputs
+from recbole_qrec.stage_cache import stage_inputs
 from recbole_qrec.tokenize import ensure_semantic_ids
 from recbole_qrec.trainer import get_trainer
 from test_qbert4rec import TINY, load_data
@@ -80,7 +80,7 @@ def test_codes_are_unique_over_the_union_of_the_domains(cross):
 
 def test_sources_are_aligned_with_the_target_modalities(cross):
     config = cross[0]
-    features = stage_inputs(config, source_configs(config)).features
+    features = stage_inputs("QBert4Rec", config, source_configs(config)).features
     assert list(features) == ["Instruments", *SOURCES]
     widths = [[matrix.shape[1] for matrix in part.matrices] for part in features.values()]
     assert all(part.modalities == ["text", "image"] for part in features.values()) and widths[1:] == widths[:-1]
@@ -125,7 +125,7 @@ def test_fine_tuned_checkpoint_reloads_weights_only_to_identical_scores(cross, t
 
 def test_text_only_codes_differ_from_both_modalities(work):
     config = make_config(work, modalities=["text"])
-    assert stage_inputs(config).features["Instruments"].modalities == ["text"]
+    assert stage_inputs("QBert4Rec", config).features["Instruments"].modalities == ["text"]
     text_only = load_data(config)[0].code_tables["sid"]
     both = load_data(make_config(work))[0].code_tables["sid"]
     assert text_only.shape == both.shape

@@ -110,9 +110,9 @@ class MACRecDataset(MQL4GRecDataset):
 
 
 class MMESIDDataset(SemanticIdDataset):
-    """MMESID's codes: always field ``sid`` (``<dataset>.sid`` from the per-modality tokenizer), and beside its file
-    ``<dataset>.sid.npz``: ``sid_codebooks`` ``[M, L, K, d]`` and ``sid_latents`` ``[n_items, M, d]`` (internal item
-    order)."""
+    """MMESID's codes: always field ``sid`` (the code file of ``sid_producer``: ``<dataset>.MMESID.sid`` of its stage,
+    or the per-modality tokenizer's ``<dataset>.sid``), and beside it the ``.sid.npz``: ``sid_codebooks``
+    ``[M, L, K, d]`` and ``sid_latents`` ``[n_items, M, d]`` (internal item order)."""
 
     def __init__(self, config: Config, sources: Mapping[str, SemanticIdDataset] | None = None) -> None:
         super().__init__(config, sources)

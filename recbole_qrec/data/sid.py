@@ -38,7 +38,7 @@ SID_SUFFIX = "sid"
 SID_FIELD = "sid"
 SID_FILE = "file"  # the value of a ``*sid_source`` key that names the code file of ``sid_producer``
 # Models whose own tokenize stage writes <dataset>.<Model>.sid: the values of ``sid_producer`` besides null.
-SID_PRODUCERS = ("QBert4Rec",)
+SID_PRODUCERS = ("QBert4Rec", "MMESID")
 
 
 CODE_TOKEN = re.compile(r"[A-Za-z]_(\d+)")
@@ -153,6 +153,15 @@ def write_sid_embeddings(path: Path, item_tokens: Sequence[str], codebooks: np.n
     with atomic_open(path, "wb") as handle:
         np.savez(handle, items=np.array(item_tokens), codebooks=codebooks.astype(np.float32),
                  latents=latents.astype(np.float32))
+
+
+def write_per_modality_embeddings(path: Path, item_tokens: Sequence[str], codebooks: np.ndarray, latents: np.ndarray,
+                                  modalities: int) -> None:
+    """:func:`write_sid_embeddings` for a per-modality tokenizer's ``codebooks`` ``[M * L, K, d]`` (modality-major)
+    and ``latents`` ``[n, M * d]``."""
+    levels = len(codebooks) // modalities
+    write_sid_embeddings(path, item_tokens, codebooks.reshape(modalities, levels, *codebooks.shape[1:]),
+                         latents.reshape(len(item_tokens), modalities, -1))
 
 
 def load_sid_embeddings(dataset: Dataset, path: Path) -> tuple[Tensor, Tensor]:

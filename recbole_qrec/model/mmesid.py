@@ -1,12 +1,13 @@
 """MME-SID (Wang et al., "Empowering Large Language Model for Sequential Recommendation via Multimodal Embeddings and
 Semantic IDs", CIKM 2025, arXiv 2509.02017): a decoder-only language model over multimodal semantic IDs.
 
-Semantic IDs come from the MM-RQ-VAE (``python -m recbole_qrec.tokenize ... --set quantizers=per_modality
-collision_strategy=append_level``; e.g. text and image features plus a trained SASRec's item embeddings through
-``--checkpoint``): one residual quantizer per modality, so an item's code tuple is its ``M`` modalities' ``L`` codes
-side by side plus the disambiguation level, ``T = M * L + 1`` tokens. The dataset
-(:class:`~recbole_qrec.data.dataset.MMESIDDataset`) carries the codes, the codebooks ``[M, L, K, d]`` and each item's
-per-modality latent ``[M, d]`` (``<dataset>.sid.npz``).
+Semantic IDs come from the MM-RQ-VAE, one residual quantizer per modality, so an item's code tuple is its ``M``
+modalities' ``L`` codes side by side plus the disambiguation level, ``T = M * L + 1`` tokens: MMESID's own tokenize
+stage (:mod:`recbole_qrec.mmesid_stage`, ``<dataset>.MMESID.sid``, run by the entry point), or with ``sid_producer:
+~`` the tokenizer's ``<dataset>.sid`` (``python -m recbole_qrec.tokenize ... --set quantizers=per_modality
+collision_strategy=append_level``, e.g. with a trained SASRec's item embeddings through ``--checkpoint``). The
+dataset (:class:`~recbole_qrec.data.dataset.MMESIDDataset`) carries the codes, the codebooks ``[M, L, K, d]`` and
+each item's per-modality latent ``[M, d]`` (the ``.sid.npz`` beside the ``.sid``).
 
 * Language model: any Hugging Face causal LM built from ``llm_config`` (``model_type`` plus config fields; random
   weights, nothing is downloaded), or local weights from ``llm_name_or_path``. Item tokens are new vocabulary entries

@@ -30,6 +30,10 @@ class TokenizerResult:
     model: RQVAE
     latents: np.ndarray
 
+    def codebooks(self) -> np.ndarray:
+        """The trained codebooks, ``[levels, K, code_dim]`` (per-modality quantizers: ``M * levels``, modality-major)."""
+        return self.model.quantizer.codebooks.detach().float().cpu().numpy()
+
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` means CUDA when available, else CPU."""

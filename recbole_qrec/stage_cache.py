@@ -1,0 +1,110 @@
+"""What a model's tokenize stage shares: its inputs (every domain's items and features), the key its codes are
+cached under and the check that reruns it only when a domain's code file is missing or stale.
+
+A stage writes ``<domain>.<Model>.sid`` for each domain it covers and beside it ``<domain>.<Model>.sid.json``,
+whose ``key`` hashes the stage's settings, the data fingerprint (every domain's item tokens and feature values)
+and the code version (a hash of the source files the codes depend on). :func:`ensure` reruns the stage only when
+a domain's file is missing or its recorded key differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from logging import getLogger
+from pathlib import Path
+from typing import Any
+
+from recbole.config import Config
+from recbole.data.dataset import SequentialDataset
+
+from recbole_qrec.data.item_features import ItemFeatures, load_item_features, load_source_features
+from recbole_qrec.data.sid import sid_metadata_path, sid_path
+
+
+@dataclass
+class StageInputs:
+    """Every domain's items and features, by domain name, target first; ``producer`` names the code files."""
+
+    producer: str
+    item_tokens: dict[str, list[str]]
+    features: dict[str, ItemFeatures]
+    folders: dict[str, Path]
+
+    def sid_file(self, domain: str) -> Path:
+        """The stage's code file of ``domain``: ``<domain>.<producer>.sid``."""
+        return sid_path(self.folders[domain], domain, self.producer)
+
+
+def stage_inputs(producer: str, config: Config, source_configs: Sequence[Config] = ()) -> StageInputs:
+    """Build each domain's RecBole dataset (for its item tokens in internal-id order) and read its features,
+    aligned with the target's."""
+    tokens, features, folders = {}, {}, {}
+    for domain_config in [config, *source_configs]:
+        name = domain_config["dataset"]
+        dataset = SequentialDataset(domain_config)
+        if features:
+            features[name] = load_source_features(domain_config, dataset, features[config["dataset"]])
+            if not features[name].present.any():
+                getLogger().warning(f"pretraining source {name} has no {features[name].modalities} features: the "
+                                    "semantic IDs of its items come from their learnable ID vectors alone")
+        else:
+            features[name] = load_item_features(domain_config, dataset)
+        tokens[name] = list(dataset.field2id_token[dataset.iid_field][1:])
+        folders[name] = Path(domain_config["data_path"])
+    return StageInputs(producer, tokens, features, folders)
+
+
+def sha256(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def code_version(files: Iterable[Path]) -> str:
+    """Hash of the source files the codes depend on."""
+    return hashlib.sha256(b"".join(path.read_bytes() for path in files)).hexdigest()[:16]
+
+
+def data_fingerprint(inputs: StageInputs) -> str:
+    """Hash of every domain's item tokens and feature values."""
+    return sha256({name: [tokens, inputs.features[name].digest()] for name, tokens in inputs.item_tokens.items()})
+
+
+def stage_identity(config: Config, inputs: StageInputs, keys: Sequence[str], files: Iterable[Path]) -> dict[str, Any]:
+    """What the codes depend on (the settings ``keys``, the data, the source ``files``), and its ``key``."""
+    identity = {"stage": inputs.producer, "settings": {name: config[name] for name in keys},
+                "domains": list(inputs.item_tokens), "data_fingerprint": data_fingerprint(inputs),
+                "code_version": code_version(files)}
+    return {"key": sha256(identity)[:16], **identity}
+
+
+def recorded_key(metadata: Path) -> str | None:
+    """The stage key a ``.sid.json`` records (None for a file that is not a stage's metadata)."""
+    try:
+        return json.loads(metadata.read_text(encoding="utf-8")).get("key")
+    except (ValueError, AttributeError):
+        return None
+
+
+def stage_status(inputs: StageInputs, key: str) -> str:
+    """``missing``, ``stale`` or ``up to date``: the state of every domain's ``.sid`` and metadata."""
+    files = [(inputs.sid_file(domain), sid_metadata_path(inputs.sid_file(domain))) for domain in inputs.item_tokens]
+    if not all(sid_file.is_file() and metadata.is_file() for sid_file, metadata in files):
+        return "missing"
+    return "up to date" if all(recorded_key(metadata) == key for _, metadata in files) else "stale"
+
+
+def ensure(config: Config, inputs: StageInputs, identity: dict[str, Any],
+           run: Callable[[Config, StageInputs, dict[str, Any]], Any]) -> bool:
+    """``run`` the stage when a domain's ``.sid`` is missing or stale (one log line says which); True if it ran."""
+    status = stage_status(inputs, identity["key"])
+    target_file = inputs.sid_file(config["dataset"])
+    if status == "up to date":
+        getLogger().info(f"{inputs.producer} semantic IDs {target_file} are up to date (stage key {identity['key']}): "
+                         "reused")
+        return False
+    getLogger().info(f"{inputs.producer} semantic IDs {target_file} are {status} (stage key {identity['key']}): running "
+                     "the tokenize stage")
+    run(config, inputs, identity)
+    return True
