@@ -5,8 +5,12 @@ Without the data a test that needs it is skipped with the reason, except in CI (
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -57,6 +61,20 @@ def work_config(model: str, work: Path, **settings):
     ``settings`` on top."""
     return build_config(model, "Instruments", config_dict={
         "data_path": str(work / "dataset"), "checkpoint_dir": str(work / "saved"), **settings})
+
+
+def run_entry_point(model: str, settings: dict[str, Any], folder: Path) -> tuple[str, dict[str, Any]]:
+    """``run_recbole_qrec.py --model=<model> --dataset=Instruments`` with ``settings`` as ``--key=value``, run in
+    ``folder`` on one thread; it must succeed. Its log and its result record."""
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), f"--model={model}", "--dataset=Instruments",
+         *(f"--{key}={value}" for key, value in settings.items())],
+        cwd=folder, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = next((folder / "log" / model).glob("*.log")).read_text()
+    return log, json.loads((folder / "results" / "results.jsonl").read_text().splitlines()[-1])
 
 
 def losses_over_steps(model: torch.nn.Module, loss_of, steps: int, learning_rate: float = 3e-3) -> list[float]:

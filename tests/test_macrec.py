@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +20,8 @@ from recbole_qrec.errors import ConfigError
 from recbole_qrec.model.macrec import MACRec
 from recbole_qrec.model.mql4grec import MQL4GRec
 from recbole_qrec.tokenize import main as tokenize_main
-from conftest import losses_over_steps, work_config
+from conftest import losses_over_steps, run_entry_point, work_config
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
     "MAX_ITEM_LIST_LENGTH": 5, "epochs": 1, "train_batch_size": 256, "eval_batch_size": 256, "use_gpu": False,
@@ -124,16 +119,8 @@ def test_full_sort_predict_scores_only_real_items(prepared, work, rule):
 
 def test_entry_point_trains_and_evaluates_macrec(work, tmp_path):
     settings = {**TINY, "data_path": work / "dataset", "allow_data_mismatch": True}
-    done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), "--model=MACRec", "--dataset=Instruments",
-         *(f"--{key}={value}" for key, value in settings.items())],
-        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    log = next((tmp_path / "log" / "MACRec").glob("*.log")).read_text()
+    log, record = run_entry_point("MACRec", settings, tmp_path)
     assert "implicit_align_weight = 0.01" in log
-    record = json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[-1])
     assert record["model"] == "MACRec"
     assert all(0.0 <= value <= 1.0 for value in record["test"].values()) and "ndcg@10" in record["test"]
 

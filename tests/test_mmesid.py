@@ -4,11 +4,7 @@ tokenize stage, item tokens initialised from its codebooks, training, constraine
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,10 +21,9 @@ from recbole_qrec.model.mmesid import MMESID
 from recbole_qrec.quantization import TokenizerConfig, build_rqvae
 from recbole_qrec.tokenize import ensure_semantic_ids, integer_item_ids, tokenize_dataset
 from recbole_qrec.trainer import get_trainer
-from conftest import losses_over_steps, work_config
+from conftest import losses_over_steps, run_entry_point, work_config
 from test_architecture import no_file_access_or_training
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_LM = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
            "num_attention_heads": 2, "num_key_value_heads": 2}
 # The tokenizer's <dataset>.sid, written by the module's `tokenized` fixture (sid_producer: ~).
@@ -223,16 +218,8 @@ def test_the_entry_point_runs_the_stage_then_trains_and_evaluates(work, tmp_path
     shutil.copytree(work / "dataset", tmp_path / "dataset", ignore=shutil.ignore_patterns("*.sid*"))
     settings = {**{key: value for key, value in TINY.items() if key != "sid_producer"}, **STAGE, "epochs": 1,
                 "eval_step": 1, "data_path": tmp_path / "dataset", "allow_data_mismatch": True}
-    done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), "--model=MMESID", "--dataset=Instruments",
-         *(f"--{key}={value}" for key, value in settings.items())],
-        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    log = next((tmp_path / "log" / "MMESID").glob("*.log")).read_text()
+    log, record = run_entry_point("MMESID", settings, tmp_path)
     assert "Instruments.MMESID.sid are missing" in log and "MMESID stage: MM-RQ-VAE over ['text', 'image']" in log
     assert (tmp_path / "dataset" / "Instruments" / "Instruments.MMESID.sid.npz").is_file()
-    record = json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[-1])
     assert record["model"] == "MMESID" and record["tokenizer"]["sid"]["collision_rate_after"] == 0
     assert record["tokenizer"]["sid"]["source"] == "text:llama+image:vit"

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,9 +24,8 @@ from recbole_qrec.model.mql4grec_modules.fusion import fuse_beams
 from recbole_qrec.model.mql4grec_modules.tasks import N_SPECIAL
 from recbole_qrec.results import config_hash
 from recbole_qrec.trainer import PretrainFineTuneTrainer
-from conftest import work_config
+from conftest import run_entry_point, work_config
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
     "MAX_ITEM_LIST_LENGTH": 8, "epochs": 1, "train_batch_size": 256, "eval_batch_size": 256, "use_gpu": False,
@@ -433,16 +429,9 @@ def test_text_only_target_ranks_with_the_text_beam(prepared, work):
 def test_entry_point_pretrains_on_games_and_fine_tunes_on_instruments(work, tmp_path):
     settings = {**TINY, "pretrain_datasets": "['Games']", "pretrain_epochs": 1, "data_path": work / "dataset",
                 "allow_data_mismatch": True}
-    done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), "--model=MQL4GRec", "--dataset=Instruments",
-         *(f"--{key}={value}" for key, value in settings.items())],
-        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    log = next((tmp_path / "log" / "MQL4GRec").glob("*.log")).read_text()
+    log, record = run_entry_point("MQL4GRec", settings, tmp_path)
     assert "pretraining source Games" in log and "pretrain epoch 0" in log
     assert "eval_rule = group" in log  # the rule is part of the logged configuration and of the config hash
-    record = json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[-1])
     assert record["model"] == "MQL4GRec"
     assert set(record["test"]) == {"hit@1", "hit@5", "hit@10", "ndcg@1", "ndcg@5", "ndcg@10"}
     assert all(0.0 <= value <= 1.0 for value in record["test"].values())

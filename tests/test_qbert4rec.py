@@ -4,11 +4,7 @@ entry point."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,9 +22,8 @@ from recbole_qrec.model.qbert4rec_modules.masking import MultiMask
 from recbole_qrec.qbert4rec_stage import build_injection
 from recbole_qrec.tokenize import ensure_semantic_ids
 from recbole_qrec.trainer import QBert4RecTrainer
-from conftest import work_config
+from conftest import run_entry_point, work_config
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "injection_dim": 32, "injection_epochs": 2, "injection_batch_size": 512,
     "sid_levels": 3, "sid_codebook_size": 32, "sid_code_dim": 16, "sid_epochs": 3,
@@ -315,17 +310,10 @@ def test_harness_uses_the_qbert4rec_trainer():
 def test_entry_point_runs_the_tokenize_stage_and_qbert4rec_end_to_end(work, tmp_path):
     data = tmp_path / "dataset" / "Instruments"
     shutil.copytree(work / "dataset" / "Instruments", data, ignore=shutil.ignore_patterns("*.sid*"))
-    overrides = [f"--{key}={value}" for key, value in TINY.items()]
-    done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), "--model=QBert4Rec", "--dataset=Instruments",
-         f"--data_path={tmp_path / 'dataset'}", "--allow_data_mismatch=True", *overrides],
-        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    record = json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[-1])
+    log, record = run_entry_point("QBert4Rec", {**TINY, "data_path": tmp_path / "dataset", "allow_data_mismatch": True},
+                                  tmp_path)
     assert record["model"] == "QBert4Rec" and record["test"]
     assert all(0.0 <= value <= 1.0 for value in record["test"].values())
-    log = next((tmp_path / "log" / "QBert4Rec").glob("*.log")).read_text()
     assert "Instruments.QBert4Rec.sid are missing" in log and "running the tokenize stage" in log
     metadata = json.loads((data / "Instruments.QBert4Rec.sid.json").read_text())
     assert metadata["stage"] == "QBert4Rec" and metadata["collision_rate_after"] == 0.0

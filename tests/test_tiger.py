@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -29,9 +25,8 @@ from recbole_qrec.model.tiger import TIGER
 from recbole_qrec.quantization import append_level
 from recbole_qrec.tokenize import main as tokenize_main
 from recbole_qrec.trainer import get_trainer
-from conftest import losses_over_steps
+from conftest import losses_over_steps, run_entry_point
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
     "MAX_ITEM_LIST_LENGTH": 8, "epochs": 1, "train_batch_size": 256, "eval_batch_size": 256, "use_gpu": False,
@@ -281,14 +276,7 @@ def test_a_few_epochs_of_training_learn_the_next_item(work):
 # The entry point
 
 def test_entry_point_runs_tiger_end_to_end(work, tmp_path):
-    overrides = [f"--{key}={value}" for key, value in TINY.items()]
-    done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), "--model=TIGER", "--dataset=Instruments",
-         f"--data_path={work / 'dataset'}", "--allow_data_mismatch=True", *overrides],
-        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    record = json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[-1])
+    _, record = run_entry_point("TIGER", {**TINY, "data_path": work / "dataset", "allow_data_mismatch": True}, tmp_path)
     assert record["model"] == "TIGER" and record["epochs"] == 1
     assert set(record["test"]) == {"hit@1", "hit@5", "hit@10", "ndcg@1", "ndcg@5", "ndcg@10"}
     assert all(0.0 <= value <= 1.0 for value in record["test"].values())
