@@ -127,10 +127,12 @@ def test_best_yaml_reproduces_the_best_trial(sweep_run: dict, tmp_path: Path, mo
     assert again["valid"] == record["valid"] and again["config_hash"] == record["config_hash"]
 
 
-def test_shipped_example_is_a_valid_sweep() -> None:
-    spec = load_spec(find_spec_file("SASRec.yaml"))
-    (target,) = plan_targets(spec)
-    assert (spec.algorithm, target.metric, target.bigger, target.budget) == ("tpe", "ndcg@10", True, 40)
+@pytest.mark.parametrize("name, trials", [("SASRec", 40), ("QBert4Rec", 24), ("TIGER", 24), ("MQL4GRec", 24)])
+def test_shipped_examples_are_valid_sweeps(name, trials) -> None:
+    spec = load_spec(find_spec_file(f"{name}.yaml"))
+    (target,) = plan_targets(spec)  # every fixed and searched value checked against the model's config
+    assert (spec.algorithm, target.model, target.metric, target.bigger, target.budget) == ("tpe", name, "ndcg@10", True,
+                                                                                          trials)
 
 
 @pytest.mark.parametrize("change, message", [
