@@ -109,9 +109,12 @@ def parse_overrides(args: Sequence[str]) -> dict[str, str]:
     return overrides
 
 
-def flow_collection(value: Any) -> Any:
-    """A command-line value RecBole left a string that is a YAML flow list or mapping, as in the YAML files
-    (``--tasks=[text_next, image_next]``), parsed; anything else as it is."""
+def yaml_value(value: Any) -> Any:
+    """A command-line value RecBole left a string, read as the YAML files write it: ``~`` is null
+    (``--sid_producer=~``), a flow list or mapping is parsed (``--tasks=[text_next, image_next]``); anything else
+    as it is."""
+    if value == "~":
+        return None
     if not (isinstance(value, str) and value.strip()[:1] in ("[", "{")):
         return value
     try:
@@ -329,7 +332,7 @@ class QRecConfig(Config):
         return settings
 
     def _load_cmd_line(self) -> dict[str, Any]:
-        return {key: flow_collection(value) for key, value in self._convert_config_dict(
+        return {key: yaml_value(value) for key, value in self._convert_config_dict(
             parse_overrides(self.cmd_args)).items()}
 
     def _get_model_and_dataset(self, model: str | type, dataset: str) -> tuple[str, type, str]:

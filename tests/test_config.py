@@ -54,7 +54,8 @@ def test_build_config_reads_its_arguments_not_sys_argv(monkeypatch):
     assert build_config("SASRec", "Instruments", cmd_args=["--epochs=3"])["epochs"] == 3
 
 
-def test_command_line_lists_and_mappings_read_as_in_yaml():
+def test_command_line_nulls_lists_and_mappings_read_as_in_yaml():
+    assert build_config("MMESID", "Instruments", cmd_args=["--sid_producer=~"])["sid_producer"] is None
     tasks = build_config("MACRec", "Instruments", cmd_args=["--tasks=[text_next, image_next]"])["tasks"]
     assert tasks == ["text_next", "image_next"]
     assert build_config("MACRec", "Instruments", cmd_args=["--tasks=['text_next']"])["tasks"] == ["text_next"]
