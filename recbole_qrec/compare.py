@@ -7,6 +7,10 @@ data fingerprint and git commit) is skipped unless ``--rerun``: its config hash 
 as the run computes them (:func:`recbole_qrec.config.build_config`, :func:`recbole_qrec.data.check_dataset`,
 :func:`recbole_qrec.results.config_hash`). A run that fails costs only its own result; the failures are listed at
 the end, after the table of the others (:mod:`recbole_qrec.table`), and make the command fail.
+
+``--continue`` carries long trainings over several budgeted sessions: a run whose latest record with the same
+settings and data (any commit) stopped at its training budget (``train_time_limit_reached``) runs again from that
+record's checkpoint (``--resume_checkpoint``), with the budget again, instead of counting as recorded.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -47,6 +51,7 @@ class Run:
     config_hash: str | None = None
     fingerprint: dict[str, Any] | None = None
     error: str | None = None  # why it cannot start (its config or data check failed)
+    resume_from: str | None = None  # the checkpoint of its budget-stopped record (--continue)
 
     @property
     def name(self) -> str:
@@ -54,13 +59,18 @@ class Run:
 
     @property
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "recbole_qrec", *self.args]
+        resume = [f"--resume_checkpoint={self.resume_from}"] if self.resume_from else []
+        return [sys.executable, "-m", "recbole_qrec", *self.args, *resume]
+
+    def configured_as(self, record: dict[str, Any]) -> bool:
+        """Whether ``record`` is a result of this run with the same settings and data (any code)."""
+        return (record.get("model"), record.get("dataset"), record.get("seed"), record.get("config_hash"),
+                record.get("data_fingerprint")) == (self.model, self.dataset, self.seed, self.config_hash,
+                                                    self.fingerprint)
 
     def recorded_by(self, record: dict[str, Any], commit: str) -> bool:
         """Whether ``record`` is this run's result with the same settings, data and code."""
-        return (record.get("model"), record.get("dataset"), record.get("seed"), record.get("config_hash"),
-                record.get("data_fingerprint"), record.get("git_commit")) == (
-            self.model, self.dataset, self.seed, self.config_hash, self.fingerprint, commit)
+        return self.configured_as(record) and record.get("git_commit") == commit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seeds per model and dataset: seed, seed+1, ... (seed: 2020 unless set with --seed=S)")
     parser.add_argument("--parallel", type=int, default=1, metavar="N", help="runs at once (default 1)")
     parser.add_argument("--rerun", action="store_true", help="run again the runs whose result is already recorded")
+    parser.add_argument("--continue", dest="continue_runs", action="store_true",
+                        help="continue each run whose latest record (same settings and data) stopped at its training "
+                        "budget (train_time_limit) from that record's checkpoint, with the budget again")
     parser.add_argument("--results-dir", type=Path, metavar="DIR",
                         help="results_dir of every run (default: the configured one, results/)")
     parser.add_argument("--config_files", nargs="+", default=[], metavar="FILE", help="YAML files of every run, later files win")
@@ -105,6 +118,20 @@ def plan(models: list[str], datasets: list[str], seeds: int, config_files: list[
 def recorded(path: Path | None) -> list[dict[str, Any]]:
     """The records of a results file; none when it does not exist yet."""
     return table.load_records([path]) if path is not None and path.is_file() and path.stat().st_size else []
+
+
+def budget_stopped(runs: list[Run]) -> list[Run]:
+    """``runs``, each whose latest record with the same settings and data stopped at its training budget set to
+    resume from that record's checkpoint (a record whose checkpoint file is gone is not continued)."""
+    existing = {path: recorded(path) for path in {run.results_file for run in runs if run.error is None}}
+    continued = []
+    for run in runs:
+        same = [record for record in existing.get(run.results_file, []) if run.configured_as(record)]
+        latest = same[-1] if same else {}
+        checkpoint = latest.get("checkpoint")
+        stopped = latest.get("train_time_limit_reached") and checkpoint and Path(checkpoint).is_file()
+        continued.append(replace(run, resume_from=checkpoint) if stopped else run)
+    return continued
 
 
 def execute(run: Run, env: dict[str, str]) -> tuple[int, str, float]:
@@ -186,10 +213,14 @@ def compare(args: argparse.Namespace, overrides: list[str]) -> None:
     compare_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     config_files = [name for group in args.config_files for name in group.split()]  # as the entry point reads them
     runs = plan(args.models, args.datasets, args.seeds, config_files, overrides, compare_id)
-    records = {} if args.rerun else recorded_runs(runs)
+    if args.continue_runs:
+        runs = budget_stopped(runs)
+    records = {} if args.rerun else {run: record for run, record in recorded_runs(runs).items() if not run.resume_from}
     failures = {run: run.error for run in runs if run.error is not None}
     to_run = [run for run in runs if run not in records and run not in failures]
-    print(f"compare {compare_id}: {len(runs)} runs, {len(records)} already recorded (skipped), {len(to_run)} to run, "
+    continued = sum(run.resume_from is not None for run in to_run)
+    print(f"compare {compare_id}: {len(runs)} runs, {len(records)} already recorded (skipped), {len(to_run)} to run"
+          f"{f' ({continued} continued from their budget-stopped checkpoints)' if continued else ''}, "
           f"{args.parallel} at a time", file=sys.stderr, flush=True)
     progress = Progress(len(runs))
     for run, record in records.items():

@@ -66,6 +66,32 @@ def test_grid_keeps_good_runs_skips_recorded_ones_and_reruns(work: Path, tmp_pat
     assert rerun[2]["config_hash"] == first["config_hash"] and rerun[2]["tags"] != first["tags"]
 
 
+def test_continue_resumes_budget_stopped_runs_from_their_checkpoints(work: Path, tmp_path: Path, capsys,
+                                                                    monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    results = tmp_path / "results"
+    # A budget spent within the first epoch: each call trains one more epoch, then stops at the budget.
+    grid = ["--models", "SASRec", "--datasets", "Instruments", "--results-dir", str(results),
+            f"--data_path={work / 'dataset'}", *[arg for arg in TINY if arg != "--epochs=1"], "--epochs=5",
+            "--train_time_limit=0.01"]
+    status, _, err = compare(grid, capsys)
+    assert status == 0, err
+    (first,) = lines(results / "results.jsonl")
+    assert first["train_time_limit_reached"] and first["resumed_from"] is None and len(first["valid_curve"]) == 1
+
+    status, _, err = compare(grid, capsys)  # without --continue the recorded run is skipped
+    assert status == 0 and "1 already recorded (skipped), 0 to run" in err
+    previous = first
+    for _ in range(2):  # continued twice, each time from the checkpoint the call before recorded
+        status, _, err = compare([*grid, "--continue"], capsys)
+        assert status == 0 and "1 to run (1 continued from their budget-stopped checkpoints)" in err, err
+        latest = lines(results / "results.jsonl")[-1]
+        assert latest["resumed_from"] == previous["checkpoint"] and latest["config_hash"] == first["config_hash"]
+        assert latest["valid_curve"][-1]["epoch"] == previous["valid_curve"][-1]["epoch"] + 1
+        previous = latest
+
+
 def without_command(md: str) -> str:
     """A table's markdown without the line naming the command that built it."""
     return "\n".join(line for line in md.splitlines() if not line.startswith("Command: "))
