@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from recbole.config import Config
 
-import recbole_qrec.quantization
 from recbole_qrec import stage_cache
 from recbole_qrec.data import item_features
 from recbole_qrec.data.sid import sid_embeddings_path, sid_metadata_path, write_per_modality_embeddings, write_sid_file
@@ -32,8 +31,6 @@ STAGE = "MMESID"
 # Settings the codes depend on (besides the items and feature values, in the data fingerprint).
 STAGE_KEYS = ("modalities", "sid_levels", "sid_codebook_size", "sid_code_dim", "sid_hidden_dims", "sid_epochs",
               "sid_batch_size", "sid_reconstruction_weight", "sid_contrastive_weight", "seed")
-REPORTED = ("n_items", "levels", "reconstruction_loss", "collision_rate_before", "collision_rate_after", "utilisation",
-            "perplexity")
 
 
 def tokenizer_config(config: Config, modalities: int) -> TokenizerConfig:
@@ -49,9 +46,7 @@ def tokenizer_config(config: Config, modalities: int) -> TokenizerConfig:
 
 def stage_identity(config: Config, inputs: StageInputs) -> dict[str, Any]:
     """What the codes depend on (:data:`STAGE_KEYS`, the data, the stage's and the quantizer's source), and its key."""
-    files = [Path(__file__), Path(item_features.__file__),
-             *sorted(Path(recbole_qrec.quantization.__file__).parent.glob("*.py"))]
-    return stage_cache.stage_identity(config, inputs, STAGE_KEYS, files)
+    return stage_cache.stage_identity(config, inputs, STAGE_KEYS, [Path(__file__), Path(item_features.__file__)])
 
 
 def run_stage(config: Config, inputs: StageInputs, identity: Mapping[str, Any]) -> dict[str, Any]:
@@ -68,7 +63,7 @@ def run_stage(config: Config, inputs: StageInputs, identity: Mapping[str, Any]) 
     sources = item_features.domain_content_sources(config, domain, target=True)
     metadata = {**identity, "modalities": features.modalities,
                 "content_sources": [sources[modality] for modality in features.modalities],
-                **{name: result.report[name] for name in REPORTED}}
+                **{name: result.report[name] for name in stage_cache.TOKENIZER_FIGURES}}
     write_json_atomic(sid_metadata_path(sid_file), metadata)
     getLogger().info(f"MMESID stage: MM-RQ-VAE over {features.modalities}, reconstruction loss "
                      f"{metadata['reconstruction_loss']:.4f}, collision rate {metadata['collision_rate_before']:.4f} -> "

@@ -32,7 +32,6 @@ from typing import Any
 import torch
 from recbole.config import Config
 
-import recbole_qrec.quantization
 from recbole_qrec import stage_cache
 from recbole_qrec.data import item_features
 from recbole_qrec.data.item_features import ItemFeatures, concat_features
@@ -90,8 +89,7 @@ def tokenizer_config(config: Config) -> TokenizerConfig:
 
 def stage_identity(config: Config, inputs: StageInputs) -> dict[str, Any]:
     """What the codes depend on (:data:`STAGE_KEYS`, the data, the stage's and the quantizer's source), and its key."""
-    files = [Path(__file__), *(Path(module.__file__) for module in STAGE_MODULES),
-             *sorted(Path(recbole_qrec.quantization.__file__).parent.glob("*.py"))]
+    files = [Path(__file__), *(Path(module.__file__) for module in STAGE_MODULES)]
     return stage_cache.stage_identity(config, inputs, STAGE_KEYS, files)
 
 
@@ -118,8 +116,7 @@ def run_stage(config: Config, inputs: StageInputs, identity: Mapping[str, Any]) 
     sizes = [len(tokens) for tokens in inputs.item_tokens.values()]
     codes, depths = torch.from_numpy(tokenized.codes).split(sizes), depths.cpu().split(sizes)
     metadata = {**identity, "items": dict(zip(inputs.item_tokens, sizes)),
-                **{name: report[name] for name in ("n_items", "levels", "reconstruction_loss", "collision_rate_before",
-                                                   "collision_rate_after", "utilisation", "perplexity")},
+                **{name: report[name] for name in stage_cache.TOKENIZER_FIGURES},
                 "injection_loss": {"first": losses[0], "last": losses[-1], "epochs": len(losses)},
                 "depth_histogram": {name: depth_histogram(domain_depths, config["injection_layers"])
                                     for name, domain_depths in zip(inputs.item_tokens, depths)}}

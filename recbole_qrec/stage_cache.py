@@ -20,8 +20,13 @@ from typing import Any
 from recbole.config import Config
 from recbole.data.dataset import SequentialDataset
 
+import recbole_qrec.quantization
 from recbole_qrec.data.item_features import ItemFeatures, load_item_features, load_source_features
 from recbole_qrec.data.sid import sid_metadata_path, sid_path
+
+# The tokenizer's figures a stage's metadata carries (recbole_qrec.quantization's report).
+TOKENIZER_FIGURES = ("n_items", "levels", "reconstruction_loss", "collision_rate_before", "collision_rate_after",
+                     "utilisation", "perplexity")
 
 
 @dataclass
@@ -62,8 +67,9 @@ def sha256(value: Any) -> str:
 
 
 def code_version(files: Iterable[Path]) -> str:
-    """Hash of the source files the codes depend on."""
-    return hashlib.sha256(b"".join(path.read_bytes() for path in files)).hexdigest()[:16]
+    """Hash of the source ``files`` the codes depend on and of the quantization package, which every stage runs."""
+    quantizer = sorted(Path(recbole_qrec.quantization.__file__).parent.glob("*.py"))
+    return hashlib.sha256(b"".join(path.read_bytes() for path in [*files, *quantizer])).hexdigest()[:16]
 
 
 def data_fingerprint(inputs: StageInputs) -> str:
@@ -72,7 +78,8 @@ def data_fingerprint(inputs: StageInputs) -> str:
 
 
 def stage_identity(config: Config, inputs: StageInputs, keys: Sequence[str], files: Iterable[Path]) -> dict[str, Any]:
-    """What the codes depend on (the settings ``keys``, the data, the source ``files``), and its ``key``."""
+    """What the codes depend on (the settings ``keys``, the data, the source ``files`` and the quantizer's), and its
+    ``key``."""
     identity = {"stage": inputs.producer, "settings": {name: config[name] for name in keys},
                 "domains": list(inputs.item_tokens), "data_fingerprint": data_fingerprint(inputs),
                 "code_version": code_version(files)}

@@ -118,7 +118,7 @@ def load_item_features(config: Config, dataset: Dataset) -> ItemFeatures:
     if not available or (requested and missing):
         fix = " or remove them from modalities" if requested else ""
         raise ConfigError(
-            f"QBert4Rec needs {missing} item features (modalities: {requested or 'every available one'}), but dataset "
+            f"{config['model']} needs {missing} item features (modalities: {requested or 'every available one'}), but dataset "
             f"{config['dataset']} has none (its item_content_fields are {config['item_content_fields'] or []}, "
             f"{' / '.join(MODALITY_SOURCES[m][0] for m in missing)} null) — set the feature file key to a .npy file "
             f"with one row per item id{fix}"
