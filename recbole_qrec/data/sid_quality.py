@@ -17,7 +17,8 @@
   tokenizer's setting when a report records it, else the largest of 256 (the converted content codes') and the
   largest code + 1;
 * ``source``: the content behind the codes (``text:llama``, ``id-embedding:SASRec``, ...); ``tokenizer_hash``: the
-  key of QBert4Rec's stage, or a hash of the tokenizer settings its report records (None for codes made elsewhere);
+  key of a model's stage (QBert4Rec, MMESID), or a hash of the tokenizer settings its report records (None for
+  codes made elsewhere);
 * ``main``: True for the table of the model's first code source (TIGER's ``sid_source``, MQL4GRec's text
   language when it has one, QBert4Rec's ``sid``).
 """
@@ -40,7 +41,8 @@ from recbole_qrec.quantization.metrics import collision_rate, level_usage
 
 
 def tokenizer_hash(report: dict[str, Any]) -> str | None:
-    """The stage ``key`` of a QBert4Rec ``.sid.json``, else a 12-digit hash of a tokenizer report's ``config``."""
+    """The stage ``key`` of a model stage's ``.sid.json`` (QBert4Rec, MMESID), else a 12-digit hash of a tokenizer
+    report's ``config``."""
     if "key" in report:
         return report["key"]
     if "config" in report:
