@@ -223,7 +223,6 @@ def build_table_parser(prog: str) -> ArgumentParser:
     )
     parser.add_argument("results", nargs="*", type=Path, default=[Path("results/results.jsonl")],
                         help="results.jsonl files (or JSON lists of records); default results/results.jsonl")
-    parser.add_argument("--by", default="model,dataset", help="rows,column groups (only model,dataset)")
     table.add_output_arguments(parser)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
@@ -239,8 +238,6 @@ def table_command(argv: Sequence[str], prog: str) -> None:
     parser = build_table_parser(prog)
     args = parser.parse_args(argv)
     args.command = invocation(parser, argv)
-    if args.by.replace(" ", "") != "model,dataset":
-        raise ConfigError(f"--by {args.by} is not supported — use --by model,dataset (models as rows)")
     request = table.table_request(args)
     table.publish(table.load_records(args.results), request)
 

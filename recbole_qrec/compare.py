@@ -9,8 +9,9 @@ as the run computes them (:func:`recbole_qrec.config.build_config`, :func:`recbo
 the end, after the table of the others (:mod:`recbole_qrec.table`), and make the command fail.
 
 ``--continue`` carries long trainings over several budgeted sessions: a run whose latest record with the same
-settings and data (any commit) stopped at its training budget (``train_time_limit_reached``) runs again from that
-record's checkpoint (``--resume_checkpoint``), with the budget again, instead of counting as recorded.
+settings and data (any commit) stopped at its training budget (``train_time_limit_reached``) runs again from the
+last state that run left (its record's ``resume_checkpoint``, given as ``--resume_checkpoint``), with the budget
+again, instead of counting as recorded.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rerun", action="store_true", help="run again the runs whose result is already recorded")
     parser.add_argument("--continue", dest="continue_runs", action="store_true",
                         help="continue each run whose latest record (same settings and data) stopped at its training "
-                        "budget (train_time_limit) from that record's checkpoint, with the budget again")
+                        "budget (train_time_limit) from the last state it left, with the budget again")
     parser.add_argument("--results-dir", type=Path, metavar="DIR",
                         help="results_dir of every run (default: the configured one, results/)")
     parser.add_argument("--config_files", nargs="+", default=[], metavar="FILE", help="YAML files of every run, later files win")
@@ -122,13 +123,14 @@ def recorded(path: Path | None) -> list[dict[str, Any]]:
 
 def budget_stopped(runs: list[Run]) -> list[Run]:
     """``runs``, each whose latest record with the same settings and data stopped at its training budget set to
-    resume from that record's checkpoint (a record whose checkpoint file is gone is not continued)."""
+    resume from the last state that run left (``resume_checkpoint``; records without one: their best checkpoint,
+    whose later epochs are trained again); a record whose file is gone is not continued."""
     existing = {path: recorded(path) for path in {run.results_file for run in runs if run.error is None}}
     continued = []
     for run in runs:
         same = [record for record in existing.get(run.results_file, []) if run.configured_as(record)]
         latest = same[-1] if same else {}
-        checkpoint = latest.get("checkpoint")
+        checkpoint = latest.get("resume_checkpoint") or latest.get("checkpoint")
         stopped = latest.get("train_time_limit_reached") and checkpoint and Path(checkpoint).is_file()
         continued.append(replace(run, resume_from=checkpoint) if stopped else run)
     return continued

@@ -32,7 +32,7 @@ from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.data.sid_quality import code_table_quality
 from recbole_qrec.fileio import atomic_open, exclusive_lock
 from recbole_qrec.resources import PACKAGE_DIR
-from recbole_qrec.trainer.checkpoint import RUN_LOCATION_KEYS, plain_config
+from recbole_qrec.trainer.checkpoint import RUN_LOCATION_KEYS, plain_config, resume_state_file
 
 
 def config_hash(config: Config) -> str:
@@ -98,6 +98,7 @@ def build_record(config: Config, trainer: Trainer, best_valid_score: float, best
     and ``cold_start`` the cold-start protocol's fields (``test_warm``, ``test_cold``, ``cold_start``)."""
     commit, dirty = git_state()
     pretrain_seconds = getattr(trainer, "pretrain_epoch_seconds", [])  # trainers without a pretraining phase
+    stopped = bool(getattr(trainer, "stopped_by_time_limit", False))
     record = {
         "model": config["model"],
         "dataset": config["dataset"],
@@ -113,7 +114,7 @@ def build_record(config: Config, trainer: Trainer, best_valid_score: float, best
         "processes": 1 if config["single_spec"] else config["world_size"],
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": round(wall_time_s, 2),
-        "epochs": len(trainer.epoch_seconds),
+        "epochs": trainer.start_epoch + len(trainer.epoch_seconds),  # a resumed run's earlier epochs included
         "train_seconds_per_epoch": mean_seconds(trainer.epoch_seconds),
         "pretrain_epochs": len(pretrain_seconds),
         "pretrain_seconds_per_epoch": mean_seconds(pretrain_seconds),
@@ -122,7 +123,8 @@ def build_record(config: Config, trainer: Trainer, best_valid_score: float, best
         "test": {k: float(v) for k, v in test_result.items()},
         "checkpoint": trainer.saved_model_file if saved else None,
         "resumed_from": config["resume_checkpoint"],
-        "train_time_limit_reached": bool(getattr(trainer, "stopped_by_time_limit", False)),
+        "train_time_limit_reached": stopped,
+        "resume_checkpoint": resume_state_file(trainer.saved_model_file) if saved and stopped else None,
         "parameters": sum(parameter.numel() for parameter in trainer.model.parameters()),
         "valid_curve": trainer.valid_curve,
         "tags": dict(config["run_tags"] or {}),

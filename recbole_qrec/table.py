@@ -45,6 +45,8 @@ ALIASES = {"hr": "hit"}
 LABELS = {"hit": "HR", "ndcg": "NDCG"}
 TOKENIZER_COLUMNS = ("collisions before", "collisions after", "utilisation")
 SPLITS = {"all": "test", "warm": "test_warm", "cold": "test_cold"}  # --split: the record's test metrics it shows
+# --by: models as rows with the datasets side by side (wide), or a row per model and dataset (long).
+LAYOUTS = {"model,dataset": "wide", "model+dataset": "long"}
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class Table:
     command: str | None = None  # the command that built the table, shown under it
     tokenizer: bool = False  # add the TOKENIZER_COLUMNS per dataset
     split: str = "all"  # the test targets of the cells (SPLITS)
+    layout: str = "wide"  # LAYOUTS
 
     def tokenizer_values(self, model: str, dataset: str) -> list[float | None]:
         """The :data:`TOKENIZER_COLUMNS` of a cell: means over its seeds of the main code table's figures (None
@@ -116,6 +119,24 @@ class Table:
         column = sorted({round(c[metric].mean, 12) for (_, d), c in self.cells.items() if d == dataset}, reverse=True)
         place = column.index(round(cell.mean, 12)) + 1
         return place if place <= 2 else None
+
+    def cell_keys(self) -> list[tuple[str, str]]:
+        """``(model, dataset)`` of every row of the long layout: measured or published, models first."""
+        return [(m, d) for m in self.models for d in self.datasets if (m, d) in self.cells or (m, d) in self.paper]
+
+    def versus_paper(self, model: str, dataset: str) -> float | None:
+        """Relative difference (%) of ``model``'s key metric on ``dataset`` to its paper's."""
+        cell = self.cells.get((model, dataset), {}).get(self.key_metric)
+        published = self.paper.get((model, dataset), {}).get(self.key_metric)
+        return None if cell is None or not published else 100 * (cell.mean - published) / published
+
+    def run_facts(self, model: str, dataset: str) -> tuple[str, str, str]:
+        """Epochs trained (per seed, distinct values), whether a training budget stopped a seed, and the commits."""
+        records = list(self.runs.get((model, dataset), {}).values())
+        epochs = "/".join(sorted({str(r["epochs"]) for r in records if r.get("epochs") is not None}, key=int))
+        stopped = "yes" if any(r.get("train_time_limit_reached") for r in records) else "no" if records else ""
+        commits = " ".join(sorted({str(r.get("git_commit", "unknown"))[:7] for r in records}))
+        return epochs, stopped, commits
 
     def improvement(self, model: str, dataset: str) -> float | None:
         """Relative improvement (%) of ``model`` over the dataset's baseline on the key metric."""
@@ -312,6 +333,42 @@ def display_rows(table: Table, tex: bool = False) -> tuple[list[str], list[list[
     return header, rows
 
 
+def long_rows(table: Table, tex: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the long md/tex table: a row per model and dataset with its metrics, the paper's numbers,
+    the difference to the paper, Δ, epochs, budget stop and commits."""
+    bold, under = (("\\textbf{%s}", "\\underline{%s}") if tex else ("**%s**", "<u>%s</u>"))
+    percent = "\\%" if tex else "%"
+    paper_metrics = table.paper_metrics()
+    header = ["Model", "Dataset", "n", *map(metric_label, table.metrics),
+              *(f"paper {metric_label(m)}" for m in paper_metrics)]
+    header += [f"vs paper {metric_label(table.key_metric)}"] if paper_metrics else []
+    header += ["Δ", "epochs", "budget stopped", "commit"]
+    rows = []
+    for model, dataset in table.cell_keys():
+        row = [model, dataset, str(table.n(model, dataset) or "")]
+        for metric in table.metrics:
+            cell = table.cells.get((model, dataset), {}).get(metric)
+            text = value_text(cell, tex) if cell else ""
+            place = table.rank(model, dataset, metric)
+            row.append(bold % text if place == 1 else under % text if place == 2 else text)
+        published = table.paper.get((model, dataset), {})
+        row += [f"{published[m]:.4f}" if m in published else "" for m in paper_metrics]
+        if paper_metrics:
+            versus = table.versus_paper(model, dataset)
+            row.append(f"{versus:+.1f}{percent}" if versus is not None else "")
+        gain = table.improvement(model, dataset)
+        row.append("baseline" if model == table.baselines.get(dataset) else
+                   f"{gain:+.1f}{percent}" if gain is not None else "")
+        row += list(table.run_facts(model, dataset))
+        rows.append(row)
+    return header, rows
+
+
+def table_rows(table: Table, tex: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The md/tex header and rows of the table's layout."""
+    return long_rows(table, tex) if table.layout == "long" else display_rows(table, tex)
+
+
 def notes(table: Table, tex: bool = False) -> list[str]:
     """What the marks and columns mean, and where the papers' numbers come from."""
     bases = ", ".join(f"{table.baselines[d]} on {d}" for d in table.datasets if d in table.baselines) or "none"
@@ -375,14 +432,43 @@ def tex_escape(text: str) -> str:
 
 
 def render_md(table: Table) -> str:
-    header, rows = display_rows(table)
+    header, rows = table_rows(table)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes(table)) + "\n"
 
 
+def render_long_csv(table: Table) -> str:
+    """Plain numbers, a row per model and dataset: seeds, each metric's mean (named as in the md table, e.g. hr@10),
+    std and p-value against the baseline, the paper's (paper_hr@10), the difference to the paper and Δ in %, epochs,
+    budget stop and commits."""
+    paper_metrics = table.paper_metrics()
+    labels = {m: metric_label(m).lower() for m in table.metrics}
+    header = ["model", "dataset", "seeds"]
+    header += [f"{labels[m]}{part}" for m in table.metrics for part in ("", " std", " p")]
+    header += [f"paper_{metric_label(m).lower()}" for m in paper_metrics]
+    header += ["vs paper %", "improvement %", "epochs", "budget stopped", "commit"]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for model, dataset in table.cell_keys():
+        row: list[Any] = [model, dataset, table.n(model, dataset) or ""]
+        for m in table.metrics:
+            cell = table.cells.get((model, dataset), {}).get(m)
+            p = table.p_value(model, dataset, m)
+            row += [f"{cell.mean:.6f}" if cell else "", f"{cell.std:.6f}" if cell and cell.std is not None else "",
+                    f"{p:.4g}" if p is not None else ""]
+        row += [table.paper.get((model, dataset), {}).get(m, "") for m in paper_metrics]
+        versus, gain = table.versus_paper(model, dataset), table.improvement(model, dataset)
+        row += [f"{versus:.2f}" if versus is not None else "", f"{gain:.2f}" if gain is not None else ""]
+        writer.writerow(row + list(table.run_facts(model, dataset)))
+    return out.getvalue()
+
+
 def render_csv(table: Table) -> str:
     """Plain numbers: per dataset n, each metric's mean, std and p-value against the baseline, Δ %, the paper's."""
+    if table.layout == "long":
+        return render_long_csv(table)
     paper_metrics = table.paper_metrics()
     header = ["model"]
     for d in table.datasets:
@@ -411,8 +497,14 @@ def render_csv(table: Table) -> str:
 
 
 def render_tex(table: Table) -> str:
-    """A booktabs ``tabular``: one column group per dataset."""
-    header, rows = display_rows(table, tex=True)
+    """A booktabs ``tabular``: one column group per dataset (long layout: one row per model and dataset)."""
+    header, rows = table_rows(table, tex=True)
+    if table.layout == "long":
+        lines = [f"\\begin{{tabular}}{{ll{'r' * (len(header) - 2)}}}", "\\toprule",
+                 " & ".join(map(tex_escape, header)) + " \\\\", "\\midrule"]
+        lines += [" & ".join([*map(tex_escape, row[:2]), *row[2:-1], tex_escape(row[-1])]) + " \\\\" for row in rows]
+        lines += ["\\bottomrule", "\\end{tabular}"]
+        return "\n".join(lines + [f"% {line}" for line in notes(table, tex=True)]) + "\n"
     width = (len(header) - 1) // len(table.datasets)
     groups = " & ".join(f"\\multicolumn{{{width}}}{{c}}{{{tex_escape(d)}}}" for d in table.datasets)
     rules = " ".join(f"\\cmidrule(lr){{{2 + i * width}-{1 + (i + 1) * width}}}" for i in range(len(table.datasets)))
@@ -532,7 +624,10 @@ def write_outputs(table: Table, formats: list[str], prefix: Path, plot_metric: s
 # The command-line options of a table, shared by ``recbole-qrec table`` and ``recbole-qrec compare``
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that choose a table's metrics, baseline, published numbers and output files."""
+    """The options that choose a table's layout, metrics, baseline, published numbers and output files."""
+    parser.add_argument("--by", default="model,dataset", choices=list(LAYOUTS),
+                        help="rows,column groups: model,dataset (a row per model, the datasets side by side) or "
+                        "model+dataset (a row per model and dataset, e.g. beside the papers' numbers)")
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
                         help="comma-separated test metrics, e.g. hr@1,hr@5,hr@10,ndcg@5,ndcg@10 (hr is hit)")
     parser.add_argument("--format", default="md", help=f"comma-separated, among {','.join(FORMATS)} (png: bars of "
@@ -563,6 +658,7 @@ class TableRequest:
     tokenizer: bool = False
     command: str | None = None  # the command line, shown under the table
     split: str = "all"
+    layout: str = "wide"  # LAYOUTS
 
 
 def table_request(args: argparse.Namespace) -> TableRequest:
@@ -580,14 +676,14 @@ def table_request(args: argparse.Namespace) -> TableRequest:
         load_paper(paper)
     metrics = [metric_key(m) for m in args.metrics.split(",") if m.strip()]
     return TableRequest(metrics, metric_key(args.metric), formats, args.out, paper, args.baseline, args.tokenizer,
-                        getattr(args, "command", None), args.split)
+                        getattr(args, "command", None), args.split, LAYOUTS[args.by])
 
 
 def publish(records: list[dict[str, Any]], request: TableRequest) -> Table:
     """Build the table of ``records``, print it as markdown and write the files of ``request``."""
     built = build_table(records, request.metrics, request.key_metric, request.baseline, request.paper,
                         request.tokenizer, request.split)
-    built.command = request.command
+    built.command, built.layout = request.command, request.layout
     written = write_outputs(built, request.formats, request.out) if request.out is not None else []
     print(render_md(built), end="")
     for path in written:

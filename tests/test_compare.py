@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from recbole_qrec.cli import main
 from recbole_qrec.compare import plan
@@ -83,12 +84,17 @@ def test_continue_resumes_budget_stopped_runs_from_their_checkpoints(work: Path,
     status, _, err = compare(grid, capsys)  # without --continue the recorded run is skipped
     assert status == 0 and "1 already recorded (skipped), 0 to run" in err
     previous = first
-    for _ in range(2):  # continued twice, each time from the checkpoint the call before recorded
+    for trained in (2, 3):  # continued twice, each time from the last state the call before left
+        state = torch.load(previous["resume_checkpoint"], weights_only=True)
+        assert (state["epoch"], state["best_checkpoint"]) == (trained - 2, first["checkpoint"])
         status, _, err = compare([*grid, "--continue"], capsys)
         assert status == 0 and "1 to run (1 continued from their budget-stopped checkpoints)" in err, err
         latest = lines(results / "results.jsonl")[-1]
-        assert latest["resumed_from"] == previous["checkpoint"] and latest["config_hash"] == first["config_hash"]
-        assert latest["valid_curve"][-1]["epoch"] == previous["valid_curve"][-1]["epoch"] + 1
+        assert latest["resumed_from"] == previous["resume_checkpoint"] and latest["config_hash"] == first["config_hash"]
+        # the next epoch after the last one trained, the curve of every call, the best model in the first file
+        assert [point["epoch"] for point in latest["valid_curve"]] == list(range(trained))
+        assert latest["epochs"] == trained and latest["checkpoint"] == first["checkpoint"]
+        assert latest["best_valid_score"] == max(point["ndcg@10"] for point in latest["valid_curve"])
         previous = latest
 
 

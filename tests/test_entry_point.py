@@ -62,5 +62,7 @@ def test_a_run_resumed_from_its_checkpoint_trains_only_the_remaining_epochs(inst
                               tmp_path, instruments_subset)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     record = json.loads((tmp_path / "results" / "results.jsonl").read_text().splitlines()[-1])
-    assert record["epochs"] == 2 and record["resumed_from"] == checkpoint and record["checkpoint"] == checkpoint
+    assert record["resumed_from"] == checkpoint and record["checkpoint"] == checkpoint
+    # epochs trained in all; this run validated (so trained) only epochs 1 and 2
+    assert record["epochs"] == 3 and [point["epoch"] for point in record["valid_curve"]] == [1, 2]
     assert "Resume training from epoch 1" in resumed.stderr + resumed.stdout

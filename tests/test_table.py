@@ -128,6 +128,31 @@ def test_paper_columns_csv_and_tex(results: Path, tmp_path: Path) -> None:
     assert tex.startswith("\\begin{tabular}{lrrrrrrrrrrrr}") and "\\end{tabular}" in tex
 
 
+def test_long_layout_beside_the_papers(results: Path, tmp_path: Path) -> None:
+    paper = tmp_path / "paper.yaml"
+    paper.write_text(PAPER, encoding="utf-8")
+    prefix = tmp_path / "out" / "paper_comparison"
+    md, _ = run_table([str(results), "--by", "model+dataset", "--metrics", "hr@10,ndcg@10", "--paper", str(paper),
+                       "--format", "md,csv,tex", "--out", str(prefix)])
+    rows = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in md.splitlines() if line.startswith("| ")]
+    header, body = rows[0], rows[1:]
+    assert header[:5] == ["Model", "Dataset", "n", "HR@10", "NDCG@10"] and "vs paper NDCG@10" in header
+    assert [row[:2] for row in body] == [["SASRec", "Instruments"], ["SASRec", "Arts"], ["GRU4Rec", "Instruments"],
+                                         ["GRU4Rec", "Arts"], ["QBert4Rec", "Instruments"], ["QBert4Rec", "Arts"],
+                                         ["MACRec", "Arts"]]  # a published cell without results has its row too
+    qbert = dict(zip(header, body[4]))
+    assert (qbert["NDCG@10"], qbert["paper NDCG@10"], qbert["Δ"]) == ("**0.1410 ± 0.0110**", "0.1077", "+28.2%")
+    assert qbert["vs paper NDCG@10"] == f"{100 * (0.141 - 0.1077) / 0.1077:+.1f}%"
+
+    csv_rows = list(csv.DictReader(io.StringIO(prefix.with_suffix(".csv").read_text(encoding="utf-8"))))
+    assert list(csv_rows[0])[:9] == ["model", "dataset", "seeds", "hr@10", "hr@10 std", "hr@10 p", "ndcg@10",
+                                     "ndcg@10 std", "ndcg@10 p"]
+    row = next(r for r in csv_rows if (r["model"], r["dataset"]) == ("QBert4Rec", "Instruments"))
+    assert (row["seeds"], float(row["ndcg@10"]), row["paper_ndcg@10"]) == ("3", pytest.approx(0.141), "0.1077")
+    assert float(row["vs paper %"]) == pytest.approx(100 * (0.141 - 0.1077) / 0.1077, abs=0.01)
+    assert "\\begin{tabular}{llrrrrrrrrrr}" in prefix.with_suffix(".tex").read_text(encoding="utf-8")
+
+
 def test_shipped_paper_yaml() -> None:
     values, sources = table.load_paper(table.PAPER_FILE)
     assert values[("QBert4Rec", "Arts")] == {"hit@10": 0.1419, "ndcg@10": 0.1039}
@@ -155,7 +180,8 @@ def test_png_size(results: Path, tmp_path: Path) -> None:
     (json.dumps(record(*RUNS[0])) + "\n", ["--metrics", "recall"], "is not of the form name@k"),
     (json.dumps(record(*RUNS[0])) + "\n", ["--format", "png"], "add --out PREFIX"),
     (json.dumps(record(*RUNS[0])) + "\n", ["--metrics", "ndcg@10", "--baseline", "FDSA"], "baseline FDSA has no results"),
-    (json.dumps(record(*RUNS[0])) + "\n", ["--metrics", "ndcg@10", "--by", "dataset,model"], "use --by model,dataset"),
+    (json.dumps(record(*RUNS[0])) + "\n", ["--metrics", "ndcg@10", "--by", "dataset,model"],
+     "invalid choice: 'dataset,model'"),
     (json.dumps(record(*RUNS[0])) + "\n", ["--metrics", "ndcg@10", "--paper", "missing.yaml"], "paper file"),
     (json.dumps(record(*RUNS[0])) + "\n", ["--metrics", "ndcg@10", "--format", "curves", "--out", "c"],
      "no record has a validation curve of ndcg@10"),

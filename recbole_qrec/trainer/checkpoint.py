@@ -240,6 +240,12 @@ def check_resume_checkpoint(config: Config) -> None:
                               f"{config['epochs']} — give --epochs greater than {trained} to train on")
 
 
+def resume_state_file(saved_model_file: str | Path) -> str:
+    """Where a run stopped by its training budget leaves its last state: ``<best checkpoint>-resume.pth``."""
+    path = Path(saved_model_file)
+    return str(path.with_name(f"{path.stem}-resume{path.suffix}"))
+
+
 def keep_previous_version(path: Path) -> Path | None:
     """A hidden hard link (or copy) of ``path``'s current content, or None if ``path`` does not exist yet."""
     if not path.exists():
@@ -258,6 +264,11 @@ class SafeCheckpointMixin:
 
     ``epoch_seconds`` holds the training time of each fine-tuning epoch this trainer ran (RecBole's ``fit``) and
     ``valid_curve`` one ``{"epoch": <epoch index>, <metric>: <value>, ...}`` entry per validation.
+    A fit stopped by ``train_time_limit`` also writes its last state (:func:`resume_state_file`, with the best
+    checkpoint's path, the best validation result and the validation curve so far); resuming from that file continues
+    after the last epoch trained, with the early-stopping count, and keeps writing the best model to the same best
+    checkpoint. RecBole's own checkpoint holds the best epoch, so resuming from it would train the epochs after the
+    best one again.
     Checkpoints written inside :meth:`checkpoints_kept_on_success` are removed again, and a checkpoint
     they overwrote restored, when the block raises (including ``KeyboardInterrupt``); outside such a block
     checkpoints are written as RecBole writes them (atomically here).
@@ -290,9 +301,30 @@ class SafeCheckpointMixin:
         return checkpoint
 
     def resume_checkpoint(self, resume_file: str | Path) -> None:
-        """RecBole's resume, after :meth:`verified_checkpoint`."""
-        self.verified_checkpoint(resume_file, "resume_checkpoint")
+        """RecBole's resume, after :meth:`verified_checkpoint`; from a last state (:func:`resume_state_file`) the
+        run's best checkpoint, best validation result and validation curve come back too."""
+        checkpoint = self.verified_checkpoint(resume_file, "resume_checkpoint")
+        best = checkpoint.get("best_checkpoint")
+        if best is not None and not Path(best).is_file():
+            raise CheckpointError(f"resume_checkpoint '{resume_file}' continues a run whose best checkpoint '{best}' "
+                                  "no longer exists — resume from that best checkpoint instead, or train anew")
         super().resume_checkpoint(str(resume_file))
+        if best is not None:
+            self.saved_model_file = best
+            self.best_valid_result = checkpoint.get("best_valid_result")
+            self.valid_curve = list(checkpoint.get("valid_curve") or [])
+
+    def fit(self, train_data: Any, valid_data: Any = None, verbose: bool = True, saved: bool = True, *args: Any,
+            **kwargs: Any) -> tuple[float, dict | None]:
+        """RecBole's fit; stopped by ``train_time_limit``, it then writes the last state to resume from."""
+        result = super().fit(train_data, valid_data, verbose, saved, *args, **kwargs)
+        if saved and getattr(self, "stopped_by_time_limit", False):
+            self._save_checkpoint(self.start_epoch + len(self.epoch_seconds) - 1, verbose=verbose,
+                                  saved_model_file=resume_state_file(self.saved_model_file),
+                                  best_checkpoint=str(self.saved_model_file),
+                                  best_valid_result={k: float(v) for k, v in (self.best_valid_result or {}).items()},
+                                  valid_curve=self.valid_curve)
+        return result
 
     def evaluate(self, eval_data, load_best_model: bool = True, model_file: str | None = None,
                  show_progress: bool = False):
@@ -308,7 +340,7 @@ class SafeCheckpointMixin:
     def _save_checkpoint(self, epoch: int, verbose: bool = True, **kwargs: Any) -> None:
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
             return
-        saved_model_file = Path(kwargs.pop("saved_model_file", self.saved_model_file))
+        saved_model_file = Path(kwargs.pop("saved_model_file", self.saved_model_file))  # the rest: extra entries
         if self.written_checkpoints is not None and saved_model_file not in self.written_checkpoints:
             self.written_checkpoints[saved_model_file] = keep_previous_version(saved_model_file)
         state = {
@@ -319,6 +351,7 @@ class SafeCheckpointMixin:
             "state_dict": self.model.state_dict(),
             "other_parameter": checkpointable_other_parameter(self.model),
             "optimizer": self.optimizer.state_dict(),
+            **kwargs,
         }
         with atomic_path(saved_model_file) as tmp:
             torch.save(state, tmp)

@@ -20,19 +20,22 @@ class TrainTimeLimitReached(Exception):
 
 class TimeLimitMixin:
     """Mixed in before a RecBole trainer: with ``train_time_limit`` seconds, counted from the start of ``fit``
-    (a pretraining phase included), no fine-tuning epoch starts once that time has passed and a validation has
-    given a best checkpoint; the run then ends as after early stopping. ``stopped_by_time_limit`` says whether it
-    did. In a distributed run rank 0's clock decides for every rank."""
+    (a pretraining phase included), no fine-tuning epoch starts once that time has passed, this fit has trained an
+    epoch and a validation has given a best checkpoint (a resumed run's included); the run then ends as after early
+    stopping. ``stopped_by_time_limit`` says whether it did. In a distributed run rank 0's clock decides for every
+    rank."""
 
     def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.deadline: float | None = None
         self.stopped_by_time_limit = False
+        self.epochs_this_fit = 0
 
     def fit(self, train_data: Any, *args: Any, **kwargs: Any) -> tuple[float, dict | None]:
         limit = self.config["train_time_limit"]
         self.deadline = None if limit is None else monotonic() + limit
         self.stopped_by_time_limit = False
+        self.epochs_this_fit = 0
         try:
             return super().fit(train_data, *args, **kwargs)
         except TrainTimeLimitReached:
@@ -41,8 +44,10 @@ class TimeLimitMixin:
             return self.best_valid_score, self.best_valid_result
 
     def time_is_up(self) -> bool:
-        """The budget is spent and a best checkpoint exists (rank 0's answer in a distributed run)."""
-        up = self.deadline is not None and monotonic() >= self.deadline and math.isfinite(self.best_valid_score)
+        """The budget is spent, this fit trained an epoch and a best checkpoint exists (rank 0's answer in a
+        distributed run)."""
+        up = (self.deadline is not None and monotonic() >= self.deadline and self.epochs_this_fit > 0
+              and math.isfinite(self.best_valid_score))
         if not self.config["single_spec"] and dist.is_initialized():
             up = broadcast_from_main(up)
         return up
@@ -51,4 +56,6 @@ class TimeLimitMixin:
         if self.deadline is not None and self.time_is_up():
             self.stopped_by_time_limit = True
             raise TrainTimeLimitReached
-        return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+        loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+        self.epochs_this_fit += 1
+        return loss
