@@ -97,6 +97,10 @@ def test_continue_resumes_budget_stopped_runs_from_their_checkpoints(work: Path,
         assert latest["best_valid_score"] == max(point["ndcg@10"] for point in latest["valid_curve"])
         previous = latest
 
+    Path(first["checkpoint"]).unlink()  # a last state without its best checkpoint cannot go on
+    status, _, err = compare([*grid, "--continue"], capsys)
+    assert status == 2 and f"continues a run whose best checkpoint '{first['checkpoint']}' no longer exists" in err
+
 
 def without_command(md: str) -> str:
     """A table's markdown without the line naming the command that built it."""

@@ -230,10 +230,15 @@ def check_fits(checkpoint: dict[str, Any], where: str, model: nn.Module, config:
 
 
 def check_resume_checkpoint(config: Config) -> None:
-    """The checks of ``resume_checkpoint`` that need no model: readable, same model and data, epochs left."""
+    """The checks of ``resume_checkpoint`` that need no model: readable, same model and data, its best checkpoint
+    there (a last state), epochs left."""
     path = config["resume_checkpoint"]
     checkpoint = read_checkpoint(path, "resume_checkpoint")
     check_written_for(checkpoint, f"resume_checkpoint '{path}'", config)
+    best = checkpoint.get("best_checkpoint")  # the last state of a budget-stopped run names its best checkpoint
+    if best is not None and not Path(best).is_file():
+        raise CheckpointError(f"resume_checkpoint '{path}' continues a run whose best checkpoint '{best}' no longer "
+                              "exists — resume from that best checkpoint instead, or train anew")
     trained = checkpoint["epoch"] + 1  # 0 for the checkpoint at the end of pretraining (epoch -1)
     if trained >= config["epochs"]:
         raise CheckpointError(f"resume_checkpoint '{path}' already holds {trained} trained epoch(s) and epochs is "
@@ -305,9 +310,6 @@ class SafeCheckpointMixin:
         run's best checkpoint, best validation result and validation curve come back too."""
         checkpoint = self.verified_checkpoint(resume_file, "resume_checkpoint")
         best = checkpoint.get("best_checkpoint")
-        if best is not None and not Path(best).is_file():
-            raise CheckpointError(f"resume_checkpoint '{resume_file}' continues a run whose best checkpoint '{best}' "
-                                  "no longer exists — resume from that best checkpoint instead, or train anew")
         super().resume_checkpoint(str(resume_file))
         if best is not None:
             self.saved_model_file = best
