@@ -8,7 +8,7 @@ as the run computes them (:func:`recbole_qrec.config.build_config`, :func:`recbo
 :func:`recbole_qrec.results.config_hash`). A run that fails costs only its own result; the failures are listed at
 the end, after the table of the others (:mod:`recbole_qrec.table`), and make the command fail.
 
-``--continue`` carries long trainings over several budgeted sessions: a run whose latest record with the same
+``--continue`` carries long trainings over several budgeted invocations: a run whose latest record with the same
 settings and data (any commit) stopped at its training budget (``train_time_limit_reached``) runs again from the
 last state that run left (its record's ``resume_checkpoint``, given as ``--resume_checkpoint``), with the budget
 again, instead of counting as recorded.
