@@ -298,11 +298,32 @@ def value_text(cell: Cell, tex: bool = False) -> str:
     return f"{cell.mean:.4f}{{\\scriptsize$\\pm${cell.std:.4f}}}" if tex else f"{cell.mean:.4f} ± {cell.std:.4f}"
 
 
+def percent_sign(tex: bool) -> str:
+    return "\\%" if tex else "%"
+
+
+def metric_text(table: Table, model: str, dataset: str, metric: str, tex: bool = False) -> str:
+    """A md/tex metric cell: mean ± std, bold when best and underlined when second in its dataset's column, † when
+    significantly different from the baseline."""
+    cell = table.cells.get((model, dataset), {}).get(metric)
+    text = value_text(cell, tex) if cell else ""
+    place = table.rank(model, dataset, metric)
+    bold, under = (("\\textbf{%s}", "\\underline{%s}") if tex else ("**%s**", "<u>%s</u>"))
+    text = bold % text if place == 1 else under % text if place == 2 else text
+    p = table.p_value(model, dataset, metric)
+    return text + (("$^\\dagger$" if tex else MARK) if p is not None and p < SIGNIFICANCE else "")
+
+
+def improvement_text(table: Table, model: str, dataset: str, tex: bool = False) -> str:
+    """A md/tex Δ cell: ``baseline`` for the dataset's baseline, else the relative improvement in %."""
+    if model == table.baselines.get(dataset):
+        return "baseline"
+    gain = table.improvement(model, dataset)
+    return f"{gain:+.1f}{percent_sign(tex)}" if gain is not None else ""
+
+
 def display_rows(table: Table, tex: bool = False) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the md/tex table: per dataset, n, the metrics, Δ and the paper's numbers."""
-    bold, under = (("\\textbf{%s}", "\\underline{%s}") if tex else ("**%s**", "<u>%s</u>"))
-    mark = "$^\\dagger$" if tex else MARK
-    percent = "\\%" if tex else "%"
     paper_metrics = table.paper_metrics()
     header = ["Model"]
     for dataset in table.datasets:
@@ -315,16 +336,8 @@ def display_rows(table: Table, tex: bool = False) -> tuple[list[str], list[list[
         for dataset in table.datasets:
             n = table.n(model, dataset)
             row.append(str(n) if n else "")
-            for metric in table.metrics:
-                cell = table.cells.get((model, dataset), {}).get(metric)
-                text = value_text(cell, tex) if cell else ""
-                place = table.rank(model, dataset, metric)
-                text = bold % text if place == 1 else under % text if place == 2 else text
-                p = table.p_value(model, dataset, metric)
-                row.append(text + (mark if p is not None and p < SIGNIFICANCE else ""))
-            gain = table.improvement(model, dataset)
-            base = model == table.baselines.get(dataset)
-            row.append("baseline" if base else f"{gain:+.1f}{percent}" if gain is not None else "")
+            row += [metric_text(table, model, dataset, metric, tex) for metric in table.metrics]
+            row.append(improvement_text(table, model, dataset, tex))
             row += [f"{table.paper[(model, dataset)][m]:.4f}" if m in table.paper.get((model, dataset), {}) else ""
                     for m in paper_metrics]
             if table.tokenizer:
@@ -336,8 +349,6 @@ def display_rows(table: Table, tex: bool = False) -> tuple[list[str], list[list[
 def long_rows(table: Table, tex: bool = False) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the long md/tex table: a row per model and dataset with its metrics, the paper's numbers,
     the difference to the paper, Δ, epochs, budget stop and commits."""
-    bold, under = (("\\textbf{%s}", "\\underline{%s}") if tex else ("**%s**", "<u>%s</u>"))
-    percent = "\\%" if tex else "%"
     paper_metrics = table.paper_metrics()
     header = ["Model", "Dataset", "n", *map(metric_label, table.metrics),
               *(f"paper {metric_label(m)}" for m in paper_metrics)]
@@ -346,21 +357,14 @@ def long_rows(table: Table, tex: bool = False) -> tuple[list[str], list[list[str
     rows = []
     for model, dataset in table.cell_keys():
         row = [model, dataset, str(table.n(model, dataset) or "")]
-        for metric in table.metrics:
-            cell = table.cells.get((model, dataset), {}).get(metric)
-            text = value_text(cell, tex) if cell else ""
-            place = table.rank(model, dataset, metric)
-            row.append(bold % text if place == 1 else under % text if place == 2 else text)
+        row += [metric_text(table, model, dataset, metric, tex) for metric in table.metrics]
         published = table.paper.get((model, dataset), {})
         row += [f"{published[m]:.4f}" if m in published else "" for m in paper_metrics]
         if paper_metrics:
             versus = table.versus_paper(model, dataset)
-            row.append(f"{versus:+.1f}{percent}" if versus is not None else "")
-        gain = table.improvement(model, dataset)
-        row.append("baseline" if model == table.baselines.get(dataset) else
-                   f"{gain:+.1f}{percent}" if gain is not None else "")
-        row += list(table.run_facts(model, dataset))
-        rows.append(row)
+            row.append(f"{versus:+.1f}{percent_sign(tex)}" if versus is not None else "")
+        row.append(improvement_text(table, model, dataset, tex))
+        rows.append(row + list(table.run_facts(model, dataset)))
     return header, rows
 
 
@@ -438,14 +442,21 @@ def render_md(table: Table) -> str:
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes(table)) + "\n"
 
 
+def metric_csv_cells(table: Table, model: str, dataset: str, metric: str) -> list[str]:
+    """A metric's CSV cells: mean, std (one seed: empty) and p-value against the baseline."""
+    cell = table.cells.get((model, dataset), {}).get(metric)
+    p = table.p_value(model, dataset, metric)
+    return [f"{cell.mean:.6f}" if cell else "", f"{cell.std:.6f}" if cell and cell.std is not None else "",
+            f"{p:.4g}" if p is not None else ""]
+
+
 def render_long_csv(table: Table) -> str:
     """Plain numbers, a row per model and dataset: seeds, each metric's mean (named as in the md table, e.g. hr@10),
     std and p-value against the baseline, the paper's (paper_hr@10), the difference to the paper and Δ in %, epochs,
     budget stop and commits."""
     paper_metrics = table.paper_metrics()
-    labels = {m: metric_label(m).lower() for m in table.metrics}
     header = ["model", "dataset", "seeds"]
-    header += [f"{labels[m]}{part}" for m in table.metrics for part in ("", " std", " p")]
+    header += [f"{metric_label(m).lower()}{part}" for m in table.metrics for part in ("", " std", " p")]
     header += [f"paper_{metric_label(m).lower()}" for m in paper_metrics]
     header += ["vs paper %", "improvement %", "epochs", "budget stopped", "commit"]
     out = io.StringIO()
@@ -454,10 +465,7 @@ def render_long_csv(table: Table) -> str:
     for model, dataset in table.cell_keys():
         row: list[Any] = [model, dataset, table.n(model, dataset) or ""]
         for m in table.metrics:
-            cell = table.cells.get((model, dataset), {}).get(m)
-            p = table.p_value(model, dataset, m)
-            row += [f"{cell.mean:.6f}" if cell else "", f"{cell.std:.6f}" if cell and cell.std is not None else "",
-                    f"{p:.4g}" if p is not None else ""]
+            row += metric_csv_cells(table, model, dataset, m)
         row += [table.paper.get((model, dataset), {}).get(m, "") for m in paper_metrics]
         versus, gain = table.versus_paper(model, dataset), table.improvement(model, dataset)
         row += [f"{versus:.2f}" if versus is not None else "", f"{gain:.2f}" if gain is not None else ""]
@@ -483,10 +491,7 @@ def render_csv(table: Table) -> str:
         for d in table.datasets:
             row.append(table.n(model, d) or "")
             for m in table.metrics:
-                cell = table.cells.get((model, d), {}).get(m)
-                p = table.p_value(model, d, m)
-                row += [f"{cell.mean:.6f}" if cell else "", f"{cell.std:.6f}" if cell and cell.std is not None else "",
-                        f"{p:.4g}" if p is not None else ""]
+                row += metric_csv_cells(table, model, d, m)
             gain = table.improvement(model, d)
             row.append(f"{gain:.2f}" if gain is not None else "")
             row += [table.paper.get((model, d), {}).get(m, "") for m in paper_metrics]

@@ -141,7 +141,7 @@ def test_long_layout_beside_the_papers(results: Path, tmp_path: Path) -> None:
                                          ["GRU4Rec", "Arts"], ["QBert4Rec", "Instruments"], ["QBert4Rec", "Arts"],
                                          ["MACRec", "Arts"]]  # a published cell without results has its row too
     qbert = dict(zip(header, body[4]))
-    assert (qbert["NDCG@10"], qbert["paper NDCG@10"], qbert["Δ"]) == ("**0.1410 ± 0.0110**", "0.1077", "+28.2%")
+    assert (qbert["NDCG@10"], qbert["paper NDCG@10"], qbert["Δ"]) == ("**0.1410 ± 0.0110**†", "0.1077", "+28.2%")  # as in the wide layout
     assert qbert["vs paper NDCG@10"] == f"{100 * (0.141 - 0.1077) / 0.1077:+.1f}%"
 
     csv_rows = list(csv.DictReader(io.StringIO(prefix.with_suffix(".csv").read_text(encoding="utf-8"))))
