@@ -171,8 +171,11 @@ def row(record: dict, mode: str, timings: dict, gpu_busy: float | None) -> dict:
     to_best = None if best is None else (sum(timings["pretrain"])
                                          + sum(seconds for epoch, seconds in timings["train"].items() if epoch <= best)
                                          + sum(seconds for epoch, seconds, _ in valid if epoch <= best))
+    later = [seconds for epoch, seconds in sorted(timings["train"].items())[1:]]  # a compiled model's first epoch compiles
     return {"model": record["model"], "data_path_mode": mode, "seed": record["seed"], "epochs": record["epochs"],
             "train_s_per_epoch": record["train_seconds_per_epoch"],
+            "train_s_after_first": round(statistics.mean(later), 3) if later else None,
+            "pretrain_s_per_epoch": round(statistics.mean(timings["pretrain"]), 3) if timings["pretrain"] else None,
             "eval_s": round(statistics.mean(seconds for _, seconds, _ in valid), 3) if valid else None,
             "best_epoch": best, "time_to_best_s": None if to_best is None else round(to_best, 2),
             "wall_time_s": record["wall_time_s"], "hit@10": record["test"]["hit@10"],

@@ -9,11 +9,14 @@ the seeds), ``<out>.csv`` and ``<out>.json`` (one row and record per run):
 
     python bench/train_speed.py --dataset Instruments --modes recbole gpu --seeds 3 --commit <sha> \\
         --out docs/results/train_speed --set epochs=50 eval_step=1
+
+A mode may carry settings of its own after a colon, joined by ``+``: ``--modes gpu "gpu:compile_model=True"``.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import statistics
 import subprocess
@@ -32,9 +35,11 @@ from recbole_qrec.results import git_state
 
 MODELS = ["GRU4Rec", "SASRec", "BERT4Rec", "FDSA", "QBert4Rec", "TIGER", "MQL4GRec"]
 FIRST_SEED = 2020
-COLUMNS = ["model", "data_path_mode", "seed", "epochs", "train_s_per_epoch", "eval_s", "best_epoch", "time_to_best_s",
+COLUMNS = ["model", "data_path_mode", "seed", "epochs", "train_s_per_epoch", "train_s_after_first",
+           "pretrain_s_per_epoch", "eval_s", "best_epoch", "time_to_best_s",
            "wall_time_s", "hit@10", "ndcg@10", "gpu_busy"]
-MEANS = ["train_s_per_epoch", "eval_s", "time_to_best_s", "wall_time_s", "hit@10", "ndcg@10", "gpu_busy"]
+MEANS = ["train_s_per_epoch", "train_s_after_first", "pretrain_s_per_epoch", "eval_s", "time_to_best_s", "wall_time_s",
+         "hit@10", "ndcg@10", "gpu_busy"]
 # RecBole's Trainer.fit log lines (colour codes removed) and the pretraining trainer's.
 
 
@@ -99,9 +104,11 @@ def nvidia_smi_reader() -> Callable[[], int | None] | None:
 def run_group(models: list[str], mode: str, seed: int, args: argparse.Namespace, data: Path, work: Path) -> list[dict]:
     """Run ``models`` in ``mode`` with ``seed`` (at once with ``--parallel``); their rows, records added. A run that
     fails is reported and left out."""
-    folder = work / f"{mode}-{seed}"
+    folder = work / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', mode)}-{seed}"
     folder.mkdir(parents=True, exist_ok=True)
-    overrides = [f"--data_path={data}", f"--data_path_mode={mode}", f"--seed={seed}",
+    data_path_mode, _, settings = mode.partition(":")
+    overrides = [f"--data_path={data}", f"--data_path_mode={data_path_mode}", f"--seed={seed}",
+                 *(f"--{item}" for item in settings.split("+") if item),
                  f"--checkpoint_dir={folder / 'saved'}", *(["--allow_data_mismatch=True"] if args.users else []),
                  *(f"--{item}" for item in args.set)]
 
@@ -159,7 +166,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python bench/train_speed.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="Instruments")
     parser.add_argument("--models", nargs="+", default=MODELS)
-    parser.add_argument("--modes", nargs="+", default=["recbole", "gpu"])
+    parser.add_argument("--modes", nargs="+", default=["recbole", "gpu"],
+                        help="data_path_mode of each run group, optionally with settings: gpu:KEY=VALUE+KEY=VALUE")
     parser.add_argument("--seeds", type=int, default=1, help=f"runs per model and mode, seeds {FIRST_SEED}, ...")
     parser.add_argument("--parallel", action="store_true", help="run the models of a mode and seed at once")
     parser.add_argument("--users", type=int, help="only the dataset's first USERS users (a quick check)")
@@ -175,7 +183,8 @@ def main() -> None:
     header = ["# Training and evaluation speed by data path", "", f"- command: `{command}`", f"- commit: {commit}",
               f"- machine: {machine_name()}", f"- date: {datetime.now(timezone.utc).isoformat(timespec='minutes')}",
               f"- {'the models of a mode and seed at once on one GPU' if args.parallel else 'one run at a time'}; "
-              "mean ± std over seeds; train_s_per_epoch excludes validation; eval_s: seconds per validation; "
+              "mean ± std over seeds; train_s_per_epoch excludes validation (train_s_after_first: without the first epoch, "
+              "which compiles a compiled model); pretrain_s_per_epoch: a pretraining epoch; eval_s: seconds per validation; "
               "time_to_best_s: pretraining + training + validations up to the best validation NDCG@10; test HR@10, "
               "NDCG@10; gpu_busy: mean GPU utilisation over the whole run, start-up included (shared by the runs of "
               "a group with --parallel)"]

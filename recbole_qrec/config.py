@@ -41,7 +41,7 @@ from recbole_qrec.distributed import init_distributed
 from recbole_qrec.errors import ConfigError, QRecError
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.data.cold_start import check_cold_start
-from recbole_qrec.data.dataloader import check_data_path_mode
+from recbole_qrec.data.dataloader import resolve_data_path_mode
 from recbole_qrec.data.sid import check_sid_producer
 from recbole_qrec.trainer.acceleration import check_acceleration
 from recbole_qrec.trainer.schedule import check_lr_schedule
@@ -374,7 +374,7 @@ def build_config(
     check_matmul_precision(config)
     check_lr_schedule(config)
     check_acceleration(config)
-    check_data_path_mode(config)
+    resolve_data_path_mode(config)
     check_cold_start(config)
     check_sid_producer(config)
     check_run_tags(config)

@@ -45,6 +45,10 @@ class DataMismatchError(QRecError, ValueError):
     """A dataset's files do not have the users, items or interactions its dataset YAML expects."""
 
 
+class TrainingDivergedError(QRecError, ValueError):
+    """The training loss stopped being a finite number."""
+
+
 class MissingDependencyError(QRecError, ImportError):
     """An optional dependency (an extra such as ``pip install 'recbole-qrec[image]'``) is not installed."""
 

@@ -1,7 +1,8 @@
 """``data_path_mode: gpu`` (run here on CPU tensors): the device-resident training loader yields the same training
 rows as RecBole's ``TrainDataLoader``, reproducibly shuffled, and trains SASRec to metrics within noise of RecBole's path;
 BERT4Rec's masking on the device has RecBole's fields and distribution; the device evaluation loader yields RecBole's
-batches and metrics; the validation user sample, bf16 autocast and the semantic-ID models' loaders."""
+batches and metrics; its epochs take RecBole's training steps without waiting for the device; `auto` picks it on a
+CUDA device; the validation user sample, bf16 autocast and the semantic-ID models' loaders."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 import torch
 from recbole.data.dataloader import FullSortEvalDataLoader, TrainDataLoader
 from recbole.data.transform import MaskItemSequence
+from recbole.trainer import Trainer
 from recbole.utils import init_seed
 
 from dataset_prep.subset import convert_user_subsets
@@ -24,10 +26,10 @@ from dataset_prep.subset import convert_user_subsets
 from recbole_qrec.config import build_config
 from recbole_qrec.data import create_dataset, data_preparation
 from recbole_qrec.data.cross_domain import pretrain_dataset_names, source_settings
-from recbole_qrec.data.dataloader import TensorTrainDataLoader
+from recbole_qrec.data.dataloader import TensorTrainDataLoader, resolve_data_path_mode
 from recbole_qrec.data.eval_dataloader import TensorFullSortEvalDataLoader
 from recbole_qrec.data.transform import DeviceMaskItemSequence, items_not_in
-from recbole_qrec.errors import ConfigError
+from recbole_qrec.errors import ConfigError, TrainingDivergedError
 from recbole_qrec.quick_start import run_recbole_qrec
 from recbole_qrec.tokenize import ensure_semantic_ids
 from recbole_qrec.trainer import get_trainer
@@ -123,7 +125,7 @@ def test_a_transform_without_a_device_version_is_refused_in_one_line(work, tmp_p
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"data_path_mode": "cuda"}, "data_path_mode must be one of recbole, gpu, got 'cuda' — e.g. --data_path_mode=recbole"),
+    ({"data_path_mode": "cuda"}, "data_path_mode must be one of auto, recbole, gpu, got 'cuda' — e.g. --data_path_mode=recbole"),
     ({"data_path_mode": "gpu", "loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}},
      "data_path_mode gpu trains without negative sampling"),
     ({"valid_sample_users": 0}, r"valid_sample_users must be an integer >= 1 or ~, got 0 — e.g. --valid_sample_users=10000"),
@@ -250,15 +252,58 @@ def test_bert4rec_trains_on_the_device_path_and_the_same_seed_repeats_its_metric
     assert first["test"]["hit@10"] > 0
 
 
+def sasrec_trainer(work: Path, tmp_path: Path, **settings) -> tuple:
+    """A seeded SASRec trainer on the subset's device-resident training loader, and that loader."""
+    config = build_config("SASRec", "Instruments", config_dict={"data_path": str(work / "dataset"), **SASREC,
+                                                                "data_path_mode": "gpu", "checkpoint_dir": str(tmp_path),
+                                                                **settings})
+    train = data_preparation(config, create_dataset(config))[0]
+    init_seed(config["seed"], True)
+    return get_trainer(config["MODEL_TYPE"], "SASRec")(config, get_model("SASRec")(config, train._dataset)), train
+
+
+def test_an_epoch_without_per_step_waits_trains_exactly_as_recbole_loop(work, tmp_path):
+    """The device path's epoch (losses summed on the device, read once) takes RecBole's steps: from the same weights,
+    batches and seed it returns the same summed loss and leaves the same weights as ``Trainer._train_epoch``."""
+    results = []
+    for epoch in (lambda trainer, train: trainer.device_epoch(train, 0, trainer.model.calculate_loss),
+                  lambda trainer, train: Trainer._train_epoch(trainer, train, 0)):
+        trainer, train = sasrec_trainer(work, tmp_path, clip_grad_norm={"max_norm": 1.0})
+        loss = epoch(trainer, train)
+        results.append((loss, copy.deepcopy(trainer.model.state_dict())))
+    (device_loss, device_weights), (recbole_loss, recbole_weights) = results
+    assert device_loss == pytest.approx(recbole_loss, rel=1e-6)
+    assert all(torch.allclose(device_weights[name], recbole_weights[name], atol=1e-6) for name in recbole_weights)
+    assert not torch.equal(device_weights["item_embedding.weight"],
+                           sasrec_trainer(work, tmp_path)[0].model.state_dict()["item_embedding.weight"])
+
+
+@pytest.mark.parametrize("mode", ["gpu", "recbole"])
+def test_a_loss_that_is_not_finite_is_one_error_line(work, tmp_path, mode):
+    trainer, train = sasrec_trainer(work, tmp_path, data_path_mode=mode)
+    with torch.no_grad():
+        trainer.model.item_embedding.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError, match=r"^the training loss .* — lower learning_rate, or clip gradients"):
+        trainer._train_epoch(train, 0)
+
+
+def test_auto_picks_the_device_path_on_a_cuda_device_for_a_run_it_can_train(work):
+    def resolved(device: str, **settings) -> str:
+        config = build_config("SASRec", "Instruments", config_dict={"data_path": str(work / "dataset"), **SASREC,
+                                                                    **settings})
+        assert config["data_path_mode"] == "recbole"  # on this machine's CPU
+        config["data_path_mode"], config["device"] = "auto", torch.device(device)
+        return resolve_data_path_mode(config)
+
+    assert resolved("cuda") == "gpu" and resolved("cpu") == "recbole"
+    negatives = {"loss_type": "BPR", "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1}}
+    assert resolved("cuda", **negatives) == "recbole"
+
+
 def test_bfloat16_autocast_changes_the_training_loss_by_its_rounding_only(work, tmp_path):
     losses = {}
     for dtype in (None, "bfloat16"):
-        config = build_config("SASRec", "Instruments", config_dict={"data_path": str(work / "dataset"), **SASREC,
-                                                                    "data_path_mode": "gpu", "autocast_dtype": dtype,
-                                                                    "checkpoint_dir": str(tmp_path)})
-        train = data_preparation(config, create_dataset(config))[0]
-        init_seed(config["seed"], True)
-        trainer = get_trainer(config["MODEL_TYPE"], "SASRec")(config, get_model("SASRec")(config, train._dataset))
+        trainer, train = sasrec_trainer(work, tmp_path, autocast_dtype=dtype)
         losses[dtype] = trainer._train_epoch(train, 0)
     assert losses[None] != losses["bfloat16"] and losses["bfloat16"] == pytest.approx(losses[None], rel=0.02)
 

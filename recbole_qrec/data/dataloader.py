@@ -18,7 +18,7 @@ from recbole.sampler.sampler import AbstractSampler
 from recbole_qrec.data.transform import DEVICE_TRANSFORMS, device_transform
 from recbole_qrec.errors import ConfigError
 
-DATA_PATH_MODES = ("recbole", "gpu")
+DATA_PATH_MODES = ("auto", "recbole", "gpu")
 
 
 def check_data_path_mode(config: Config) -> str:
@@ -30,16 +30,35 @@ def check_data_path_mode(config: Config) -> str:
     return mode
 
 
-def check_gpu_data_path(config: Config) -> None:
-    """Raise unless the training of ``config``'s run needs nothing the device-resident loader leaves out."""
-    refuse = "— set data_path_mode: recbole"
+def gpu_data_path_refusal(config: Config) -> str | None:
+    """Why the device-resident loader cannot train ``config``'s run (None when it can)."""
     if config["train_neg_sample_args"]["distribution"] != "none":
-        raise ConfigError(f"data_path_mode gpu trains without negative sampling, but train_neg_sample_args samples "
-                          f"{config['train_neg_sample_args']['distribution']} negatives {refuse}")
+        return (f"data_path_mode gpu trains without negative sampling, but train_neg_sample_args samples "
+                f"{config['train_neg_sample_args']['distribution']} negatives")
     if config["transform"] not in DEVICE_TRANSFORMS:
         applied = ", ".join(name for name in DEVICE_TRANSFORMS if name)
-        raise ConfigError(f"{config['model']} trains on RecBole's dataset transform {config['transform']!r}, which "
-                          f"data_path_mode gpu does not apply (it applies {applied}) {refuse}")
+        return (f"{config['model']} trains on RecBole's dataset transform {config['transform']!r}, which "
+                f"data_path_mode gpu does not apply (it applies {applied})")
+    return None
+
+
+def check_gpu_data_path(config: Config) -> None:
+    """Raise unless the training of ``config``'s run needs nothing the device-resident loader leaves out."""
+    refusal = gpu_data_path_refusal(config)
+    if refusal:
+        raise ConfigError(f"{refusal} — set data_path_mode: recbole")
+
+
+def resolve_data_path_mode(config: Config) -> str:
+    """Check ``data_path_mode`` and settle ``auto`` in ``config``: ``gpu`` on a CUDA device for a run the
+    device-resident loader can train, ``recbole`` otherwise. Returns the mode the run uses."""
+    mode = check_data_path_mode(config)
+    if mode == "auto":
+        on_cuda = torch.device(config["device"]).type == "cuda"
+        mode = config["data_path_mode"] = "gpu" if on_cuda and gpu_data_path_refusal(config) is None else "recbole"
+    elif mode == "gpu":
+        check_gpu_data_path(config)
+    return mode
 
 
 def _fields_on(features: Interaction | None, device: torch.device) -> dict[str, torch.Tensor]:

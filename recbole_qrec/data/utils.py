@@ -13,7 +13,7 @@ from recbole.data.dataloader import AbstractDataLoader, FullSortEvalDataLoader
 from recbole.data.dataset import Dataset
 
 import recbole_qrec.data.dataset as qrec_datasets
-from recbole_qrec.data.dataloader import TensorTrainDataLoader, check_data_path_mode
+from recbole_qrec.data.dataloader import TensorTrainDataLoader, resolve_data_path_mode
 from recbole_qrec.data.dataset import QRecSequentialDataset, SemanticIdDataset
 from recbole_qrec.data.eval_dataloader import TensorFullSortEvalDataLoader, user_sample
 from recbole_qrec.errors import ConfigError
@@ -44,9 +44,9 @@ def data_preparation(config: Config, dataset: Dataset) -> tuple[AbstractDataLoad
     """RecBole's train/valid/test loaders of ``dataset``, and the training loader of each pretraining source
     (``source name -> loader``; empty without sources), to pass to the trainer's ``fit(pretrain_data=...)``.
     With ``valid_sample_users`` the validation loader holds that many users (fixed by ``seed``); the test loader
-    always holds all. With ``data_path_mode: gpu`` every training loader (the sources' too) is a
+    always holds all. When the run's ``data_path_mode`` is gpu every training loader (the sources' too) is a
     :class:`TensorTrainDataLoader` and every full-ranking loader a :class:`TensorFullSortEvalDataLoader`."""
-    gpu = check_data_path_mode(config) == "gpu"
+    gpu = resolve_data_path_mode(config) == "gpu"
     valid_users = config["valid_sample_users"]  # checked by build_config (VALUE_RULES)
     train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
     if valid_users:

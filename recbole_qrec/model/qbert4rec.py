@@ -57,6 +57,7 @@ PAD_TOKEN = 0
 MASK_TOKEN = 1
 FIRST_CODE_TOKEN = 2
 SCORINGS = ("item", "levels")
+IGNORED_TARGET = -100  # cross-entropy target of a token that is not predicted
 
 
 class QBert4Rec(PretrainableRecommender):
@@ -158,7 +159,9 @@ class QBert4Rec(PretrainableRecommender):
         tokens = self.item_tokens(items, self.domain_codes(domain))
         masked = self.masker(tokens.flatten(1) != PAD_TOKEN).view_as(tokens)
         logits = self.heads(self.forward(tokens.masked_fill(masked, MASK_TOKEN)))
-        loss = F.cross_entropy(logits[masked], (tokens - self.level_offsets)[masked], reduction="sum")
+        # Unmasked tokens are ignored rather than indexed away: a boolean index would wait for the device every step.
+        targets = (tokens - self.level_offsets).masked_fill(~masked, IGNORED_TARGET)
+        loss = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORED_TARGET, reduction="sum")
         return loss / masked.sum().clamp(min=1)
 
     def calculate_loss(self, interaction: Interaction) -> Tensor:

@@ -1,5 +1,6 @@
-"""Mixed precision (``autocast_dtype``) and ``torch.compile`` (``compile_model``) for every trainer's training steps
-and evaluation; both off by default."""
+"""How a trainer's steps run: mixed precision (``autocast_dtype``) and ``torch.compile`` (``compile_model``), both
+off by default, and, on the device-resident data path (``data_path_mode: gpu``), training steps that never wait for
+the GPU."""
 
 from __future__ import annotations
 
@@ -8,13 +9,20 @@ from typing import Any
 
 import torch
 from recbole.config import Config
-from torch import nn
+from recbole.trainer import Trainer
+from recbole.utils import set_color
+from torch import Tensor, nn, optim
+from torch.nn.utils import clip_grad_norm_
+from tqdm import tqdm
 
-from recbole_qrec.errors import ConfigError
+from recbole_qrec.errors import ConfigError, TrainingDivergedError
 
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16}
 # The model methods RecBole's trainers (and the pretraining trainer) call; those a model has are compiled.
 COMPILED_METHODS = ("calculate_loss", "pretrain_loss", "full_sort_predict", "predict")
+# RecBole learners with a fused CUDA implementation (one kernel per step instead of one per parameter group op).
+FUSED_LEARNERS = {"adam": optim.Adam, "adamw": optim.AdamW}
+DIVERGED_FIX = "lower learning_rate, or clip gradients (e.g. --clip_grad_norm=\"{'max_norm': 5.0}\")"
 
 
 def check_acceleration(config: Config) -> None:
@@ -25,11 +33,21 @@ def check_acceleration(config: Config) -> None:
                           "— e.g. --autocast_dtype=bfloat16")
 
 
+def summed(losses: Tensor | tuple[Tensor, ...]) -> Tensor:
+    """A model's loss, or the sum of its parts when it returns several (RecBole's convention)."""
+    return sum(losses) if isinstance(losses, tuple) else losses
+
+
 class AccelerationMixin:
     """Mixed in before a RecBole trainer. With ``autocast_dtype`` every loss of a training step and every evaluation
     run under ``torch.autocast`` with that dtype (weights, gradients and optimizer state stay float32; bfloat16 needs
     no gradient scaling). With ``compile_model`` the model's :data:`COMPILED_METHODS` are replaced, on the model
-    object, by their ``torch.compile`` versions: its parameters and state dict (checkpoints) are unchanged."""
+    object, by their ``torch.compile`` versions: its parameters and state dict (checkpoints) are unchanged.
+
+    With ``data_path_mode: gpu`` an epoch is RecBole's training loop without its two waits per step (the loss read
+    back with ``.item()`` and checked for NaN): the losses are summed on the device and read once per epoch, so the
+    CPU queues the next steps while the GPU runs; Adam/AdamW are the fused CUDA kernels on a CUDA device. A loss that
+    is not finite is one :class:`~recbole_qrec.errors.TrainingDivergedError` line on either path."""
 
     def __init__(self, config: Config, model: nn.Module) -> None:
         check_acceleration(config)
@@ -40,10 +58,27 @@ class AccelerationMixin:
                 if hasattr(model, name):
                     setattr(model, name, torch.compile(getattr(model, name)))
 
+    def device_steps(self) -> bool:
+        """Whether epochs run without per-step waits (the device-resident data path)."""
+        return self.config["data_path_mode"] == "gpu"
+
     def autocast(self) -> torch.autocast:
         """The ``torch.autocast`` context of ``autocast_dtype`` on the trainer's device (disabled when None)."""
         return torch.autocast(torch.device(self.device).type, dtype=self.autocast_dtype,
                               enabled=self.autocast_dtype is not None)
+
+    def _build_optimizer(self, **kwargs: Any) -> optim.Optimizer:
+        learner = kwargs.get("learner", self.learner).lower()
+        on_cuda = torch.device(self.device).type == "cuda"
+        if not (self.device_steps() and on_cuda and learner in FUSED_LEARNERS):
+            return super()._build_optimizer(**kwargs)
+        return FUSED_LEARNERS[learner](kwargs.get("params", self.model.parameters()),
+                                       lr=kwargs.get("learning_rate", self.learning_rate),
+                                       weight_decay=kwargs.get("weight_decay", self.weight_decay), fused=True)
+
+    def _check_nan(self, loss: Tensor) -> None:
+        if torch.isnan(loss):
+            raise TrainingDivergedError(f"the training loss became NaN — {DIVERGED_FIX}")
 
     def _train_epoch(self, train_data: Any, epoch_idx: int, loss_func: Callable | None = None,
                      show_progress: bool = False) -> Any:
@@ -53,8 +88,42 @@ class AccelerationMixin:
             with self.autocast():
                 return loss_func(interaction)
 
+        if self.device_steps() and super()._train_epoch.__func__ is Trainer._train_epoch:
+            return self.device_epoch(train_data, epoch_idx, autocast_loss, show_progress)
         return super()._train_epoch(train_data, epoch_idx, loss_func=autocast_loss, show_progress=show_progress)
 
-    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
-        with self.autocast():
-            return super().evaluate(*args, **kwargs)
+    def device_epoch(self, train_data: Any, epoch_idx: int, loss_func: Callable,
+                     show_progress: bool = False) -> float | tuple[float, ...]:
+        """One epoch of RecBole's ``Trainer._train_epoch`` (same steps: zero_grad, loss, backward, ``clip_grad_norm``,
+        optimizer step; RecBole's AMP keys and distributed gradient hooks) that reads the loss back only at its end;
+        returns the summed loss (per part when the model returns several)."""
+        self.model.train()
+        batches = tqdm(train_data, total=len(train_data), ncols=100,
+                       desc=set_color(f"Train {epoch_idx:>5}", "pink")) if show_progress else train_data
+        if not self.config["single_spec"] and train_data.shuffle:
+            train_data.sampler.set_epoch(epoch_idx)
+        total: Tensor | None = None
+        scaler = torch.amp.GradScaler(enabled=self.enable_scaler)  # RecBole's enable_amp / enable_scaler keys
+        for interaction in batches:
+            interaction = interaction.to(self.device)
+            self.optimizer.zero_grad()
+            sync_loss = 0
+            if not self.config["single_spec"]:
+                self.set_reduce_hook()
+                sync_loss = self.sync_grad_loss()
+            with torch.autocast(device_type=torch.device(self.device).type, enabled=self.enable_amp):
+                losses = loss_func(interaction)
+            parts = torch.stack([part.detach() for part in losses]) if isinstance(losses, tuple) else losses.detach()
+            total = parts if total is None else total + parts
+            scaler.scale(summed(losses) + sync_loss).backward()
+            if self.clip_grad_norm:
+                clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
+            scaler.step(self.optimizer)
+            scaler.update()
+        if total is None:
+            return 0.0
+        values = total.tolist()
+        if not torch.isfinite(total).all():
+            raise TrainingDivergedError(f"the training loss of epoch {epoch_idx} is not finite ({values}) — "
+                                        f"{DIVERGED_FIX}")
+        return tuple(values) if isinstance(values, list) else values
