@@ -18,6 +18,7 @@ from tqdm import tqdm
 from recbole_qrec.errors import ConfigError, TrainingDivergedError
 
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # The model methods RecBole's trainers (and the pretraining trainer) call; those a model has are compiled.
 COMPILED_METHODS = ("calculate_loss", "pretrain_loss", "full_sort_predict", "predict")
 # RecBole learners with a fused CUDA implementation (one kernel per step instead of one per parameter group op).
@@ -26,11 +27,15 @@ DIVERGED_FIX = "lower learning_rate, or clip gradients (e.g. --clip_grad_norm=\"
 
 
 def check_acceleration(config: Config) -> None:
-    """``autocast_dtype`` must be None or one of :data:`AUTOCAST_DTYPES`."""
+    """``autocast_dtype`` must be None or one of :data:`AUTOCAST_DTYPES`, ``compile_mode`` one of
+    :data:`COMPILE_MODES`."""
     dtype = config["autocast_dtype"]
     if dtype is not None and dtype not in AUTOCAST_DTYPES:
         raise ConfigError(f"autocast_dtype must be ~ (float32) or one of {', '.join(AUTOCAST_DTYPES)}, got {dtype!r} "
                           "— e.g. --autocast_dtype=bfloat16")
+    if config["compile_mode"] not in COMPILE_MODES:
+        raise ConfigError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {config['compile_mode']!r} "
+                          "— e.g. --compile_model=True --compile_mode=reduce-overhead")
 
 
 def summed(losses: Tensor | tuple[Tensor, ...]) -> Tensor:
@@ -42,7 +47,8 @@ class AccelerationMixin:
     """Mixed in before a RecBole trainer. With ``autocast_dtype`` every loss of a training step and every evaluation
     run under ``torch.autocast`` with that dtype (weights, gradients and optimizer state stay float32; bfloat16 needs
     no gradient scaling). With ``compile_model`` the model's :data:`COMPILED_METHODS` are replaced, on the model
-    object, by their ``torch.compile`` versions: its parameters and state dict (checkpoints) are unchanged.
+    object, by their ``torch.compile`` versions (``compile_mode``): its parameters and state dict (checkpoints) are
+    unchanged.
 
     With ``data_path_mode: gpu`` an epoch is RecBole's training loop without its two waits per step (the loss read
     back with ``.item()`` and checked for NaN): the losses are summed on the device and read once per epoch, so the
@@ -56,7 +62,7 @@ class AccelerationMixin:
         if config["compile_model"]:
             for name in COMPILED_METHODS:
                 if hasattr(model, name):
-                    setattr(model, name, torch.compile(getattr(model, name)))
+                    setattr(model, name, torch.compile(getattr(model, name), mode=config["compile_mode"]))
 
     def device_steps(self) -> bool:
         """Whether epochs run without per-step waits (the device-resident data path)."""
@@ -104,7 +110,10 @@ class AccelerationMixin:
             train_data.sampler.set_epoch(epoch_idx)
         total: Tensor | None = None
         scaler = torch.amp.GradScaler(enabled=self.enable_scaler)  # RecBole's enable_amp / enable_scaler keys
+        replayed = self.config["compile_model"] and self.config["compile_mode"] == "reduce-overhead"
         for interaction in batches:
+            if replayed:  # a new step: the CUDA graphs' outputs of the last one are no longer read
+                torch.compiler.cudagraph_mark_step_begin()
             interaction = interaction.to(self.device)
             self.optimizer.zero_grad()
             sync_loss = 0
