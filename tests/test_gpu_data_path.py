@@ -254,13 +254,13 @@ def test_bert4rec_trains_on_the_device_path_and_the_same_seed_repeats_its_metric
 
 
 def sasrec_trainer(work: Path, tmp_path: Path, **settings) -> tuple:
-    """A seeded SASRec trainer on the subset's device-resident training loader, and that loader."""
+    """A seeded SASRec trainer on the subset's device-resident training loader, that loader and the validation one."""
     config = build_config("SASRec", "Instruments", config_dict={"data_path": str(work / "dataset"), **SASREC,
                                                                 "data_path_mode": "gpu", "checkpoint_dir": str(tmp_path),
                                                                 **settings})
-    train = data_preparation(config, create_dataset(config))[0]
+    train, valid = data_preparation(config, create_dataset(config))[:2]
     init_seed(config["seed"], True)
-    return get_trainer(config["MODEL_TYPE"], "SASRec")(config, get_model("SASRec")(config, train._dataset)), train
+    return get_trainer(config["MODEL_TYPE"], "SASRec")(config, get_model("SASRec")(config, train._dataset)), train, valid
 
 
 def test_an_epoch_without_per_step_waits_trains_exactly_as_recbole_loop(work, tmp_path):
@@ -269,7 +269,7 @@ def test_an_epoch_without_per_step_waits_trains_exactly_as_recbole_loop(work, tm
     results = []
     for epoch in (lambda trainer, train: trainer.device_epoch(train, 0, trainer.model.calculate_loss),
                   lambda trainer, train: Trainer._train_epoch(trainer, train, 0)):
-        trainer, train = sasrec_trainer(work, tmp_path, clip_grad_norm={"max_norm": 1.0})
+        trainer, train, _ = sasrec_trainer(work, tmp_path, clip_grad_norm={"max_norm": 1.0})
         loss = epoch(trainer, train)
         results.append((loss, copy.deepcopy(trainer.model.state_dict())))
     (device_loss, device_weights), (recbole_loss, recbole_weights) = results
@@ -281,7 +281,7 @@ def test_an_epoch_without_per_step_waits_trains_exactly_as_recbole_loop(work, tm
 
 @pytest.mark.parametrize("mode", ["gpu", "recbole"])
 def test_a_loss_that_is_not_finite_is_one_error_line(work, tmp_path, mode):
-    trainer, train = sasrec_trainer(work, tmp_path, data_path_mode=mode)
+    trainer, train, _ = sasrec_trainer(work, tmp_path, data_path_mode=mode)
     with torch.no_grad():
         trainer.model.item_embedding.weight.fill_(float("nan"))
     # Anomaly detection (left on by any earlier import of RecBole's sine.py outside the harness) would raise first.
@@ -306,9 +306,20 @@ def test_auto_picks_the_device_path_on_a_cuda_device_for_a_run_it_can_train(work
 def test_bfloat16_autocast_changes_the_training_loss_by_its_rounding_only(work, tmp_path):
     losses = {}
     for dtype in (None, "bfloat16"):
-        trainer, train = sasrec_trainer(work, tmp_path, autocast_dtype=dtype)
+        trainer, train, _ = sasrec_trainer(work, tmp_path, autocast_dtype=dtype)
         losses[dtype] = trainer._train_epoch(train, 0)
     assert losses[None] != losses["bfloat16"] and losses["bfloat16"] == pytest.approx(losses[None], rel=0.02)
+
+
+def test_bfloat16_autocast_also_scores_the_evaluation(work, tmp_path):
+    """The evaluation's forward passes run under the same autocast as the training steps."""
+    trainer, _, valid = sasrec_trainer(work, tmp_path, autocast_dtype="bfloat16")
+    dtypes = set()
+    hook = trainer.model.trm_encoder.layer[0].feed_forward.dense_1.register_forward_hook(
+        lambda module, inputs, output: dtypes.add(output.dtype))
+    trainer.evaluate(valid, load_best_model=False)
+    hook.remove()
+    assert dtypes == {torch.bfloat16}
 
 
 @pytest.fixture(scope="module")

@@ -98,6 +98,10 @@ class AccelerationMixin:
             return self.device_epoch(train_data, epoch_idx, autocast_loss, show_progress)
         return super()._train_epoch(train_data, epoch_idx, loss_func=autocast_loss, show_progress=show_progress)
 
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        with self.autocast():
+            return super().evaluate(*args, **kwargs)
+
     def device_epoch(self, train_data: Any, epoch_idx: int, loss_func: Callable,
                      show_progress: bool = False) -> float | tuple[float, ...]:
         """One epoch of RecBole's ``Trainer._train_epoch`` (same steps: zero_grad, loss, backward, ``clip_grad_norm``,
