@@ -1,5 +1,6 @@
 """Where one training step's time goes: QBert4Rec (its defaults) or BERT4Rec at QBert4Rec's width and batch size
-(hidden 256, inner 256, 4 layers, 4 heads, batch 256) on Instruments, with the trainer's optimizer (fused on CUDA).
+(hidden 256, inner 256, 4 layers, 4 heads, batch 256) on Instruments, with the trainer's optimizer (fused on CUDA);
+needs a CUDA device.
 Prints milliseconds per step (50 steps after 10 of warm-up, synchronised), per batch drawn from the training loader
 and per forward pass, then torch.profiler's tables of 10 steps by self CUDA time and by self CPU time:
 
@@ -25,37 +26,55 @@ parser.add_argument("model", choices=["QBert4Rec", "BERT4Rec"])
 parser.add_argument("--data_path", required=True, help="atomic files folder holding Instruments/")
 parser.add_argument("--checkpoint_dir", default="saved")
 args = parser.parse_args()
-model_name = args.model
-extra = {"hidden_size": 256, "inner_size": 256, "n_layers": 4, "n_heads": 4, "train_batch_size": 256} if model_name == "BERT4Rec" else {}
-cfg = build_config(model_name, "Instruments", config_dict={"data_path": args.data_path, "checkpoint_dir": args.checkpoint_dir,
-      "injection_epochs": 1, "sid_epochs": 1, "pretrain_epochs": 0, "pretrain_datasets": [], **extra})
-print(cfg["data_path_mode"], cfg["device"])
-ensure_semantic_ids(cfg, []) if model_name == "QBert4Rec" else None
-ds = create_dataset(cfg)
-train = data_preparation(cfg, ds)[0]
-model = get_model(model_name)(cfg, train._dataset).to(cfg["device"])
-trainer = get_trainer(cfg["MODEL_TYPE"], model_name)(cfg, model)
-opt = trainer.optimizer
-print(type(opt), opt.defaults.get("fused"))
-batches = [b for _, b in zip(range(60), train)]
-def step(b):
-    opt.zero_grad()
-    loss = model.calculate_loss(b)
-    loss.backward()
+EQUAL_WIDTH = {"hidden_size": 256, "inner_size": 256, "n_layers": 4, "n_heads": 4, "train_batch_size": 256}
+config = build_config(args.model, "Instruments", config_dict={
+    "data_path": args.data_path, "checkpoint_dir": args.checkpoint_dir, "injection_epochs": 1, "sid_epochs": 1,
+    "pretrain_epochs": 0, "pretrain_datasets": [], **(EQUAL_WIDTH if args.model == "BERT4Rec" else {})})
+print(config["data_path_mode"], config["device"])
+if args.model == "QBert4Rec":
+    ensure_semantic_ids(config, [])
+train = data_preparation(config, create_dataset(config))[0]
+model = get_model(args.model)(config, train._dataset).to(config["device"])
+trainer = get_trainer(config["MODEL_TYPE"], args.model)(config, model)
+optimizer = trainer.optimizer
+print(type(optimizer), optimizer.defaults.get("fused"))
+batches = [batch for _, batch in zip(range(60), train)]
+
+
+def step(batch) -> None:
+    """One training step as the trainer takes it."""
+    optimizer.zero_grad()
+    model.calculate_loss(batch).backward()
     if trainer.clip_grad_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), **trainer.clip_grad_norm)
-    opt.step()
-for b in batches[:10]: step(b)
-torch.cuda.synchronize(); t = time.time()
-for b in batches[10:60]: step(b)
-torch.cuda.synchronize(); print("ms/step", (time.time() - t) / 50 * 1000)
-t = time.time(); bs = [b for _, b in zip(range(50), train)]; torch.cuda.synchronize(); print("ms/batch load", (time.time() - t) / 50 * 1000)
-t = time.time()
-for b in batches[10:60]:
-    opt.zero_grad(); loss = model.calculate_loss(b)
-torch.cuda.synchronize(); print("ms/forward", (time.time() - t) / 50 * 1000)
-with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
-    for b in batches[10:20]: step(b)
+    optimizer.step()
+
+
+def milliseconds_each(run, count: int) -> float:
+    """Mean milliseconds of ``count`` calls of ``run`` (a block of them, synchronised at both ends)."""
     torch.cuda.synchronize()
-print(p.key_averages().table(sort_by="self_cuda_time_total", row_limit=22, max_name_column_width=60))
-print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
+    start = time.time()
+    run()
+    torch.cuda.synchronize()
+    return (time.time() - start) / count * 1000
+
+
+for batch in batches[:10]:
+    step(batch)
+print("ms/step", milliseconds_each(lambda: [step(batch) for batch in batches[10:60]], 50))
+print("ms/batch load", milliseconds_each(lambda: [batch for _, batch in zip(range(50), train)], 50))
+
+
+def forwards() -> None:
+    for batch in batches[10:60]:
+        optimizer.zero_grad()
+        model.calculate_loss(batch)
+
+
+print("ms/forward", milliseconds_each(forwards, 50))
+with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiled:
+    for batch in batches[10:20]:
+        step(batch)
+    torch.cuda.synchronize()
+print(profiled.key_averages().table(sort_by="self_cuda_time_total", row_limit=22, max_name_column_width=60))
+print(profiled.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))

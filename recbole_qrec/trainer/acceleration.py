@@ -114,6 +114,7 @@ class AccelerationMixin:
             train_data.sampler.set_epoch(epoch_idx)
         total: Tensor | None = None
         scaler = torch.amp.GradScaler(enabled=self.enable_scaler)  # RecBole's enable_amp / enable_scaler keys
+        device_type = torch.device(self.device).type
         replayed = self.config["compile_model"] and self.config["compile_mode"] == "reduce-overhead"
         for interaction in batches:
             if replayed:  # a new step: the CUDA graphs' outputs of the last one are no longer read
@@ -124,7 +125,7 @@ class AccelerationMixin:
             if not self.config["single_spec"]:
                 self.set_reduce_hook()
                 sync_loss = self.sync_grad_loss()
-            with torch.autocast(device_type=torch.device(self.device).type, enabled=self.enable_amp):
+            with torch.autocast(device_type=device_type, enabled=self.enable_amp):
                 losses = loss_func(interaction)
             parts = torch.stack([part.detach() for part in losses]) if isinstance(losses, tuple) else losses.detach()
             total = parts if total is None else total + parts
