@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from recbole.model.layers import TransformerEncoder
 from recbole.utils import init_seed
 
 from recbole_qrec.data import create_dataset, data_preparation
@@ -16,6 +17,7 @@ from recbole_qrec.data.item_features import load_item_features
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.model.qbert4rec import FIRST_CODE_TOKEN, MASK_TOKEN, QBert4Rec
 from recbole_qrec.model.qbert4rec_modules.contrastive import masked_info_nce
+from recbole_qrec.model.qbert4rec_modules.fused_encoder import FusedTransformerEncoder
 from recbole_qrec.model.qbert4rec_modules.injection import depth_histogram
 from recbole_qrec.model.qbert4rec_modules.injection_training import fuse_items, train_injection
 from recbole_qrec.model.qbert4rec_modules.masking import MultiMask
@@ -317,3 +319,24 @@ def test_entry_point_runs_the_tokenize_stage_and_qbert4rec_end_to_end(work, tmp_
     assert "Instruments.QBert4Rec.sid are missing" in log and "running the tokenize stage" in log
     metadata = json.loads((data / "Instruments.QBert4Rec.sid.json").read_text())
     assert metadata["stage"] == "QBert4Rec" and metadata["collision_rate_after"] == 0.0
+
+
+def test_fused_encoder_computes_recbole_encoder_function():
+    """The fused encoder loads RecBole's encoder's state dict and gives its outputs and gradients (dropout off),
+    padding keys masked out as RecBole masks them."""
+    settings = dict(n_layers=2, n_heads=2, hidden_size=16, inner_size=32, hidden_dropout_prob=0.0,
+                    attn_dropout_prob=0.0, hidden_act="gelu", layer_norm_eps=1e-12)
+    torch.manual_seed(0)
+    recbole_encoder, fused = TransformerEncoder(**settings), FusedTransformerEncoder(**settings)
+    fused.load_state_dict(recbole_encoder.state_dict())
+    tokens = torch.tensor([[3, 4, 5, 0, 0], [6, 7, 8, 9, 2]])
+    mask = torch.where((tokens != 0)[:, None, None, :], 0.0, -10000.0)
+    inputs = [torch.randn(2, 5, 16, requires_grad=True) for _ in range(2)]
+    inputs[1].data.copy_(inputs[0].data)
+    outputs = [encoder(x, mask)[-1] for encoder, x in zip((recbole_encoder, fused), inputs)]
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
+    for output in outputs:
+        output.pow(2).sum().backward()
+    torch.testing.assert_close(inputs[1].grad, inputs[0].grad, atol=1e-5, rtol=1e-5)
+    for (name, recbole_weight), fused_weight in zip(recbole_encoder.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(fused_weight.grad, recbole_weight.grad, atol=1e-5, rtol=1e-5, msg=name)

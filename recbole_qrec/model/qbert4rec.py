@@ -42,13 +42,13 @@ import torch
 import torch.nn.functional as F
 from recbole.config import Config
 from recbole.data.interaction import Interaction
-from recbole.model.layers import TransformerEncoder
 from torch import Tensor, nn
 
 from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.data.sid import SID_FIELD
 from recbole_qrec.errors import ConfigError, MalformedDataError
 from recbole_qrec.model.abstract_recommender import PretrainableRecommender
+from recbole_qrec.model.qbert4rec_modules.fused_encoder import FusedTransformerEncoder
 from recbole_qrec.model.qbert4rec_modules.item_output import ItemOutput
 from recbole_qrec.model.qbert4rec_modules.level_heads import LevelHeads
 from recbole_qrec.model.qbert4rec_modules.masking import MultiMask
@@ -86,7 +86,7 @@ class QBert4Rec(PretrainableRecommender):
         self.level_embedding = nn.Embedding(self.levels, hidden)
         self.input_norm = nn.LayerNorm(hidden, eps=config["layer_norm_eps"])
         self.dropout = nn.Dropout(config["hidden_dropout_prob"])
-        self.encoder = TransformerEncoder(
+        self.encoder = FusedTransformerEncoder(
             n_layers=config["n_layers"],
             n_heads=config["n_heads"],
             hidden_size=hidden,
