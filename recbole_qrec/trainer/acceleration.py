@@ -128,7 +128,8 @@ class AccelerationMixin:
             with torch.autocast(device_type=device_type, enabled=self.enable_amp):
                 losses = loss_func(interaction)
             parts = torch.stack([part.detach() for part in losses]) if isinstance(losses, tuple) else losses.detach()
-            total = parts if total is None else total + parts
+            # A copy, not the step's output: replayed CUDA graphs overwrite their outputs at the next step.
+            total = parts.clone() if total is None else total + parts
             scaler.scale(summed(losses) + sync_loss).backward()
             if self.clip_grad_norm:
                 clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
