@@ -163,6 +163,20 @@ def test_length_buckets_give_the_loss_of_one_call_on_the_padded_batch(prepared, 
     torch.testing.assert_close(bucketed, one_call, rtol=1e-5, atol=1e-6)
 
 
+def test_full_length_inputs_give_the_same_loss_and_scores(prepared, work):
+    """Padding every history to MAX_ITEM_LIST_LENGTH changes the shapes only: padding is masked."""
+    model, batch = prepared[4].eval(), first_batch(prepared[3])
+    batch = batch[batch["item_length"].argsort()[:16]]  # the shortest histories
+    padded = TIGER(subset_config(work / "dataset", full_length_inputs=True), prepared[1]._dataset).eval()
+    padded.load_state_dict(model.state_dict())
+    tokens, _ = padded.encoder_inputs(batch)
+    assert tokens.shape[1] > model.encoder_inputs(batch)[0].shape[1], "the batch's longest history must be shorter"
+    with torch.no_grad():
+        torch.testing.assert_close(padded.calculate_loss(batch), model.calculate_loss(batch), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(padded.full_sort_predict(batch), model.full_sort_predict(batch),
+                                   rtol=1e-4, atol=1e-5)
+
+
 def test_full_sort_predict_scores_exactly_the_beam(prepared):
     model, test = prepared[4], prepared[3]
     interaction = first_batch(test)[:16]

@@ -56,6 +56,7 @@ class TIGER(SequentialRecommender):
         super().__init__(config, dataset)
         self.eval_mode, self.beam_size = checked_ranking(config)
         self.length_bucket_rows = checked_length_bucket_rows(config["length_bucket_rows"])
+        self.full_length_inputs = config["full_length_inputs"]
         levels = checked_code_levels(config, dataset.code_tables)
         codes = item_code_table(config, dataset.code_tables, levels=levels)
         self.register_buffer("item_codes", codes)
@@ -78,8 +79,11 @@ class TIGER(SequentialRecommender):
 
     def encoder_inputs(self, interaction: Interaction) -> tuple[Tensor, Tensor]:
         """The user token and the right-padded history tokens ``[B, 1 + S' * L]`` (no user token with 0
-        ``user_buckets``), and their attention mask; ``S'`` the longest history of the batch."""
-        history = interaction[self.ITEM_SEQ][:, : int(interaction[self.ITEM_SEQ_LEN].max())]
+        ``user_buckets``), and their attention mask; ``S'`` the longest history of the batch, or
+        ``MAX_ITEM_LIST_LENGTH`` with ``full_length_inputs``."""
+        history = interaction[self.ITEM_SEQ]
+        if not self.full_length_inputs:  # reading the longest length waits for the device
+            history = history[:, : int(interaction[self.ITEM_SEQ_LEN].max())]
         tokens = self.item_tokens(history).flatten(1)
         if self.user_buckets:
             tokens = torch.cat([self.user_tokens[interaction[self.USER_ID]].unsqueeze(1), tokens], dim=1)
