@@ -216,6 +216,21 @@ def test_task_mixture_loss_is_the_mean_over_all_examples(prepared, work, mix, pa
         torch.testing.assert_close(mixture, per_task.mean(), rtol=1e-5, atol=1e-6)
 
 
+def test_full_length_inputs_give_the_loss_of_batch_padded_inputs(prepared, work):
+    """Histories padded to MAX_ITEM_LIST_LENGTH (the default) or to the batch's longest: the same mixture loss."""
+    train, padded = prepared[1], prepared[4]
+    model = MQL4GRec(subset_config(work, full_length_inputs=False), train._dataset).eval()
+    model.load_state_dict(padded.state_dict())
+    batch = first_batch(train)
+    batch = batch[batch["item_length"].argsort()[:64]]  # the shortest histories
+    assert padded.history(batch).shape[1] > model.history(batch).shape[1]
+    with torch.no_grad():
+        torch.manual_seed(0)
+        full = padded.calculate_loss(batch)
+        torch.manual_seed(0)  # the same task draws
+        torch.testing.assert_close(model.calculate_loss(batch), full, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("domain", ["Games", "fine-tune"])
 def test_training_steps_decrease_the_loss(cross_domain, domain):
     config, train, pretrain_data, _ = cross_domain

@@ -124,7 +124,7 @@ def test_user_token_is_the_hashed_user_id_in_its_own_range(prepared, work):
     assert model.t5.config.vocab_size == model.vocab.size + 2000
     assert bool((tokens[:, 1:] < model.vocab.size).all()), "item tokens stay below the user range"
     assert len(set(expected)) > len(expected) // 2, "users spread over the buckets"
-    history = model.item_tokens(batch["item_id_list"][:, : int(batch["item_length"].max())]).flatten(1)
+    history = model.item_tokens(batch["item_id_list"]).flatten(1)  # full_length_inputs: every history's S items
     assert torch.equal(tokens[:, 1:], history)
     plain = TIGER(subset_config(work / "dataset", user_buckets=0), dataset)
     assert torch.equal(plain.encoder_inputs(batch)[0], history) and plain.t5.config.vocab_size == plain.vocab.size
@@ -133,6 +133,7 @@ def test_user_token_is_the_hashed_user_id_in_its_own_range(prepared, work):
 @pytest.mark.parametrize(("overrides", "message"), [({"sid_source": "titles"}, "sid_source must be"),
                                                     ({"beam_size": 5}, "beam_size"),
                                                     ({"length_bucket_rows": -1}, "length_bucket_rows must be"),
+                                                    ({"full_length_inputs": "yes"}, "full_length_inputs must be"),
                                                     ({"code_levels": 5}, "code_levels must be"),
                                                     ({"user_buckets": -2}, "user_buckets must be")])
 def test_bad_settings_are_config_errors(prepared, work, overrides, message):
@@ -164,11 +165,12 @@ def test_length_buckets_give_the_loss_of_one_call_on_the_padded_batch(prepared, 
 
 
 def test_full_length_inputs_give_the_same_loss_and_scores(prepared, work):
-    """Padding every history to MAX_ITEM_LIST_LENGTH changes the shapes only: padding is masked."""
-    model, batch = prepared[4].eval(), first_batch(prepared[3])
+    """Padding every history to MAX_ITEM_LIST_LENGTH (the default) or to the batch's longest changes the shapes only:
+    padding is masked."""
+    padded, batch = prepared[4].eval(), first_batch(prepared[3])
     batch = batch[batch["item_length"].argsort()[:16]]  # the shortest histories
-    padded = TIGER(subset_config(work / "dataset", full_length_inputs=True), prepared[1]._dataset).eval()
-    padded.load_state_dict(model.state_dict())
+    model = TIGER(subset_config(work / "dataset", full_length_inputs=False), prepared[1]._dataset).eval()
+    model.load_state_dict(padded.state_dict())
     tokens, _ = padded.encoder_inputs(batch)
     assert tokens.shape[1] > model.encoder_inputs(batch)[0].shape[1], "the batch's longest history must be shorter"
     with torch.no_grad():

@@ -33,6 +33,21 @@ def t5_config(config: Config, vocab: SemanticIdVocab, extra_tokens: int = 0) -> 
     )
 
 
+def batch_histories(histories: Tensor, lengths: Tensor, full_length: bool) -> Tensor:
+    """Left-aligned item histories ``[B, S]`` cut to the batch's longest (``lengths`` ``[B]``), or all ``S`` items with
+    ``full_length`` (the ``full_length_inputs`` key): one shape for every batch, which CUDA graphs need, and no wait
+    for the device to read the longest length; the padding is masked either way."""
+    return histories if full_length else histories[:, : int(lengths.max())]
+
+
+def checked_full_length_inputs(value: object) -> bool:
+    """``full_length_inputs`` if it is a bool, else a :class:`ConfigError` saying what to set."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"full_length_inputs must be True or False, got {value!r} — True pads every history to "
+                          "MAX_ITEM_LIST_LENGTH, False to the batch's longest")
+    return value
+
+
 def code_tokens(codes: Tensor, items: Tensor, vocab: SemanticIdVocab) -> Tensor:
     """Item ids ``[...]`` -> token ids ``[..., L]`` of their rows of ``codes`` (padding items -> padding tokens)."""
     tokens = vocab.encode(codes[items])

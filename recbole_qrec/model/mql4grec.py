@@ -42,8 +42,8 @@ from recbole_qrec.errors import ConfigError
 from recbole_qrec.generation import (PrefixIndex, code_groups, constrained_beam_search,
                                     credit_target_group, exact_score_matrix)
 from recbole_qrec.model.abstract_recommender import PretrainableRecommender
-from recbole_qrec.model.layers import (checked_ranking, checked_length_bucket_rows, length_bucketed_loss, t5_config,
-                                       teacher_forced_log_prob)
+from recbole_qrec.model.layers import (batch_histories, checked_full_length_inputs, checked_length_bucket_rows,
+                                       checked_ranking, length_bucketed_loss, t5_config, teacher_forced_log_prob)
 from recbole_qrec.model.mql4grec_modules.fusion import checked_fusion, fuse_beams, fuse_scores
 from recbole_qrec.model.mql4grec_modules.languages import (DomainCodes, language_vocabs, source_codes,
                                                            target_codes)
@@ -61,6 +61,7 @@ class MQL4GRec(PretrainableRecommender):
         super().__init__(config, dataset)
         self.eval_mode, self.beam_size = checked_ranking(config)
         self.length_bucket_rows = checked_length_bucket_rows(config["length_bucket_rows"])
+        self.full_length_inputs = checked_full_length_inputs(config["full_length_inputs"])
         self.eval_rule = checked_choice("eval_rule", config["eval_rule"], EVAL_RULES)
         self.task_mix = checked_choice("task_mix", config["task_mix"], tuple(MIXES))
         self.fusion = checked_fusion(config["beam_fusion"])
@@ -100,8 +101,9 @@ class MQL4GRec(PretrainableRecommender):
         return self.target_codes if domain is None else self.source_codes[domain]
 
     def history(self, interaction: Interaction) -> Tensor:
-        """Item ids of the histories ``[B, S']``, ``S'`` the longest history of the batch."""
-        return interaction[self.ITEM_SEQ][:, : int(interaction[self.ITEM_SEQ_LEN].max())]
+        """Item ids of the histories ``[B, S']``, ``S'`` the longest history of the batch (``MAX_ITEM_LIST_LENGTH``
+        with ``full_length_inputs``)."""
+        return batch_histories(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], self.full_length_inputs)
 
     def task_examples(self, interaction: Interaction, domain: str | None = None,
                       tasks: list[Task] | None = None) -> dict[str, TaskExample]:

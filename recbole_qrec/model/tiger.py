@@ -45,8 +45,9 @@ from recbole_qrec.data.sid import SID_FILE, item_code_table
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.generation import (PrefixIndex, SemanticIdVocab, admit_unseen_items, beam_score_matrix, code_groups,
                                     constrained_beam_search, exact_score_matrix)
-from recbole_qrec.model.layers import (checked_ranking, checked_length_bucket_rows, code_tokens, length_bucketed_loss,
-                                       t5_config, teacher_forced_log_prob)
+from recbole_qrec.model.layers import (batch_histories, checked_full_length_inputs, checked_length_bucket_rows,
+                                       checked_ranking, code_tokens, length_bucketed_loss, t5_config,
+                                       teacher_forced_log_prob)
 
 
 class TIGER(SequentialRecommender):
@@ -56,7 +57,7 @@ class TIGER(SequentialRecommender):
         super().__init__(config, dataset)
         self.eval_mode, self.beam_size = checked_ranking(config)
         self.length_bucket_rows = checked_length_bucket_rows(config["length_bucket_rows"])
-        self.full_length_inputs = config["full_length_inputs"]
+        self.full_length_inputs = checked_full_length_inputs(config["full_length_inputs"])
         levels = checked_code_levels(config, dataset.code_tables)
         codes = item_code_table(config, dataset.code_tables, levels=levels)
         self.register_buffer("item_codes", codes)
@@ -81,9 +82,7 @@ class TIGER(SequentialRecommender):
         """The user token and the right-padded history tokens ``[B, 1 + S' * L]`` (no user token with 0
         ``user_buckets``), and their attention mask; ``S'`` the longest history of the batch, or
         ``MAX_ITEM_LIST_LENGTH`` with ``full_length_inputs``."""
-        history = interaction[self.ITEM_SEQ]
-        if not self.full_length_inputs:  # reading the longest length waits for the device
-            history = history[:, : int(interaction[self.ITEM_SEQ_LEN].max())]
+        history = batch_histories(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], self.full_length_inputs)
         tokens = self.item_tokens(history).flatten(1)
         if self.user_buckets:
             tokens = torch.cat([self.user_tokens[interaction[self.USER_ID]].unsqueeze(1), tokens], dim=1)
