@@ -2,9 +2,9 @@
 
 RecBole's ``MultiHeadAttention`` computes attention as matmul, scale, mask, softmax, dropout and matmul, and its
 GELU as four element-wise operations; on a GPU each is a kernel launch forward and more backward, and a small
-model spends its step issuing them. Here attention is one ``F.scaled_dot_product_attention`` call (the flash or
-memory-efficient kernel on CUDA) and GELU is ``F.gelu``. Module names are RecBole's, so a state dict loads in
-either encoder.
+model spends its step issuing them. Here attention is one ``F.scaled_dot_product_attention`` call (on CUDA the
+memory-efficient kernel, which takes RecBole's additive padding mask) and GELU is ``F.gelu``. Module names are
+RecBole's, so a state dict loads in either encoder.
 """
 
 from __future__ import annotations
