@@ -20,7 +20,7 @@ from recbole_qrec.data import create_dataset, data_preparation
 from recbole_qrec.data.sid import load_code_table, sid_path
 from recbole_qrec.errors import ConfigError, MalformedDataError
 from recbole_qrec.generation import constrained_beam_search
-from recbole_qrec.model.layers import length_bucketed_loss
+from recbole_qrec.model.layers import checked_full_length_inputs, length_bucketed_loss
 from recbole_qrec.model.tiger import TIGER
 from recbole_qrec.quantization import append_level
 from recbole_qrec.tokenize import main as tokenize_main
@@ -124,7 +124,7 @@ def test_user_token_is_the_hashed_user_id_in_its_own_range(prepared, work):
     assert model.t5.config.vocab_size == model.vocab.size + 2000
     assert bool((tokens[:, 1:] < model.vocab.size).all()), "item tokens stay below the user range"
     assert len(set(expected)) > len(expected) // 2, "users spread over the buckets"
-    history = model.item_tokens(batch["item_id_list"]).flatten(1)  # full_length_inputs: every history's S items
+    history = model.item_tokens(batch["item_id_list"][:, : int(batch["item_length"].max())]).flatten(1)
     assert torch.equal(tokens[:, 1:], history)
     plain = TIGER(subset_config(work / "dataset", user_buckets=0), dataset)
     assert torch.equal(plain.encoder_inputs(batch)[0], history) and plain.t5.config.vocab_size == plain.vocab.size
@@ -165,12 +165,13 @@ def test_length_buckets_give_the_loss_of_one_call_on_the_padded_batch(prepared, 
 
 
 def test_full_length_inputs_give_the_same_loss_and_scores(prepared, work):
-    """Padding every history to MAX_ITEM_LIST_LENGTH (the default) or to the batch's longest changes the shapes only:
-    padding is masked."""
-    padded, batch = prepared[4].eval(), first_batch(prepared[3])
+    """Padding every history to MAX_ITEM_LIST_LENGTH or to the batch's longest (the default on a CPU) changes the
+    shapes only: padding is masked."""
+    model, batch = prepared[4].eval(), first_batch(prepared[3])
     batch = batch[batch["item_length"].argsort()[:16]]  # the shortest histories
-    model = TIGER(subset_config(work / "dataset", full_length_inputs=False), prepared[1]._dataset).eval()
-    model.load_state_dict(padded.state_dict())
+    padded = TIGER(subset_config(work / "dataset", full_length_inputs=True), prepared[1]._dataset).eval()
+    padded.load_state_dict(model.state_dict())
+    assert checked_full_length_inputs(None, "cuda") and not checked_full_length_inputs(None, "cpu")
     tokens, _ = padded.encoder_inputs(batch)
     assert tokens.shape[1] > model.encoder_inputs(batch)[0].shape[1], "the batch's longest history must be shorter"
     with torch.no_grad():

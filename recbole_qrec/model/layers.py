@@ -40,11 +40,14 @@ def batch_histories(histories: Tensor, lengths: Tensor, full_length: bool) -> Te
     return histories if full_length else histories[:, : int(lengths.max())]
 
 
-def checked_full_length_inputs(value: object) -> bool:
-    """``full_length_inputs`` if it is a bool, else a :class:`ConfigError` saying what to set."""
+def checked_full_length_inputs(value: object, device: torch.device | str) -> bool:
+    """``full_length_inputs``: a bool as set, ``None`` (auto) True on a CUDA ``device`` only (on a CPU the padding
+    is compute and there is nothing to wait for); anything else a :class:`ConfigError` saying what to set."""
+    if value is None:
+        return torch.device(device).type == "cuda"
     if not isinstance(value, bool):
-        raise ConfigError(f"full_length_inputs must be True or False, got {value!r} — True pads every history to "
-                          "MAX_ITEM_LIST_LENGTH, False to the batch's longest")
+        raise ConfigError(f"full_length_inputs must be ~, True or False, got {value!r} — True pads every history to "
+                          "MAX_ITEM_LIST_LENGTH, False to the batch's longest, ~ the first on a CUDA device")
     return value
 
 

@@ -61,7 +61,7 @@ class MQL4GRec(PretrainableRecommender):
         super().__init__(config, dataset)
         self.eval_mode, self.beam_size = checked_ranking(config)
         self.length_bucket_rows = checked_length_bucket_rows(config["length_bucket_rows"])
-        self.full_length_inputs = checked_full_length_inputs(config["full_length_inputs"])
+        self.full_length_inputs = checked_full_length_inputs(config["full_length_inputs"], config["device"])
         self.eval_rule = checked_choice("eval_rule", config["eval_rule"], EVAL_RULES)
         self.task_mix = checked_choice("task_mix", config["task_mix"], tuple(MIXES))
         self.fusion = checked_fusion(config["beam_fusion"])

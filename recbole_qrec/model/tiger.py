@@ -57,7 +57,7 @@ class TIGER(SequentialRecommender):
         super().__init__(config, dataset)
         self.eval_mode, self.beam_size = checked_ranking(config)
         self.length_bucket_rows = checked_length_bucket_rows(config["length_bucket_rows"])
-        self.full_length_inputs = checked_full_length_inputs(config["full_length_inputs"])
+        self.full_length_inputs = checked_full_length_inputs(config["full_length_inputs"], config["device"])
         levels = checked_code_levels(config, dataset.code_tables)
         codes = item_code_table(config, dataset.code_tables, levels=levels)
         self.register_buffer("item_codes", codes)
