@@ -46,7 +46,8 @@ def config_hash(config: Config) -> str:
 def git_state(directory: Path = PACKAGE_DIR) -> tuple[str, bool | None]:
     """``(commit, dirty)`` of the git checkout that tracks ``directory``; ``("unknown", None)`` outside one.
 
-    ``dirty`` is True when ``git status --porcelain`` lists anything. An installed copy of the package
+    ``dirty`` is True when a tracked file differs from the commit; untracked files (the run outputs a checkout
+    gathers: results folders, logs, converted datasets) do not change the code that ran. An installed copy of the package
     that merely lies inside some other checkout (e.g. a virtual environment in a project) is not tracked
     there, so it counts as outside.
     """
@@ -60,7 +61,7 @@ def git_state(directory: Path = PACKAGE_DIR) -> tuple[str, bool | None]:
     commit = git("rev-parse", "HEAD")
     if tracked.returncode != 0 or commit.returncode != 0:
         return "unknown", None
-    return commit.stdout.strip(), bool(git("status", "--porcelain").stdout.strip())
+    return commit.stdout.strip(), bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
 
 
 def machine_name(device: torch.device | str) -> str:

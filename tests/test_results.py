@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,25 @@ def test_the_record_carries_the_data_fingerprint_and_the_code_state(pretrained_r
 
 def test_outside_a_git_checkout_the_commit_is_unknown(tmp_path):
     assert git_state(tmp_path) == ("unknown", None)
+
+
+def test_run_outputs_beside_the_code_leave_the_checkout_clean_and_an_edit_does_not(tmp_path):
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "model.py").write_text("WIDTH = 64\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "code")
+    (tmp_path / "main_results").mkdir()  # what a run writes beside the code
+    (tmp_path / "main_results" / "results.jsonl").write_text("{}\n")
+    (package / "notes.txt").write_text("untracked\n")
+    assert git_state(package) == (git("rev-parse", "HEAD"), False)
+    (package / "model.py").write_text("WIDTH = 128\n")
+    assert git_state(package) == (git("rev-parse", "HEAD"), True)
 
 
 @pytest.mark.parametrize("bad", [float("-inf"), float("nan")])
