@@ -7,6 +7,7 @@ and writes each domain's ``.sid``; pretraining runs on the sources, fine-tuning 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from recbole.utils import init_seed
@@ -104,6 +105,38 @@ def test_pretraining_runs_on_the_sources_and_lowers_the_loss(cross, tmp_path, mo
     losses = trainer.pretrain(train, pretrain_data, verbose=False)
     assert len(losses) == config["pretrain_epochs"] and losses[-1] < losses[0]
 
+
+
+def test_user_sequences_pretrain_once_on_each_users_whole_training_sequence(work, cross, tmp_path, monkeypatch):
+    """``pretrain_sequences: user``: one row per user, its latest and longest training prefix, of which each of the
+    user's other prefixes is the beginning; fewer steps per epoch, and the pretraining loss still falls."""
+    _, train, _, _, pretrain_data, _ = cross
+    config = make_config(work, pretrain_datasets=SOURCES, pretrain_sequences="user")
+    monkeypatch.chdir(tmp_path)
+    init_seed(config["seed"], True)
+    trainer = harness_trainer(config, QBert4Rec(config, train._dataset))
+    for (domain, loader), prefixes in zip(trainer.pretraining_data(train, pretrain_data), pretrain_data.values()):
+        dataset = prefixes._dataset
+        rows = {field: dataset.inter_feat[field].numpy() for field in
+                (dataset.uid_field, dataset.item_list_length_field, dataset.item_id_list_field, dataset.iid_field)}
+        users, lengths, histories, targets = rows.values()
+        whole = {field: loader._dataset.inter_feat[field].numpy() for field in rows}
+        assert sorted(whole[dataset.uid_field]) == sorted(set(users)), domain  # each user once
+        assert len(loader) == -(-len(set(users)) // config["pretrain_batch_size"]) < len(prefixes), domain
+        for user, length, history, target in zip(*whole.values()):
+            mine = np.flatnonzero(users == user)
+            assert length == lengths[mine].max() and target == targets[mine[-1]], (domain, user)
+            if length < config["MAX_ITEM_LIST_LENGTH"]:  # untruncated: every prefix begins the whole sequence
+                sequence = [*history[:length], target]
+                assert all([*histories[row][:lengths[row]], targets[row]] == sequence[:lengths[row] + 1] for row in mine)
+    losses = trainer.pretrain(train, pretrain_data, verbose=False)
+    assert losses[-1] < losses[0]
+
+
+def test_an_unknown_pretrain_sequences_value_is_one_config_error(work, cross):
+    config = make_config(work, pretrain_datasets=SOURCES, pretrain_sequences="users")
+    with pytest.raises(ConfigError, match="pretrain_sequences is 'users' — set it to prefix or user"):
+        harness_trainer(config, cross[-1])
 
 def test_fine_tuned_checkpoint_reloads_weights_only_to_identical_scores(cross, tmp_path, monkeypatch):
     """RecBole's fit (pretraining on the sources, then fine-tuning) saves a checkpoint that a fresh model reloads

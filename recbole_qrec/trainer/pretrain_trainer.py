@@ -9,22 +9,46 @@ from collections.abc import Mapping
 from time import time
 from typing import Any, Callable
 
+import numpy as np
+import torch
 from recbole.config import Config
 from recbole.data.dataloader import AbstractDataLoader
+from recbole.data.dataset import Dataset
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
+from recbole_qrec.errors import ConfigError
 from recbole_qrec.model.abstract_recommender import PretrainableRecommender
 from recbole_qrec.trainer.schedule import attach_lr_schedule
 
 
-def with_batch_size(loader: AbstractDataLoader, batch_size: int) -> AbstractDataLoader:
-    """RecBole training loader ``loader`` with ``batch_size`` rows per batch (same data, sampler and shuffling)."""
-    if loader.config["train_batch_size"] == batch_size:
+# What one pretraining epoch passes over: every training prefix (RecBole's augmented rows, as fine-tuning) or each
+# user's whole training sequence once.
+PRETRAIN_SEQUENCES = ("prefix", "user")
+
+
+def whole_sequences(dataset: Dataset) -> Dataset:
+    """``dataset``'s training rows (one per prefix of each user's training sequence) cut to one row per user: its
+    longest prefix, i.e. the whole training sequence (its last ``MAX_ITEM_LIST_LENGTH`` items as history, then
+    the target)."""
+    users = dataset.inter_feat[dataset.uid_field]
+    lengths = dataset.inter_feat[dataset.item_list_length_field]
+    by_user = torch.from_numpy(np.lexsort((lengths.numpy(), users.numpy())))  # stable: the latest of equal lengths last
+    sorted_users = users[by_user]
+    last = torch.ones_like(sorted_users, dtype=torch.bool)
+    last[:-1] = sorted_users[1:] != sorted_users[:-1]
+    return dataset.copy(dataset.inter_feat[by_user[last].sort().values])
+
+
+def pretraining_loader(loader: AbstractDataLoader, batch_size: int, sequences: str) -> AbstractDataLoader:
+    """RecBole training loader ``loader`` with ``batch_size`` rows per batch (same sampler and shuffling) over every
+    training prefix (``sequences`` ``prefix``) or each user's whole training sequence (``user``)."""
+    if sequences == "prefix" and loader.config["train_batch_size"] == batch_size:
         return loader
     config = copy.copy(loader.config)
     config.final_config_dict = {**loader.config.final_config_dict, "train_batch_size": batch_size}
-    return type(loader)(config, loader._dataset, loader._sampler, shuffle=loader.shuffle)
+    dataset = whole_sequences(loader._dataset) if sequences == "user" else loader._dataset
+    return type(loader)(config, dataset, loader._sampler, shuffle=loader.shuffle)
 
 
 def pretrained_model_file(saved_model_file: str) -> str:
@@ -51,6 +75,9 @@ class PretrainFineTuneTrainer(Trainer):
     """
 
     def __init__(self, config: Config, model: PretrainableRecommender) -> None:
+        if config["pretrain_sequences"] not in PRETRAIN_SEQUENCES:
+            raise ConfigError(f"pretrain_sequences is {config['pretrain_sequences']!r} — set it to "
+                              f"{' or '.join(PRETRAIN_SEQUENCES)}")
         super().__init__(config, model)
         self.pretrained = False
         self.pretrain_epoch_seconds: list[float] = []
@@ -74,11 +101,12 @@ class PretrainFineTuneTrainer(Trainer):
     def pretraining_data(self, train_data: AbstractDataLoader,
                          pretrain_data: Mapping[str, AbstractDataLoader] | None = None
                          ) -> list[tuple[str | None, AbstractDataLoader]]:
-        """``(domain, loader)`` pairs of one pretraining epoch, batched by ``pretrain_batch_size``: the sources',
-        or the target's ``train_data`` (domain ``None``) without sources."""
+        """``(domain, loader)`` pairs of one pretraining epoch, batched by ``pretrain_batch_size`` over the rows
+        ``pretrain_sequences`` names: the sources', or the target's ``train_data`` (domain ``None``) without sources."""
         pairs = list((pretrain_data or {}).items()) or [(None, train_data)]
         batch_size = self.config["pretrain_batch_size"] or self.config["train_batch_size"]
-        return [(domain, with_batch_size(loader, batch_size)) for domain, loader in pairs]
+        return [(domain, pretraining_loader(loader, batch_size, self.config["pretrain_sequences"]))
+                for domain, loader in pairs]
 
     def pretrain(self, train_data: AbstractDataLoader, pretrain_data: Mapping[str, AbstractDataLoader] | None = None,
                  verbose: bool = True, show_progress: bool = False) -> list[float]:
