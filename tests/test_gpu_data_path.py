@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from recbole.data.dataloader import FullSortEvalDataLoader, TrainDataLoader
+from recbole.data.dataset import SequentialDataset
 from recbole.data.transform import MaskItemSequence
 from recbole.trainer import Trainer
 from recbole.utils import init_seed
@@ -27,6 +28,7 @@ from recbole_qrec.config import build_config
 from recbole_qrec.data import create_dataset, data_preparation
 from recbole_qrec.data.cross_domain import pretrain_dataset_names, source_settings
 from recbole_qrec.data.dataloader import TensorTrainDataLoader, resolve_data_path_mode
+from recbole_qrec.data.dataset import QRecSequentialDataset
 from recbole_qrec.data.eval_dataloader import TensorFullSortEvalDataLoader
 from recbole_qrec.data.transform import DeviceMaskItemSequence, items_not_in
 from recbole_qrec.errors import ConfigError, TrainingDivergedError
@@ -34,6 +36,8 @@ from recbole_qrec.quick_start import run_recbole_qrec
 from recbole_qrec.tokenize import ensure_semantic_ids
 from recbole_qrec.trainer import get_trainer
 from recbole_qrec.utils import get_model
+
+from conftest import work_config
 
 SUBSET_USERS = 500  # conftest.SUBSET_USERS: the subset's users, one test interaction each
 TRANSFORMER = {"d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2}
@@ -69,6 +73,19 @@ def rows(batches, fields: Sequence[str] = ()) -> list[tuple]:
                                                          batch["item_length"].tolist(), batch["item_id"].tolist(), extra):
             found.append((user, tuple(history[:length]), target, repr(values)))
     return found
+
+
+@pytest.mark.parametrize("max_length", [50, 3])  # 3: most histories cut to their last items
+def test_the_dataset_augments_every_prefix_exactly_as_recbole_does(work, max_length):
+    config = work_config("SASRec", work, use_gpu=False, MAX_ITEM_LIST_LENGTH=max_length)
+    ours = create_dataset(config)
+    assert isinstance(ours, QRecSequentialDataset)
+    for mine, recbole in zip(ours.build(), SequentialDataset(config).build()):  # train, valid, test
+        assert sorted(mine.inter_feat.columns) == sorted(recbole.inter_feat.columns)
+        for field in recbole.inter_feat.columns:
+            assert mine.inter_feat[field].dtype == recbole.inter_feat[field].dtype, field
+            assert torch.equal(mine.inter_feat[field], recbole.inter_feat[field]), field
+    assert int(mine.inter_feat["item_length"].max()) == max_length
 
 
 def test_one_epoch_yields_recbole_training_rows_with_its_fields(loaders):

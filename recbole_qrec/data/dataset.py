@@ -13,7 +13,8 @@ Splits made by ``build()`` are shallow copies and share both.
 ``cold_start_share`` is set (:mod:`recbole_qrec.data.cold_start`); ``cold_items`` marks the cold items.
 
 :func:`recbole_qrec.data.create_dataset` picks ``<Model>Dataset`` from this module when it exists (else
-:class:`QRecSequentialDataset` under cold start, else RecBole's dataset).
+:class:`QRecSequentialDataset` where RecBole would build a plain ``SequentialDataset`` or under cold start, else
+RecBole's dataset).
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from recbole.config import Config
 from recbole.data.dataset import SequentialDataset
+from recbole.data.interaction import Interaction
 from torch import Tensor
 
 from recbole_qrec.data.cold_start import hold_out_cold_items, log_held_out
@@ -34,9 +37,10 @@ from recbole_qrec.errors import ConfigError
 
 
 class QRecSequentialDataset(SequentialDataset):
-    """RecBole's ``SequentialDataset``; with ``cold_start_share``, the interactions of the cold-start protocol
-    (:func:`~recbole_qrec.data.cold_start.hold_out_cold_items`) and ``dropped_users``. ``cold_items``:
-    ``BoolTensor[n_items]``, True for a cold item (none without ``cold_start_share``)."""
+    """RecBole's ``SequentialDataset``, its augmentation by array indexing; with ``cold_start_share``, the
+    interactions of the cold-start protocol (:func:`~recbole_qrec.data.cold_start.hold_out_cold_items`) and
+    ``dropped_users``. ``cold_items``: ``BoolTensor[n_items]``, True for a cold item (none without
+    ``cold_start_share``)."""
 
     def __init__(self, config: Config) -> None:
         self.cold_tokens: list[str] = []
@@ -58,6 +62,34 @@ class QRecSequentialDataset(SequentialDataset):
             self.inter_feat, self.cold_tokens, self.dropped_users = (held_out.inter, held_out.cold_items,
                                                                      held_out.dropped_users)
             self._reset_index()
+
+    def data_augmentation(self) -> None:
+        """RecBole's augmentation: a row per interaction after each user's first (time order), its target, with the
+        up to ``MAX_ITEM_LIST_LENGTH`` interactions before it as ``<field>_list`` and their count as
+        ``item_length``. The same rows in the same order as ``SequentialDataset.data_augmentation``, built by array
+        indexing instead of its Python loop per row."""
+        self.logger.debug("data_augmentation")
+        self._aug_presets()
+        self._check_field("uid_field", "time_field")
+        self.sort(by=[self.uid_field, self.time_field], ascending=True)
+        users = self.inter_feat[self.uid_field].numpy()
+        rows = np.arange(len(users))
+        user_start = np.maximum.accumulate(np.where(np.r_[True, users[1:] != users[:-1]], rows, 0))
+        targets = np.flatnonzero(rows > user_start)
+        lengths = np.minimum(targets - user_start[targets], self.max_item_list_len)
+        slots = np.arange(self.max_item_list_len)
+        filled = torch.from_numpy(slots < lengths[:, None])  # [rows, MAX_ITEM_LIST_LENGTH]
+        sources = torch.from_numpy((targets - lengths)[:, None] + slots)[filled]
+        lists = {self.item_list_length_field: torch.from_numpy(lengths.astype(np.int64))}
+        for field in self.inter_feat:
+            if field != self.uid_field:
+                values = self.inter_feat[field]
+                history = values.new_zeros((len(targets), self.max_item_list_len, *values.shape[1:]))
+                history[filled] = values[sources]
+                lists[getattr(self, f"{field}_list_field")] = history
+        augmented = self.inter_feat[torch.from_numpy(targets)]
+        augmented.update(Interaction(lists))
+        self.inter_feat = augmented
 
 
 class SemanticIdDataset(QRecSequentialDataset):

@@ -6,11 +6,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from logging import getLogger
 
+import recbole.data.dataset as recbole_datasets
 from recbole.config import Config
 from recbole.data import create_dataset as create_recbole_dataset
 from recbole.data import data_preparation as recbole_data_preparation
 from recbole.data.dataloader import AbstractDataLoader, FullSortEvalDataLoader
 from recbole.data.dataset import Dataset
+from recbole.utils import ModelType
 
 import recbole_qrec.data.dataset as qrec_datasets
 from recbole_qrec.data.dataloader import TensorTrainDataLoader, resolve_data_path_mode
@@ -19,15 +21,24 @@ from recbole_qrec.data.eval_dataloader import TensorFullSortEvalDataLoader, user
 from recbole_qrec.errors import ConfigError
 
 
+def builds_plain_sequential_dataset(config: Config) -> bool:
+    """Whether RecBole's ``create_dataset`` would build a plain ``SequentialDataset`` afresh: a sequential model
+    without a dataset class of its own, and no saved dataset to load or write (``save_dataset``,
+    ``dataset_save_path``)."""
+    return (config["MODEL_TYPE"] == ModelType.SEQUENTIAL and not hasattr(recbole_datasets, f"{config['model']}Dataset")
+            and not config["save_dataset"] and not config["dataset_save_path"])
+
+
 def create_dataset(config: Config, source_configs: Sequence[Config] = ()) -> Dataset:
     """``<Model>Dataset`` of :mod:`recbole_qrec.data.dataset` when it exists (with the pretraining sources built
-    from ``source_configs``, one per ``pretrain_datasets`` entry), else :class:`QRecSequentialDataset` under the
+    from ``source_configs``, one per ``pretrain_datasets`` entry), else :class:`QRecSequentialDataset` where RecBole
+    would build a plain ``SequentialDataset`` (the same data, augmented without a Python loop per row) or under the
     cold-start protocol (``cold_start_share``), else RecBole's dataset for the model."""
     dataset_class = getattr(qrec_datasets, f"{config['model']}Dataset", None)
     if dataset_class is None:
         if source_configs:
             raise ConfigError(f"{config['model']} does not pretrain on other domains — unset pretrain_datasets")
-        if config["cold_start_share"] is not None:
+        if config["cold_start_share"] is not None or builds_plain_sequential_dataset(config):
             return QRecSequentialDataset(config)
         return create_recbole_dataset(config)
     sources = {source["dataset"]: dataset_class(source) for source in source_configs}
