@@ -61,13 +61,15 @@ def default_config_files(model_name: str, dataset: str) -> list[str]:
     return [str(path) for path in candidates if path.is_file()]
 
 
-def read_config_file(path: str | os.PathLike, loader: type[yaml.Loader] = yaml.SafeLoader) -> dict[str, Any]:
-    """The ``key: value`` mapping of a YAML config file; a missing, empty or malformed file is a ConfigError."""
+def read_config_file(path: str | os.PathLike, loader: type[yaml.Loader] = yaml.SafeLoader,
+                     option: str = "--config_files") -> dict[str, Any]:
+    """The ``key: value`` mapping of a YAML config file; a missing, empty or malformed file is a ConfigError (naming
+    ``option``, the command-line option that gave the file)."""
     name = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"Config file '{name}' does not exist — check the path given to --config_files") from None
+        raise ConfigError(f"Config file '{name}' does not exist — check the path given to {option}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"Config file '{name}' is not UTF-8 text — save it as a UTF-8 YAML file") from None
     except OSError as err:
@@ -84,7 +86,7 @@ def read_config_file(path: str | os.PathLike, loader: type[yaml.Loader] = yaml.S
         raise ConfigError(f"Config file '{name}' is not valid YAML: {err} — fix it (one 'key: value' per line)") from None
     if content is None:
         raise ConfigError(f"Config file '{name}' is empty or holds only comments — write 'key: value' lines "
-                          "in it, or leave it out of --config_files")
+                          f"in it, or leave it out of {option}")
     if not isinstance(content, dict):
         raise ConfigError(f"Config file '{name}' holds a YAML {type(content).__name__}, not a mapping — write one "
                           "'key: value' per line, e.g. 'epochs: 50'")
