@@ -287,8 +287,21 @@ def build_dataset(
 ) -> BuildReport:
     """Run the pipeline on one domain's raw files and write ``<out>/<name>/``."""
     reviews, bad_reviews = read_reviews(reviews_path)
+    if not reviews:
+        raise MalformedDataError(
+            f"{reviews_path} holds no review: none of its {bad_reviews} line(s) has reviewerID, asin and an integer "
+            "unixReviewTime — it is not an Amazon 2018 review file (the meta file in its place?): delete it and re-run "
+            "with --download"
+        )
     unique = drop_duplicates(reviews)
-    meta, bad_meta = read_meta(meta_path, {x.item for x in unique})
+    asins = {x.item for x in unique}
+    meta, bad_meta = read_meta(meta_path, asins)
+    if require_title and not any(record["title"] for record in meta.values()):
+        raise MalformedDataError(
+            f"{meta_path} gives none of the {len(asins)} reviewed items a title ({len(meta)} have a record there) — it "
+            "is not the meta file of these reviews (another category's, or a review file in its place?): delete it "
+            "and re-run with --download, or pass --no-require-title"
+        )
     titled = [x for x in unique if meta.get(x.item, EMPTY_ITEM)["title"]] if require_title else unique
     kept = k_core(titled, k)
     if not kept:

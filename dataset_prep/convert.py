@@ -101,6 +101,25 @@ def code_file_sources(folder: Path, name: str) -> dict[str, dict[str, str]]:
     return sources
 
 
+def check_code_coverage(codes: dict[str, dict[str, list[str]]], items: list[str], folder: Path, name: str) -> None:
+    """Every item of the interactions has codes in each code file, all with the same number of levels (else the
+    ``.item`` file would carry empty or ragged code fields, which the models refuse or read as missing content)."""
+    files = code_file_sources(folder, name)
+    for field, by_item in codes.items():
+        path = folder / files[field]["file"]
+        missing = [item for item in items if not by_item.get(item)]
+        if missing:
+            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+            raise MalformedDataError(f"{path}: {len(missing)} of the {len(items)} items of {name}.inter.json have no codes "
+                                     f"(e.g. items {shown}) — the code file belongs to other items: use the one made for "
+                                     "this dataset, or remove it to convert without this content")
+        levels = sorted({len(by_item[item]) for item in items})
+        if len(levels) > 1:
+            short = next(item for item in items if len(by_item[item]) == levels[0])
+            raise MalformedDataError(f"{path}: items have different numbers of code levels {levels} (e.g. item {short!r} "
+                                     f"has {levels[0]}) — every item needs the same number of levels; re-create the file")
+
+
 def write_inter_file(sequences: dict[str, list[int]], path: Path) -> None:
     """Write the interactions with the sequence position as timestamp."""
     with atomic_open(path, "w", encoding="utf-8") as handle:
@@ -125,6 +144,7 @@ def convert(name: str, src: str | Path | None = None, out: str | Path = "dataset
     codes = load_code_files(folder, name)
     target = Path(out) / name
     items = sorted({str(item) for seq in sequences.values() for item in seq}, key=int)
+    check_code_coverage(codes, items, folder, name)
     if codes:
         write_item_file(codes, items, target / f"{name}.item")
         record_content_sources(target, name, code_file_sources(folder, name), replace=True)

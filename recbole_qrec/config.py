@@ -33,7 +33,8 @@ from typing import Any
 
 import yaml
 from recbole.config import Config
-from recbole.utils import argument_list
+from recbole.evaluator.register import metric_types
+from recbole.utils import EvaluatorType, ModelType, argument_list
 
 import recbole
 from recbole_qrec.compat import prepare_recbole
@@ -60,13 +61,15 @@ def default_config_files(model_name: str, dataset: str) -> list[str]:
     return [str(path) for path in candidates if path.is_file()]
 
 
-def read_config_file(path: str | os.PathLike, loader: type[yaml.Loader] = yaml.SafeLoader) -> dict[str, Any]:
-    """The ``key: value`` mapping of a YAML config file; a missing, empty or malformed file is a ConfigError."""
+def read_config_file(path: str | os.PathLike, loader: type[yaml.Loader] = yaml.SafeLoader,
+                     option: str = "--config_files") -> dict[str, Any]:
+    """The ``key: value`` mapping of a YAML config file; a missing, empty or malformed file is a ConfigError (naming
+    ``option``, the command-line option that gave the file)."""
     name = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"Config file '{name}' does not exist — check the path given to --config_files") from None
+        raise ConfigError(f"Config file '{name}' does not exist — check the path given to {option}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"Config file '{name}' is not UTF-8 text — save it as a UTF-8 YAML file") from None
     except OSError as err:
@@ -83,7 +86,7 @@ def read_config_file(path: str | os.PathLike, loader: type[yaml.Loader] = yaml.S
         raise ConfigError(f"Config file '{name}' is not valid YAML: {err} — fix it (one 'key: value' per line)") from None
     if content is None:
         raise ConfigError(f"Config file '{name}' is empty or holds only comments — write 'key: value' lines "
-                          "in it, or leave it out of --config_files")
+                          f"in it, or leave it out of {option}")
     if not isinstance(content, dict):
         raise ConfigError(f"Config file '{name}' holds a YAML {type(content).__name__}, not a mapping — write one "
                           "'key: value' per line, e.g. 'epochs: 50'")
@@ -289,6 +292,50 @@ def check_time_field_loaded(config: Config) -> None:
         )
 
 
+def check_valid_metric_type(settings: Mapping[str, Any]) -> None:
+    """``valid_metric`` names one metric (RecBole splits it at ``@`` before any other check)."""
+    value = settings.get("valid_metric")
+    if "valid_metric" in settings and not isinstance(value, str):
+        raise ConfigError(f"valid_metric must be a metric name such as NDCG@10, got {value!r} — e.g. --valid_metric=NDCG@10")
+
+
+def computed_metrics(config: Config) -> list[str]:
+    """The validation results' keys RecBole computes: ``<metric>@<k>`` for each ranking metric and ``topk``, the
+    name alone for a value metric (e.g. ``auc``)."""
+    topk = config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
+    metrics = config["metrics"] if isinstance(config["metrics"], list) else [config["metrics"]]
+    names = [str(name).lower() for name in metrics]
+    return [f"{name}@{k}" if metric_types.get(name) == EvaluatorType.RANKING else name
+            for name in names for k in (topk if metric_types.get(name) == EvaluatorType.RANKING else [None])]
+
+
+def check_valid_metric(config: Config) -> None:
+    """Early stopping reads ``valid_metric`` from the validation results: it must be one that ``metrics`` and ``topk``
+    compute (RecBole would fail with a KeyError after the first training epoch)."""
+    computed = computed_metrics(config)
+    if config["valid_metric"].lower() not in computed:
+        raise ConfigError(f"valid_metric {config['valid_metric']!r} is not computed by the evaluation (metrics "
+                          f"{config['metrics']} x topk {config['topk']} give {', '.join(computed)}) — pick one of "
+                          "those, e.g. --valid_metric=NDCG@10, or add its metric or k to metrics/topk")
+
+
+SEQUENTIAL_LOSS_TYPES = ("CE", "BPR")
+
+
+def check_sequential_protocol(config: Config) -> None:
+    """A sequential model needs a time-ordered split (RecBole's ``SequentialDataset``) and a loss it implements."""
+    if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
+        return
+    order = config["eval_args"]["order"]
+    if order != "TO":
+        raise ConfigError(f"eval_args.order is {order!r}, but a sequential model ({config['model']}) needs the time "
+                          "order 'TO' (RecBole's SequentialDataset splits each history by time) — add order: TO to "
+                          "eval_args (RecBole fills the keys an eval_args leaves out with its own defaults, order RO)")
+    if config["loss_type"] not in SEQUENTIAL_LOSS_TYPES:
+        raise ConfigError(f"loss_type must be one of {', '.join(SEQUENTIAL_LOSS_TYPES)} for {config['model']}, got "
+                          f"{config['loss_type']!r} — e.g. --loss_type=CE (BPR needs train_neg_sample_args)")
+
+
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
@@ -347,6 +394,7 @@ class QRecConfig(Config):
     def _get_final_config_dict(self) -> dict[str, Any]:
         check_config_keys(list(self.external_config_dict), self.model)
         check_config_values(self.external_config_dict, self.internal_config_dict)
+        check_valid_metric_type(self.external_config_dict)
         return super()._get_final_config_dict()
 
     def _init_device(self) -> None:
@@ -371,6 +419,8 @@ def build_config(
         raise ConfigError(f"RecBole rejected the configuration: {message} — correct that setting "
                           f"(recbole-qrec --model={model} --help lists the defaults)") from err
     check_time_field_loaded(config)
+    check_sequential_protocol(config)
+    check_valid_metric(config)
     check_matmul_precision(config)
     check_lr_schedule(config)
     check_acceleration(config)

@@ -345,7 +345,10 @@ def plan_targets(spec: SweepSpec) -> list[Target]:
     first = {d.name: d.bounds()[0] for d in spec.space}
     targets = []
     for model, dataset in product(spec.models, spec.datasets):
-        config = build_config(model, dataset, config_dict={**spec.fixed, **first})
+        settings = {**spec.fixed, **first}
+        if spec.metric:  # checked below against what the runs compute, naming the sweep file
+            settings.pop("valid_metric", None)
+        config = build_config(model, dataset, config_dict=settings)
         for dimension in spec.space:
             for value in dimension.bounds():
                 try:

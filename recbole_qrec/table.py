@@ -177,27 +177,57 @@ def metric_label(key: str) -> str:
     return f"{LABELS.get(name, name.upper())}@{k}"
 
 
+def record_problem(record: Any) -> str | None:
+    """What keeps ``record`` from being a result record, or None: model and dataset names, ``test`` (and the
+    per-group ``test_warm``/``test_cold`` when present) metrics as finite numbers."""
+    if not (isinstance(record, dict) and isinstance(record.get("test"), dict)
+            and all(key in record for key in ("model", "dataset"))):
+        return "is not a result record (model, dataset, test)"
+    if not all(isinstance(record[key], str) for key in ("model", "dataset")):
+        return f"has model {record['model']!r} and dataset {record['dataset']!r}, not names"
+    for split in SPLITS.values():
+        metrics = record.get(split, {})
+        if not isinstance(metrics, dict):
+            return f"has {split} {metrics!r:.60}, not a mapping of metrics"
+        bad = {name: value for name, value in metrics.items()
+               if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))}
+        if bad:
+            name, value = next(iter(bad.items()))
+            return f"has {split} metric {name} = {value!r:.40}, not a finite number"
+    return None
+
+
 def load_records(paths: list[Path]) -> list[dict[str, Any]]:
     """Result records from ``.jsonl`` files (one per line) or JSON files (a list, or ``{"results": [...]}``)."""
     records: list[dict[str, Any]] = []
     for path in paths:
         if not path.is_file():
             raise ConfigError(f"results file {path} not found — pass results.jsonl files written by recbole-qrec runs")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise MalformedDataError(f"{path} is not UTF-8 text (a binary file?) — pass results.jsonl files written by "
+                                     "recbole-qrec runs") from None
+        where = ""
         try:
             if path.suffix == ".jsonl":
-                found = [(f"line {i}", json.loads(line)) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+                found = []
+                for i, line in enumerate(text.splitlines(), 1):
+                    where = f" line {i}"
+                    if line.strip():
+                        found.append((f"line {i}", json.loads(line)))
             else:
                 data = json.loads(text)
                 data = data.get("results", data) if isinstance(data, dict) else data
                 found = [(f"record {i}", r) for i, r in enumerate(data if isinstance(data, list) else [data], 1)]
         except json.JSONDecodeError as err:
-            raise MalformedDataError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}) — pass results.jsonl "
-                                     "files written by recbole-qrec runs") from None
+            position = where or f" line {err.lineno}"
+            raise MalformedDataError(f"{path}{position} is not valid JSON ({err.msg}) — correct or delete that line, or "
+                                     "pass results.jsonl files written by recbole-qrec runs") from None
         for where, record in found:
-            if not (isinstance(record, dict) and isinstance(record.get("test"), dict)
-                    and all(key in record for key in ("model", "dataset"))):
-                raise MalformedDataError(f"{path} {where} is not a result record (model, dataset, test) — pass "
+            problem = record_problem(record)
+            if problem:
+                raise MalformedDataError(f"{path} {where} {problem} — correct or delete that record, or pass "
                                          "results.jsonl files written by recbole-qrec runs")
             records.append(record)
     if not records:

@@ -63,7 +63,7 @@ from recbole.config import Config
 from recbole.utils import argument_list
 
 from recbole_qrec import mmesid_stage, qbert4rec_stage
-from recbole_qrec.config import build_config
+from recbole_qrec.config import build_config, read_config_file
 from recbole_qrec.data import check_dataset, create_dataset
 from recbole_qrec.data.atomic_files import CODE_FIELD_SUFFIX, data_root, item_tokens, read_header
 from recbole_qrec.data.cross_domain import pretrain_dataset_names, source_settings
@@ -72,7 +72,7 @@ from recbole_qrec.data.features import (EncodedRows, FeaturePaths, feature_sourc
 from recbole_qrec.data.item_features import item_rows
 from recbole_qrec.data.sid import (level_tokens, sid_embeddings_path, sid_metadata_path, sid_path,
                                    write_per_modality_embeddings, write_sid_file)
-from recbole_qrec.errors import DEBUG_EPILOG, ConfigError, MalformedDataError, user_errors
+from recbole_qrec.errors import DEBUG_EPILOG, ConfigError, MalformedDataError, single_line, user_errors
 from recbole_qrec.fileio import atomic_open, exclusive_lock, write_json_atomic
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.quantization import TokenizerConfig, TokenizerResult, fit_tokenizer
@@ -101,11 +101,21 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     malformed = [item for item in items if "=" not in item]
     if malformed:
         raise ConfigError(f"--set takes KEY=VALUE pairs, got {malformed} — e.g. --set epochs=50")
-    return {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in items)}
+    parsed = {}
+    for key, value in (item.split("=", 1) for item in items):
+        try:
+            parsed[key] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or single_line(err)
+            raise ConfigError(f"--set {key}={value}: the value is not valid YAML ({problem}) — correct it, e.g. "
+                              "--set hidden_dims=[64,32]") from None
+    return parsed
 
 
 def load_tokenizer_config(path: Path, overrides: dict[str, Any]) -> TokenizerConfig:
-    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    """The settings of the tokenizer YAML ``path`` (a missing, empty or malformed file is a ConfigError) with
+    ``overrides`` on top."""
+    values = read_config_file(path, option="--config")
     return TokenizerConfig.from_dict({**values, **overrides})
 
 

@@ -222,6 +222,23 @@ def test_malformed_gzip_names_the_file(raw: Path, tmp_path: Path, broken: str, c
     assert not out.exists()
 
 
+
+@pytest.mark.parametrize(("swap", "fragment"), [
+    ("reviews", "holds no review: none of its 9 line(s) has reviewerID, asin and an integer unixReviewTime — it is "
+                "not an Amazon 2018 review file"),
+    ("meta", "gives none of the 7 reviewed items a title (7 have a record there) — it is not the meta file of these "
+             "reviews"),
+])
+def test_a_raw_file_in_the_others_place_is_named_not_blamed_on_the_k_core(raw: Path, tmp_path: Path, swap: str,
+                                                                         fragment: str, capsys) -> None:
+    reviews, meta = raw / f"{DOMAIN}.json.gz", raw / f"meta_{DOMAIN}.json.gz"
+    source, target = (meta, reviews) if swap == "reviews" else (reviews, meta)
+    target.write_bytes(source.read_bytes())
+    out = tmp_path / "out"
+    message = cli_error(capsys, raw, out)
+    assert str(target) in message and fragment in message and "lower --k" not in message
+    assert not out.exists()
+
 def test_raw_file_urls() -> None:
     base = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2"
     assert raw_file_urls(DOMAIN, five_core=True) == {

@@ -21,7 +21,7 @@ def test_properties_sit_between_recbole_defaults_and_the_user(tmp_path):
     assert config["hidden_size"] == 64 and config["eval_args"]["order"] == "TO"
 
     user = tmp_path / "user.yaml"
-    user.write_text("topk: [7]\nhidden_size: 32\n")
+    user.write_text("topk: [7]\nvalid_metric: NDCG@7\nhidden_size: 32\n")
     config = build_config("FDSA", "Instruments", [str(user)])
     assert config["topk"] == [7] and config["hidden_size"] == 32
 
@@ -200,3 +200,20 @@ def test_numpy_aliases_recbole_reads_exist():
 def test_an_optional_key_suggests_its_own_example():
     with pytest.raises(ConfigError, match=r"^train_time_limit must be a number > 0 or ~, got -5 — e.g. --train_time_limit=600$"):
         check_config_values({"train_time_limit": -5}, {"train_time_limit": None})
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--valid_metric=NDCG@20"], r"^valid_metric 'NDCG@20' is not computed by the evaluation .* give hit@1, .*ndcg@10\) — "),
+    (["--valid_metric=foo@10"], r"^valid_metric 'foo@10' is not computed"),
+    (["--metrics=['Recall']"], r"^valid_metric 'NDCG@10' is not computed .* give recall@1, recall@5, recall@10\)"),
+    (["--valid_metric=10"], r"^valid_metric must be a metric name such as NDCG@10, got 10 — "),
+    (["--loss_type=FOO"], r"^loss_type must be one of CE, BPR for SASRec, got 'FOO' — e.g. --loss_type=CE"),
+    (["--eval_args={'order': 'RO'}"], r"^eval_args.order is 'RO', but a sequential model \(SASRec\) needs .* add order: TO"),
+    (["--eval_args={'mode': 'full'}"], r"^eval_args.order is 'RO'"),  # a partial eval_args takes RecBole's order
+])
+def test_settings_that_fail_after_training_started_are_config_errors(args, fragment):
+    """RecBole would fail with a KeyError after the first epoch (valid_metric), or a traceback while building the
+    dataset (order) or the model (loss_type)."""
+    with pytest.raises(ConfigError, match=fragment):
+        build_config("SASRec", "Instruments", cmd_args=args)
+    assert build_config("SASRec", "Instruments", cmd_args=["--valid_metric=hit@5"])["valid_metric"] == "hit@5"

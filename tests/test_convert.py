@@ -141,6 +141,11 @@ def test_missing_dataset_names_the_command_that_creates_it(tmp_path):
         ({"Toy.inter.json": '{"0": [1, 2, 3]}', "Toy.index.json": '{"1": ["<a_1>", "b_2"]}'},
          r"Toy.index.json: item '1', level 1: token 'b_2' is not of the form <a_12> — "),
         ({"Toy.inter.json": '{"0": [1, 2, 3]}', "Toy.index_vitemb.json": "{"}, r"Toy.index_vitemb.json is not valid JSON"),
+        ({"Toy.inter.json": '{"0": [1, 2, 3]}', "Toy.index.json": '{"1": ["<a_1>"], "7": ["<a_2>"]}'},
+         r"Toy.index.json: 2 of the 3 items of Toy.inter.json have no codes \(e.g. items 2, 3\) — the code file belongs "),
+        ({"Toy.inter.json": '{"0": [1, 2, 3]}',
+          "Toy.index_lemb.json": '{"1": ["<a_1>", "<b_1>"], "2": ["<a_2>"], "3": ["<a_3>", "<b_3>"]}'},
+         r"Toy.index_lemb.json: items have different numbers of code levels \[1, 2\] \(e.g. item '2' has 1\) — "),
     ],
 )
 def test_a_bad_processed_file_is_one_error_line_with_status_2_and_writes_nothing(tmp_path, capsys, files, fragment):

@@ -174,6 +174,14 @@ def test_png_size(results: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("content", "args", "message"), [
     (None, [], "not found — pass results.jsonl"),
     ('{"model": "SASRec"\n', [], "is not valid JSON"),
+    (json.dumps(record(*RUNS[0])) + "\n\n" + '{"model": "SASRec", "dataset"\n', [], "results.jsonl line 3 is not valid JSON"),
+    (b"\x00\x9c\xff binary", [], "is not UTF-8 text"),
+    (json.dumps({**record(*RUNS[0]), "test": {"hit@10": 0.2, "ndcg@10": "abc"}}) + "\n", ["--metrics", "ndcg@10"],
+     "line 1 has test metric ndcg@10 = 'abc', not a finite number"),
+    ('{"model": "SASRec", "dataset": "Arts", "test": {"ndcg@10": NaN}}\n', ["--metrics", "ndcg@10"],
+     "line 1 has test metric ndcg@10 = nan, not a finite number"),
+    ('{"model": ["SASRec"], "dataset": "Arts", "test": {"ndcg@10": 0.1}}\n', ["--metrics", "ndcg@10"],
+     "line 1 has model ['SASRec'] and dataset 'Arts', not names"),
     ('{"model": "SASRec", "dataset": "Arts"}\n', [], "line 1 is not a result record"),
     ("", [], "no result records"),
     (json.dumps(record(*RUNS[0])) + "\n", ["--metrics", "hr@20"], "has no test metric hit@20"),
@@ -186,10 +194,10 @@ def test_png_size(results: Path, tmp_path: Path) -> None:
     (json.dumps(record(*RUNS[0])) + "\n", ["--metrics", "ndcg@10", "--format", "curves", "--out", "c"],
      "no record has a validation curve of ndcg@10"),
 ])
-def test_bad_input_is_one_line(tmp_path: Path, content: str | None, args: list[str], message: str) -> None:
+def test_bad_input_is_one_line(tmp_path: Path, content: str | bytes | None, args: list[str], message: str) -> None:
     path = tmp_path / "results.jsonl"
     if content is not None:
-        path.write_text(content, encoding="utf-8")
+        path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
     with pytest.raises(SystemExit) as exit_info:
         out, err = io.StringIO(), io.StringIO()
         with redirect_stdout(out), redirect_stderr(err):

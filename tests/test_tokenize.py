@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 
@@ -83,6 +84,29 @@ def test_bad_settings_are_clear_errors(workspace, capsys, monkeypatch):
         tokenize_main([*args, "--features", str(features), "--set", "epoch=3"])
     assert exited.value.code == 2
     assert capsys.readouterr().err.startswith("error: Unknown tokenizer setting 'epoch' — did you mean 'epochs'?")
+
+
+
+@pytest.mark.parametrize(("config_text", "settings", "fragment"), [
+    (None, [], r"Config file '.*missing.yaml' does not exist — check the path given to --config$"),
+    ("levels: [4\n", [], r"Config file '.*tokenizer.yaml' is not valid YAML at line 2"),
+    ("- levels\n", [], r"Config file '.*tokenizer.yaml' holds a YAML list, not a mapping — "),
+    ("# nothing\n", [], r"Config file '.*tokenizer.yaml' is empty or holds only comments — .* leave it out of --config$"),
+    ("levels: 2\n", ["hidden_dims=[64"], r"--set hidden_dims=\[64: the value is not valid YAML \(expected ',' or ']'"),
+])
+def test_a_bad_tokenizer_yaml_or_set_value_is_one_error_line(tmp_path, capsys, monkeypatch, config_text, settings,
+                                                             fragment):
+    monkeypatch.delenv("QREC_DEBUG", raising=False)
+    config = tmp_path / ("missing.yaml" if config_text is None else "tokenizer.yaml")
+    if config_text is not None:
+        config.write_text(config_text, encoding="utf-8")
+    with pytest.raises(SystemExit) as exited:
+        tokenize_main(["--dataset", "Instruments", "--data_path", str(tmp_path), "--features", str(tmp_path / "t.npy"),
+                       "--config", str(config), "--set", *settings])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.match(f"^error: {fragment}", err.strip()), err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ([] if config_text is None else ["tokenizer.yaml"])
 
 
 # Runs sharing a data_path take turns at a model's own tokenize stage
