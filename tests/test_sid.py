@@ -38,14 +38,20 @@ def test_rows_follow_recbole_internal_ids(subset_dataset, amazon_dir):
         (["0\ta_1 b_2"], r"partial.sid: 2649 items have no sid \(e.g. 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, \.\.\.\) — re-create"),
         (None, r"partial.sid: 1 row\(s\) for items that dataset Instruments does not have \(e.g. 99999\) — "),
         (["0\ta1 b2"], r"partial.sid line 2: sid token 'a1' is not of the form 'a_12 b_7 c_201 d_3'"),
+        (["0\tb_224 a_170"], r"partial.sid line 2: sid token 'b_224' stands at level 1, whose letter is 'a': the levels "
+                              r"go a, b, c, \.\.\. in order"),
+        (None, r"partial.sid: item '2' has code 99999 in its sid, more than the 2650 items and than 1024 codes per "
+               r"level — a typo\?"),
         (["0\ta_1 b_2", "0\ta_1 b_3"], r"partial.sid line 3: a second row for item '0' — keep one row per item"),
         (["0\ta_1\tb_2"], r"partial.sid line 2: 3 fields, the header has 2 — "),
     ],
 )
 def test_a_bad_code_file_is_a_clear_error(subset_dataset, tmp_path, rows, fragment):
     dataset, _ = subset_dataset
-    if rows is None:  # every item of the dataset, and one it does not have
-        tokens = dataset.field2id_token["item_id"][1:]
+    tokens = dataset.field2id_token["item_id"][1:]
+    if rows is None and "typo" in fragment:  # every item of the dataset, one with a far too large code
+        rows = [f"{token}\ta_1 b_{99999 if token == '2' else index}" for index, token in enumerate(tokens)]
+    elif rows is None:  # every item of the dataset, and one it does not have
         rows = [f"{token}\ta_1 b_{index}" for index, token in enumerate(tokens)] + ["99999\ta_1 b_0"]
     partial = tmp_path / "partial.sid"
     partial.write_text("item_id:token\tsid:token_seq\n" + "\n".join(rows) + "\n")

@@ -41,18 +41,26 @@ SID_FILE = "file"  # the value of a ``*sid_source`` key that names the code file
 SID_PRODUCERS = ("QBert4Rec", "MMESID")
 
 
-CODE_TOKEN = re.compile(r"[A-Za-z]_(\d+)")
+CODE_TOKEN = re.compile(r"([A-Za-z])_(\d+)")
 TOKEN_FORM = "'a_12 b_7 c_201 d_3' (level letter, underscore, code)"
+# Codes index a codebook per level; one larger than this and than the catalogue is taken for a typo (a model would size
+# its vocabulary by it).
+MAX_PLAUSIBLE_CODE = 1023
 
 
 def parse_code_tokens(tokens: str) -> list[int]:
-    """``"a_12 b_7"`` -> ``[12, 7]``; ValueError naming the first token of another form."""
+    """``"a_12 b_7"`` -> ``[12, 7]``; ValueError naming the first token of another form or out of level order (the
+    i-th token's letter is the i-th of the alphabet, either case)."""
     codes = []
-    for token in tokens.split():
+    for level, token in enumerate(tokens.split()):
         match = CODE_TOKEN.fullmatch(token)
         if match is None:
             raise ValueError(f"token {token!r} is not of the form {TOKEN_FORM}")
-        codes.append(int(match.group(1)))
+        letter = string.ascii_lowercase[level] if level < len(string.ascii_lowercase) else None
+        if match.group(1).lower() != letter:
+            raise ValueError(f"token {token!r} stands at level {level + 1}, whose letter is {letter!r}: the levels "
+                             f"go a, b, c, ... in order ({TOKEN_FORM})")
+        codes.append(int(match.group(2)))
     return codes
 
 
@@ -108,6 +116,11 @@ def load_code_table(dataset: Dataset, path: str | Path, field: str, pad_code: in
     if len(levels) != 1:
         raise MalformedDataError(f"{path}: items have different numbers of code levels {sorted(levels)} — every item "
                                  "needs the same number of levels")
+    largest = max(codes.items(), key=lambda item: max(item[1]))
+    if max(largest[1]) > max(MAX_PLAUSIBLE_CODE, len(tokens) - 1):
+        raise MalformedDataError(f"{path}: item {largest[0]!r} has code {max(largest[1])} in its {field}, more than the "
+                                 f"{len(tokens) - 1} items and than {MAX_PLAUSIBLE_CODE + 1} codes per level — a typo? "
+                                 "Correct it, or re-create the file (`python -m recbole_qrec.tokenize`)")
     table = torch.full((len(tokens), levels.pop()), pad_code, dtype=torch.long)
     for index, token in enumerate(tokens[1:], start=1):
         table[index] = torch.tensor(codes[token])
