@@ -82,6 +82,28 @@ def checkpoint_variant(work: Path, name: str, change: Callable[[dict], object]) 
     torch.save(change(state), work / name)
 
 
+def item_file(work: Path) -> Path:
+    return work / "dataset" / DATASET / f"{DATASET}.item"
+
+
+def edit_codes(change: Callable[[list[str]], None]) -> Callable[[str], str]:
+    """A line transform of ``<dataset>.item``: ``change`` edits the code tokens of the row's last column in place."""
+    def transform(line: str) -> str:
+        *fields, codes = line.rstrip("\n").split("\t")
+        tokens = codes.split()
+        change(tokens)
+        return "\t".join([*fields, " ".join(tokens)]) + "\n"
+    return transform
+
+
+def swap_first_levels(tokens: list[str]) -> None:
+    tokens[0], tokens[1] = tokens[1], tokens[0]
+
+
+def huge_first_code(tokens: list[str]) -> None:
+    tokens[0] = tokens[0].split("_")[0] + "_99999"
+
+
 def recbole_pickled(state: dict) -> dict:
     """The same checkpoint as plain RecBole writes it: its ``Config`` object pickled inside."""
     from recbole_qrec.config import build_config
@@ -116,7 +138,14 @@ def cases() -> list[Case]:
         Case("truncated last line of .inter", model,
              lambda work: inter_file(work).write_bytes(inter_file(work).read_bytes()[:-4])),
         Case(".item rows for items that do not exist", ["--model=TIGER", f"--dataset={DATASET}"],
-             lambda work: append_line(work / "dataset" / DATASET / f"{DATASET}.item", "999999\ta_1 b_2 c_3 d_4\tA_1 B_2 C_3 D_4")),
+             lambda work: append_line(item_file(work), "999999\ta_1 b_2 c_3 d_4\tA_1 B_2 C_3 D_4")),
+        Case("code tokens out of level order in .item", ["--model=TIGER", f"--dataset={DATASET}"],
+             lambda work: edit_line(item_file(work), 1, edit_codes(swap_first_levels))),
+        Case("a code far beyond any codebook in .item", ["--model=TIGER", f"--dataset={DATASET}"],
+             lambda work: edit_line(item_file(work), 1, edit_codes(huge_first_code))),
+        Case("validation metric the evaluation does not compute", [*model, "--valid_metric=NDCG@20"]),
+        Case("unknown loss type", [*model, "--loss_type=FOO"]),
+        Case("random-order split for a sequential model", [*model, "--eval_args={'order':'RO'}"]),
         Case("truncated full dataset under a bundled name", ["--model=SASRec", "--dataset=Instruments"],
              notes="Instruments.inter cut to its first 60,000 lines (a partial copy)"),
         Case("resume checkpoint that does not exist", [*resume, "--resume_checkpoint=absent.pth"]),
