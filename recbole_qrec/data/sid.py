@@ -59,7 +59,7 @@ def parse_code_tokens(tokens: str) -> list[int]:
         letter = string.ascii_lowercase[level] if level < len(string.ascii_lowercase) else None
         if match.group(1).lower() != letter:
             raise ValueError(f"token {token!r} stands at level {level + 1}, whose letter is {letter!r}: the levels "
-                             f"go a, b, c, ... in order ({TOKEN_FORM})")
+                             "go a, b, c, ... in order")
         codes.append(int(match.group(2)))
     return codes
 
