@@ -19,6 +19,15 @@ def current_umask() -> int:
     return mask
 
 
+def blocking_file(folder: str | os.PathLike) -> Path | None:
+    """The first of ``folder`` and its parents that exists but is not a folder (so nothing can be written under
+    ``folder``); None when ``folder`` is, or can be made, a folder."""
+    for path in (Path(folder), *Path(folder).parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""

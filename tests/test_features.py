@@ -401,3 +401,90 @@ def test_real_minilm_features_give_near_duplicate_titles_close_vectors_and_share
     assert len({tuple(row) for row in codes.tolist()}) == len(titles)
     shared_prefix = codes[:, None, 0] == codes[None, :, 0]
     assert shared_prefix[same & other].mean() >= 0.5 > 0.2 >= shared_prefix[~same].mean()
+
+
+def run_cli_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one error line ``main(args)`` prints before exiting with status 2."""
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--no-progress"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("case", ["empty folder", "damaged weights", "a file"])
+def test_unusable_text_model_folder_is_one_error_line(case: str, bert_dir: Path, item_json: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    if case != "empty folder":
+        for path in bert_dir.iterdir():
+            (model / path.name).write_bytes(path.read_bytes())
+    if case == "damaged weights":
+        (model / "model.safetensors").write_bytes((bert_dir / "model.safetensors").read_bytes()[:500])
+    if case == "a file":
+        model = model / "config.json"
+    err = run_cli_error(["text", "--item-json", str(item_json), "--model", str(model), "--device", "cpu",
+                         "--out", str(tmp_path / "t.npy")], capsys)
+    assert {"empty folder": "is empty", "damaged weights": "deserializing", "a file": "is a file"}[case] in err
+    assert not list(tmp_path.glob("t.*"))
+
+
+@pytest.mark.parametrize("items, message", [
+    ({"0": {"title": 123}, "1": {"title": "Pick pack"}}, "item 0 has title 123 (int), not text"),
+    ({"0": {"title": "", "categories": []}, "1": {}}, "none of the 2 items has a title, description or categories"),
+])
+def test_item_json_without_usable_texts(items: dict, message: str, bert_dir: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    item_json = write_json(tmp_path / "Toy.item.json", items)
+    err = run_cli_error(["text", "--item-json", str(item_json), "--model", str(bert_dir), "--device", "cpu",
+                         "--out", str(tmp_path / "t.npy")], capsys)
+    assert message in err and not list(tmp_path.glob("t.*"))
+
+
+@pytest.mark.parametrize("out, message", [("afile/t.npy", "afile is a file, not a folder"), ("folder", "is a folder")])
+def test_out_under_a_file_or_a_folder(out: str, message: str, bert_dir: Path, item_json: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "folder").mkdir()
+    err = run_cli_error(["text", "--item-json", str(item_json), "--model", str(bert_dir), "--device", "cpu",
+                         "--out", str(tmp_path / out)], capsys)
+    assert message in err
+
+
+@pytest.mark.parametrize("device, message", [("gpu", "is not a torch device"), ("cuda:7", "is not available here")])
+def test_unusable_device(device: str, message: str, bert_dir: Path, item_json: Path, tmp_path: Path,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    err = run_cli_error(["text", "--item-json", str(item_json), "--model", str(bert_dir), "--device", device,
+                         "--out", str(tmp_path / "t.npy")], capsys)
+    assert message in err and not list(tmp_path.glob("t.*"))
+
+
+def test_image_folder_without_any_readable_image(clip_checkpoint: Path, item_json: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    options = ["image", "--item-json", str(item_json), "--image-dir", str(images), "--model", TINY_CLIP,
+               "--pretrained", str(clip_checkpoint), "--device", "cpu", "--out", str(tmp_path / "i.npy")]
+    assert "holds no image of any of the 5 items" in run_cli_error(options, capsys)
+    (images / "0.jpg").write_bytes(b"")  # zero-byte and non-image files: unreadable
+    (images / "1.png").write_text("not an image")
+    assert "none of the 5 items has a readable image input (2 had" in run_cli_error(options, capsys)
+    assert not list(tmp_path.glob("i.*"))
+
+
+@pytest.mark.parametrize("case", ["damaged", "another model's"])
+def test_unusable_image_checkpoint(case: str, clip_checkpoint: Path, item_json: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    write_images(tmp_path / "images")
+    checkpoint = tmp_path / "ckpt.pt"
+    if case == "damaged":
+        checkpoint.write_bytes(b"garbage" * 100)
+    else:
+        checkpoint = clip_checkpoint  # the tiny ViT's weights given to ViT-B-32
+    model = TINY_CLIP if case == "damaged" else "ViT-B-32"
+    err = run_cli_error(["image", "--item-json", str(item_json), "--image-dir", str(tmp_path / "images"),
+                         "--model", model, "--pretrained", str(checkpoint), "--device", "cpu",
+                         "--out", str(tmp_path / "i.npy")], capsys)
+    assert "cannot create open_clip model" in err and not list(tmp_path.glob("i.*"))

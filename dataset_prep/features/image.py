@@ -9,6 +9,7 @@ undecodable ones are listed in the progress file (``unreadable``). Vectors are n
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,9 +21,9 @@ from PIL import Image
 from dataset_prep.features.encoding import (
     EncodedRows, ItemEncoder, UnreadableItemError, autocast, compute_dtype, encode_all, resolve_device, to_numpy,
 )
-from dataset_prep.features.items import check_image_dir, find_image, read_item_json
+from dataset_prep.features.items import IMAGE_DIR_SOURCE, IMAGE_SUFFIXES, check_image_dir, find_image, read_item_json
 from dataset_prep.features.store import DEFAULT_CHUNK_SIZE, FeatureProgress, inputs_digest, write_features
-from recbole_qrec.errors import ConfigError, MissingDependencyError
+from recbole_qrec.errors import ConfigError, DatasetNotFoundError, MissingDependencyError
 
 DEFAULT_IMAGE_MODEL = "ViT-L-14"
 DEFAULT_PRETRAINED = "openai"
@@ -72,10 +73,12 @@ class ImageEncoder:
         self.dtype = compute_dtype(self.device, options.dtype)
         try:
             model, _, self.preprocess = open_clip.create_model_and_transforms(options.model, pretrained=options.pretrained)
-        except RuntimeError as err:
-            reason = " ".join(str(err).split())
+        except (RuntimeError, AssertionError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as err:
+            reason = " ".join(str(err).split()) or type(err).__name__
+            if isinstance(err, (pickle.UnpicklingError, EOFError)):
+                reason = "the file is not a readable PyTorch checkpoint (damaged, or not written by torch.save)"
             raise ConfigError(f"cannot create open_clip model {options.model!r} (pretrained={options.pretrained!r}: "
-                              f"{reason}) — give an open_clip model name and pretrained tag or checkpoint") from err
+                              f"{reason}) — give an open_clip model name and a pretrained tag or a checkpoint of that model") from err
         self.model = model.to(self.device).eval()
         self.dim = self.encode([self.preprocess(Image.new("RGB", (32, 32)))]).shape[1]
 
@@ -116,6 +119,10 @@ def extract_image_features(item_json: str | os.PathLike, image_dir: str | os.Pat
     n_items = len(read_item_json(item_json))
     image_dir = check_image_dir(image_dir)
     paths = [find_image(image_dir, item) for item in range(n_items)]
+    if not any(paths):
+        raise DatasetNotFoundError(f"image folder {image_dir} holds no image of any of the {n_items:,} items (files "
+                                   f"<item id>{'|'.join(IMAGE_SUFFIXES)}, e.g. 0.jpg) — give the folder the images were "
+                                   f"downloaded to; {IMAGE_DIR_SOURCE}")
     return write_features(out, "image", image_settings(options, paths), n_items,
                           lambda: ImageEncoder(options).item_encoder(paths), chunk_size=chunk_size,
                           overwrite=overwrite, max_chunks=max_chunks, progress_bar=progress)

@@ -61,6 +61,32 @@ def read_item_json(path: str | os.PathLike) -> list[dict[str, Any]]:
     return [items[str(item)] for item in range(n_items)]
 
 
+TEXT_FIELDS = ("title", "description", "categories")
+
+
+def is_text_value(value: Any) -> bool:
+    """A text field's value as amazon18 writes it: null, a string, or a list of such values."""
+    return value is None or isinstance(value, str) or (isinstance(value, list) and all(map(is_text_value, value)))
+
+
+def item_texts(items: list[dict[str, Any]], source: str | os.PathLike) -> list[str]:
+    """The encoder input of each item (:func:`item_text`); a text field that is not text, or items that have no
+    text at all, are a :class:`MalformedDataError`."""
+    for item, record in enumerate(items):
+        for name in TEXT_FIELDS:
+            if not is_text_value(record.get(name)):
+                raise MalformedDataError(
+                    f"{source}: item {item} has {name} {record[name]!r} ({type(record[name]).__name__}), not text — "
+                    f"write {name} as a string (or a list of strings), or null; re-create the file with dataset_prep.amazon18"
+                )
+    texts = [item_text(record) for record in items]
+    if not any(texts):
+        raise MalformedDataError(f"{source}: none of the {len(items):,} items has a title, description or categories, "
+                                 "so every text feature row would be zero — give the item file with the texts "
+                                 "(dataset_prep.amazon18 writes them)")
+    return texts
+
+
 def field_text(value: Any, separator: str) -> str:
     """A text field as one stripped string (lists are joined with ``separator``)."""
     if isinstance(value, list):

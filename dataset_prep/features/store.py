@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from dataset_prep.features.encoding import EncodedRows, ItemEncoder, encode_items
 from recbole_qrec.data.features import FeaturePaths, FeatureProgress, FeatureStateError, check_finite, read_progress
-from recbole_qrec.fileio import write_json_atomic
+from recbole_qrec.errors import ConfigError, MalformedDataError
+from recbole_qrec.fileio import blocking_file, write_json_atomic
 
 DEFAULT_CHUNK_SIZE = 1024
 
@@ -136,6 +137,7 @@ def write_features(out: str | os.PathLike, kind: str, settings: dict[str, Any], 
     calling again continues).
     """
     paths = FeaturePaths.of(out)
+    check_output(paths)
     progress = previous_progress(paths, kind, settings, n_items, overwrite)
     if progress is not None and progress.complete:
         return progress
@@ -156,5 +158,22 @@ def write_features(out: str | os.PathLike, kind: str, settings: dict[str, Any], 
                 store_chunk(features, mask, start, rows, progress, paths)
         del features, mask  # close the memory maps before renaming
     if progress.rows_done == n_items:
+        if progress.present == 0:
+            discard(paths)
+            unreadable = f" ({len(progress.unreadable):,} had an input file that could not be read)" if progress.unreadable else ""
+            raise MalformedDataError(f"none of the {n_items:,} items has a readable {kind} input{unreadable}, so every "
+                                     f"{kind} feature row would be zero — check the item file and the inputs it points "
+                                     "to (e.g. --image-dir); nothing was written")
         finalize(paths, progress)
     return progress
+
+
+def check_output(paths: FeaturePaths) -> None:
+    """A clear error when ``--out`` is a folder or lies under a file."""
+    if paths.features.is_dir():
+        raise ConfigError(f"--out {paths.features} is a folder — give a file name in it, e.g. "
+                          f"--out {paths.features / 'features.npy'}")
+    blocker = blocking_file(paths.features.parent)
+    if blocker is not None:
+        raise ConfigError(f"--out {paths.features} cannot be written: {blocker} is a file, not a folder — give an "
+                          "--out in a folder (missing folders are created)")

@@ -10,17 +10,19 @@ changes a vector (mean pooling averages real tokens only).
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from dataset_prep.features.encoding import (
     DTYPES, EncodedRows, ItemEncoder, autocast, compute_dtype, encode_all, resolve_device, to_numpy,
 )
-from dataset_prep.features.items import item_text, read_item_json
+from dataset_prep.features.items import item_texts, read_item_json
 from dataset_prep.features.store import DEFAULT_CHUNK_SIZE, FeatureProgress, inputs_digest, write_features
 from recbole_qrec.errors import ConfigError
 
@@ -74,6 +76,18 @@ def ensure_pad_token(tokenizer: Any, model: Any) -> None:
         model.resize_token_embeddings(len(tokenizer))
 
 
+def check_model_folder(model: str) -> None:
+    """A local ``--model`` path must be a folder holding a transformers model (its ``config.json``)."""
+    path = Path(model)
+    if path.is_file():
+        raise ConfigError(f"--model {model} is a file — give the folder that holds it (a transformers model folder "
+                          "with config.json, tokenizer and weights) or a model name")
+    if path.is_dir() and not (path / "config.json").is_file():
+        content = "is empty" if not any(path.iterdir()) else "has no config.json"
+        raise ConfigError(f"text model folder {model} {content} — give a transformers model folder (config.json, "
+                          "tokenizer files and weights, as save_pretrained writes them) or a model name")
+
+
 class TextEncoder:
     """A loaded tokenizer and model turning a batch of texts into pooled float32 vectors."""
 
@@ -85,10 +99,11 @@ class TextEncoder:
         self.options = options
         self.device = resolve_device(options.device)
         self.dtype = compute_dtype(self.device, options.dtype)
+        check_model_folder(options.model)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(options.model)
             model = AutoModel.from_pretrained(options.model, dtype=DTYPES[self.dtype])
-        except OSError as err:
+        except (OSError, ValueError, RuntimeError, pickle.UnpicklingError, EOFError, SafetensorError) as err:
             reason = " ".join(str(err).split())
             raise ConfigError(f"cannot load text model {options.model!r} ({reason}) — give a transformers model "
                               "name or a local folder") from err
@@ -128,7 +143,7 @@ def extract_text_features(item_json: str | os.PathLike, out: str | os.PathLike, 
                           *, chunk_size: int = DEFAULT_CHUNK_SIZE, overwrite: bool = False,
                           max_chunks: int | None = None, progress: bool = True) -> FeatureProgress:
     """Encode every item of ``item_json`` (see ``items`` for the text template) into ``out``, resumably."""
-    texts = [item_text(record) for record in read_item_json(item_json)]
+    texts = item_texts(read_item_json(item_json), item_json)
     return write_features(out, "text", text_settings(options, texts), len(texts),
                           lambda: TextEncoder(options).item_encoder(texts), chunk_size=chunk_size,
                           overwrite=overwrite, max_chunks=max_chunks, progress_bar=progress)
