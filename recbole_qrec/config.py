@@ -40,6 +40,7 @@ import recbole
 from recbole_qrec.compat import prepare_recbole
 from recbole_qrec.distributed import init_distributed
 from recbole_qrec.errors import ConfigError, QRecError
+from recbole_qrec.fileio import blocking_file
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.data.cold_start import check_cold_start
 from recbole_qrec.data.dataloader import resolve_data_path_mode
@@ -354,6 +355,19 @@ def check_run_tags(config: Config) -> None:
         raise ConfigError(f"run_tags must be a mapping of labels, got {tags!r} — e.g. --run_tags=\"{{'sweep': 's1'}}\"")
 
 
+OUTPUT_FOLDER_KEYS = ("results_dir", "checkpoint_dir")
+
+
+def check_output_folders(config: Config) -> None:
+    """``results_dir`` and ``checkpoint_dir`` must be folders a run can write in: a file there (or above) would
+    stop the run only after training."""
+    for key in OUTPUT_FOLDER_KEYS:
+        blocker = blocking_file(config[key]) if isinstance(config[key], str) else None
+        if blocker is not None:
+            raise ConfigError(f"{key} {config[key]!r} cannot hold the run's files: {blocker} is a file, not a folder "
+                              f"— give --{key} a folder (missing folders are created)")
+
+
 class QRecConfig(Config):
     """RecBole's ``Config`` with recbole-qrec's defaults, model lookup and checks (layering: module docstring)."""
 
@@ -377,6 +391,18 @@ class QRecConfig(Config):
         for path in file_list:
             settings.update(read_config_file(path, self.yaml_loader))
         return settings
+
+    def _convert_config_dict(self, config_dict: dict[str, Any]) -> dict[str, Any]:
+        """RecBole's conversion (``eval`` of each string value), except that a value whose evaluation fails in any
+        way stays the string it was: RecBole lets only NameError, SyntaxError and TypeError through, so a path
+        such as ``int.npy`` or ``os.npy`` (an AttributeError) stopped the run."""
+        converted = {}
+        for key, value in config_dict.items():
+            try:
+                converted.update(super()._convert_config_dict({key: value}))
+            except Exception:  # noqa: BLE001 - any failure of eval means the value is not an expression
+                converted[key] = value
+        return converted
 
     def _load_cmd_line(self) -> dict[str, Any]:
         return {key: yaml_value(value) for key, value in self._convert_config_dict(
@@ -428,4 +454,5 @@ def build_config(
     check_cold_start(config)
     check_sid_producer(config)
     check_run_tags(config)
+    check_output_folders(config)
     return config

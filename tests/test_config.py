@@ -217,3 +217,22 @@ def test_settings_that_fail_after_training_started_are_config_errors(args, fragm
     with pytest.raises(ConfigError, match=fragment):
         build_config("SASRec", "Instruments", cmd_args=args)
     assert build_config("SASRec", "Instruments", cmd_args=["--valid_metric=hit@5"])["valid_metric"] == "hit@5"
+
+
+@pytest.mark.parametrize("path", ["int.npy", "os.npy", "str.npy"])
+def test_a_path_that_starts_with_a_python_name_stays_a_path(path):
+    """RecBole evaluates each command-line value and kept only NameError, SyntaxError and TypeError as strings:
+    ``int.npy`` (an AttributeError) stopped the run with an unexpected error."""
+    config = build_config("QBert4Rec", "Instruments", cmd_args=[f"--text_feature_file={path}"])
+    assert config["text_feature_file"] == path
+    assert build_config("SASRec", "Instruments", cmd_args=["--epochs=7"])["epochs"] == 7
+
+
+@pytest.mark.parametrize("key", ["results_dir", "checkpoint_dir"])
+def test_an_output_folder_that_is_a_file_is_refused_before_training(key, tmp_path):
+    """The run trained to the end and then failed with FileExistsError (exit 1)."""
+    (tmp_path / "afile").write_text("x")
+    for value in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        with pytest.raises(ConfigError, match=rf"^{key} .* cannot hold the run's files: .*afile is a file, not a folder — "):
+            build_config("SASRec", "Instruments", cmd_args=[f"--{key}={value}"])
+    assert build_config("SASRec", "Instruments", cmd_args=[f"--{key}={tmp_path / 'new' / 'dir'}"])[key].endswith("dir")

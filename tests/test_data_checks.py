@@ -237,10 +237,13 @@ BAD_FEATURES = {
                    r"that do not exist — "),
     "not a matrix": (lambda m: m[:, 0], MalformedDataError,
                      r"bad.npy has shape \(2650,\) \(float32\) — features must be a 2-D float matrix"),
+    "only zero rows": (np.zeros_like, MalformedDataError,
+                       r"text_feature_file .*bad.npy holds only zero rows for the 2,650 items of Instruments, and a zero "
+                       r"row means 'no text for this item' — "),
 }
 
 
-@pytest.mark.parametrize("case", list(BAD_FEATURES))
+@pytest.mark.parametrize("case", [case for case in BAD_FEATURES if case != "only zero rows"])
 def test_the_tokenizer_refuses_bad_feature_files_and_writes_nothing(case, data, text_features, tmp_path):
     change, error, message = BAD_FEATURES[case]
     np.save(tmp_path / "bad.npy", change(text_features))
@@ -252,7 +255,7 @@ def test_the_tokenizer_refuses_bad_feature_files_and_writes_nothing(case, data, 
     assert tree(tmp_path) == before
 
 
-@pytest.mark.parametrize("case", ["NaN row", "missing rows", "extra rows"])
+@pytest.mark.parametrize("case", ["NaN row", "missing rows", "extra rows", "only zero rows"])
 def test_qbert4rec_refuses_bad_feature_files(case, data, text_features, tmp_path):
     change, error, message = BAD_FEATURES[case]
     np.save(tmp_path / "bad.npy", change(text_features))

@@ -100,6 +100,13 @@ def modality_matrix(config: Config, dataset: Dataset, modality: str) -> Tensor |
     rows = item_rows(dataset)
     if config[file_key]:
         matrix = load_features(config[file_key], n_items=max(rows) + 1)
+        if not np.any(matrix[rows]):
+            raise MalformedDataError(
+                f"{file_key} {config[file_key]} holds only zero rows for the {len(rows):,} items of "
+                f"{dataset.dataset_name}, and a zero row means 'no {modality} for this item' — give the features made "
+                f"for this dataset (python -m dataset_prep.features), or leave {file_key} unset to use the "
+                f"{code_field} codes"
+            )
     elif code_field in (config["item_content_fields"] or []):
         item_file = Path(dataset.dataset_path) / f"{dataset.dataset_name}.item"
         matrix = code_proxy(item_file, code_field, min_items=max(rows) + 1)
