@@ -78,8 +78,8 @@ from tqdm import tqdm
 
 from recbole_qrec.child_runs import child_environment, last_error
 from recbole_qrec.config import as_argument, build_config, check_config_values, is_number
-from recbole_qrec.errors import ConfigError, MissingDependencyError, QRecError, single_line
-from recbole_qrec.fileio import atomic_open, atomic_path, exclusive_lock, write_json_atomic
+from recbole_qrec.errors import ConfigError, MalformedDataError, MissingDependencyError, QRecError, single_line
+from recbole_qrec.fileio import atomic_open, atomic_path, blocking_file, exclusive_lock, write_json_atomic
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.table import load_records, metric_key, metric_label, runs_line
 
@@ -571,6 +571,7 @@ def open_storage(out: Path, url: str | None) -> optuna.storages.BaseStorage:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         out.mkdir(parents=True, exist_ok=True)
+        check_journal(out / "optuna.journal")
         return JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -579,6 +580,27 @@ def open_storage(out: Path, url: str | None) -> optuna.storages.BaseStorage:
     except (SQLAlchemyError, ImportError, ValueError) as err:
         raise ConfigError(f"--storage {url} cannot be opened ({single_line(err)}) — give an RDB URL such as "
                           "sqlite:///sweep.db or postgresql://user@host/db") from None
+
+
+def check_journal(path: Path) -> None:
+    """A sweep's journal must be whole JSON lines: optuna would stop on a damaged one with a JSON error, and append
+    its next operation to a cut-off last line (a sweep killed while writing it), damaging that line for good."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    fix = (f"restore the file, or pass another --out to start the sweep afresh (the trials' records stay in "
+           f"{path.parent / 'results.jsonl'})")
+    lines = data.split(b"\n")
+    if lines[-1].strip():
+        raise MalformedDataError(f"{path} ends in a cut-off line {len(lines)} (the sweep was stopped while writing it) "
+                                 f"— delete that last line to resume the sweep, or {fix}")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except ValueError:
+            raise MalformedDataError(f"{path} line {number} is not an optuna journal entry (damaged) — {fix}") from None
 
 
 def open_study(spec: SweepSpec, target: Target, out: Path, storage: optuna.storages.BaseStorage) -> optuna.Study:
@@ -870,6 +892,10 @@ def run_command(args: argparse.Namespace) -> None:
     if gpus and ("gpu_id" in spec.fixed or any(dimension.name == "gpu_id" for dimension in spec.space)):
         raise ConfigError(f"{path} sets gpu_id and --gpus is given — remove gpu_id from the YAML or drop --gpus")
     out = args.out or Path("sweeps") / path.stem
+    blocker = blocking_file(out)
+    if blocker is not None:
+        raise ConfigError(f"--out {out} cannot be the sweep's folder: {blocker} is a file, not a folder — give --out a "
+                          "folder (missing folders are created)")
     try:
         written = run_sweep(spec, out, args.parallel, args.storage, getattr(args, "command", None), gpus)
     except KeyboardInterrupt:

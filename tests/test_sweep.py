@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -164,3 +165,32 @@ def test_run_command_line_takes_sweep_option(tmp_path: Path, capsys: pytest.Capt
         main(["--sweep", str(tmp_path / "missing.yaml")])
     (line,) = capsys.readouterr().err.splitlines()
     assert exit_info.value.code == 2 and line.startswith("error: sweep file ") and "SASRec.yaml" in line
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda text: text[:-40], "ends in a cut-off line"),  # a sweep killed while it wrote its last entry
+    (lambda text: "garbage {\n" + text, "line 1 is not an optuna journal entry (damaged)"),
+])
+def test_damaged_journal_is_one_error_line(sweep_run: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           damage, message: str) -> None:
+    """optuna stopped with 'unexpected JSONDecodeError' (exit 1), and appended to a cut-off line first."""
+    out = tmp_path / "out"
+    shutil.copytree(sweep_run["out"], out)
+    journal = out / "optuna.journal"
+    journal.write_text(damage(journal.read_text(encoding="utf-8")), encoding="utf-8")
+    before = journal.read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(sweep_run["spec"]), "--out", str(out), "--trials", "6"])
+    lines = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {journal} ")
+    assert message in lines[0] and " — " in lines[0] and journal.read_bytes() == before
+
+
+@pytest.mark.parametrize("out", ["afile", "afile/sub"])
+def test_out_that_is_a_file_is_one_error_line(out: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "afile").write_text("x")
+    spec = write_spec(tmp_path / "grid.yaml", tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(spec), "--out", str(tmp_path / out)])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and "afile is a file, not a folder — give --out a folder" in line
