@@ -123,16 +123,27 @@ def recorded(path: Path | None) -> list[dict[str, Any]]:
 
 def budget_stopped(runs: list[Run]) -> list[Run]:
     """``runs``, each whose latest record with the same settings and data stopped at its training budget set to
-    resume from the last state that run left (``resume_checkpoint``; records without one: their best checkpoint,
-    whose later epochs are trained again); a record whose file is gone is not continued."""
+    resume from the last state that run left (``resume_checkpoint``; when that file is gone or the record has none:
+    its best checkpoint, whose later epochs are trained again); such a run whose checkpoints are all gone gets an
+    error instead of counting as recorded."""
     existing = {path: recorded(path) for path in {run.results_file for run in runs if run.error is None}}
     continued = []
     for run in runs:
         same = [record for record in existing.get(run.results_file, []) if run.configured_as(record)]
         latest = same[-1] if same else {}
-        checkpoint = latest.get("resume_checkpoint") or latest.get("checkpoint")
-        stopped = latest.get("train_time_limit_reached") and checkpoint and Path(checkpoint).is_file()
-        continued.append(replace(run, resume_from=checkpoint) if stopped else run)
+        if not latest.get("train_time_limit_reached"):
+            continued.append(run)
+            continue
+        candidates = [path for path in (latest.get("resume_checkpoint"), latest.get("checkpoint")) if path]
+        checkpoint = next((path for path in candidates if Path(path).is_file()), None)
+        if checkpoint is not None:
+            continued.append(replace(run, resume_from=checkpoint))
+            continue
+        gone = " and ".join(candidates) or "(none recorded)"
+        continued.append(replace(run, error=(
+            f"error: its latest record stopped at its training budget, but its checkpoints {gone} are gone, so "
+            "--continue cannot carry it on — restore them (run compare from the folder it ran in), or add --rerun "
+            "to train it anew")))
     return continued
 
 

@@ -95,9 +95,23 @@ def test_continue_resumes_budget_stopped_runs_from_their_checkpoints(work: Path,
         assert latest["best_valid_score"] == max(point["ndcg@10"] for point in latest["valid_curve"])
         previous = latest
 
+    Path(previous["resume_checkpoint"]).unlink()  # its last state gone: carried on from its best checkpoint
+    status, _, err = compare([*grid, "--continue"], capsys)
+    assert status == 0 and "(1 continued from their budget-stopped checkpoints)" in err, err
+    previous = lines(results / "results.jsonl")[-1]
+    assert previous["resumed_from"] == first["checkpoint"] and previous["train_time_limit_reached"]
+
     Path(first["checkpoint"]).unlink()  # a last state without its best checkpoint cannot go on
     status, _, err = compare([*grid, "--continue"], capsys)
     assert status == 2 and f"continues a run whose best checkpoint '{first['checkpoint']}' no longer exists" in err
+
+    # Every checkpoint gone: one error for the run, not 'already recorded (skipped)' with exit 0.
+    Path(previous["resume_checkpoint"]).unlink()
+    count = len(lines(results / "results.jsonl"))
+    status, _, err = compare([*grid, "--continue"], capsys)
+    assert status == 2 and "0 already recorded (skipped), 0 to run" in err, err
+    assert f"but its checkpoints {previous['resume_checkpoint']} and {first['checkpoint']} are gone" in err
+    assert "add --rerun to train it anew" in err and len(lines(results / "results.jsonl")) == count
 
 
 def without_command(md: str) -> str:
@@ -119,6 +133,7 @@ def test_seeds_follow_the_configured_seed(work: Path) -> None:
     (["--models", "SASRec", "--datasets", "Instruments", "--seeds", "0"], "both must be at least 1"),
     (["--models", "SASRec", "--datasets", "Instruments", "--format", "png"], "add --out PREFIX"),
     (["--datasets", "Instruments"], "the following arguments are required: --models"),
+    (["--models", "SASRec", "--datasets", "Instruments", "--out", __file__ + "/table"], "is a file, not a folder"),
 ])
 def test_bad_arguments_are_one_line(args: list[str], message: str, capsys) -> None:
     status, out, err = compare(args, capsys)
