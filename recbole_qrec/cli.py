@@ -23,7 +23,7 @@ from typing import NoReturn
 
 from recbole_qrec import compare, sweep, table
 from recbole_qrec.config import RECBOLE_PROPERTIES_DIR, QRecConfig, as_argument, build_config
-from recbole_qrec.data import available_datasets
+from recbole_qrec.data import available_datasets, check_dataset
 from recbole_qrec.distributed import launch
 from recbole_qrec.errors import DEBUG_ENV, ConfigError, QRecError, debug_requested, single_line, user_errors
 from recbole_qrec.quick_start import run_recbole_qrec
@@ -196,6 +196,9 @@ def run_command(argv: Sequence[str], prog: str) -> None:
         print(model_help(config) if args.model else general_help(parser, config))
         return
     if args.nproc != 1:
+        if args.nproc >= 1 and "WORLD_SIZE" not in os.environ:
+            # A wrong setting or dataset, met by every process alike, stops the run here before any process starts.
+            check_dataset(build_config(model, args.dataset, config_files, cmd_args=overrides))
         launch(args.nproc, process_main, [*argv, "--nproc=1"], prog)  # the last --nproc counts
         return
     run_recbole_qrec(model, args.dataset, config_files, cmd_args=overrides)

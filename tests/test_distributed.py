@@ -91,3 +91,17 @@ def test_two_processes_evaluate_every_user_once_and_match_one_process(model, mod
         assert users % 2 == 1  # RecBole's DistributedSampler would have evaluated one user twice
     checkpoints = {Path(record["checkpoint"]).name for record in (one, two)}
     assert {path.name for path in (work / "saved").glob(f"{model}-*") if "pretrained" not in path.name} == checkpoints
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("--learing_rate=0.1", "Unknown config key 'learing_rate'"),
+    ("--train_batch_size=0", "train_batch_size must be an integer >= 1"),
+])
+def test_a_wrong_setting_stops_an_nproc_run_before_its_processes_start(setting, message, work):
+    """Every process met the error alike: rank 0 printed it and torch's launcher added its own warning line about
+    terminating the others."""
+    done = subprocess.run([sys.executable, str(ENTRY_POINT), "--model=SASRec", "--dataset=Instruments", "--nproc=2",
+                           "--gpu_id=", "--allow_data_mismatch=True", f"--data_path={work / 'dataset'}", setting],
+                          cwd=work, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: ") and message in done.stderr and "Traceback" not in done.stderr
