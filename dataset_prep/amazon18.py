@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 
 from tqdm import tqdm
 
+from dataset_prep.convert import check_out_folder
 from dataset_prep.locate import AMAZON18_DOMAINS
 from dataset_prep.stats import format_stats, sequence_stats
 from recbole_qrec.errors import DEBUG_EPILOG, DatasetNotFoundError, MalformedDataError, QRecError, user_errors
@@ -415,6 +416,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     urls = raw_file_urls(args.domain, args.five_core_file, args.base_url)
     with user_errors():
+        check_out_folder(args.out / args.name)
         reviews_path, meta_path = ensure_raw_files(urls, args.raw_dir, args.download)
         report = build_dataset(reviews_path, meta_path, args.out, args.name, args.k, args.require_title)
         print(format_report(report, reviews_path, meta_path, args.k))

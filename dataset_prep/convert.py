@@ -28,7 +28,8 @@ from typing import Any
 from dataset_prep.locate import find_processed_dataset
 from dataset_prep.stats import format_stats, sequence_stats
 from recbole_qrec.data.features import record_content_sources
-from recbole_qrec.errors import DEBUG_EPILOG, MalformedDataError, user_errors
+from recbole_qrec.errors import DEBUG_EPILOG, ConfigError, MalformedDataError, user_errors
+from recbole_qrec.fileio import blocking_file
 from recbole_qrec.fileio import atomic_open
 
 # Code file suffix -> item feature field and the content its codes were made from (recorded in
@@ -137,8 +138,17 @@ def write_item_file(codes: dict[str, dict[str, list[str]]], items: list[str], pa
             handle.write("\t".join([item, *(" ".join(codes[field].get(item, [])) for field in fields)]) + "\n")
 
 
+def check_out_folder(target: Path) -> None:
+    """A clear error when the output folder ``<out>/<name>`` is, or lies under, a file."""
+    blocker = blocking_file(target)
+    if blocker is not None:
+        raise ConfigError(f"--out cannot hold {target}: {blocker} is a file, not a folder — give --out a folder "
+                          "(missing folders are created)")
+
+
 def convert(name: str, src: str | Path | None = None, out: str | Path = "dataset") -> dict[str, float]:
     """Convert dataset ``name`` and return its statistics."""
+    check_out_folder(Path(out) / name)
     folder = find_processed_dataset(name, src)
     sequences = load_sequences(folder, name)
     codes = load_code_files(folder, name)

@@ -294,3 +294,11 @@ def test_image_download_and_skip_if_present(raw: Path, images: Path, tmp_path: P
     assert (report.downloaded, report.present, report.no_url, report.failures) == (1, 1, 1, [])
     assert (image_dir / "1.jpg").read_bytes() == b"kept"
     assert (image_dir / "2.jpg").read_bytes() == (images / "img2.jpg").read_bytes()
+
+
+def test_out_that_is_a_file_is_one_error_line(raw: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(raw, tmp_path / "afile")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "afile is a file, not a folder" in err

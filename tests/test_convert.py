@@ -176,3 +176,14 @@ def test_converted_timestamps_are_positions(converted):
     out, _ = converted
     rows = np.loadtxt(out / "Instruments" / "Instruments.inter", skiprows=1, dtype=np.int64, max_rows=8)
     assert rows[:, 2].tolist() == list(range(8)) and set(rows[:, 0]) == {0}
+
+
+@pytest.mark.parametrize("out", ["afile", "afile/sub"])
+def test_out_that_is_a_file_is_one_error_line(instruments_subset, tmp_path, capsys, out):
+    """The converter stopped with NotADirectoryError (exit 1) after reading its input."""
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit) as exit_:
+        convert_main(["--dataset", "Instruments", "--src", str(instruments_subset), "--out", str(tmp_path / out)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("error: --out cannot hold ") and "afile is a file, not a folder — give --out a folder" in err
