@@ -44,6 +44,9 @@ class Case:
     module: str = "recbole_qrec"
 
 
+ITEM_JSON = '{"0": {"title": "Red acoustic guitar"}, "1": {"title": "Guitar strings"}}'  # a dataset_prep item file
+
+
 def inter_file(work: Path, name: str = DATASET) -> Path:
     return work / "dataset" / name / f"{name}.inter"
 
@@ -146,6 +149,14 @@ def cases() -> list[Case]:
         Case("validation metric the evaluation does not compute", [*model, "--valid_metric=NDCG@20"]),
         Case("unknown loss type", [*model, "--loss_type=FOO"]),
         Case("random-order split for a sequential model", [*model, "--eval_args={'order':'RO'}"]),
+        Case("results folder that is a file", [*model, "--results_dir=afile"], write(Path("afile"), "x\n")),
+        Case("checkpoint folder under a file", [*model, "--checkpoint_dir=afile/saved"], write(Path("afile"), "x\n")),
+        Case("text features that are all zeros", ["--model=QBert4Rec", f"--dataset={DATASET}", "--text_feature_file=zeros.npy"],
+             lambda work: np.save(work / "zeros.npy", np.zeros((item_rows(work), 8), dtype=np.float32))),
+        Case("text encoder given an empty model folder",
+             ["text", "--item-json", "items.json", "--model", "empty_model", "--device", "cpu", "--out", "t.npy"],
+             lambda work: ((work / "empty_model").mkdir(), write_new(work / "items.json", ITEM_JSON)),
+             module="dataset_prep.features"),
         Case("truncated full dataset under a bundled name", ["--model=SASRec", "--dataset=Instruments"],
              notes="Instruments.inter cut to its first 60,000 lines (a partial copy)"),
         Case("resume checkpoint that does not exist", [*resume, "--resume_checkpoint=absent.pth"]),
