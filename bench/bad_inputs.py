@@ -229,8 +229,10 @@ def prepare_base(base: Path, data_root: Path) -> None:
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Size and time of every file under ``folder`` but the empty ``.lock`` files that runs on one data_path share
+    (a lock file stays after every run, as flock's files do)."""
     return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
-            for path in folder.rglob("*") if path.is_file()}
+            for path in folder.rglob("*") if path.is_file() and path.suffix != ".lock"}
 
 
 def try_case(case: Case, base: Path, scratch: Path) -> dict:
@@ -269,7 +271,8 @@ def markdown(rows: list[dict], command: str) -> str:
         f"Commit: {commit()}; machine: {os.cpu_count()} CPU cores ({platform.machine()}, no GPU), "
         f"Python {platform.python_version()}; date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
         "",
-        f"{clear} of {len(rows)} cases end in one clear line with exit status 2, no traceback and no file written.",
+        f"{clear} of {len(rows)} cases end in one clear line with exit status 2, no traceback and no file written "
+        "(the empty `.lock` files that runs on one data_path share are not counted).",
         "Each case runs in a copy of one working folder (a 500-user subset of Instruments converted as dataset "
         f"`{DATASET}`, a second subset `Other`, Instruments cut to 60,000 interactions, and a SASRec checkpoint "
         "`trained.pth` trained for one epoch on `Mini`).",
