@@ -28,9 +28,8 @@ from typing import Any
 from dataset_prep.locate import find_processed_dataset
 from dataset_prep.stats import format_stats, sequence_stats
 from recbole_qrec.data.features import record_content_sources
-from recbole_qrec.errors import DEBUG_EPILOG, ConfigError, MalformedDataError, user_errors
-from recbole_qrec.fileio import blocking_file
-from recbole_qrec.fileio import atomic_open
+from recbole_qrec.errors import DEBUG_EPILOG, MalformedDataError, user_errors
+from recbole_qrec.fileio import atomic_open, check_output_folder
 
 # Code file suffix -> item feature field and the content its codes were made from (recorded in
 # <name>.content.json). LLaMA text codes are lower-case levels, CLIP ViT-L/14 image codes upper-case.
@@ -140,10 +139,7 @@ def write_item_file(codes: dict[str, dict[str, list[str]]], items: list[str], pa
 
 def check_out_folder(target: Path) -> None:
     """A clear error when the output folder ``<out>/<name>`` is, or lies under, a file."""
-    blocker = blocking_file(target)
-    if blocker is not None:
-        raise ConfigError(f"--out cannot hold {target}: {blocker} is a file, not a folder — give --out a folder "
-                          "(missing folders are created)")
+    check_output_folder(target, f"--out cannot hold {target}", "give --out a folder")
 
 
 def convert(name: str, src: str | Path | None = None, out: str | Path = "dataset") -> dict[str, float]:

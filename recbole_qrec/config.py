@@ -40,7 +40,7 @@ import recbole
 from recbole_qrec.compat import prepare_recbole
 from recbole_qrec.distributed import init_distributed
 from recbole_qrec.errors import ConfigError, QRecError
-from recbole_qrec.fileio import blocking_file
+from recbole_qrec.fileio import check_output_folder
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.data.cold_start import check_cold_start
 from recbole_qrec.data.dataloader import resolve_data_path_mode
@@ -362,10 +362,8 @@ def check_output_folders(config: Config) -> None:
     """``results_dir`` and ``checkpoint_dir`` must be folders a run can write in: a file there (or above) would
     stop the run only after training."""
     for key in OUTPUT_FOLDER_KEYS:
-        blocker = blocking_file(config[key]) if isinstance(config[key], str) else None
-        if blocker is not None:
-            raise ConfigError(f"{key} {config[key]!r} cannot hold the run's files: {blocker} is a file, not a folder "
-                              f"— give --{key} a folder (missing folders are created)")
+        if isinstance(config[key], str):
+            check_output_folder(config[key], f"{key} {config[key]!r} cannot hold the run's files", f"give --{key} a folder")
 
 
 class QRecConfig(Config):

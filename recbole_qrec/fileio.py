@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from recbole_qrec.errors import ConfigError
+
 
 def current_umask() -> int:
     """The process umask (read by setting and restoring it)."""
@@ -26,6 +28,14 @@ def blocking_file(folder: str | os.PathLike) -> Path | None:
         if path.exists():
             return None if path.is_dir() else path
     return None
+
+
+def check_output_folder(folder: str | os.PathLike, problem: str, remedy: str) -> None:
+    """A :class:`ConfigError` ``<problem>: <file> is a file, not a folder — <remedy> (missing folders are created)``
+    when ``folder``, or a folder above it, is a file (checked before any work whose output would land there)."""
+    blocker = blocking_file(folder)
+    if blocker is not None:
+        raise ConfigError(f"{problem}: {blocker} is a file, not a folder — {remedy} (missing folders are created)")
 
 
 @contextmanager

@@ -79,7 +79,7 @@ from tqdm import tqdm
 from recbole_qrec.child_runs import child_environment, last_error
 from recbole_qrec.config import as_argument, build_config, check_config_values, is_number
 from recbole_qrec.errors import ConfigError, MalformedDataError, MissingDependencyError, QRecError, single_line
-from recbole_qrec.fileio import atomic_open, atomic_path, blocking_file, exclusive_lock, write_json_atomic
+from recbole_qrec.fileio import atomic_open, atomic_path, check_output_folder, exclusive_lock, write_json_atomic
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.table import load_records, metric_key, metric_label, runs_line
 
@@ -892,10 +892,7 @@ def run_command(args: argparse.Namespace) -> None:
     if gpus and ("gpu_id" in spec.fixed or any(dimension.name == "gpu_id" for dimension in spec.space)):
         raise ConfigError(f"{path} sets gpu_id and --gpus is given — remove gpu_id from the YAML or drop --gpus")
     out = args.out or Path("sweeps") / path.stem
-    blocker = blocking_file(out)
-    if blocker is not None:
-        raise ConfigError(f"--out {out} cannot be the sweep's folder: {blocker} is a file, not a folder — give --out a "
-                          "folder (missing folders are created)")
+    check_output_folder(out, f"--out {out} cannot be the sweep's folder", "give --out a folder")
     try:
         written = run_sweep(spec, out, args.parallel, args.storage, getattr(args, "command", None), gpus)
     except KeyboardInterrupt:

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from recbole_qrec.errors import ConfigError, MalformedDataError, single_line
-from recbole_qrec.fileio import blocking_file
+from recbole_qrec.fileio import check_output_folder
 from recbole_qrec.resources import PROPERTIES_DIR
 
 BASELINES = ("GRU4Rec", "SASRec", "BERT4Rec", "FDSA")
@@ -705,10 +705,8 @@ def table_request(args: argparse.Namespace) -> TableRequest:
         raise ConfigError(f"unknown --format {','.join(unknown) or args.format!r} — use some of {','.join(FORMATS)}")
     if set(formats) - {"md"} and args.out is None:
         raise ConfigError("--format csv, png, tex and curves write files — add --out PREFIX")
-    blocker = blocking_file(args.out.parent) if args.out is not None else None
-    if blocker is not None:
-        raise ConfigError(f"--out {args.out} cannot be written: {blocker} is a file, not a folder — give an --out "
-                          "prefix in a folder (missing folders are created)")
+    if args.out is not None:
+        check_output_folder(args.out.parent, f"--out {args.out} cannot be written", "give an --out prefix in a folder")
     paper = args.paper
     if paper is not None and not paper.is_file() and paper == Path(PAPER_FILE.name):
         paper = PAPER_FILE

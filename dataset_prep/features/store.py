@@ -33,7 +33,7 @@ from tqdm import tqdm
 from dataset_prep.features.encoding import EncodedRows, ItemEncoder, encode_items
 from recbole_qrec.data.features import FeaturePaths, FeatureProgress, FeatureStateError, check_finite, read_progress
 from recbole_qrec.errors import ConfigError, MalformedDataError
-from recbole_qrec.fileio import blocking_file, write_json_atomic
+from recbole_qrec.fileio import check_output_folder, write_json_atomic
 
 DEFAULT_CHUNK_SIZE = 1024
 
@@ -173,7 +173,4 @@ def check_output(paths: FeaturePaths) -> None:
     if paths.features.is_dir():
         raise ConfigError(f"--out {paths.features} is a folder — give a file name in it, e.g. "
                           f"--out {paths.features / 'features.npy'}")
-    blocker = blocking_file(paths.features.parent)
-    if blocker is not None:
-        raise ConfigError(f"--out {paths.features} cannot be written: {blocker} is a file, not a folder — give an "
-                          "--out in a folder (missing folders are created)")
+    check_output_folder(paths.features.parent, f"--out {paths.features} cannot be written", "give an --out in a folder")
