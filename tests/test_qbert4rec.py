@@ -3,6 +3,7 @@ entry point."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
@@ -292,10 +293,15 @@ def test_pretraining_batches_by_its_own_size_and_is_checkpointed(prepared, tmp_p
     assert not torch.equal(pretrained["state_dict"]["token_embedding.weight"],
                            fine_tuned["state_dict"]["token_embedding.weight"])
 
-    resumed = QBert4RecTrainer(config, QBert4Rec(config, train._dataset))
+    tuning = copy.deepcopy(config)
+    tuning["weight_decay"] = 0.25  # a fine-tuning setting that differs from the pretraining optimizer's
+    resumed = QBert4RecTrainer(tuning, QBert4Rec(tuning, train._dataset))
     resumed.saved_model_file = str(tmp_path / "QBert4Rec-again.pth")
     resumed.resume_checkpoint(tmp_path / "QBert4Rec-pretrained.pth")
     assert resumed.start_epoch == 0 and resumed.saved_model_file == str(tmp_path / "QBert4Rec-again.pth")
+    group = resumed.optimizer.param_groups[0]
+    assert group["weight_decay"] == 0.25 and group["lr"] == tuning["learning_rate"]
+    assert not resumed.optimizer.state, "the pretraining optimizer's moments were carried into fine-tuning"
     assert torch.equal(resumed.model.state_dict()["heads.weight"], pretrained["state_dict"]["heads.weight"])
     resumed.fit(train, valid, saved=True)
     assert not resumed.pretrain_epoch_seconds, "pretraining ran again after the resume"

@@ -70,8 +70,10 @@ class PretrainFineTuneTrainer(Trainer):
     epochs are counted apart, in ``epoch_seconds``). When saving, the pretrained model is checkpointed to
     ``<saved_model_file stem>-pretrained.pth``. Fine-tuning is RecBole's ``fit`` unchanged
     (``model.calculate_loss``, ``learning_rate``, ``epochs``), so early stopping counts fine-tuning epochs
-    only. Each phase follows ``lr_scheduler`` over its own steps. A fit after :meth:`resume_checkpoint` skips pretraining: every checkpoint is written after it. Resuming from the pretraining checkpoint fine-tunes the
-    pretrained model from epoch 0 into a new checkpoint file, leaving the pretrained one as it is.
+    only. Each phase follows ``lr_scheduler`` over its own steps. A fit after :meth:`resume_checkpoint` skips
+    pretraining: every checkpoint is written after it. Resuming from the pretraining checkpoint fine-tunes the
+    pretrained model from epoch 0, with a fresh optimizer of this run's settings, into a new checkpoint file, leaving
+    the pretrained one as it is.
     """
 
     def __init__(self, config: Config, model: PretrainableRecommender) -> None:
@@ -88,6 +90,9 @@ class PretrainFineTuneTrainer(Trainer):
         self.pretrained = True
         if self.start_epoch == 0:  # the checkpoint at the end of pretraining (epoch -1)
             self.saved_model_file = fine_tuning_file
+            # fine-tuning starts with a fresh optimizer, as after pretraining in one run: the checkpoint's holds the
+            # pretraining moments and settings (learning rate, weight decay), which would override this run's
+            self.optimizer = self._build_optimizer()
 
     def fit(self, train_data: AbstractDataLoader, valid_data: AbstractDataLoader | None = None, verbose: bool = True,
             saved: bool = True, show_progress: bool = False, callback_fn: Callable[[int, float], Any] | None = None,
