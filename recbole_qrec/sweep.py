@@ -617,6 +617,15 @@ def open_study(spec: SweepSpec, target: Target, out: Path, storage: optuna.stora
     return study
 
 
+def stored_study(spec: SweepSpec, target: Target, storage: optuna.storages.BaseStorage) -> optuna.Study | None:
+    """The target's study as the storage holds it, read without writing to it; None if it was never started."""
+    optuna = import_optuna()
+    try:
+        return optuna.load_study(study_name=f"{spec.id}:{target.label}", storage=storage)
+    except KeyError:
+        return None
+
+
 def claim_folder(out: Path, spec: SweepSpec) -> None:
     """Record the sweep in ``out/sweep.json``; a folder holding another sweep is refused."""
     path = out / "sweep.json"
@@ -672,11 +681,19 @@ def stop_on_interrupt(stop: threading.Event) -> Iterator[None]:
 
 
 def run_sweep(spec: SweepSpec, out: Path, parallel: int = 1, storage_url: str | None = None,
-              command: str | None = None, gpus: tuple[str, ...] = ()) -> list[Path]:
-    """Run the sweep (resuming what ``out`` or the storage holds) and write its reports; returns their paths."""
+              command: str | None = None, gpus: tuple[str, ...] = (), report_only: bool = False) -> list[Path]:
+    """Run the sweep (resuming what ``out`` or the storage holds) and write its reports; returns their paths.
+    ``report_only``: write the reports of the trials the storage holds, running none."""
     targets = plan_targets(spec)
+    if report_only and storage_url is None and not (out / "optuna.journal").is_file():
+        raise ConfigError(f"{out} holds no sweep to report (no optuna.journal) — give the --out the sweep ran with, "
+                          "or drop --report to run it")
     storage = open_storage(out, storage_url)
     claim_folder(out, spec)
+    if report_only:
+        studies = [(target, stored_study(spec, target, storage)) for target in targets]
+        return [path for target, study in studies if study is not None and finished(study)
+                for path in write_reports(spec, target, study, out / target.label, command)]
     written = []
     with worker_lease(out) as lease:
         for target in targets:
@@ -866,6 +883,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", metavar="URL",
                         help="an Optuna RDB URL (sqlite:///sweep.db, postgresql://...) instead of "
                         "<out>/optuna.journal: sweeps on several machines with the same YAML and URL share one study")
+    parser.add_argument("--report", action="store_true",
+                        help="write the reports of the trials the sweep's storage holds and run none (a sweep stopped "
+                        "before its budget, or still running elsewhere)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
@@ -894,7 +914,8 @@ def run_command(args: argparse.Namespace) -> None:
     out = args.out or Path("sweeps") / path.stem
     check_output_folder(out, f"--out {out} cannot be the sweep's folder", "give --out a folder")
     try:
-        written = run_sweep(spec, out, args.parallel, args.storage, getattr(args, "command", None), gpus)
+        written = run_sweep(spec, out, args.parallel, args.storage, getattr(args, "command", None), gpus,
+                            report_only=args.report)
     except KeyboardInterrupt:
         if args.debug:
             raise

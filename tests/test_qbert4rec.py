@@ -279,6 +279,8 @@ def test_trainer_pretrains_then_fine_tunes(prepared):
 
 def test_pretraining_batches_by_its_own_size_and_is_checkpointed(prepared, tmp_path):
     config, train, valid, *_ = prepared
+    config = copy.deepcopy(config)
+    config["pretrain_sequences"] = "prefix"  # every training prefix: more rows than one batch of 500 users
     model = QBert4Rec(config, train._dataset)
     trainer = QBert4RecTrainer(config, model)
     trainer.saved_model_file = str(tmp_path / "QBert4Rec.pth")

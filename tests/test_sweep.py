@@ -66,10 +66,11 @@ def sweep_run(work: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     _, interrupted = first.communicate(timeout=120)
     before = records(out)
     report = (out / "SASRec-Instruments" / "sweep.md").read_text(encoding="utf-8")  # written on the way out
+    shutil.copytree(out, folder / "interrupted")
     resumed = sweep_process(spec, out, "--parallel", "2", "--gpus", "0,1")
     stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr
-    return {"spec": spec, "out": out, "before": before, "after": records(out), "interrupted": (first.returncode,
+    return {"spec": spec, "out": out, "interrupted_out": folder / "interrupted", "before": before, "after": records(out), "interrupted": (first.returncode,
             interrupted, report),
             "resumed_lines": [line for line in stdout.splitlines() if line.startswith("[")]}
 
@@ -184,6 +185,27 @@ def test_damaged_journal_is_one_error_line(sweep_run: dict, tmp_path: Path, caps
     lines = capsys.readouterr().err.splitlines()
     assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {journal} ")
     assert message in lines[0] and " — " in lines[0] and journal.read_bytes() == before
+
+
+def test_report_writes_the_reports_and_runs_no_trial(sweep_run: dict, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The interrupted sweep (trial 0 finished, trial 1 left running, two to go; resumed, it ran three trials):
+    --report writes the reports of the trial there and runs none."""
+    out = tmp_path / "out"
+    shutil.copytree(sweep_run["interrupted_out"], out)
+    folder = out / "SASRec-Instruments"
+    (folder / "sweep.md").unlink()
+    journal, results = (out / "optuna.journal").read_bytes(), (out / "results.jsonl").read_bytes()
+    main(["sweep", str(sweep_run["spec"]), "--out", str(out), "--report"])
+    assert (out / "optuna.journal").read_bytes() == journal and (out / "results.jsonl").read_bytes() == results
+    report = (folder / "sweep.md").read_text(encoding="utf-8")
+    assert "1 of 4 trials finished, 0 failed" in report and report.count("\n| ") == 2
+    assert [row["trial"] for row in csv.DictReader((folder / "sweep.csv").open(encoding="utf-8"))] == ["0"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(sweep_run["spec"]), "--out", str(tmp_path / "empty"), "--report"])
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert exit_info.value.code == 2 and "holds no sweep to report (no optuna.journal)" in line
+    assert not (tmp_path / "empty").exists()
 
 
 @pytest.mark.parametrize("out", ["afile", "afile/sub"])
