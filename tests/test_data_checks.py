@@ -237,16 +237,28 @@ BAD_FEATURES = {
                    r"that do not exist — "),
     "not a matrix": (lambda m: m[:, 0], MalformedDataError,
                      r"bad.npy has shape \(2650,\) \(float32\) — features must be a 2-D float matrix"),
+    "npz archive": (lambda m: {"features": m}, MalformedDataError,
+                    r"bad.npy is a .npz archive of arrays \['features'\], not one .npy matrix — save the feature matrix "
+                    r"alone with numpy.save"),
     "only zero rows": (np.zeros_like, MalformedDataError,
                        r"text_feature_file .*bad.npy holds only zero rows for the 2,650 items of Instruments, and a zero "
                        r"row means 'no text for this item' — "),
 }
 
 
+def save_matrix(path: Path, value: np.ndarray | dict[str, np.ndarray]) -> None:
+    """``value`` as a .npy file, or a dict of arrays as a .npz archive, under ``path`` whatever its suffix."""
+    with open(path, "wb") as handle:
+        if isinstance(value, dict):
+            np.savez(handle, **value)
+        else:
+            np.save(handle, value)
+
+
 @pytest.mark.parametrize("case", [case for case in BAD_FEATURES if case != "only zero rows"])
 def test_the_tokenizer_refuses_bad_feature_files_and_writes_nothing(case, data, text_features, tmp_path):
     change, error, message = BAD_FEATURES[case]
-    np.save(tmp_path / "bad.npy", change(text_features))
+    save_matrix(tmp_path / "bad.npy", change(text_features))
     np.save(tmp_path / "good.npy", text_features)
     before = tree(tmp_path)
     with pytest.raises(error, match=message):
@@ -255,10 +267,10 @@ def test_the_tokenizer_refuses_bad_feature_files_and_writes_nothing(case, data, 
     assert tree(tmp_path) == before
 
 
-@pytest.mark.parametrize("case", ["NaN row", "missing rows", "extra rows", "only zero rows"])
+@pytest.mark.parametrize("case", ["NaN row", "missing rows", "extra rows", "npz archive", "only zero rows"])
 def test_qbert4rec_refuses_bad_feature_files(case, data, text_features, tmp_path):
     change, error, message = BAD_FEATURES[case]
-    np.save(tmp_path / "bad.npy", change(text_features))
+    save_matrix(tmp_path / "bad.npy", change(text_features))
     config = subset_config(data, "QBert4Rec", text_feature_file=str(tmp_path / "bad.npy"))
     with pytest.raises(error, match=message):
         load_item_features(config, create_dataset(config))

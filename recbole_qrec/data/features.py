@@ -155,6 +155,10 @@ def load_features(path: str | os.PathLike, n_items: int | None = None) -> np.nda
     except (OSError, ValueError) as err:
         raise MalformedDataError(f"{paths.features} is not a readable .npy file ({err}) — re-create it with "
                                  "`python -m dataset_prep.features`") from err
+    if not isinstance(matrix, np.ndarray):
+        matrix.close()
+        raise MalformedDataError(f"{paths.features} is a .npz archive of arrays {matrix.files}, not one .npy matrix — "
+                                 "save the feature matrix alone with numpy.save (or `python -m dataset_prep.features`)")
     if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
         raise MalformedDataError(f"{paths.features} has shape {matrix.shape} ({matrix.dtype}) — features must be a 2-D "
                                  "float matrix, one row per item id")
