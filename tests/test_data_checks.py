@@ -93,6 +93,9 @@ BROKEN_FILES = {
     "not UTF-8": (lambda d: inter(d).write_bytes(inter(d).read_bytes().replace(b"\n0\t3\t", b"\n0\t\xff\t", 1)), {},
                   r"Instruments.inter line \d+: bytes that are not utf-8 text"),
     "empty": (lambda d: inter(d).write_text(""), {}, r"Instruments.inter is empty — "),
+    "byte-order mark": (lambda d: inter(d).write_bytes(b"\xef\xbb\xbf" + inter(d).read_bytes()), {},
+                        r"Instruments.inter line 1: the file starts with a byte-order mark \(BOM\), which RecBole reads "
+                        r"as part of the first column's name — save it as utf-8 without BOM"),
     "empty item id": (lambda d: rewrite(inter(d), set_line(3, "0\t\t1")), {},
                       r"Instruments.inter line 3: item_id is empty — every row needs its item_id"),
     "no rows": (lambda d: rewrite(inter(d), lambda lines: lines[:1] + [""]), {},

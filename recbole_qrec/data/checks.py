@@ -84,6 +84,9 @@ def scan_atomic_file(path: Path, config: Config, required: list[str], collect: l
         line = data[: err.start].count(b"\n") + 1
         raise MalformedDataError(f"{path} line {line}: bytes that are not {encoding} text — save the file as {encoding} "
                                  "(or set encoding)") from err
+    if text.startswith("\ufeff"):
+        raise MalformedDataError(f"{path} line 1: the file starts with a byte-order mark (BOM), which RecBole reads as "
+                                 f"part of the first column's name — save it as {encoding} without BOM")
     if not text.strip():
         raise MalformedDataError(f"{path} is empty — it needs a header line (e.g. user_id:token<TAB>item_id:token"
                                  f"<TAB>timestamp:float) and one row per record; {FIX_CONVERT}")
