@@ -106,8 +106,12 @@ BROKEN_FILES = {
     ".inter item without a .item row": (lambda d: rewrite(item(d), lambda lines: lines[:1] + lines[2:]), {},
                                         r"Instruments.item has no row for 1 item\(s\) of Instruments.inter \(e.g. 0\)"),
     "duplicate .item row": (lambda d: rewrite(item(d), lambda lines: lines[:-1] + [lines[1], ""]), {},
-                            rf"Instruments.item line {SUBSET['items'] + 2}: a second row for item '0' \(first on line "
-                            r"2\) — keep one row per item"),
+                            rf"Instruments.item line {SUBSET['items'] + 2}: a second row for item_id '0' \(first on "
+                            r"line 2\) — keep one row per item_id; "),
+    "repeated interaction": (lambda d: rewrite(inter(d), lambda lines: lines[:-1] + [lines[4], ""]), {},
+                             rf"Instruments.inter line {SUBSET['interactions'] + 2}: a second row for user_id '0', "
+                             r"item_id '3', timestamp '3' \(first on line 5\) — keep one row per user_id, item_id, "
+                             r"timestamp; "),
     ".item lacks a declared content field": (
         lambda d: rewrite(item(d), lambda lines: [line.split("\t", 2)[0] + "\t" + line.split("\t", 2)[-1]
                                                   if line else line for line in lines]),

@@ -4,10 +4,11 @@
 stops at the first problem with one line naming the file and line: a header column without a type, a column
 the config loads but the header lacks, a row with missing or extra fields, a last line cut off (no final
 newline), a value of a ``float`` / ``float_seq`` column that is not a finite number, an item token that is not
-an integer id where feature rows are indexed by it, a duplicate ``.item`` row, and ``.item`` rows that
-disagree with the items of ``.inter``. The fingerprint (sha256 of the files' names and bytes, users, items,
-interactions) identifies the data a result was computed on; the bundled dataset YAMLs carry the expected
-counts (``expected_counts``), and a mismatch is an error unless ``allow_data_mismatch`` is True.
+an integer id where feature rows are indexed by it, a second ``.item`` row for an item (``.user`` row for a
+user, ``.inter`` row for a user, item and time), and ``.item`` rows that disagree with the items of ``.inter``.
+The fingerprint (sha256 of the files' names and bytes, users, items, interactions) identifies the data a result
+was computed on; the bundled dataset YAMLs carry the expected counts (``expected_counts``), and a mismatch is an
+error unless ``allow_data_mismatch`` is True.
 """
 
 from __future__ import annotations
@@ -71,8 +72,9 @@ def check_integer_tokens(path: Path, number: int, name: str, value: str) -> None
 
 
 def scan_atomic_file(path: Path, config: Config, required: list[str], collect: list[str], integer_tokens: list[str],
-                     sha: Any) -> AtomicTable:
-    """Validate ``path`` in one pass, feed its name and bytes to ``sha`` and collect the values of ``collect``."""
+                     key: list[str], sha: Any) -> AtomicTable:
+    """Validate ``path`` in one pass, feed its name and bytes to ``sha`` and collect the values of ``collect``; no two
+    rows may have the same values of the ``key`` columns (when the header has them all)."""
     separator, seq_separator = config["field_separator"], config["seq_separator"]
     data = path.read_bytes()
     sha.update(f"{path.name}\0{len(data)}\0".encode())
@@ -106,6 +108,8 @@ def scan_atomic_file(path: Path, config: Config, required: list[str], collect: l
     integer = [(columns.index(name), name) for name in integer_tokens]
     table = AtomicTable(path, columns, values={name: set() for name in collect})
     collected = [(columns.index(name), table.values[name]) for name in collect]
+    key_columns = [columns.index(name) for name in key] if all(name in columns for name in key) else []
+    first_lines: dict[tuple[str, ...], int] = {}
     for number, line in enumerate(lines[1:-1], start=2):
         if not line.strip():
             continue
@@ -125,8 +129,27 @@ def scan_atomic_file(path: Path, config: Config, required: list[str], collect: l
                 raise MalformedDataError(f"{path} line {number}: {columns[index]} is empty — every row needs its "
                                          f"{columns[index]}; {FIX_CONVERT}")
             values.add(fields[index])
+        if key_columns:
+            check_unique_row(path, number, [(columns[index], fields[index]) for index in key_columns], first_lines)
         table.rows += 1
     return table
+
+
+def check_unique_row(path: Path, number: int, key: list[tuple[str, str]], first_lines: dict[tuple[str, ...], int]) -> None:
+    """Record line ``number``'s ``key`` (column, value pairs) in ``first_lines``; a key seen before is an error."""
+    first = first_lines.setdefault(tuple(value for _, value in key), number)
+    if first != number:
+        shown = ", ".join(f"{name} {value!r}" for name, value in key)
+        raise MalformedDataError(f"{path} line {number}: a second row for {shown} (first on line {first}) — keep one "
+                                 f"row per {', '.join(name for name, _ in key)}; {FIX_CONVERT}")
+
+
+def row_key(config: Config, suffix: str) -> list[str]:
+    """Columns whose values identify one row of ``<dataset>.<suffix>``: the item of ``.item``, the user of ``.user``,
+    and the user, item and time of ``.inter`` unless ``rm_dup_inter`` asks RecBole to drop repeated interactions."""
+    if suffix == "inter":
+        return [] if config["rm_dup_inter"] else [config["USER_ID_FIELD"], config["ITEM_ID_FIELD"], config["TIME_FIELD"]]
+    return [config["ITEM_ID_FIELD"] if suffix == "item" else config["USER_ID_FIELD"]]
 
 
 def loaded_columns(config: Config, suffix: str) -> list[str] | None:
@@ -154,13 +177,9 @@ def reads_feature_rows(config: Config) -> bool:
 
 
 def check_item_file(config: Config, inter: AtomicTable, item: AtomicTable, content_fields: list[str]) -> None:
-    """``.item`` rows must be unique; with content fields they must cover the items of ``.inter``, and rows for items
-    ``.inter`` never mentions are only allowed when RecBole loads ``.item`` (cold-start items of the catalogue)."""
+    """With content fields, ``.item`` rows must cover the items of ``.inter``, and rows for items ``.inter`` never
+    mentions are only allowed when RecBole loads ``.item`` (cold-start items of the catalogue)."""
     item_field = config["ITEM_ID_FIELD"]
-    if len(item.values[item_field]) != item.rows:
-        token, first, second = duplicate_row(item.path, config["field_separator"], item.columns.index(item_field))
-        raise MalformedDataError(f"{item.path} line {second}: a second row for item {token!r} (first on line {first}) "
-                                 f"— keep one row per item; {FIX_CONVERT}")
     if not content_fields:
         return
     inter_items, item_items = inter.values[item_field], item.values[item_field]
@@ -176,21 +195,6 @@ def check_item_file(config: Config, inter: AtomicTable, item: AtomicTable, conte
         raise MalformedDataError(f"{item.path} has rows for {len(unknown):,} item(s) that {inter.path.name} never "
                                  f"mentions (e.g. {format_ids(unknown)}) — remove them (a model loading .item as its "
                                  "catalogue, load_col: {item: [item_id]}, keeps them as cold-start items); " + FIX_CONVERT)
-
-
-def duplicate_row(path: Path, separator: str, column: int) -> tuple[str, int, int]:
-    """``(item, first line, second line)`` of the first item token that has two rows in ``path``."""
-    seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as handle:
-        next(handle)
-        for number, line in enumerate(handle, start=2):
-            if not line.strip():
-                continue
-            token = line.rstrip("\r\n").split(separator)[column]
-            if token in seen:
-                return token, seen[token], number
-            seen[token] = number
-    raise AssertionError(f"{path} has no duplicate item")
 
 
 def check_expected_counts(config: Config, counts: dict[str, int]) -> bool:
@@ -236,7 +240,7 @@ def check_dataset(config: Config) -> dict[str, Any]:
         if path.is_file():
             integer = integer_items if suffix in ("inter", "item") else []
             tables[suffix] = scan_atomic_file(path, config, required_columns(config, suffix, content_fields),
-                                              collect[suffix], integer, sha)
+                                              collect[suffix], integer, row_key(config, suffix), sha)
         elif suffix == "item" and content_fields:
             raise MalformedDataError(f"{path} not found, but item_content_fields are {content_fields} — convert the "
                                      "dataset with its code files (`python -m dataset_prep.convert`) or set "
