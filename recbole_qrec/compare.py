@@ -216,6 +216,11 @@ def compare(args: argparse.Namespace, overrides: list[str]) -> None:
     if args.seeds < 1 or args.parallel < 1:
         raise ConfigError(f"--seeds {args.seeds} --parallel {args.parallel}: both must be at least 1 — e.g. "
                           "--seeds 3 --parallel 2")
+    for option, names in (("--models", args.models), ("--datasets", args.datasets)):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ConfigError(f"{option} names {', '.join(repeated)} more than once, which would run the same runs twice "
+                              f"— name each once (--seeds N runs each cell N times)")
     taken = [arg for arg in overrides if arg.lstrip("-").split("=")[0] in SET_PER_RUN]
     if taken:
         raise ConfigError(f"{taken[0]} is set by compare on each run — use --models and --datasets, and leave "
