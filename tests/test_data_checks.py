@@ -32,6 +32,7 @@ TIGER_TINY = {**FAST, "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "n
 FDSA_TINY = {**FAST, "hidden_size": 32, "inner_size": 64, "n_layers": 1}
 TOKENIZER_TINY = {"epochs": 1, "hidden_dims": [32], "batch_size": 512, "codebook_size": 16, "code_dim": 8}
 ITEM_ROW = "99999\tA_1 B_1 C_1 D_1\ta_1 b_1 c_1 d_1"
+SHORT_USER = ["99999\t0\t0", "99999\t1\t1"]  # two interactions: no validation one under leave-one-out
 
 
 def tree(root: Path) -> list[tuple[str, int, int]]:
@@ -100,6 +101,10 @@ BROKEN_FILES = {
                       r"Instruments.inter line 3: item_id is empty — every row needs its item_id"),
     "no rows": (lambda d: rewrite(inter(d), lambda lines: lines[:1] + [""]), {},
                 r"Instruments.inter has a header but no interactions — "),
+    "user with two interactions": (lambda d: rewrite(inter(d), lambda lines: lines[:-1] + [*SHORT_USER, ""]), {},
+                                   r"Instruments.inter: 1 user\(s\) have fewer than 3 interactions \(e.g. 99999\), too "
+                                   r"few for the leave-one-out split's training, validation and test interaction, so "
+                                   r"RecBole would never evaluate them — "),
     ".item row for an unknown item": (lambda d: rewrite(item(d), lambda lines: lines[:-1] + [ITEM_ROW, ""]), {},
                                       r"Instruments.item has rows for 1 item\(s\) that Instruments.inter never mentions "
                                       r"\(e.g. 99999\) — "),
@@ -148,6 +153,12 @@ def test_catalogue_items_without_interactions_are_allowed_when_the_model_loads_t
     rewrite(item(data), lambda lines: lines[:-1] + [ITEM_ROW, ""])
     fingerprint = check_dataset(subset_config(data, "QBert4Rec"))  # load_col: {item: [item_id]}: a cold-start item
     assert (fingerprint["users"], fingerprint["items"], fingerprint["interactions"]) == tuple(SUBSET.values())
+
+
+def test_short_users_are_allowed_when_recbole_filters_them(data):
+    rewrite(inter(data), lambda lines: lines[:-1] + [*SHORT_USER, ""])
+    fingerprint = check_dataset(subset_config(data, user_inter_num_interval="[3,inf)"))
+    assert fingerprint["users"] == SUBSET["users"] + 1
 
 
 def test_fingerprint_is_stable_and_follows_every_byte(data, caplog):

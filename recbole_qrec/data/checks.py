@@ -5,7 +5,8 @@ stops at the first problem with one line naming the file and line: a header colu
 the config loads but the header lacks, a row with missing or extra fields, a last line cut off (no final
 newline), a value of a ``float`` / ``float_seq`` column that is not a finite number, an item token that is not
 an integer id where feature rows are indexed by it, a second ``.item`` row for an item (``.user`` row for a
-user, ``.inter`` row for a user, item and time), and ``.item`` rows that disagree with the items of ``.inter``.
+user, ``.inter`` row for a user, item and time), a user with too few interactions for the leave-one-out split, and
+``.item`` rows that disagree with the items of ``.inter``.
 The fingerprint (sha256 of the files' names and bytes, users, items, interactions) identifies the data a result
 was computed on; the bundled dataset YAMLs carry the expected counts (``expected_counts``), and a mismatch is an
 error unless ``allow_data_mismatch`` is True.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from logging import getLogger
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from recbole_qrec.data.atomic_files import (
     atomic_file, check_item_features, data_root, ensure_atomic_files, parse_header, shown_path,
 )
+from recbole_qrec.data.cold_start import MIN_USER_INTERACTIONS
 from recbole_qrec.data.features import format_ids
 from recbole_qrec.errors import ConfigError, DataMismatchError, MalformedDataError
 
@@ -38,12 +41,13 @@ FIX_CONVERT = "re-create the file with `python -m dataset_prep.convert` or corre
 
 @dataclass
 class AtomicTable:
-    """What one pass over an atomic file keeps: its columns, row count and the values of selected columns."""
+    """What one pass over an atomic file keeps: its columns, row count and how often each value of selected columns
+    occurs."""
 
     path: Path
     columns: list[str]
     rows: int = 0
-    values: dict[str, set[str]] = field(default_factory=dict)
+    values: dict[str, Counter[str]] = field(default_factory=dict)
 
 
 def float_problem(value: str) -> str | None:
@@ -106,7 +110,7 @@ def scan_atomic_file(path: Path, config: Config, required: list[str], collect: l
     width = len(columns)
     numeric = [(index, name, kind) for index, (name, kind) in enumerate(header) if kind in NUMERIC_TYPES]
     integer = [(columns.index(name), name) for name in integer_tokens]
-    table = AtomicTable(path, columns, values={name: set() for name in collect})
+    table = AtomicTable(path, columns, values={name: Counter() for name in collect})
     collected = [(columns.index(name), table.values[name]) for name in collect]
     key_columns = [columns.index(name) for name in key] if all(name in columns for name in key) else []
     first_lines: dict[tuple[str, ...], int] = {}
@@ -128,7 +132,7 @@ def scan_atomic_file(path: Path, config: Config, required: list[str], collect: l
             if not fields[index]:
                 raise MalformedDataError(f"{path} line {number}: {columns[index]} is empty — every row needs its "
                                          f"{columns[index]}; {FIX_CONVERT}")
-            values.add(fields[index])
+            values[fields[index]] += 1
         if key_columns:
             check_unique_row(path, number, [(columns[index], fields[index]) for index in key_columns], first_lines)
         table.rows += 1
@@ -182,7 +186,7 @@ def check_item_file(config: Config, inter: AtomicTable, item: AtomicTable, conte
     item_field = config["ITEM_ID_FIELD"]
     if not content_fields:
         return
-    inter_items, item_items = inter.values[item_field], item.values[item_field]
+    inter_items, item_items = inter.values[item_field].keys(), item.values[item_field].keys()
     without_row = sorted(inter_items - item_items)
     if without_row:
         raise MalformedDataError(f"{item.path} has no row for {len(without_row):,} item(s) of {inter.path.name} "
@@ -195,6 +199,20 @@ def check_item_file(config: Config, inter: AtomicTable, item: AtomicTable, conte
         raise MalformedDataError(f"{item.path} has rows for {len(unknown):,} item(s) that {inter.path.name} never "
                                  f"mentions (e.g. {format_ids(unknown)}) — remove them (a model loading .item as its "
                                  "catalogue, load_col: {item: [item_id]}, keeps them as cold-start items); " + FIX_CONVERT)
+
+
+def check_sequence_lengths(config: Config, inter: AtomicTable) -> None:
+    """Under the time-ordered leave-one-out split (and no ``user_inter_num_interval`` filter) every user needs a
+    training, a validation and a test interaction: RecBole would train on a shorter user's and never evaluate it."""
+    if config["eval_args"]["split"] != {"LS": "valid_and_test"} or config["user_inter_num_interval"] != "[0,inf)":
+        return
+    short = sorted(user for user, count in inter.values[config["USER_ID_FIELD"]].items() if count < MIN_USER_INTERACTIONS)
+    if short:
+        raise MalformedDataError(f"{inter.path}: {len(short):,} user(s) have fewer than {MIN_USER_INTERACTIONS} "
+                                 f"interactions (e.g. {format_ids(short)}), too few for the leave-one-out split's "
+                                 "training, validation and test interaction, so RecBole would never evaluate them — "
+                                 "remove those users (e.g. keep a 5-core), or pass "
+                                 f"--user_inter_num_interval='[{MIN_USER_INTERACTIONS},inf)' to let RecBole drop them")
 
 
 def check_expected_counts(config: Config, counts: dict[str, int]) -> bool:
@@ -252,6 +270,7 @@ def check_dataset(config: Config) -> dict[str, Any]:
     counts_match = check_expected_counts(config, counts)  # first: a cut-off copy is best told by its counts
     if "item" in tables:
         check_item_file(config, inter, tables["item"], content_fields)
+    check_sequence_lengths(config, inter)
     fingerprint = {
         "sha256": sha.hexdigest(),
         **counts,
