@@ -713,6 +713,13 @@ def table_request(args: argparse.Namespace) -> TableRequest:
     if paper is not None:
         load_paper(paper)
     metrics = [metric_key(m) for m in args.metrics.split(",") if m.strip()]
+    if not metrics:
+        raise ConfigError(f"--metrics {args.metrics!r} names no metric — give comma-separated metrics, e.g. "
+                          f"--metrics {','.join(DEFAULT_METRICS)}")
+    repeated = sorted({metric for metric in metrics if metrics.count(metric) > 1})
+    if repeated:
+        raise ConfigError(f"--metrics {args.metrics} names {', '.join(repeated)} more than once (hr is hit) — name each "
+                          "metric once")
     return TableRequest(metrics, metric_key(args.metric), formats, args.out, paper, args.baseline, args.tokenizer,
                         getattr(args, "command", None), args.split, LAYOUTS[args.by])
 
