@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from recbole_qrec.errors import ConfigError, MalformedDataError, single_line
+from recbole_qrec.errors import ConfigError, MalformedDataError, repeated, single_line
 from recbole_qrec.fileio import check_output_folder
 from recbole_qrec.resources import PROPERTIES_DIR
 
@@ -716,9 +716,9 @@ def table_request(args: argparse.Namespace) -> TableRequest:
     if not metrics:
         raise ConfigError(f"--metrics {args.metrics!r} names no metric — give comma-separated metrics, e.g. "
                           f"--metrics {','.join(DEFAULT_METRICS)}")
-    repeated = sorted({metric for metric in metrics if metrics.count(metric) > 1})
-    if repeated:
-        raise ConfigError(f"--metrics {args.metrics} names {', '.join(repeated)} more than once (hr is hit) — name each "
+    twice = repeated(metrics)
+    if twice:
+        raise ConfigError(f"--metrics {args.metrics} names {', '.join(twice)} more than once (hr is hit) — name each "
                           "metric once")
     return TableRequest(metrics, metric_key(args.metric), formats, args.out, paper, args.baseline, args.tokenizer,
                         getattr(args, "command", None), args.split, LAYOUTS[args.by])
