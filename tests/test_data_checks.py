@@ -285,6 +285,15 @@ def test_the_tokenizer_refuses_bad_feature_files_and_writes_nothing(case, data, 
     assert tree(tmp_path) == before
 
 
+def test_a_feature_path_that_is_a_folder_is_named_as_one(data, tmp_path):
+    (tmp_path / "features.npy").mkdir()
+    before = tree(tmp_path)
+    with pytest.raises(DatasetNotFoundError, match=r"feature file .*features.npy is a folder, not a .npy file — create "):
+        tokenize_dataset("Instruments", [tmp_path / "features.npy"],
+                         load_tokenizer_config(REPO_ROOT / "properties" / "tokenizer.yaml", TOKENIZER_TINY), data, "cpu")
+    assert tree(tmp_path) == before
+
+
 @pytest.mark.parametrize("case", ["NaN row", "missing rows", "extra rows", "npz archive", "only zero rows"])
 def test_qbert4rec_refuses_bad_feature_files(case, data, text_features, tmp_path):
     change, error, message = BAD_FEATURES[case]

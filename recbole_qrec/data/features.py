@@ -148,7 +148,8 @@ def load_features(path: str | os.PathLike, n_items: int | None = None) -> np.nda
             f"({paths.progress}) — rerun the same `python -m dataset_prep.features {progress.kind} ...` command to finish it"
         )
     if not paths.features.is_file():
-        raise DatasetNotFoundError(f"feature file {paths.features} not found — create it with "
+        what = "is a folder, not a .npy file" if paths.features.is_dir() else "not found"
+        raise DatasetNotFoundError(f"feature file {paths.features} {what} — create it with "
                                    f"`python -m dataset_prep.features text|image|codes ... --out {paths.features}`")
     try:
         matrix = np.load(paths.features)
