@@ -233,6 +233,19 @@ def test_the_command_line_reports_an_unknown_dataset_in_one_line_and_writes_noth
     assert tree(tmp_path) == before
 
 
+def test_a_code_error_found_while_recbole_loads_the_item_file_ends_the_run_without_a_pandas_warning(data, tmp_path):
+    rewrite(item(data), lambda lines: [lines[0], lines[1].rsplit(" ", 1)[0], *lines[2:]])  # item 0: 3 text levels
+    before = tree(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "recbole_qrec", "--model=TIGER", "--dataset=Instruments",
+                           "--allow_data_mismatch=True", *(f"--{key}={value}" for key, value in TIGER_TINY.items())],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "Warning" not in done.stderr, done.stderr
+    assert done.stderr.splitlines()[-1] == ("error: dataset/Instruments/Instruments.item: items have different numbers "
+                                            "of code levels [3, 4] — every item needs the same number of levels")
+    assert tree(tmp_path) == before
+
+
 # Feature and code files
 
 @pytest.fixture
