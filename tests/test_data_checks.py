@@ -91,6 +91,15 @@ BROKEN_FILES = {
     "header lacks types": (lambda d: rewrite(inter(d), set_line(1, "user_id\titem_id\ttimestamp")), {},
                            r"Instruments.inter line 1: header 'user_id\\titem_id\\ttimestamp' does not name every "
                            r"column as name:type"),
+    "unknown column type": (lambda d: rewrite(inter(d), set_line(1, "user_id:token\titem_id:token\ttimestamp:date")), {},
+                            r"Instruments.inter line 1: column 'timestamp' has type 'date', which RecBole does not "
+                            r"read — declare it as one of token, token_seq, float, float_seq"),
+    "item id typed float": (lambda d: rewrite(inter(d), set_line(1, "user_id:token\titem_id:float\ttimestamp:float")),
+                            {}, r"Instruments.inter line 1: the header declares item_id:float, but RecBole reads "
+                                r"item_id as token — write item_id:token in the header"),
+    "timestamp typed token": (lambda d: rewrite(inter(d), set_line(1, "user_id:token\titem_id:token\ttimestamp:token")),
+                              {}, r"Instruments.inter line 1: the header declares timestamp:token, but RecBole reads "
+                                  r"timestamp as float — "),
     "not UTF-8": (lambda d: inter(d).write_bytes(inter(d).read_bytes().replace(b"\n0\t3\t", b"\n0\t\xff\t", 1)), {},
                   r"Instruments.inter line \d+: bytes that are not utf-8 text"),
     "empty": (lambda d: inter(d).write_text(""), {}, r"Instruments.inter is empty — "),

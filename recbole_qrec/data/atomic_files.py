@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from recbole.config import Config
 
 CODE_FIELD_SUFFIX = "_codes"
+COLUMN_TYPES = ("token", "token_seq", "float", "float_seq")
 
 
 def dataset_folder(config: Config) -> Path:
@@ -99,7 +100,11 @@ def parse_header(line: str, path: Path, separator: str) -> list[tuple[str, str]]
     columns = [column.split(":", 1) for column in line.split(separator)]
     if not line or any(len(column) != 2 for column in columns):
         raise MalformedDataError(f"{path} line 1: header {line!r} does not name every column as name:type — write it "
-                                 "like item_id:token<TAB>text_codes:token_seq (types: token, token_seq, float, float_seq)")
+                                 f"like item_id:token<TAB>text_codes:token_seq (types: {', '.join(COLUMN_TYPES)})")
+    for name, kind in columns:
+        if kind not in COLUMN_TYPES:
+            raise MalformedDataError(f"{path} line 1: column {name!r} has type {kind!r}, which RecBole does not read — "
+                                     f"declare it as one of {', '.join(COLUMN_TYPES)}")
     return [(name, kind) for name, kind in columns]
 
 

@@ -101,6 +101,7 @@ def scan_atomic_file(path: Path, config: Config, required: list[str], collect: l
         raise MalformedDataError(f"{path} line {len(lines)}: the file ends without a newline, so its last row may be "
                                  f"cut off (truncated copy?) — {FIX_CONVERT}, or add the final newline if the row is whole")
     header = parse_header(lines[0], path, separator)
+    check_key_types(path, header, config)
     columns = [name for name, _ in header]
     absent = [name for name in required if name not in columns]
     if absent:
@@ -137,6 +138,16 @@ def scan_atomic_file(path: Path, config: Config, required: list[str], collect: l
             check_unique_row(path, number, [(columns[index], fields[index]) for index in key_columns], first_lines)
         table.rows += 1
     return table
+
+
+def check_key_types(path: Path, header: list[tuple[str, str]], config: Config) -> None:
+    """The user and item columns must be ``token`` (RecBole maps them to ids) and the time column ``float`` (the
+    leave-one-out split orders each user's interactions by it)."""
+    wanted = {config["USER_ID_FIELD"]: "token", config["ITEM_ID_FIELD"]: "token", config["TIME_FIELD"]: "float"}
+    for name, kind in header:
+        if wanted.get(name, kind) != kind:
+            raise MalformedDataError(f"{path} line 1: the header declares {name}:{kind}, but RecBole reads {name} as "
+                                     f"{wanted[name]} — write {name}:{wanted[name]} in the header")
 
 
 def check_unique_row(path: Path, number: int, key: list[tuple[str, str]], first_lines: dict[tuple[str, ...], int]) -> None:
