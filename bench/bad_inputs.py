@@ -142,6 +142,8 @@ def cases() -> list[Case]:
              lambda work: inter_file(work).write_bytes(inter_file(work).read_bytes()[:-4])),
         Case(".inter saved with a byte-order mark", model,
              lambda work: inter_file(work).write_bytes(b"\xef\xbb\xbf" + inter_file(work).read_bytes())),
+        Case(".inter header with an unknown column type", model,
+             lambda work: edit_line(inter_file(work), 0, lambda line: line.replace("timestamp:float", "timestamp:date"))),
         Case(".inter with a repeated row", model, lambda work: edit_line(inter_file(work), -1, lambda line: line * 2)),
         Case(".inter user with two interactions", model,
              lambda work: (append_line(inter_file(work), "99999\t0\t0"), append_line(inter_file(work), "99999\t1\t1"))),
