@@ -18,6 +18,7 @@ from recbole.data import create_dataset
 from dataset_prep.convert import convert
 from recbole_qrec.config import build_config
 from recbole_qrec.data import available_datasets, check_dataset, ensure_atomic_files
+from recbole_qrec.data.atomic_files import item_tokens
 from recbole_qrec.data.features import NonFiniteFeaturesError, codes_to_features
 from recbole_qrec.data.item_features import load_item_features
 from recbole_qrec.errors import DataMismatchError, DatasetNotFoundError, MalformedDataError
@@ -275,6 +276,8 @@ BAD_FEATURES = {
     "extra rows": (lambda m: np.concatenate([m, m[:5]]), MalformedDataError,
                    r"bad.npy has 2,655 rows but the dataset's largest item id is 2,649, so 5 row\(s\) belong to items "
                    r"that do not exist — "),
+    "empty file": (lambda m: b"", MalformedDataError,
+                   r"bad.npy is not a readable .npy file \(No data left in file\) — "),
     "not a matrix": (lambda m: m[:, 0], MalformedDataError,
                      r"bad.npy has shape \(2650,\) \(float32\) — features must be a 2-D float matrix"),
     "npz archive": (lambda m: {"features": m}, MalformedDataError,
@@ -286,10 +289,13 @@ BAD_FEATURES = {
 }
 
 
-def save_matrix(path: Path, value: np.ndarray | dict[str, np.ndarray]) -> None:
-    """``value`` as a .npy file, or a dict of arrays as a .npz archive, under ``path`` whatever its suffix."""
+def save_matrix(path: Path, value: np.ndarray | dict[str, np.ndarray] | bytes) -> None:
+    """``value`` as a .npy file, a dict of arrays as a .npz archive, or bytes as they are, under ``path`` whatever its
+    suffix."""
     with open(path, "wb") as handle:
-        if isinstance(value, dict):
+        if isinstance(value, bytes):
+            handle.write(value)
+        elif isinstance(value, dict):
             np.savez(handle, **value)
         else:
             np.save(handle, value)
@@ -347,6 +353,18 @@ def test_a_new_dataset_declares_its_content_fields_from_the_item_header(my_shop)
     assert fingerprint["expected_counts_match"] is True and fingerprint["users"] == SUBSET["users"]
     features = load_item_features(config, create_dataset(config))
     assert features.modalities == ["text", "image"]
+
+
+def test_bytes_that_are_not_utf8_in_the_item_file_of_a_dataset_without_yaml_are_one_error(my_shop):
+    item_file = my_shop / "MyShop" / "MyShop.item"
+    item_file.write_bytes(item_file.read_bytes().replace(b"\n1\t", b"\n1\t\xff", 1))
+    config = build_config("QBert4Rec", "MyShop", config_dict={"data_path": str(my_shop)})
+    with pytest.raises(MalformedDataError, match=r"MyShop.item line 3: bytes that are not utf-8 text — save the file "
+                                                 r"as utf-8 \(or set encoding\)$"):
+        check_dataset(config)  # its content fields are read from the .item header first
+    with pytest.raises(MalformedDataError, match=r"MyShop.item line 3: bytes that are not utf-8 text — save the file "
+                                                 r"as utf-8$"):
+        item_tokens(my_shop, "MyShop")  # the items the tokenizer codes
 
 
 @pytest.mark.usefixtures("one_thread")

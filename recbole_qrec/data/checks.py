@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recbole_qrec.data.atomic_files import (
-    atomic_file, check_item_features, data_root, ensure_atomic_files, parse_header, shown_path,
+    atomic_file, check_item_features, data_root, decode_text, ensure_atomic_files, parse_header, shown_path,
 )
 from recbole_qrec.data.cold_start import MIN_USER_INTERACTIONS
 from recbole_qrec.data.features import format_ids
@@ -84,15 +84,7 @@ def scan_atomic_file(path: Path, config: Config, required: list[str], collect: l
     sha.update(f"{path.name}\0{len(data)}\0".encode())
     sha.update(data)
     encoding = config["encoding"] or "utf-8"  # RecBole reads with pandas' default, UTF-8, when unset
-    try:
-        text = data.decode(encoding)
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise MalformedDataError(f"{path} line {line}: bytes that are not {encoding} text — save the file as {encoding} "
-                                 "(or set encoding)") from err
-    if text.startswith("\ufeff"):
-        raise MalformedDataError(f"{path} line 1: the file starts with a byte-order mark (BOM), which RecBole reads as "
-                                 f"part of the first column's name — save it as {encoding} without BOM")
+    text = decode_text(path, data, encoding, " (or set encoding)")
     if not text.strip():
         raise MalformedDataError(f"{path} is empty — it needs a header line (e.g. user_id:token<TAB>item_id:token"
                                  f"<TAB>timestamp:float) and one row per record; {FIX_CONVERT}")

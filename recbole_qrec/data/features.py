@@ -153,8 +153,8 @@ def load_features(path: str | os.PathLike, n_items: int | None = None) -> np.nda
                                    f"`python -m dataset_prep.features text|image|codes ... --out {paths.features}`")
     try:
         matrix = np.load(paths.features)
-    except (OSError, ValueError) as err:
-        raise MalformedDataError(f"{paths.features} is not a readable .npy file ({err}) — re-create it with "
+    except (OSError, ValueError, EOFError) as err:  # EOFError: an empty file
+        raise MalformedDataError(f"{paths.features} is not a readable .npy file ({err or 'empty'}) — re-create it with "
                                  "`python -m dataset_prep.features`") from err
     if not isinstance(matrix, np.ndarray):
         matrix.close()
