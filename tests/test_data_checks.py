@@ -278,6 +278,9 @@ BAD_FEATURES = {
                    r"that do not exist — "),
     "empty file": (lambda m: b"", MalformedDataError,
                    r"bad.npy is not a readable .npy file \(No data left in file\) — "),
+    "beyond float32": (lambda m: m.astype(np.float64) * 1e300, MalformedDataError,
+                       r"bad.npy \(float64\) has values beyond the float32 range \(±3.4e38\) for 2650 item\(s\), ids 0, "
+                       r"1, .* — scale the features"),
     "not a matrix": (lambda m: m[:, 0], MalformedDataError,
                      r"bad.npy has shape \(2650,\) \(float32\) — features must be a 2-D float matrix"),
     "npz archive": (lambda m: {"features": m}, MalformedDataError,
@@ -322,7 +325,8 @@ def test_a_feature_path_that_is_a_folder_is_named_as_one(data, tmp_path):
     assert tree(tmp_path) == before
 
 
-@pytest.mark.parametrize("case", ["NaN row", "missing rows", "extra rows", "npz archive", "only zero rows"])
+@pytest.mark.parametrize("case", ["NaN row", "missing rows", "extra rows", "npz archive", "beyond float32",
+                                  "only zero rows"])
 def test_qbert4rec_refuses_bad_feature_files(case, data, text_features, tmp_path):
     change, error, message = BAD_FEATURES[case]
     save_matrix(tmp_path / "bad.npy", change(text_features))

@@ -169,7 +169,14 @@ def load_features(path: str | os.PathLike, n_items: int | None = None) -> np.nda
     if n_items is not None:
         check_row_count(matrix, str(paths.features), n_items)
     check_finite(matrix, str(paths.features))
-    return matrix.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # told below, by item
+        single = matrix.astype(np.float32, copy=False)
+    overflow = non_finite_ids(single)
+    if overflow:
+        raise MalformedDataError(f"{paths.features} ({matrix.dtype}) has values beyond the float32 range (±3.4e38) for "
+                                 f"{len(overflow)} item(s), ids {format_ids(overflow)} — scale the features (e.g. "
+                                 "normalise each row) before saving them")
+    return single
 
 
 def save_features(out: str | os.PathLike, kind: str, settings: dict[str, Any], rows: EncodedRows) -> FeatureProgress:
