@@ -28,6 +28,7 @@ from typing import Any
 from dataset_prep.locate import find_processed_dataset
 from dataset_prep.stats import format_stats, sequence_stats
 from recbole_qrec.data.features import record_content_sources
+from recbole_qrec.data.sid import parse_code_tokens
 from recbole_qrec.errors import DEBUG_EPILOG, MalformedDataError, user_errors
 from recbole_qrec.fileio import atomic_open, check_output_folder
 
@@ -72,6 +73,17 @@ def code_token(token: Any, path: Path, item: str, level: int) -> str:
     return match.group(1)
 
 
+def item_code_tokens(codes: list[Any], path: Path, item: str) -> list[str]:
+    """An item's code tokens without brackets, checking each one's form and their level order (a, b, c, ...)."""
+    tokens = [code_token(token, path, item, level) for level, token in enumerate(codes)]
+    try:
+        parse_code_tokens(" ".join(tokens))
+    except ValueError as err:
+        raise MalformedDataError(f"{path}: item {item!r}: {err} — list each item's level tokens in order, e.g. "
+                                 "[\"<a_12>\", \"<b_7>\"]") from err
+    return tokens
+
+
 def load_code_files(folder: Path, name: str) -> dict[str, dict[str, list[str]]]:
     """Read every known ``<name>.index*.json`` as ``field -> {item: [token, ...]}``."""
     fields: dict[str, dict[str, list[str]]] = {}
@@ -86,8 +98,7 @@ def load_code_files(folder: Path, name: str) -> dict[str, dict[str, list[str]]]:
         if not isinstance(raw, dict) or not all(isinstance(v, list) for v in raw.values()):
             raise MalformedDataError(f"{path} is not a JSON object of code lists — write it as "
                                      "{\"item_id\": [\"<a_1>\", ...]}")
-        fields[field] = {item: [code_token(token, path, item, level) for level, token in enumerate(codes)]
-                         for item, codes in raw.items()}
+        fields[field] = {item: item_code_tokens(codes, path, item) for item, codes in raw.items()}
     return fields
 
 

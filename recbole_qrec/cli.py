@@ -190,6 +190,10 @@ def run_command(argv: Sequence[str], prog: str) -> None:
     parser = build_parser(prog)
     args, overrides = parser.parse_known_args([FLAG_OVERRIDES.get(arg, arg) for arg in argv])
     config_files = [name for group in args.config_files for name in group.split()]
+    for option, value, default in (("--model", args.model, DEFAULT_MODEL), ("--dataset", args.dataset, DEFAULT_DATASET)):
+        if value is not None and not value.strip():
+            raise ConfigError(f"{option} is empty — give a name, e.g. {option}={default}, or leave {option} out for "
+                              f"{default}")
     model = args.model or DEFAULT_MODEL
     if args.help:
         config = build_config(model, args.dataset, config_files, cmd_args=overrides)

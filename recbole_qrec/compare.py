@@ -31,7 +31,7 @@ from recbole_qrec import table
 from recbole_qrec.child_runs import child_environment, last_error
 from recbole_qrec.config import build_config
 from recbole_qrec.data import check_dataset
-from recbole_qrec.errors import ConfigError, QRecError, single_line
+from recbole_qrec.errors import ConfigError, QRecError, repeated, single_line
 from recbole_qrec.results import config_hash, git_state
 
 DESCRIPTION = ("Train every model on every dataset with --seeds seeds (each run the entry point in its own process, "
@@ -216,6 +216,11 @@ def compare(args: argparse.Namespace, overrides: list[str]) -> None:
     if args.seeds < 1 or args.parallel < 1:
         raise ConfigError(f"--seeds {args.seeds} --parallel {args.parallel}: both must be at least 1 — e.g. "
                           "--seeds 3 --parallel 2")
+    for option, names in (("--models", args.models), ("--datasets", args.datasets)):
+        twice = repeated(names)
+        if twice:
+            raise ConfigError(f"{option} names {', '.join(twice)} more than once, which would run the same runs twice "
+                              f"— name each once (--seeds N runs each cell N times)")
     taken = [arg for arg in overrides if arg.lstrip("-").split("=")[0] in SET_PER_RUN]
     if taken:
         raise ConfigError(f"{taken[0]} is set by compare on each run — use --models and --datasets, and leave "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 
 DEBUG_ENV = "QREC_DEBUG"
@@ -56,6 +56,11 @@ class MissingDependencyError(QRecError, ImportError):
 def debug_requested(argv: list[str] | tuple[str, ...] = ()) -> bool:
     """``--debug`` among ``argv`` or ``QREC_DEBUG`` set (to anything but 0)."""
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def repeated(values: Sequence[Hashable]) -> list[str]:
+    """The values that ``values`` holds more than once, as sorted text (for a message that refuses them)."""
+    return sorted({str(value) for value in values if values.count(value) > 1})
 
 
 def single_line(error: BaseException) -> str:

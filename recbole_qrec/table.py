@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from recbole_qrec.errors import ConfigError, MalformedDataError, single_line
+from recbole_qrec.errors import ConfigError, MalformedDataError, repeated, single_line
 from recbole_qrec.fileio import check_output_folder
 from recbole_qrec.resources import PROPERTIES_DIR
 
@@ -713,6 +713,13 @@ def table_request(args: argparse.Namespace) -> TableRequest:
     if paper is not None:
         load_paper(paper)
     metrics = [metric_key(m) for m in args.metrics.split(",") if m.strip()]
+    if not metrics:
+        raise ConfigError(f"--metrics {args.metrics!r} names no metric — give comma-separated metrics, e.g. "
+                          f"--metrics {','.join(DEFAULT_METRICS)}")
+    twice = repeated(metrics)
+    if twice:
+        raise ConfigError(f"--metrics {args.metrics} names {', '.join(twice)} more than once (hr is hit) — name each "
+                          "metric once")
     return TableRequest(metrics, metric_key(args.metric), formats, args.out, paper, args.baseline, args.tokenizer,
                         getattr(args, "command", None), args.split, LAYOUTS[args.by])
 

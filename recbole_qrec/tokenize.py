@@ -72,7 +72,7 @@ from recbole_qrec.data.features import (EncodedRows, FeaturePaths, feature_sourc
 from recbole_qrec.data.item_features import item_rows
 from recbole_qrec.data.sid import (level_tokens, sid_embeddings_path, sid_metadata_path, sid_path,
                                    write_per_modality_embeddings, write_sid_file)
-from recbole_qrec.errors import DEBUG_EPILOG, ConfigError, MalformedDataError, single_line, user_errors
+from recbole_qrec.errors import DEBUG_EPILOG, ConfigError, MalformedDataError, repeated, single_line, user_errors
 from recbole_qrec.fileio import atomic_open, exclusive_lock, write_json_atomic
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.quantization import TokenizerConfig, TokenizerResult, fit_tokenizer
@@ -195,6 +195,10 @@ def write_item_codes(item_file: Path, field: str, items: Sequence[str], codes: S
 def check_item_fields(fields: Sequence[str], config: TokenizerConfig, modalities: int) -> None:
     """Content-code field names must end in ``_codes`` (how datasets without a YAML declare their content); more than
     one needs per-modality quantizers and one field per modality."""
+    twice = repeated(fields)
+    if twice:
+        raise ConfigError(f"item_field names {', '.join(twice)} more than once — give each content-code field "
+                          "once, one per feature file")
     for field in fields:
         if not field.endswith(CODE_FIELD_SUFFIX):
             raise ConfigError(f"item_field {field!r} does not end in {CODE_FIELD_SUFFIX} — name the content-code field "
@@ -224,6 +228,9 @@ def tokenize_dataset(
     ``item_fields``, those content-code fields of ``<dataset>.item`` (one, or one per modality) and their
     ``<dataset>.content.json`` entries."""
     check_item_fields(item_fields, config, len(feature_files))
+    twice = repeated([Path(path).resolve() for path in feature_files])
+    if twice:
+        raise ConfigError(f"--features names {', '.join(twice)} more than once — give each modality's feature file once")
     items = integer_item_ids(data_path, dataset)
     features = [load_features(path, n_items=items[-1] + 1)[items] for path in feature_files]
     result = fit_tokenizer(features, config, device)

@@ -93,6 +93,9 @@ def working_folder(folder: Path) -> Iterator[None]:
     [
         (["--model=tiger"], "Unknown model 'tiger' — did you mean 'TIGER'?"),
         (["--model=NoSuchModel"], "Unknown model 'NoSuchModel'"),
+        (["--model="], "--model is empty — give a name, e.g. --model=SASRec, or leave --model out for SASRec"),
+        (["--dataset= "], "--dataset is empty — give a name, e.g. --dataset=Instruments, or leave --dataset out for "
+                          "Instruments"),
         (["--learing_rate=0.1"], "Unknown config key 'learing_rate': no RecBole or recbole-qrec component reads it — "
                                  "did you mean 'learning_rate'?"),
         (["--epochs=abc"], "epochs must be an integer >= 1, got 'abc' — e.g. --epochs=300 (the default)"),

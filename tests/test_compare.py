@@ -132,6 +132,9 @@ def test_seeds_follow_the_configured_seed(work: Path) -> None:
     (["--models", "SASRec", "--datasets", "Instruments", "--model=GRU4Rec"], "--model=GRU4Rec is set by compare"),
     (["--models", "SASRec", "--datasets", "Instruments", "--seeds", "0"], "both must be at least 1"),
     (["--models", "SASRec", "--datasets", "Instruments", "--format", "png"], "add --out PREFIX"),
+    (["--models", "SASRec", "GRU4Rec", "SASRec", "--datasets", "Instruments"],
+     "--models names SASRec more than once, which would run the same runs twice — name each once"),
+    (["--models", "SASRec", "--datasets", "Instruments", "Instruments"], "--datasets names Instruments more than once"),
     (["--datasets", "Instruments"], "the following arguments are required: --models"),
     (["--models", "SASRec", "--datasets", "Instruments", "--out", __file__ + "/table"], "is a file, not a folder"),
 ])

@@ -18,6 +18,7 @@ from recbole.data import create_dataset
 from dataset_prep.convert import convert
 from recbole_qrec.config import build_config
 from recbole_qrec.data import available_datasets, check_dataset, ensure_atomic_files
+from recbole_qrec.data.atomic_files import item_tokens
 from recbole_qrec.data.features import NonFiniteFeaturesError, codes_to_features
 from recbole_qrec.data.item_features import load_item_features
 from recbole_qrec.errors import DataMismatchError, DatasetNotFoundError, MalformedDataError
@@ -32,6 +33,7 @@ TIGER_TINY = {**FAST, "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "n
 FDSA_TINY = {**FAST, "hidden_size": 32, "inner_size": 64, "n_layers": 1}
 TOKENIZER_TINY = {"epochs": 1, "hidden_dims": [32], "batch_size": 512, "codebook_size": 16, "code_dim": 8}
 ITEM_ROW = "99999\tA_1 B_1 C_1 D_1\ta_1 b_1 c_1 d_1"
+SHORT_USER = ["99999\t0\t0", "99999\t1\t1"]  # two interactions: no validation one under leave-one-out
 
 
 def tree(root: Path) -> list[tuple[str, int, int]]:
@@ -90,21 +92,41 @@ BROKEN_FILES = {
     "header lacks types": (lambda d: rewrite(inter(d), set_line(1, "user_id\titem_id\ttimestamp")), {},
                            r"Instruments.inter line 1: header 'user_id\\titem_id\\ttimestamp' does not name every "
                            r"column as name:type"),
+    "unknown column type": (lambda d: rewrite(inter(d), set_line(1, "user_id:token\titem_id:token\ttimestamp:date")), {},
+                            r"Instruments.inter line 1: column 'timestamp' has type 'date', which RecBole does not "
+                            r"read — declare it as one of token, token_seq, float, float_seq"),
+    "item id typed float": (lambda d: rewrite(inter(d), set_line(1, "user_id:token\titem_id:float\ttimestamp:float")),
+                            {}, r"Instruments.inter line 1: the header declares item_id:float, but RecBole reads "
+                                r"item_id as token — write item_id:token in the header"),
+    "timestamp typed token": (lambda d: rewrite(inter(d), set_line(1, "user_id:token\titem_id:token\ttimestamp:token")),
+                              {}, r"Instruments.inter line 1: the header declares timestamp:token, but RecBole reads "
+                                  r"timestamp as float — "),
     "not UTF-8": (lambda d: inter(d).write_bytes(inter(d).read_bytes().replace(b"\n0\t3\t", b"\n0\t\xff\t", 1)), {},
                   r"Instruments.inter line \d+: bytes that are not utf-8 text"),
     "empty": (lambda d: inter(d).write_text(""), {}, r"Instruments.inter is empty — "),
+    "byte-order mark": (lambda d: inter(d).write_bytes(b"\xef\xbb\xbf" + inter(d).read_bytes()), {},
+                        r"Instruments.inter line 1: the file starts with a byte-order mark \(BOM\), which RecBole reads "
+                        r"as part of the first column's name — save it as utf-8 without BOM"),
     "empty item id": (lambda d: rewrite(inter(d), set_line(3, "0\t\t1")), {},
                       r"Instruments.inter line 3: item_id is empty — every row needs its item_id"),
     "no rows": (lambda d: rewrite(inter(d), lambda lines: lines[:1] + [""]), {},
                 r"Instruments.inter has a header but no interactions — "),
+    "user with two interactions": (lambda d: rewrite(inter(d), lambda lines: lines[:-1] + [*SHORT_USER, ""]), {},
+                                   r"Instruments.inter: 1 user\(s\) have fewer than 3 interactions \(e.g. 99999\), too "
+                                   r"few for the leave-one-out split's training, validation and test interaction, so "
+                                   r"RecBole would never evaluate them — "),
     ".item row for an unknown item": (lambda d: rewrite(item(d), lambda lines: lines[:-1] + [ITEM_ROW, ""]), {},
                                       r"Instruments.item has rows for 1 item\(s\) that Instruments.inter never mentions "
                                       r"\(e.g. 99999\) — "),
     ".inter item without a .item row": (lambda d: rewrite(item(d), lambda lines: lines[:1] + lines[2:]), {},
                                         r"Instruments.item has no row for 1 item\(s\) of Instruments.inter \(e.g. 0\)"),
     "duplicate .item row": (lambda d: rewrite(item(d), lambda lines: lines[:-1] + [lines[1], ""]), {},
-                            rf"Instruments.item line {SUBSET['items'] + 2}: a second row for item '0' \(first on line "
-                            r"2\) — keep one row per item"),
+                            rf"Instruments.item line {SUBSET['items'] + 2}: a second row for item_id '0' \(first on "
+                            r"line 2\) — keep one row per item_id; "),
+    "repeated interaction": (lambda d: rewrite(inter(d), lambda lines: lines[:-1] + [lines[4], ""]), {},
+                             rf"Instruments.inter line {SUBSET['interactions'] + 2}: a second row for user_id '0', "
+                             r"item_id '3', timestamp '3' \(first on line 5\) — keep one row per user_id, item_id, "
+                             r"timestamp; "),
     ".item lacks a declared content field": (
         lambda d: rewrite(item(d), lambda lines: [line.split("\t", 2)[0] + "\t" + line.split("\t", 2)[-1]
                                                   if line else line for line in lines]),
@@ -141,6 +163,12 @@ def test_catalogue_items_without_interactions_are_allowed_when_the_model_loads_t
     rewrite(item(data), lambda lines: lines[:-1] + [ITEM_ROW, ""])
     fingerprint = check_dataset(subset_config(data, "QBert4Rec"))  # load_col: {item: [item_id]}: a cold-start item
     assert (fingerprint["users"], fingerprint["items"], fingerprint["interactions"]) == tuple(SUBSET.values())
+
+
+def test_short_users_are_allowed_when_recbole_filters_them(data):
+    rewrite(inter(data), lambda lines: lines[:-1] + [*SHORT_USER, ""])
+    fingerprint = check_dataset(subset_config(data, user_inter_num_interval="[3,inf)"))
+    assert fingerprint["users"] == SUBSET["users"] + 1
 
 
 def test_fingerprint_is_stable_and_follows_every_byte(data, caplog):
@@ -215,6 +243,19 @@ def test_the_command_line_reports_an_unknown_dataset_in_one_line_and_writes_noth
     assert tree(tmp_path) == before
 
 
+def test_a_code_error_found_while_recbole_loads_the_item_file_ends_the_run_without_a_pandas_warning(data, tmp_path):
+    rewrite(item(data), lambda lines: [lines[0], lines[1].rsplit(" ", 1)[0], *lines[2:]])  # item 0: 3 text levels
+    before = tree(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "recbole_qrec", "--model=TIGER", "--dataset=Instruments",
+                           "--allow_data_mismatch=True", *(f"--{key}={value}" for key, value in TIGER_TINY.items())],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "Warning" not in done.stderr, done.stderr
+    assert done.stderr.splitlines()[-1] == ("error: dataset/Instruments/Instruments.item: items have different numbers "
+                                            "of code levels [3, 4] — every item needs the same number of levels")
+    assert tree(tmp_path) == before
+
+
 # Feature and code files
 
 @pytest.fixture
@@ -235,18 +276,38 @@ BAD_FEATURES = {
     "extra rows": (lambda m: np.concatenate([m, m[:5]]), MalformedDataError,
                    r"bad.npy has 2,655 rows but the dataset's largest item id is 2,649, so 5 row\(s\) belong to items "
                    r"that do not exist — "),
+    "empty file": (lambda m: b"", MalformedDataError,
+                   r"bad.npy is not a readable .npy file \(No data left in file\) — "),
+    "beyond float32": (lambda m: m.astype(np.float64) * 1e300, MalformedDataError,
+                       r"bad.npy \(float64\) has values beyond the float32 range \(±3.4e38\) for 2650 item\(s\), ids 0, "
+                       r"1, .* — scale the features"),
     "not a matrix": (lambda m: m[:, 0], MalformedDataError,
                      r"bad.npy has shape \(2650,\) \(float32\) — features must be a 2-D float matrix"),
+    "npz archive": (lambda m: {"features": m}, MalformedDataError,
+                    r"bad.npy is a .npz archive of arrays \['features'\], not one .npy matrix — save the feature matrix "
+                    r"alone with numpy.save"),
     "only zero rows": (np.zeros_like, MalformedDataError,
                        r"text_feature_file .*bad.npy holds only zero rows for the 2,650 items of Instruments, and a zero "
                        r"row means 'no text for this item' — "),
 }
 
 
+def save_matrix(path: Path, value: np.ndarray | dict[str, np.ndarray] | bytes) -> None:
+    """``value`` as a .npy file, a dict of arrays as a .npz archive, or bytes as they are, under ``path`` whatever its
+    suffix."""
+    with open(path, "wb") as handle:
+        if isinstance(value, bytes):
+            handle.write(value)
+        elif isinstance(value, dict):
+            np.savez(handle, **value)
+        else:
+            np.save(handle, value)
+
+
 @pytest.mark.parametrize("case", [case for case in BAD_FEATURES if case != "only zero rows"])
 def test_the_tokenizer_refuses_bad_feature_files_and_writes_nothing(case, data, text_features, tmp_path):
     change, error, message = BAD_FEATURES[case]
-    np.save(tmp_path / "bad.npy", change(text_features))
+    save_matrix(tmp_path / "bad.npy", change(text_features))
     np.save(tmp_path / "good.npy", text_features)
     before = tree(tmp_path)
     with pytest.raises(error, match=message):
@@ -255,10 +316,20 @@ def test_the_tokenizer_refuses_bad_feature_files_and_writes_nothing(case, data, 
     assert tree(tmp_path) == before
 
 
-@pytest.mark.parametrize("case", ["NaN row", "missing rows", "extra rows", "only zero rows"])
+def test_a_feature_path_that_is_a_folder_is_named_as_one(data, tmp_path):
+    (tmp_path / "features.npy").mkdir()
+    before = tree(tmp_path)
+    with pytest.raises(DatasetNotFoundError, match=r"feature file .*features.npy is a folder, not a .npy file — create "):
+        tokenize_dataset("Instruments", [tmp_path / "features.npy"],
+                         load_tokenizer_config(REPO_ROOT / "properties" / "tokenizer.yaml", TOKENIZER_TINY), data, "cpu")
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("case", ["NaN row", "missing rows", "extra rows", "npz archive", "beyond float32",
+                                  "only zero rows"])
 def test_qbert4rec_refuses_bad_feature_files(case, data, text_features, tmp_path):
     change, error, message = BAD_FEATURES[case]
-    np.save(tmp_path / "bad.npy", change(text_features))
+    save_matrix(tmp_path / "bad.npy", change(text_features))
     config = subset_config(data, "QBert4Rec", text_feature_file=str(tmp_path / "bad.npy"))
     with pytest.raises(error, match=message):
         load_item_features(config, create_dataset(config))
@@ -286,6 +357,18 @@ def test_a_new_dataset_declares_its_content_fields_from_the_item_header(my_shop)
     assert fingerprint["expected_counts_match"] is True and fingerprint["users"] == SUBSET["users"]
     features = load_item_features(config, create_dataset(config))
     assert features.modalities == ["text", "image"]
+
+
+def test_bytes_that_are_not_utf8_in_the_item_file_of_a_dataset_without_yaml_are_one_error(my_shop):
+    item_file = my_shop / "MyShop" / "MyShop.item"
+    item_file.write_bytes(item_file.read_bytes().replace(b"\n1\t", b"\n1\t\xff", 1))
+    config = build_config("QBert4Rec", "MyShop", config_dict={"data_path": str(my_shop)})
+    with pytest.raises(MalformedDataError, match=r"MyShop.item line 3: bytes that are not utf-8 text — save the file "
+                                                 r"as utf-8 \(or set encoding\)$"):
+        check_dataset(config)  # its content fields are read from the .item header first
+    with pytest.raises(MalformedDataError, match=r"MyShop.item line 3: bytes that are not utf-8 text — save the file "
+                                                 r"as utf-8$"):
+        item_tokens(my_shop, "MyShop")  # the items the tokenizer codes
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -44,6 +44,7 @@ def test_rows_follow_recbole_internal_ids(subset_dataset, amazon_dir):
                r"level — a typo\?"),
         (["0\ta_1 b_2", "0\ta_1 b_3"], r"partial.sid line 3: a second row for item '0' — keep one row per item"),
         (["0\ta_1\tb_2"], r"partial.sid line 2: 3 fields, the header has 2 — "),
+        (["0\ta_1 b_\udcff2"], r"partial.sid line 2: bytes that are not utf-8 text — save the file as utf-8$"),
     ],
 )
 def test_a_bad_code_file_is_a_clear_error(subset_dataset, tmp_path, rows, fragment):
@@ -54,7 +55,8 @@ def test_a_bad_code_file_is_a_clear_error(subset_dataset, tmp_path, rows, fragme
     elif rows is None:  # every item of the dataset, and one it does not have
         rows = [f"{token}\ta_1 b_{index}" for index, token in enumerate(tokens)] + ["99999\ta_1 b_0"]
     partial = tmp_path / "partial.sid"
-    partial.write_text("item_id:token\tsid:token_seq\n" + "\n".join(rows) + "\n")
+    text = "item_id:token\tsid:token_seq\n" + "\n".join(rows) + "\n"
+    partial.write_bytes(text.encode("utf-8", "surrogateescape"))  # \udcff: the byte 0xff
     with pytest.raises(MalformedDataError, match=fragment):
         load_code_table(dataset, partial, "sid", pad_code=256)
 

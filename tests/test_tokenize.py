@@ -87,6 +87,26 @@ def test_bad_settings_are_clear_errors(workspace, capsys, monkeypatch):
 
 
 
+@pytest.mark.parametrize(("given", "message"), [
+    (["--features", "FEATURES", "FEATURES"], "--features names .*text.npy more than once — give each modality's "
+                                             "feature file once$"),
+    (["--features", "FEATURES", "FEATURES", "--item_field", "text_codes", "text_codes"],
+     "item_field names text_codes more than once — give each content-code field once, one per feature file$"),
+])
+def test_a_feature_file_or_item_field_named_twice_is_one_error_line(workspace, capsys, monkeypatch, given, message):
+    root, features = workspace
+    monkeypatch.delenv("QREC_DEBUG", raising=False)
+    before = sorted((path, path.stat().st_mtime_ns) for path in root.rglob("*"))
+    with pytest.raises(SystemExit) as exited:
+        tokenize_main(["--dataset", "Instruments", "--data_path", str(root / "dataset"), "--device", "cpu",
+                       *[str(features) if arg == "FEATURES" else arg for arg in given],
+                       "--set", *TINY, "quantizers=per_modality", "collision_strategy=append_level"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.match(f"^error: {message}", err.strip()), err
+    assert sorted((path, path.stat().st_mtime_ns) for path in root.rglob("*")) == before
+
+
 @pytest.mark.parametrize(("config_text", "settings", "fragment"), [
     (None, [], r"Config file '.*missing.yaml' does not exist — check the path given to --config$"),
     ("levels: [4\n", [], r"Config file '.*tokenizer.yaml' is not valid YAML at line 2"),

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from recbole.config import Config
 
 CODE_FIELD_SUFFIX = "_codes"
+COLUMN_TYPES = ("token", "token_seq", "float", "float_seq")
 
 
 def dataset_folder(config: Config) -> Path:
@@ -75,21 +76,35 @@ def item_tokens(data_path: str | Path, dataset: str, separator: str = "\t") -> l
     return sorted(tokens)
 
 
+def decode_text(path: Path, data: bytes, encoding: str = "utf-8", fix: str = "") -> str:
+    """``data``, the bytes (or the first bytes) of ``path``, as text; :class:`MalformedDataError` naming the line of
+    the first byte that is not ``encoding`` text or a byte-order mark, which RecBole reads as part of the first column's
+    name. ``fix`` follows the way out of a wrong encoding."""
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise MalformedDataError(f"{path} line {line}: bytes that are not {encoding} text — save the file as "
+                                 f"{encoding}{fix}") from err
+    if text.startswith("\ufeff"):
+        raise MalformedDataError(f"{path} line 1: the file starts with a byte-order mark (BOM), which RecBole reads as "
+                                 f"part of the first column's name — save it as {encoding} without BOM")
+    return text
+
+
 def column_values(path: Path, name: str, separator: str) -> set[str]:
     """The distinct values of column ``name`` of an atomic file."""
     columns = [column for column, _ in read_header(path, separator)]
     if name not in columns:
         raise MalformedDataError(f"{path} line 1: the header has columns {columns}, no {name} — add the column")
     index, values = columns.index(name), set()
-    with open(path, encoding="utf-8") as handle:
-        next(handle)
-        for number, line in enumerate(handle, start=2):
-            fields = line.rstrip("\r\n").split(separator)
-            if len(fields) != len(columns) and line.strip():
-                raise MalformedDataError(f"{path} line {number}: {len(fields)} fields, but the header has {len(columns)} "
-                                         "— every row needs one value per column")
-            if line.strip():
-                values.add(fields[index])
+    for number, line in enumerate(decode_text(path, path.read_bytes()).split("\n")[1:], start=2):
+        fields = line.rstrip("\r").split(separator)
+        if len(fields) != len(columns) and line.strip():
+            raise MalformedDataError(f"{path} line {number}: {len(fields)} fields, but the header has {len(columns)} "
+                                     "— every row needs one value per column")
+        if line.strip():
+            values.add(fields[index])
     return values
 
 
@@ -99,14 +114,18 @@ def parse_header(line: str, path: Path, separator: str) -> list[tuple[str, str]]
     columns = [column.split(":", 1) for column in line.split(separator)]
     if not line or any(len(column) != 2 for column in columns):
         raise MalformedDataError(f"{path} line 1: header {line!r} does not name every column as name:type — write it "
-                                 "like item_id:token<TAB>text_codes:token_seq (types: token, token_seq, float, float_seq)")
+                                 f"like item_id:token<TAB>text_codes:token_seq (types: {', '.join(COLUMN_TYPES)})")
+    for name, kind in columns:
+        if kind not in COLUMN_TYPES:
+            raise MalformedDataError(f"{path} line 1: column {name!r} has type {kind!r}, which RecBole does not read — "
+                                     f"declare it as one of {', '.join(COLUMN_TYPES)}")
     return [(name, kind) for name, kind in columns]
 
 
 def read_header(path: Path, separator: str) -> list[tuple[str, str]]:
     """The parsed header line of the atomic file ``path``."""
-    with open(path, encoding="utf-8") as handle:
-        return parse_header(handle.readline(), path, separator)
+    with open(path, "rb") as handle:
+        return parse_header(decode_text(path, handle.readline()), path, separator)
 
 
 def detect_item_content_fields(item_file: Path, separator: str) -> list[str]:

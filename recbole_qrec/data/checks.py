@@ -4,24 +4,28 @@
 stops at the first problem with one line naming the file and line: a header column without a type, a column
 the config loads but the header lacks, a row with missing or extra fields, a last line cut off (no final
 newline), a value of a ``float`` / ``float_seq`` column that is not a finite number, an item token that is not
-an integer id where feature rows are indexed by it, a duplicate ``.item`` row, and ``.item`` rows that
-disagree with the items of ``.inter``. The fingerprint (sha256 of the files' names and bytes, users, items,
-interactions) identifies the data a result was computed on; the bundled dataset YAMLs carry the expected
-counts (``expected_counts``), and a mismatch is an error unless ``allow_data_mismatch`` is True.
+an integer id where feature rows are indexed by it, a second ``.item`` row for an item (``.user`` row for a
+user, ``.inter`` row for a user, item and time), a user with too few interactions for the leave-one-out split, and
+``.item`` rows that disagree with the items of ``.inter``.
+The fingerprint (sha256 of the files' names and bytes, users, items, interactions) identifies the data a result
+was computed on; the bundled dataset YAMLs carry the expected counts (``expected_counts``), and a mismatch is an
+error unless ``allow_data_mismatch`` is True.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from logging import getLogger
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recbole_qrec.data.atomic_files import (
-    atomic_file, check_item_features, data_root, ensure_atomic_files, parse_header, shown_path,
+    atomic_file, check_item_features, data_root, decode_text, ensure_atomic_files, parse_header, shown_path,
 )
+from recbole_qrec.data.cold_start import MIN_USER_INTERACTIONS
 from recbole_qrec.data.features import format_ids
 from recbole_qrec.errors import ConfigError, DataMismatchError, MalformedDataError
 
@@ -37,12 +41,13 @@ FIX_CONVERT = "re-create the file with `python -m dataset_prep.convert` or corre
 
 @dataclass
 class AtomicTable:
-    """What one pass over an atomic file keeps: its columns, row count and the values of selected columns."""
+    """What one pass over an atomic file keeps: its columns, row count and how often each value of selected columns
+    occurs."""
 
     path: Path
     columns: list[str]
     rows: int = 0
-    values: dict[str, set[str]] = field(default_factory=dict)
+    values: dict[str, Counter[str]] = field(default_factory=dict)
 
 
 def float_problem(value: str) -> str | None:
@@ -71,19 +76,15 @@ def check_integer_tokens(path: Path, number: int, name: str, value: str) -> None
 
 
 def scan_atomic_file(path: Path, config: Config, required: list[str], collect: list[str], integer_tokens: list[str],
-                     sha: Any) -> AtomicTable:
-    """Validate ``path`` in one pass, feed its name and bytes to ``sha`` and collect the values of ``collect``."""
+                     key: list[str], sha: Any) -> AtomicTable:
+    """Validate ``path`` in one pass, feed its name and bytes to ``sha`` and collect the values of ``collect``; no two
+    rows may have the same values of the ``key`` columns (when the header has them all)."""
     separator, seq_separator = config["field_separator"], config["seq_separator"]
     data = path.read_bytes()
     sha.update(f"{path.name}\0{len(data)}\0".encode())
     sha.update(data)
     encoding = config["encoding"] or "utf-8"  # RecBole reads with pandas' default, UTF-8, when unset
-    try:
-        text = data.decode(encoding)
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise MalformedDataError(f"{path} line {line}: bytes that are not {encoding} text — save the file as {encoding} "
-                                 "(or set encoding)") from err
+    text = decode_text(path, data, encoding, " (or set encoding)")
     if not text.strip():
         raise MalformedDataError(f"{path} is empty — it needs a header line (e.g. user_id:token<TAB>item_id:token"
                                  f"<TAB>timestamp:float) and one row per record; {FIX_CONVERT}")
@@ -92,6 +93,7 @@ def scan_atomic_file(path: Path, config: Config, required: list[str], collect: l
         raise MalformedDataError(f"{path} line {len(lines)}: the file ends without a newline, so its last row may be "
                                  f"cut off (truncated copy?) — {FIX_CONVERT}, or add the final newline if the row is whole")
     header = parse_header(lines[0], path, separator)
+    check_key_types(path, header, config)
     columns = [name for name, _ in header]
     absent = [name for name in required if name not in columns]
     if absent:
@@ -101,8 +103,10 @@ def scan_atomic_file(path: Path, config: Config, required: list[str], collect: l
     width = len(columns)
     numeric = [(index, name, kind) for index, (name, kind) in enumerate(header) if kind in NUMERIC_TYPES]
     integer = [(columns.index(name), name) for name in integer_tokens]
-    table = AtomicTable(path, columns, values={name: set() for name in collect})
+    table = AtomicTable(path, columns, values={name: Counter() for name in collect})
     collected = [(columns.index(name), table.values[name]) for name in collect]
+    key_columns = [columns.index(name) for name in key] if all(name in columns for name in key) else []
+    first_lines: dict[tuple[str, ...], int] = {}
     for number, line in enumerate(lines[1:-1], start=2):
         if not line.strip():
             continue
@@ -121,9 +125,38 @@ def scan_atomic_file(path: Path, config: Config, required: list[str], collect: l
             if not fields[index]:
                 raise MalformedDataError(f"{path} line {number}: {columns[index]} is empty — every row needs its "
                                          f"{columns[index]}; {FIX_CONVERT}")
-            values.add(fields[index])
+            values[fields[index]] += 1
+        if key_columns:
+            check_unique_row(path, number, [(columns[index], fields[index]) for index in key_columns], first_lines)
         table.rows += 1
     return table
+
+
+def check_key_types(path: Path, header: list[tuple[str, str]], config: Config) -> None:
+    """The user and item columns must be ``token`` (RecBole maps them to ids) and the time column ``float`` (the
+    leave-one-out split orders each user's interactions by it)."""
+    wanted = {config["USER_ID_FIELD"]: "token", config["ITEM_ID_FIELD"]: "token", config["TIME_FIELD"]: "float"}
+    for name, kind in header:
+        if wanted.get(name, kind) != kind:
+            raise MalformedDataError(f"{path} line 1: the header declares {name}:{kind}, but RecBole reads {name} as "
+                                     f"{wanted[name]} — write {name}:{wanted[name]} in the header")
+
+
+def check_unique_row(path: Path, number: int, key: list[tuple[str, str]], first_lines: dict[tuple[str, ...], int]) -> None:
+    """Record line ``number``'s ``key`` (column, value pairs) in ``first_lines``; a key seen before is an error."""
+    first = first_lines.setdefault(tuple(value for _, value in key), number)
+    if first != number:
+        shown = ", ".join(f"{name} {value!r}" for name, value in key)
+        raise MalformedDataError(f"{path} line {number}: a second row for {shown} (first on line {first}) — keep one "
+                                 f"row per {', '.join(name for name, _ in key)}; {FIX_CONVERT}")
+
+
+def row_key(config: Config, suffix: str) -> list[str]:
+    """Columns whose values identify one row of ``<dataset>.<suffix>``: the item of ``.item``, the user of ``.user``,
+    and the user, item and time of ``.inter`` unless ``rm_dup_inter`` asks RecBole to drop repeated interactions."""
+    if suffix == "inter":
+        return [] if config["rm_dup_inter"] else [config["USER_ID_FIELD"], config["ITEM_ID_FIELD"], config["TIME_FIELD"]]
+    return [config["ITEM_ID_FIELD"] if suffix == "item" else config["USER_ID_FIELD"]]
 
 
 def loaded_columns(config: Config, suffix: str) -> list[str] | None:
@@ -151,16 +184,12 @@ def reads_feature_rows(config: Config) -> bool:
 
 
 def check_item_file(config: Config, inter: AtomicTable, item: AtomicTable, content_fields: list[str]) -> None:
-    """``.item`` rows must be unique; with content fields they must cover the items of ``.inter``, and rows for items
-    ``.inter`` never mentions are only allowed when RecBole loads ``.item`` (cold-start items of the catalogue)."""
+    """With content fields, ``.item`` rows must cover the items of ``.inter``, and rows for items ``.inter`` never
+    mentions are only allowed when RecBole loads ``.item`` (cold-start items of the catalogue)."""
     item_field = config["ITEM_ID_FIELD"]
-    if len(item.values[item_field]) != item.rows:
-        token, first, second = duplicate_row(item.path, config["field_separator"], item.columns.index(item_field))
-        raise MalformedDataError(f"{item.path} line {second}: a second row for item {token!r} (first on line {first}) "
-                                 f"— keep one row per item; {FIX_CONVERT}")
     if not content_fields:
         return
-    inter_items, item_items = inter.values[item_field], item.values[item_field]
+    inter_items, item_items = inter.values[item_field].keys(), item.values[item_field].keys()
     without_row = sorted(inter_items - item_items)
     if without_row:
         raise MalformedDataError(f"{item.path} has no row for {len(without_row):,} item(s) of {inter.path.name} "
@@ -175,19 +204,18 @@ def check_item_file(config: Config, inter: AtomicTable, item: AtomicTable, conte
                                  "catalogue, load_col: {item: [item_id]}, keeps them as cold-start items); " + FIX_CONVERT)
 
 
-def duplicate_row(path: Path, separator: str, column: int) -> tuple[str, int, int]:
-    """``(item, first line, second line)`` of the first item token that has two rows in ``path``."""
-    seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as handle:
-        next(handle)
-        for number, line in enumerate(handle, start=2):
-            if not line.strip():
-                continue
-            token = line.rstrip("\r\n").split(separator)[column]
-            if token in seen:
-                return token, seen[token], number
-            seen[token] = number
-    raise AssertionError(f"{path} has no duplicate item")
+def check_sequence_lengths(config: Config, inter: AtomicTable) -> None:
+    """Under the time-ordered leave-one-out split (and no ``user_inter_num_interval`` filter) every user needs a
+    training, a validation and a test interaction: RecBole would train on a shorter user's and never evaluate it."""
+    if config["eval_args"]["split"] != {"LS": "valid_and_test"} or config["user_inter_num_interval"] != "[0,inf)":
+        return
+    short = sorted(user for user, count in inter.values[config["USER_ID_FIELD"]].items() if count < MIN_USER_INTERACTIONS)
+    if short:
+        raise MalformedDataError(f"{inter.path}: {len(short):,} user(s) have fewer than {MIN_USER_INTERACTIONS} "
+                                 f"interactions (e.g. {format_ids(short)}), too few for the leave-one-out split's "
+                                 "training, validation and test interaction, so RecBole would never evaluate them — "
+                                 "remove those users (e.g. keep a 5-core), or pass "
+                                 f"--user_inter_num_interval='[{MIN_USER_INTERACTIONS},inf)' to let RecBole drop them")
 
 
 def check_expected_counts(config: Config, counts: dict[str, int]) -> bool:
@@ -233,7 +261,7 @@ def check_dataset(config: Config) -> dict[str, Any]:
         if path.is_file():
             integer = integer_items if suffix in ("inter", "item") else []
             tables[suffix] = scan_atomic_file(path, config, required_columns(config, suffix, content_fields),
-                                              collect[suffix], integer, sha)
+                                              collect[suffix], integer, row_key(config, suffix), sha)
         elif suffix == "item" and content_fields:
             raise MalformedDataError(f"{path} not found, but item_content_fields are {content_fields} — convert the "
                                      "dataset with its code files (`python -m dataset_prep.convert`) or set "
@@ -245,6 +273,7 @@ def check_dataset(config: Config) -> dict[str, Any]:
     counts_match = check_expected_counts(config, counts)  # first: a cut-off copy is best told by its counts
     if "item" in tables:
         check_item_file(config, inter, tables["item"], content_fields)
+    check_sequence_lengths(config, inter)
     fingerprint = {
         "sha256": sha.hexdigest(),
         **counts,

@@ -148,13 +148,18 @@ def load_features(path: str | os.PathLike, n_items: int | None = None) -> np.nda
             f"({paths.progress}) — rerun the same `python -m dataset_prep.features {progress.kind} ...` command to finish it"
         )
     if not paths.features.is_file():
-        raise DatasetNotFoundError(f"feature file {paths.features} not found — create it with "
+        what = "is a folder, not a .npy file" if paths.features.is_dir() else "not found"
+        raise DatasetNotFoundError(f"feature file {paths.features} {what} — create it with "
                                    f"`python -m dataset_prep.features text|image|codes ... --out {paths.features}`")
     try:
         matrix = np.load(paths.features)
-    except (OSError, ValueError) as err:
-        raise MalformedDataError(f"{paths.features} is not a readable .npy file ({err}) — re-create it with "
+    except (OSError, ValueError, EOFError) as err:  # EOFError: an empty file
+        raise MalformedDataError(f"{paths.features} is not a readable .npy file ({err or 'empty'}) — re-create it with "
                                  "`python -m dataset_prep.features`") from err
+    if not isinstance(matrix, np.ndarray):
+        matrix.close()
+        raise MalformedDataError(f"{paths.features} is a .npz archive of arrays {matrix.files}, not one .npy matrix — "
+                                 "save the feature matrix alone with numpy.save (or `python -m dataset_prep.features`)")
     if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
         raise MalformedDataError(f"{paths.features} has shape {matrix.shape} ({matrix.dtype}) — features must be a 2-D "
                                  "float matrix, one row per item id")
@@ -164,7 +169,14 @@ def load_features(path: str | os.PathLike, n_items: int | None = None) -> np.nda
     if n_items is not None:
         check_row_count(matrix, str(paths.features), n_items)
     check_finite(matrix, str(paths.features))
-    return matrix.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # told below, by item
+        single = matrix.astype(np.float32, copy=False)
+    overflow = non_finite_ids(single)
+    if overflow:
+        raise MalformedDataError(f"{paths.features} ({matrix.dtype}) has values beyond the float32 range (±3.4e38) for "
+                                 f"{len(overflow)} item(s), ids {format_ids(overflow)} — scale the features (e.g. "
+                                 "normalise each row) before saving them")
+    return single
 
 
 def save_features(out: str | os.PathLike, kind: str, settings: dict[str, Any], rows: EncodedRows) -> FeatureProgress:

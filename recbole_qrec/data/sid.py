@@ -18,6 +18,7 @@ RecBole's internal item id ``i``; row 0 (RecBole's padding item) holds ``pad_cod
 from __future__ import annotations
 
 import csv
+import io
 import re
 import string
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,7 @@ from recbole.config import Config
 from recbole.data.dataset import Dataset
 from torch import Tensor
 
+from recbole_qrec.data.atomic_files import decode_text
 from recbole_qrec.data.features import format_ids
 from recbole_qrec.errors import ConfigError, MalformedDataError
 from recbole_qrec.fileio import atomic_open
@@ -71,27 +73,26 @@ def read_code_column(path: Path, field: str) -> dict[str, list[int]]:
             f"{path} does not exist — create semantic IDs with `python -m recbole_qrec.tokenize`, "
             "or convert the dataset with `python -m dataset_prep.convert`"
         )
-    with open(path, encoding="utf-8", newline="") as handle:
-        rows = csv.reader(handle, delimiter="\t")
-        header = [name.split(":")[0] for name in next(rows, [])]
-        if field not in header or "item_id" not in header:
-            raise MalformedDataError(f"{path} line 1: columns {header} lack item_id or {field} — re-create the file "
-                                     f"with a header like item_id:token<TAB>{field}:token_seq")
-        item_col, code_col = header.index("item_id"), header.index(field)
-        codes: dict[str, list[int]] = {}
-        for number, row in enumerate(rows, start=2):
-            if len(row) != len(header):
-                raise MalformedDataError(f"{path} line {number}: {len(row)} fields, the header has {len(header)} — "
-                                         "re-create the file (one tab-separated value per column)")
-            item = row[item_col]
-            if item in codes:
-                raise MalformedDataError(f"{path} line {number}: a second row for item {item!r} — keep one row per item")
-            try:
-                if row[code_col]:
-                    codes[item] = parse_code_tokens(row[code_col])
-            except ValueError as err:
-                raise MalformedDataError(f"{path} line {number}: {field} {err} — re-create the file with "
-                                         "`python -m recbole_qrec.tokenize` or `python -m dataset_prep.convert`") from err
+    rows = csv.reader(io.StringIO(decode_text(path, path.read_bytes()), newline=""), delimiter="\t")
+    header = [name.split(":")[0] for name in next(rows, [])]
+    if field not in header or "item_id" not in header:
+        raise MalformedDataError(f"{path} line 1: columns {header} lack item_id or {field} — re-create the file "
+                                 f"with a header like item_id:token<TAB>{field}:token_seq")
+    item_col, code_col = header.index("item_id"), header.index(field)
+    codes: dict[str, list[int]] = {}
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise MalformedDataError(f"{path} line {number}: {len(row)} fields, the header has {len(header)} — "
+                                     "re-create the file (one tab-separated value per column)")
+        item = row[item_col]
+        if item in codes:
+            raise MalformedDataError(f"{path} line {number}: a second row for item {item!r} — keep one row per item")
+        try:
+            if row[code_col]:
+                codes[item] = parse_code_tokens(row[code_col])
+        except ValueError as err:
+            raise MalformedDataError(f"{path} line {number}: {field} {err} — re-create the file with "
+                                     "`python -m recbole_qrec.tokenize` or `python -m dataset_prep.convert`") from err
     return codes
 
 
