@@ -348,6 +348,47 @@ def check_matmul_precision(config: Config) -> None:
                           f"(torch.set_float32_matmul_precision), got {value!r} — e.g. --float32_matmul_precision=highest")
 
 
+LEARNERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam")  # RecBole's Trainer._build_optimizer
+CLIP_GRAD_NORM_EXAMPLE = "--clip_grad_norm=\"{'max_norm': 5.0}\""
+
+
+def check_optimizer(config: Config) -> None:
+    """``learner`` names one of RecBole's optimizers (RecBole trained an unknown name with Adam, with a warning);
+    ``clip_grad_norm`` is ~ or the arguments of ``torch.nn.utils.clip_grad_norm_`` (a bad one failed at the first
+    training step; a max_norm <= 0 silently zeroed or reversed every gradient)."""
+    learner = config["learner"]
+    if not isinstance(learner, str) or learner.lower() not in LEARNERS:
+        raise ConfigError(f"learner must be one of {', '.join(LEARNERS)}, got {learner!r} — e.g. --learner=adamw")
+    clip = config["clip_grad_norm"]
+    if clip is None:
+        return
+    if (not isinstance(clip, dict) or set(clip) - {"max_norm", "norm_type"} or not POSITIVE_NUMBER.accepts(
+            clip.get("max_norm")) or not is_number(clip.get("norm_type", 2.0))):
+        raise ConfigError(f"clip_grad_norm must be ~ or a mapping with max_norm (a number > 0) and optionally "
+                          f"norm_type (a number), got {clip!r} — e.g. {CLIP_GRAD_NORM_EXAMPLE}")
+
+
+# (width, heads) keys of a model's attention: the heads split the width evenly.
+HEAD_SPLITS = (("hidden_size", "n_heads"), ("injection_dim", "injection_heads"))
+HIDDEN_ACTS = ("gelu", "relu", "swish", "tanh", "sigmoid")  # RecBole's FeedForward.get_hidden_act
+
+
+def check_attention_settings(config: QRecConfig) -> None:
+    """For a model whose defaults have the keys: each width of :data:`HEAD_SPLITS` is a multiple of its heads and
+    ``hidden_act`` is an activation RecBole's transformer layers know (both failed while building the model, after
+    the logger started and QBert4Rec's tokenize stage wrote its codes)."""
+    defaults = config.internal_config_dict
+    for width_key, heads_key in HEAD_SPLITS:
+        if width_key in defaults and heads_key in defaults and config[width_key] % config[heads_key]:
+            width, heads = config[width_key], config[heads_key]
+            raise ConfigError(f"{width_key} ({width}) is not a multiple of {heads_key} ({heads}): each attention head "
+                              f"takes an equal share — e.g. --{width_key}={width - width % heads or heads} or "
+                              f"--{heads_key}=1")
+    if "hidden_act" in defaults and config["hidden_act"] not in HIDDEN_ACTS:
+        raise ConfigError(f"hidden_act must be one of {', '.join(HIDDEN_ACTS)}, got {config['hidden_act']!r} — "
+                          f"e.g. --hidden_act={defaults['hidden_act']} (the default)")
+
+
 def check_run_tags(config: Config) -> None:
     """``run_tags`` is unset or a mapping of labels."""
     tags = config["run_tags"]
@@ -447,6 +488,8 @@ def build_config(
     check_valid_metric(config)
     check_matmul_precision(config)
     check_lr_schedule(config)
+    check_optimizer(config)
+    check_attention_settings(config)
     check_acceleration(config)
     resolve_data_path_mode(config)
     check_cold_start(config)

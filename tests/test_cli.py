@@ -107,6 +107,16 @@ def working_folder(folder: Path) -> Iterator[None]:
         (["--model=QBert4Rec", "--pretrain_epochs=-1"], "pretrain_epochs must be an integer >= 0, got -1"),
         (["--model=TIGER", "--d_model=abc"], "d_model must be an integer >= 1, got 'abc'"),
         (["--reproducibility=maybe"], "reproducibility must be True or False, got 'maybe'"),
+        (["--hidden_size=30", "--n_heads=4"], "hidden_size (30) is not a multiple of n_heads (4): each attention head "
+                                              "takes an equal share — e.g. --hidden_size=28 or --n_heads=1"),
+        (["--model=QBert4Rec", "--injection_dim=30"], "injection_dim (30) is not a multiple of injection_heads (4)"),
+        (["--hidden_act=foo"], "hidden_act must be one of gelu, relu, swish, tanh, sigmoid, got 'foo' — "
+                               "e.g. --hidden_act=gelu (the default)"),
+        (["--learner=foo"], "learner must be one of adam, adamw, sgd, adagrad, rmsprop, sparse_adam, got 'foo'"),
+        (["--clip_grad_norm=5"], "clip_grad_norm must be ~ or a mapping with max_norm (a number > 0) and optionally "
+                                 "norm_type (a number), got 5 — e.g. --clip_grad_norm=\"{'max_norm': 5.0}\""),
+        (["--clip_grad_norm={'max': 5}"], "clip_grad_norm must be ~ or a mapping with max_norm"),
+        (["--clip_grad_norm={'max_norm': -1}"], "clip_grad_norm must be ~ or a mapping with max_norm"),
         (["--epochs=2", "--epochs=3"], "--epochs is given twice with different values ('2' and '3') — give each "
                                        "--key=value once"),
         (["--epochs", "3"], "'--epochs' is not of the form --key=value — write --epochs=<value>"),
