@@ -389,6 +389,14 @@ def check_attention_settings(config: QRecConfig) -> None:
                           f"e.g. --hidden_act={defaults['hidden_act']} (the default)")
 
 
+def check_model_settings(config: QRecConfig) -> None:
+    """The model's own settings, with its ``check_settings(config)`` where it has one: before the data is read and
+    before a tokenize stage writes codes (the model itself is built only after both)."""
+    check = getattr(config.model_class, "check_settings", None)
+    if check is not None:
+        check(config)
+
+
 def check_run_tags(config: Config) -> None:
     """``run_tags`` is unset or a mapping of labels."""
     tags = config["run_tags"]
@@ -490,6 +498,7 @@ def build_config(
     check_lr_schedule(config)
     check_optimizer(config)
     check_attention_settings(config)
+    check_model_settings(config)
     check_acceleration(config)
     resolve_data_path_mode(config)
     check_cold_start(config)

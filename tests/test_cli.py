@@ -117,6 +117,13 @@ def working_folder(folder: Path) -> Iterator[None]:
                                  "norm_type (a number), got 5 — e.g. --clip_grad_norm=\"{'max_norm': 5.0}\""),
         (["--clip_grad_norm={'max': 5}"], "clip_grad_norm must be ~ or a mapping with max_norm"),
         (["--clip_grad_norm={'max_norm': -1}"], "clip_grad_norm must be ~ or a mapping with max_norm"),
+        (["--model=QBert4Rec", "--mask_prob=1"], "mask_prob 1 or mask_regions 3 is out of range — set mask_prob in "
+                                                 "(0, 1) and mask_regions >= 1"),
+        (["--model=QBert4Rec", "--loss_type=BPR"], "QBert4Rec needs loss_type CE"),
+        (["--model=MMESID", "--lora_rank=-1"], "lora_rank must be an int >= 0, got -1"),
+        (["--model=MMESID", "--llm_config={'model_type': 'llama', 'hidden_size': 30, 'num_attention_heads': 4}"],
+         "llm_config does not make a llama causal LM (Class validation error for validator 'validate_architecture': "
+         "ValueError: The hidden size (30) is not a multiple of the number of attention heads (4).) — fix its fields"),
         (["--epochs=2", "--epochs=3"], "--epochs is given twice with different values ('2' and '3') — give each "
                                        "--key=value once"),
         (["--epochs", "3"], "'--epochs' is not of the form --key=value — write --epochs=<value>"),
@@ -140,6 +147,11 @@ def test_bad_input_is_one_line_with_status_2_and_writes_nothing(args, fragment, 
         (["--model=FDSA", "--dataset=Arts"], "dataset 'Arts' not found under data_path 'dataset/' (found: Instruments)"),
         (["--model=SASRec", "--allow_data_mismatch", "--resume_checkpoint=absent.pth"],
          "resume_checkpoint 'absent.pth' does not exist"),
+        # settings the model reads, refused before its tokenize stage writes the dataset's semantic IDs
+        (["--model=QBert4Rec", "--scoring=foo"], "scoring is 'foo' — set it to one of item, levels"),
+        (["--model=QBert4Rec", "--mask_strategy=[span, bert]"], "mask_strategy ['span', 'bert'] is not a list of known "
+                                                                "strategies"),
+        (["--model=MMESID", "--eval_mode=foo"], "eval_mode must be one of beam, exact, got 'foo'"),
     ],
 )
 def test_bad_input_about_the_data_is_one_line_and_writes_nothing(args, fragment, instruments_subset, tmp_path):
