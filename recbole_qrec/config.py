@@ -389,6 +389,18 @@ def check_attention_settings(config: QRecConfig) -> None:
                           f"e.g. --hidden_act={defaults['hidden_act']} (the default)")
 
 
+def check_masked_items(config: Config) -> None:
+    """RecBole's ``mask_itemseq`` transform (BERT4Rec) keeps ``int(mask_ratio * MAX_ITEM_LIST_LENGTH)`` masked positions
+    per sequence: with none, the first training batch failed (exit status 1)."""
+    if config["transform"] != "mask_itemseq":
+        return
+    ratio, length = config["mask_ratio"], config["MAX_ITEM_LIST_LENGTH"]
+    if int(ratio * length) < 1:
+        raise ConfigError(f"mask_ratio {ratio} x MAX_ITEM_LIST_LENGTH {length} leaves no item to mask (the "
+                          f"{config['model']} transform masks int(mask_ratio * MAX_ITEM_LIST_LENGTH) items) — raise "
+                          f"mask_ratio or MAX_ITEM_LIST_LENGTH, e.g. --mask_ratio={math.ceil(100 / length) / 100:g}")
+
+
 def check_model_settings(config: QRecConfig) -> None:
     """The model's own settings, with its ``check_settings(config)`` where it has one: before the data is read and
     before a tokenize stage writes codes (the model itself is built only after both)."""
@@ -498,6 +510,7 @@ def build_config(
     check_lr_schedule(config)
     check_optimizer(config)
     check_attention_settings(config)
+    check_masked_items(config)
     check_model_settings(config)
     check_acceleration(config)
     resolve_data_path_mode(config)

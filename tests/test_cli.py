@@ -121,6 +121,14 @@ def working_folder(folder: Path) -> Iterator[None]:
                                                  "(0, 1) and mask_regions >= 1"),
         (["--model=QBert4Rec", "--loss_type=BPR"], "QBert4Rec needs loss_type CE"),
         (["--model=MMESID", "--lora_rank=-1"], "lora_rank must be an int >= 0, got -1"),
+        (["--model=BERT4Rec", "--MAX_ITEM_LIST_LENGTH=4"], "mask_ratio 0.2 x MAX_ITEM_LIST_LENGTH 4 leaves no item to "
+                                                           "mask (the BERT4Rec transform masks int(mask_ratio * "
+                                                           "MAX_ITEM_LIST_LENGTH) items) — raise mask_ratio or "
+                                                           "MAX_ITEM_LIST_LENGTH, e.g. --mask_ratio=0.25"),
+        (["--model=BERT4Rec", "--mask_ratio=0"], "mask_ratio 0 x MAX_ITEM_LIST_LENGTH 20 leaves no item to mask"),
+        (["--model=TIGER", "--feed_forward_proj=foo"], "feed_forward_proj must be an activation of transformers' ACT2FN "
+                                                       "(relu, gelu, silu, ...) or gated-<activation>, got 'foo'"),
+        (["--model=MACRec", "--feed_forward_proj=fast-gelu"], "feed_forward_proj must be an activation"),
         (["--model=MMESID", "--llm_config={'model_type': 'llama', 'hidden_size': 30, 'num_attention_heads': 4}"],
          "llm_config does not make a llama causal LM (Class validation error for validator 'validate_architecture': "
          "ValueError: The hidden size (30) is not a multiple of the number of attention heads (4).) — fix its fields"),
