@@ -120,6 +120,8 @@ def working_folder(folder: Path) -> Iterator[None]:
         (["--model=QBert4Rec", "--mask_prob=1"], "mask_prob 1 or mask_regions 3 is out of range — set mask_prob in "
                                                  "(0, 1) and mask_regions >= 1"),
         (["--model=QBert4Rec", "--loss_type=BPR"], "QBert4Rec needs loss_type CE"),
+        (["--model=MMESID", "--sid_codebook_size=1"], "sid_codebook_size must be an integer >= 2, got 1 — "
+                                                      "e.g. --sid_codebook_size=256 (the default)"),
         (["--model=MMESID", "--lora_rank=-1"], "lora_rank must be an int >= 0, got -1"),
         (["--model=BERT4Rec", "--MAX_ITEM_LIST_LENGTH=4"], "mask_ratio 0.2 x MAX_ITEM_LIST_LENGTH 4 leaves no item to "
                                                            "mask (the BERT4Rec transform masks int(mask_ratio * "
