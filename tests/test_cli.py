@@ -162,6 +162,10 @@ def test_bad_input_is_one_line_with_status_2_and_writes_nothing(args, fragment, 
         (["--model=QBert4Rec", "--mask_strategy=[span, bert]"], "mask_strategy ['span', 'bert'] is not a list of known "
                                                                 "strategies"),
         (["--model=MMESID", "--eval_mode=foo"], "eval_mode must be one of beam, exact, got 'foo'"),
+        (["--model=QBert4Rec", "--pretrain_sequences=users"], "pretrain_sequences is 'users' — set it to prefix or user"),
+        (["--model=QBert4Rec", "--pretrain_domain_pool=Instruments", "--epochs=1", "--injection_epochs=1",
+          "--sid_epochs=1", "--pretrain_epochs=1", "--use_gpu=False", "--allow_data_mismatch=True"],
+         "pretrain_domain_pool must be a list of dataset names, got 'Instruments' — write e.g. [Arts, Games]"),
     ],
 )
 def test_bad_input_about_the_data_is_one_line_and_writes_nothing(args, fragment, instruments_subset, tmp_path):
