@@ -123,6 +123,10 @@ def working_folder(folder: Path) -> Iterator[None]:
         (["--model=MMESID", "--sid_codebook_size=1"], "sid_codebook_size must be an integer >= 2, got 1 — "
                                                       "e.g. --sid_codebook_size=256 (the default)"),
         (["--model=MMESID", "--lora_rank=-1"], "lora_rank must be an int >= 0, got -1"),
+        (["--model=MMESID", "--sid_hidden_dims=abc"], "sid_hidden_dims must be a list of integers >= 1 (the MM-RQ-VAE's "
+                                                      "encoder widths, [] for none), got 'abc' — e.g. "
+                                                      "--sid_hidden_dims=[512,256,128] (the default)"),
+        (["--model=MMESID", "--sid_hidden_dims=[256, 0]"], "sid_hidden_dims must be a list of integers >= 1"),
         (["--model=BERT4Rec", "--MAX_ITEM_LIST_LENGTH=4"], "mask_ratio 0.2 x MAX_ITEM_LIST_LENGTH 4 leaves no item to "
                                                            "mask (the BERT4Rec transform masks int(mask_ratio * "
                                                            "MAX_ITEM_LIST_LENGTH) items) — raise mask_ratio or "

@@ -53,8 +53,13 @@ class MMESID(SequentialRecommender):
 
     @staticmethod
     def check_settings(config: Config) -> None:
-        """The ranking, LoRA and language-model settings (:func:`recbole_qrec.config.check_model_settings`)."""
+        """The ranking, MM-RQ-VAE widths, LoRA and language-model settings
+        (:func:`recbole_qrec.config.check_model_settings`)."""
         checked_ranking(config)
+        dims = config["sid_hidden_dims"]
+        if not isinstance(dims, list) or not all(type(dim) is int and dim >= 1 for dim in dims):
+            raise ConfigError(f"sid_hidden_dims must be a list of integers >= 1 (the MM-RQ-VAE's encoder widths, [] for "
+                              f"none), got {dims!r} — e.g. --sid_hidden_dims=[512,256,128] (the default)")
         rank = config["lora_rank"]
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
             raise ConfigError(f"lora_rank must be an int >= 0, got {rank!r} — 0 fine-tunes every weight, e.g. "
