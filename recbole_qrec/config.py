@@ -238,7 +238,7 @@ VALUE_RULES: tuple[tuple[str, ValueRule], ...] = (
     ("initializer_range", POSITIVE_NUMBER),
     ("MAX_ITEM_LIST_LENGTH", POSITIVE_INT),
     ("sid_codebook_size", ValueRule(int, 2)),  # the RQ-VAE's codes per level
-    ("*_size", POSITIVE_INT),  # hidden_size, inner_size, embedding_size, beam_size, sid_codebook_size
+    ("*_size", POSITIVE_INT),  # hidden_size, inner_size, embedding_size, beam_size
     ("*_dim", POSITIVE_INT),
     ("d_model", POSITIVE_INT),
     ("d_kv", POSITIVE_INT),
