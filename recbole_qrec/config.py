@@ -46,6 +46,7 @@ from recbole_qrec.data.cold_start import check_cold_start
 from recbole_qrec.data.dataloader import resolve_data_path_mode
 from recbole_qrec.data.sid import check_sid_producer
 from recbole_qrec.trainer.acceleration import check_acceleration
+from recbole_qrec.trainer.pretrain_trainer import check_pretrain_sequences
 from recbole_qrec.trainer.schedule import check_lr_schedule
 from recbole_qrec.utils import get_model
 
@@ -236,7 +237,8 @@ VALUE_RULES: tuple[tuple[str, ValueRule], ...] = (
     ("layer_norm_eps", POSITIVE_NUMBER),
     ("initializer_range", POSITIVE_NUMBER),
     ("MAX_ITEM_LIST_LENGTH", POSITIVE_INT),
-    ("*_size", POSITIVE_INT),  # hidden_size, inner_size, embedding_size, beam_size, sid_codebook_size
+    ("sid_codebook_size", ValueRule(int, 2)),  # the RQ-VAE's codes per level
+    ("*_size", POSITIVE_INT),  # hidden_size, inner_size, embedding_size, beam_size
     ("*_dim", POSITIVE_INT),
     ("d_model", POSITIVE_INT),
     ("d_kv", POSITIVE_INT),
@@ -348,6 +350,67 @@ def check_matmul_precision(config: Config) -> None:
                           f"(torch.set_float32_matmul_precision), got {value!r} — e.g. --float32_matmul_precision=highest")
 
 
+LEARNERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam")  # RecBole's Trainer._build_optimizer
+CLIP_GRAD_NORM_EXAMPLE = "--clip_grad_norm=\"{'max_norm': 5.0}\""
+
+
+def check_optimizer(config: Config) -> None:
+    """``learner`` names one of RecBole's optimizers (RecBole trained an unknown name with Adam, with a warning);
+    ``clip_grad_norm`` is ~ or the arguments of ``torch.nn.utils.clip_grad_norm_`` (a bad one failed at the first
+    training step; a max_norm <= 0 silently zeroed or reversed every gradient)."""
+    learner = config["learner"]
+    if not isinstance(learner, str) or learner.lower() not in LEARNERS:
+        raise ConfigError(f"learner must be one of {', '.join(LEARNERS)}, got {learner!r} — e.g. --learner=adamw")
+    clip = config["clip_grad_norm"]
+    if clip is None:
+        return
+    if (not isinstance(clip, dict) or set(clip) - {"max_norm", "norm_type"} or not POSITIVE_NUMBER.accepts(
+            clip.get("max_norm")) or not is_number(clip.get("norm_type", 2.0))):
+        raise ConfigError(f"clip_grad_norm must be ~ or a mapping with max_norm (a number > 0) and optionally "
+                          f"norm_type (a number), got {clip!r} — e.g. {CLIP_GRAD_NORM_EXAMPLE}")
+
+
+# (width, heads) keys of a model's attention: the heads split the width evenly.
+HEAD_SPLITS = (("hidden_size", "n_heads"), ("injection_dim", "injection_heads"))
+HIDDEN_ACTS = ("gelu", "relu", "swish", "tanh", "sigmoid")  # RecBole's FeedForward.get_hidden_act
+
+
+def check_attention_settings(config: QRecConfig) -> None:
+    """For a model whose defaults have the keys: each width of :data:`HEAD_SPLITS` is a multiple of its heads and
+    ``hidden_act`` is an activation RecBole's transformer layers know (both failed while building the model, after
+    the logger started and QBert4Rec's tokenize stage wrote its codes)."""
+    defaults = config.internal_config_dict
+    for width_key, heads_key in HEAD_SPLITS:
+        if width_key in defaults and heads_key in defaults and config[width_key] % config[heads_key]:
+            width, heads = config[width_key], config[heads_key]
+            raise ConfigError(f"{width_key} ({width}) is not a multiple of {heads_key} ({heads}): each attention head "
+                              f"takes an equal share — e.g. --{width_key}={width - width % heads or heads} or "
+                              f"--{heads_key}=1")
+    if "hidden_act" in defaults and config["hidden_act"] not in HIDDEN_ACTS:
+        raise ConfigError(f"hidden_act must be one of {', '.join(HIDDEN_ACTS)}, got {config['hidden_act']!r} — "
+                          f"e.g. --hidden_act={defaults['hidden_act']} (the default)")
+
+
+def check_masked_items(config: Config) -> None:
+    """RecBole's ``mask_itemseq`` transform (BERT4Rec) keeps ``int(mask_ratio * MAX_ITEM_LIST_LENGTH)`` masked positions
+    per sequence: with none, the first training batch failed (exit status 1)."""
+    if config["transform"] != "mask_itemseq":
+        return
+    ratio, length = config["mask_ratio"], config["MAX_ITEM_LIST_LENGTH"]
+    if int(ratio * length) < 1:
+        raise ConfigError(f"mask_ratio {ratio} x MAX_ITEM_LIST_LENGTH {length} leaves no item to mask (the "
+                          f"{config['model']} transform masks int(mask_ratio * MAX_ITEM_LIST_LENGTH) items) — raise "
+                          f"mask_ratio or MAX_ITEM_LIST_LENGTH, e.g. --mask_ratio={math.ceil(100 / length) / 100:g}")
+
+
+def check_model_settings(config: QRecConfig) -> None:
+    """The model's own settings, with its ``check_settings(config)`` where it has one: before the data is read and
+    before a tokenize stage writes codes (the model itself is built only after both)."""
+    check = getattr(config.model_class, "check_settings", None)
+    if check is not None:
+        check(config)
+
+
 def check_run_tags(config: Config) -> None:
     """``run_tags`` is unset or a mapping of labels."""
     tags = config["run_tags"]
@@ -447,6 +510,11 @@ def build_config(
     check_valid_metric(config)
     check_matmul_precision(config)
     check_lr_schedule(config)
+    check_optimizer(config)
+    check_attention_settings(config)
+    check_masked_items(config)
+    check_pretrain_sequences(config)
+    check_model_settings(config)
     check_acceleration(config)
     resolve_data_path_mode(config)
     check_cold_start(config)

@@ -110,6 +110,37 @@ def working_folder(folder: Path) -> Iterator[None]:
         (["--model=QBert4Rec", "--pretrain_epochs=-1"], "pretrain_epochs must be an integer >= 0, got -1"),
         (["--model=TIGER", "--d_model=abc"], "d_model must be an integer >= 1, got 'abc'"),
         (["--reproducibility=maybe"], "reproducibility must be True or False, got 'maybe'"),
+        (["--hidden_size=30", "--n_heads=4"], "hidden_size (30) is not a multiple of n_heads (4): each attention head "
+                                              "takes an equal share — e.g. --hidden_size=28 or --n_heads=1"),
+        (["--model=QBert4Rec", "--injection_dim=30"], "injection_dim (30) is not a multiple of injection_heads (4)"),
+        (["--hidden_act=foo"], "hidden_act must be one of gelu, relu, swish, tanh, sigmoid, got 'foo' — "
+                               "e.g. --hidden_act=gelu (the default)"),
+        (["--learner=foo"], "learner must be one of adam, adamw, sgd, adagrad, rmsprop, sparse_adam, got 'foo'"),
+        (["--clip_grad_norm=5"], "clip_grad_norm must be ~ or a mapping with max_norm (a number > 0) and optionally "
+                                 "norm_type (a number), got 5 — e.g. --clip_grad_norm=\"{'max_norm': 5.0}\""),
+        (["--clip_grad_norm={'max': 5}"], "clip_grad_norm must be ~ or a mapping with max_norm"),
+        (["--clip_grad_norm={'max_norm': -1}"], "clip_grad_norm must be ~ or a mapping with max_norm"),
+        (["--model=QBert4Rec", "--mask_prob=1"], "mask_prob 1 or mask_regions 3 is out of range — set mask_prob in "
+                                                 "(0, 1) and mask_regions >= 1"),
+        (["--model=QBert4Rec", "--loss_type=BPR"], "QBert4Rec needs loss_type CE"),
+        (["--model=MMESID", "--sid_codebook_size=1"], "sid_codebook_size must be an integer >= 2, got 1 — "
+                                                      "e.g. --sid_codebook_size=256 (the default)"),
+        (["--model=MMESID", "--lora_rank=-1"], "lora_rank must be an int >= 0, got -1"),
+        (["--model=MMESID", "--sid_hidden_dims=abc"], "sid_hidden_dims must be a list of integers >= 1 (the MM-RQ-VAE's "
+                                                      "encoder widths, [] for none), got 'abc' — e.g. "
+                                                      "--sid_hidden_dims=[512,256,128] (the default)"),
+        (["--model=MMESID", "--sid_hidden_dims=[256, 0]"], "sid_hidden_dims must be a list of integers >= 1"),
+        (["--model=BERT4Rec", "--MAX_ITEM_LIST_LENGTH=4"], "mask_ratio 0.2 x MAX_ITEM_LIST_LENGTH 4 leaves no item to "
+                                                           "mask (the BERT4Rec transform masks int(mask_ratio * "
+                                                           "MAX_ITEM_LIST_LENGTH) items) — raise mask_ratio or "
+                                                           "MAX_ITEM_LIST_LENGTH, e.g. --mask_ratio=0.25"),
+        (["--model=BERT4Rec", "--mask_ratio=0"], "mask_ratio 0 x MAX_ITEM_LIST_LENGTH 20 leaves no item to mask"),
+        (["--model=TIGER", "--feed_forward_proj=foo"], "feed_forward_proj must be an activation of transformers' ACT2FN "
+                                                       "(relu, gelu, silu, ...) or gated-<activation>, got 'foo'"),
+        (["--model=MACRec", "--feed_forward_proj=fast-gelu"], "feed_forward_proj must be an activation"),
+        (["--model=MMESID", "--llm_config={'model_type': 'llama', 'hidden_size': 30, 'num_attention_heads': 4}"],
+         "llm_config does not make a llama causal LM (Class validation error for validator 'validate_architecture': "
+         "ValueError: The hidden size (30) is not a multiple of the number of attention heads (4).) — fix its fields"),
         (["--epochs=2", "--epochs=3"], "--epochs is given twice with different values ('2' and '3') — give each "
                                        "--key=value once"),
         (["--epochs", "3"], "'--epochs' is not of the form --key=value — write --epochs=<value>"),
@@ -133,6 +164,15 @@ def test_bad_input_is_one_line_with_status_2_and_writes_nothing(args, fragment, 
         (["--model=FDSA", "--dataset=Arts"], "dataset 'Arts' not found under data_path 'dataset/' (found: Instruments)"),
         (["--model=SASRec", "--allow_data_mismatch", "--resume_checkpoint=absent.pth"],
          "resume_checkpoint 'absent.pth' does not exist"),
+        # settings the model reads, refused before its tokenize stage writes the dataset's semantic IDs
+        (["--model=QBert4Rec", "--scoring=foo"], "scoring is 'foo' — set it to one of item, levels"),
+        (["--model=QBert4Rec", "--mask_strategy=[span, bert]"], "mask_strategy ['span', 'bert'] is not a list of known "
+                                                                "strategies"),
+        (["--model=MMESID", "--eval_mode=foo"], "eval_mode must be one of beam, exact, got 'foo'"),
+        (["--model=QBert4Rec", "--pretrain_sequences=users"], "pretrain_sequences is 'users' — set it to prefix or user"),
+        (["--model=QBert4Rec", "--pretrain_domain_pool=Instruments", "--epochs=1", "--injection_epochs=1",
+          "--sid_epochs=1", "--pretrain_epochs=1", "--use_gpu=False", "--allow_data_mismatch=True"],
+         "pretrain_domain_pool must be a list of dataset names, got 'Instruments' — write e.g. [Arts, Games]"),
     ],
 )
 def test_bad_input_about_the_data_is_one_line_and_writes_nothing(args, fragment, instruments_subset, tmp_path):

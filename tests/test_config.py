@@ -129,6 +129,7 @@ def test_sid_producer_is_the_tokenizer_or_a_model_with_a_stage():
         ("injection_temperature", 0, 0.1, "a number > 0"),
         ("inner_size", 0, 256, "an integer >= 1"),
         ("sid_code_dim", 0, 32, "an integer >= 1"),
+        ("sid_codebook_size", 1, 256, "an integer >= 2"),
         ("d_ff", 0, 1024, "an integer >= 1"),
         ("num_decoder_layers", 0, 4, "an integer >= 1"),
         ("num_heads", -2, 6, "an integer >= 1"),

@@ -36,13 +36,19 @@ INHERITED_KEYS = (
 )
 
 
+def dataset_names(config: Config, key: str) -> list[str]:
+    """``key``'s value, checked to be a list of dataset names."""
+    names = config[key]
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ConfigError(f"{key} must be a list of dataset names, got {names!r} — write e.g. [Arts, Games]")
+    return names
+
+
 def pretrain_dataset_names(config: Config) -> list[str]:
     """The validated ``pretrain_datasets`` (null: :func:`pool_sources`)."""
-    names = config["pretrain_datasets"]
-    if names is None:
+    if config["pretrain_datasets"] is None:
         return pool_sources(config)
-    if isinstance(names, str) or not all(isinstance(name, str) for name in names):
-        raise ConfigError(f"pretrain_datasets must be a list of dataset names, got {names!r} — write e.g. [Arts, Games]")
+    names = dataset_names(config, "pretrain_datasets")
     if config["dataset"] in names:
         raise ConfigError(f"pretrain_datasets {names} contains the target dataset {config['dataset']} — list other "
                           "domains only (the target's own training data is used for fine-tuning)")
@@ -64,7 +70,8 @@ def source_settings(config: Config) -> dict[str, Any]:
 def pool_sources(config: Config) -> list[str]:
     """The other domains of ``pretrain_domain_pool`` that are under ``data_path`` with item content features; none
     when the target is not in the pool or ``pretrain_epochs`` is 0. Each domain left out is logged."""
-    pool, target = config["pretrain_domain_pool"] or [], config["dataset"]
+    pool = [] if config["pretrain_domain_pool"] is None else dataset_names(config, "pretrain_domain_pool")
+    target = config["dataset"]
     if target not in pool or not config["pretrain_epochs"]:
         return []
     root, names = data_root(config), []

@@ -10,6 +10,7 @@ import torch
 from recbole.config import Config
 from torch import Tensor
 from transformers import T5Config, T5ForConditionalGeneration
+from transformers.activations import ACT2FN
 
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.generation import SemanticIdVocab, checked_eval_mode
@@ -31,6 +32,17 @@ def t5_config(config: Config, vocab: SemanticIdVocab, extra_tokens: int = 0) -> 
         eos_token_id=vocab.eos_id,
         decoder_start_token_id=vocab.decoder_start_id,
     )
+
+
+def check_t5_settings(config: Config) -> None:
+    """A T5 model's ``check_settings`` (:func:`recbole_qrec.config.check_model_settings`): ``feed_forward_proj`` is a
+    transformers activation, alone or as ``gated-<activation>`` (T5Config checks only the form; an unknown name failed
+    while the model was built, with exit status 1)."""
+    value = config["feed_forward_proj"]
+    parts = value.split("-") if isinstance(value, str) else []
+    if not parts or len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated") or parts[-1] not in ACT2FN:
+        raise ConfigError(f"feed_forward_proj must be an activation of transformers' ACT2FN (relu, gelu, silu, ...) or "
+                          f"gated-<activation>, got {value!r} — e.g. --feed_forward_proj=relu or gated-gelu (T5 v1.1)")
 
 
 def batch_histories(histories: Tensor, lengths: Tensor, full_length: bool) -> Tensor:

@@ -36,7 +36,8 @@ from recbole.config import Config
 from recbole.data.interaction import Interaction
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from huggingface_hub.errors import StrictDataclassError
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from recbole_qrec.data.dataset import MMESIDDataset
@@ -49,6 +50,22 @@ from recbole_qrec.model.layers import checked_ranking, code_tokens
 
 class MMESID(SequentialRecommender):
     """A causal LM reading multimodal semantic IDs and latents of the history; writes the next item's semantic ID."""
+
+    @staticmethod
+    def check_settings(config: Config) -> None:
+        """The ranking, MM-RQ-VAE widths, LoRA and language-model settings
+        (:func:`recbole_qrec.config.check_model_settings`)."""
+        checked_ranking(config)
+        dims = config["sid_hidden_dims"]
+        if not isinstance(dims, list) or not all(type(dim) is int and dim >= 1 for dim in dims):
+            raise ConfigError(f"sid_hidden_dims must be a list of integers >= 1 (the MM-RQ-VAE's encoder widths, [] for "
+                              f"none), got {dims!r} — e.g. --sid_hidden_dims=[512,256,128] (the default)")
+        rank = config["lora_rank"]
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+            raise ConfigError(f"lora_rank must be an int >= 0, got {rank!r} — 0 fine-tunes every weight, e.g. "
+                              "--lora_rank=8 trains LoRA adapters")
+        if not config["llm_name_or_path"]:
+            llm_config(config)
 
     def __init__(self, config: Config, dataset: MMESIDDataset) -> None:
         super().__init__(config, dataset)
@@ -139,27 +156,33 @@ def language_model(config: Config) -> tuple[PreTrainedModel, int, str]:
     if config["llm_name_or_path"]:
         model = AutoModelForCausalLM.from_pretrained(config["llm_name_or_path"], local_files_only=True)
         return model, model.get_input_embeddings().weight.shape[0], f"pretrained weights {config['llm_name_or_path']}"
+    settings = llm_config(config)
+    try:
+        model = AutoModelForCausalLM.from_config(settings)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"llm_config does not make a {settings.model_type} causal LM ({err}) — fix its fields") from None
+    return model, 2, f"{settings.model_type} randomly initialised from llm_config"
+
+
+def llm_config(config: Config) -> PretrainedConfig:
+    """The transformers config of ``llm_config`` (its model_type and fields) with the model's two-token vocabulary."""
     fields = dict(config["llm_config"] or {})
     model_type = fields.pop("model_type", None)
     if model_type not in CONFIG_MAPPING:
         raise ConfigError(f"llm_config's model_type is {model_type!r}, not a transformers model type — set it to a "
                           "causal LM's, e.g. llm_config: {model_type: llama, hidden_size: 64, ...} (or qwen2)")
     try:
-        llm_config = AutoConfig.for_model(model_type, **fields, vocab_size=2, pad_token_id=0, eos_token_id=1,
-                                          bos_token_id=None)
-        model = AutoModelForCausalLM.from_config(llm_config)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"llm_config does not make a {model_type} causal LM ({err}) — fix its fields") from None
-    return model, 2, f"{model_type} randomly initialised from llm_config"
+        return AutoConfig.for_model(model_type, **fields, vocab_size=2, pad_token_id=0, eos_token_id=1,
+                                    bos_token_id=None)
+    except (TypeError, ValueError, StrictDataclassError) as err:
+        message = " ".join(str(err).split())
+        raise ConfigError(f"llm_config does not make a {model_type} causal LM ({message}) — fix its fields") from None
 
 
 def with_lora(model: PreTrainedModel, config: Config) -> nn.Module:
     """``model`` with LoRA adapters of rank ``lora_rank`` (``peft``; the embeddings and output layer stay fully
     trainable: they hold the new item tokens), or ``model`` itself for rank 0."""
     rank = config["lora_rank"]
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-        raise ConfigError(f"lora_rank must be an int >= 0, got {rank!r} — 0 fine-tunes every weight, e.g. "
-                          "--lora_rank=8 trains LoRA adapters")
     if rank == 0:
         return model
     try:

@@ -51,7 +51,7 @@ from recbole_qrec.model.abstract_recommender import PretrainableRecommender
 from recbole_qrec.model.qbert4rec_modules.fused_encoder import FusedTransformerEncoder
 from recbole_qrec.model.qbert4rec_modules.item_output import ItemOutput
 from recbole_qrec.model.qbert4rec_modules.level_heads import LevelHeads
-from recbole_qrec.model.qbert4rec_modules.masking import MultiMask
+from recbole_qrec.model.qbert4rec_modules.masking import MultiMask, checked_strategies
 
 PAD_TOKEN = 0
 MASK_TOKEN = 1
@@ -63,11 +63,18 @@ IGNORED_TARGET = -100  # cross-entropy target of a token that is not predicted
 class QBert4Rec(PretrainableRecommender):
     """Semantic-ID BERT4Rec with multimodal item codes; scores all items from the [MASK] slot after the history."""
 
-    def __init__(self, config: Config, dataset: SemanticIdDataset) -> None:
-        super().__init__(config, dataset)
+    @staticmethod
+    def check_settings(config: Config) -> None:
+        """The loss, scoring and masking settings (:func:`recbole_qrec.config.check_model_settings`)."""
         if config["loss_type"] != "CE":
             raise ConfigError(f"QBert4Rec needs loss_type CE (per-level cross-entropy), not {config['loss_type']} "
                               "— set loss_type: CE")
+        if config["scoring"] not in SCORINGS:
+            raise ConfigError(f"scoring is {config['scoring']!r} — set it to one of {', '.join(SCORINGS)}")
+        checked_strategies(config["mask_strategy"], config["mask_prob"], config["mask_regions"])
+
+    def __init__(self, config: Config, dataset: SemanticIdDataset) -> None:
+        super().__init__(config, dataset)
         codebook_size = config["sid_codebook_size"]
         codes = checked_codes(dataset.code_tables[SID_FIELD], codebook_size)
         self.register_buffer("item_codes", codes)
@@ -97,8 +104,6 @@ class QBert4Rec(PretrainableRecommender):
             layer_norm_eps=config["layer_norm_eps"],
         )
         self.heads = LevelHeads(self.levels, codebook_size, hidden, self.initializer_range)
-        if config["scoring"] not in SCORINGS:
-            raise ConfigError(f"scoring is {config['scoring']!r} — set it to one of {', '.join(SCORINGS)}")
         self.item_output = ItemOutput(self.n_items, hidden) if config["scoring"] == "item" else None
         # Items per stage-1 injection depth 0..injection_layers, from the tokenize stage's report (None without one).
         self.injection_depth_histogram = dataset.sid_report.get("depth_histogram", {}).get(config["dataset"])

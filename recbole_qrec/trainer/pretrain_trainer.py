@@ -57,6 +57,14 @@ def pretrained_model_file(saved_model_file: str) -> str:
     return str(path.with_name(f"{path.stem}-pretrained{path.suffix}"))
 
 
+def check_pretrain_sequences(config: Config) -> None:
+    """``pretrain_sequences``, for a model with a pretraining phase (the key is among its defaults): checked with the
+    config, before a tokenize stage writes codes."""
+    if "pretrain_sequences" in config.internal_config_dict and config["pretrain_sequences"] not in PRETRAIN_SEQUENCES:
+        raise ConfigError(f"pretrain_sequences is {config['pretrain_sequences']!r} — set it to "
+                          f"{' or '.join(PRETRAIN_SEQUENCES)}")
+
+
 class PretrainFineTuneTrainer(Trainer):
     """RecBole's trainer with a pretraining phase in front of :meth:`fit`.
 
@@ -77,9 +85,6 @@ class PretrainFineTuneTrainer(Trainer):
     """
 
     def __init__(self, config: Config, model: PretrainableRecommender) -> None:
-        if config["pretrain_sequences"] not in PRETRAIN_SEQUENCES:
-            raise ConfigError(f"pretrain_sequences is {config['pretrain_sequences']!r} — set it to "
-                              f"{' or '.join(PRETRAIN_SEQUENCES)}")
         super().__init__(config, model)
         self.pretrained = False
         self.pretrain_epoch_seconds: list[float] = []

@@ -22,18 +22,24 @@ from recbole_qrec.errors import ConfigError
 MASK_STRATEGIES = ("mlm", "span", "tail", "multi")
 
 
+def checked_strategies(strategies: str | Sequence[str], prob: float, regions: int) -> list[str]:
+    """``mask_strategy`` as a list, checked with ``mask_prob`` and ``mask_regions``."""
+    names = [strategies] if isinstance(strategies, str) else list(strategies)
+    unknown = [name for name in names if name not in MASK_STRATEGIES]
+    if unknown or not names:
+        raise ConfigError(f"mask_strategy {names} is not a list of known strategies — list one or more "
+                          f"of {', '.join(MASK_STRATEGIES)}")
+    if not 0 < prob < 1 or regions < 1:
+        raise ConfigError(f"mask_prob {prob} or mask_regions {regions} is out of range — set mask_prob in (0, 1) "
+                          "and mask_regions >= 1")
+    return names
+
+
 class MultiMask:
     """Draws one strategy of ``strategies`` per sequence and returns the boolean mask of its tokens."""
 
     def __init__(self, strategies: str | Sequence[str], prob: float, levels: int, regions: int) -> None:
-        self.strategies = [strategies] if isinstance(strategies, str) else list(strategies)
-        unknown = [name for name in self.strategies if name not in MASK_STRATEGIES]
-        if unknown or not self.strategies:
-            raise ConfigError(f"mask_strategy {self.strategies} is not a list of known strategies — list one or more "
-                              f"of {', '.join(MASK_STRATEGIES)}")
-        if not 0 < prob < 1 or regions < 1:
-            raise ConfigError(f"mask_prob {prob} or mask_regions {regions} is out of range — set mask_prob in (0, 1) "
-                              "and mask_regions >= 1")
+        self.strategies = checked_strategies(strategies, prob, regions)
         self.prob, self.levels, self.regions = prob, levels, regions
 
     def __call__(self, real: Tensor) -> Tensor:
