@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import string
 from pathlib import Path
 from typing import Any
 
 from dataset_prep.locate import find_processed_dataset
 from dataset_prep.stats import format_stats, sequence_stats
 from recbole_qrec.data.features import record_content_sources
-from recbole_qrec.data.sid import parse_code_tokens
 from recbole_qrec.errors import DEBUG_EPILOG, MalformedDataError, user_errors
 from recbole_qrec.fileio import atomic_open, check_output_folder
 
@@ -65,23 +65,17 @@ def load_sequences(folder: Path, name: str) -> dict[str, list[int]]:
 
 
 def code_token(token: Any, path: Path, item: str, level: int) -> str:
-    """``"<a_12>"`` -> ``"a_12"``, checking its form."""
+    """``"<a_12>"`` -> ``"a_12"``, checking its form and that its letter is its level's (a, b, c, ...)."""
     match = CODE_TOKEN.fullmatch(token) if isinstance(token, str) else None
     if match is None:
         raise MalformedDataError(f"{path}: item {item!r}, level {level}: token {token!r} is not of the form <a_12> — "
                                  "list each item's level tokens in order, e.g. [\"<a_12>\", \"<b_7>\"]")
+    letter = match.group(1).split("_")[0].lower()
+    if level >= len(string.ascii_lowercase) or letter != string.ascii_lowercase[level]:
+        raise MalformedDataError(f"{path}: item {item!r}, level {level}: token {token!r} does not have its level's "
+                                 "letter (levels go a, b, c, ...) — list each item's level tokens in order, e.g. "
+                                 "[\"<a_12>\", \"<b_7>\"]")
     return match.group(1)
-
-
-def item_code_tokens(codes: list[Any], path: Path, item: str) -> list[str]:
-    """An item's code tokens without brackets, checking each one's form and their level order (a, b, c, ...)."""
-    tokens = [code_token(token, path, item, level) for level, token in enumerate(codes)]
-    try:
-        parse_code_tokens(" ".join(tokens))
-    except ValueError as err:
-        raise MalformedDataError(f"{path}: item {item!r}: {err} — list each item's level tokens in order, e.g. "
-                                 "[\"<a_12>\", \"<b_7>\"]") from err
-    return tokens
 
 
 def load_code_files(folder: Path, name: str) -> dict[str, dict[str, list[str]]]:
@@ -98,7 +92,8 @@ def load_code_files(folder: Path, name: str) -> dict[str, dict[str, list[str]]]:
         if not isinstance(raw, dict) or not all(isinstance(v, list) for v in raw.values()):
             raise MalformedDataError(f"{path} is not a JSON object of code lists — write it as "
                                      "{\"item_id\": [\"<a_1>\", ...]}")
-        fields[field] = {item: item_code_tokens(codes, path, item) for item, codes in raw.items()}
+        fields[field] = {item: [code_token(token, path, item, level) for level, token in enumerate(codes)]
+                         for item, codes in raw.items()}
     return fields
 
 

@@ -141,8 +141,8 @@ def test_missing_dataset_names_the_command_that_creates_it(tmp_path):
         ({"Toy.inter.json": '{"0": [1, 2, 3]}', "Toy.index.json": '{"1": ["<a_1>", "b_2"]}'},
          r"Toy.index.json: item '1', level 1: token 'b_2' is not of the form <a_12> — "),
         ({"Toy.inter.json": '{"0": [1, 2, 3]}', "Toy.index.json": '{"1": ["<x_1>", "<b_2>"]}'},
-         r"Toy.index.json: item '1': token 'x_1' stands at level 1, whose letter is 'a': the levels go a, b, c, ... in "
-         r"order — list each item's level tokens in order"),
+         r"Toy.index.json: item '1', level 0: token '<x_1>' does not have its level's letter \(levels go a, b, c, "
+         r"...\) — list each item's level tokens in order"),
         ({"Toy.inter.json": '{"0": [1, 2, 3]}', "Toy.index_vitemb.json": "{"}, r"Toy.index_vitemb.json is not valid JSON"),
         ({"Toy.inter.json": '{"0": [1, 2, 3]}', "Toy.index.json": '{"1": ["<a_1>"], "7": ["<a_2>"]}'},
          r"Toy.index.json: 2 of the 3 items of Toy.inter.json have no codes \(e.g. items 2, 3\) — the code file belongs "),

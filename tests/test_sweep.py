@@ -24,7 +24,7 @@ from recbole_qrec.sweep import find_spec_file, load_spec, plan_targets
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {"hidden_size": 16, "inner_size": 32, "n_layers": 1, "epochs": 1, "train_batch_size": 256,
         "use_gpu": False, "show_progress": False, "allow_data_mismatch": True}
-# hidden_size 15 is not a multiple of SASRec's 2 heads: trials 2 and 3 fail when the model is built.
+# hidden_size 15 is not a multiple of SASRec's 2 heads: trials 2 and 3 fail when the config is checked.
 GRID = {"hidden_size": [16, 15], "learning_rate": [0.001, 0.003]}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per run on a shared CPU (one_thread in this process)
 
@@ -109,7 +109,7 @@ def test_grid_reports_rank_trials_and_keep_failures(sweep_run: dict) -> None:
         assert float(row["test HR@10"]) == record["test"]["hit@10"]
     failed = [row for row in rows if not row["rank"]]
     assert [row["hidden_size"] for row in failed] == ["15", "15"]
-    assert all("not a multiple of the number of attention heads" in row["error"] for row in failed)
+    assert all("hidden_size (15) is not a multiple of n_heads (2)" in row["error"] for row in failed)
     assert (folder / "sweep.md").read_text(encoding="utf-8").count("\n| ") == 5  # header and 4 trials
     assert (folder / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 CODE_FIELD_SUFFIX = "_codes"
 COLUMN_TYPES = ("token", "token_seq", "float", "float_seq")
+# One training target, one validation target and the test target: with fewer, RecBole's leave-one-out would put a
+# user's last (possibly cold) item into training, or never evaluate the user.
+MIN_USER_INTERACTIONS = 3
 
 
 def dataset_folder(config: Config) -> Path:

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recbole_qrec.data.atomic_files import (
-    atomic_file, check_item_features, data_root, decode_text, ensure_atomic_files, parse_header, shown_path,
+    MIN_USER_INTERACTIONS, atomic_file, check_item_features, data_root, decode_text, ensure_atomic_files, parse_header,
+    shown_path,
 )
-from recbole_qrec.data.cold_start import MIN_USER_INTERACTIONS
 from recbole_qrec.data.features import format_ids
 from recbole_qrec.errors import ConfigError, DataMismatchError, MalformedDataError
 

@@ -23,11 +23,9 @@ from recbole.config import Config
 from recbole.data.dataloader import AbstractDataLoader
 from recbole.utils import ModelType
 
+from recbole_qrec.data.atomic_files import MIN_USER_INTERACTIONS
 from recbole_qrec.errors import ConfigError
 
-# One training target, one validation target and the test target: with fewer, RecBole's leave-one-out would put a
-# user's last (possibly cold) item into training.
-MIN_USER_INTERACTIONS = 3
 TARGET_GROUPS = ("warm", "cold")
 LEAVE_ONE_OUT = {"split": {"LS": "valid_and_test"}, "order": "TO"}
 
