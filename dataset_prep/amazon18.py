@@ -169,17 +169,26 @@ def iter_records(path: Path) -> Iterator[dict[str, Any] | None]:
         ) from err
 
 
+def review_fields(record: dict[str, Any] | None) -> tuple[str, str, int] | None:
+    """``reviewerID``, ``asin`` and ``unixReviewTime`` of a review; None unless the ids are non-empty strings and
+    the time an integer (or its digits): a null id or a list asin must not become an id such as "None"."""
+    user, item, time = (record.get(key) for key in ("reviewerID", "asin", "unixReviewTime")) if record else (None,) * 3
+    if isinstance(time, str) and time.isdigit():
+        time = int(time)
+    ids_ok = isinstance(user, str) and isinstance(item, str) and bool(user.strip()) and bool(item.strip())
+    return (user, item, time) if ids_ok and isinstance(time, int) and not isinstance(time, bool) else None
+
+
 def read_reviews(path: Path) -> tuple[list[Interaction], int]:
     """All reviews in file order, and the number of lines without a user, item and integer time."""
     reviews: list[Interaction] = []
     bad = 0
     for line, record in enumerate(iter_records(path)):
-        try:
-            user, item, time = str(record["reviewerID"]), str(record["asin"]), int(record["unixReviewTime"])
-        except (TypeError, KeyError, ValueError):
+        fields = review_fields(record)
+        if fields is None:
             bad += 1
             continue
-        reviews.append(Interaction(user, item, time, line))
+        reviews.append(Interaction(*fields, line))
     return reviews, bad
 
 

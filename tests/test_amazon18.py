@@ -40,7 +40,11 @@ REVIEWS = [
     ("UB", "I2", 300),
     ("UB", "I7", 400),
 ]
-BAD_REVIEW_LINES = ['{"reviewerID": "UA", "asin": "I1"}', "not a review"]
+# Incomplete, unparseable, or with an id or time of another type (a null user, a list asin, a boolean time).
+BAD_REVIEW_LINES = ['{"reviewerID": "UA", "asin": "I1"}', "not a review",
+                    '{"reviewerID": null, "asin": "I1", "unixReviewTime": 5}',
+                    '{"reviewerID": "UB", "asin": ["I1"], "unixReviewTime": 5}',
+                    '{"reviewerID": "UE", "asin": "I2", "unixReviewTime": true}']
 
 # Survivors: UA I1(90) I5(100) I2(100); UB I1(50) I2(300); UE I5(10) I1(20).
 # Users by first interaction time: UE (10), UB (50), UA (90). Items by first appearance: I5, I1, I2.
@@ -153,7 +157,7 @@ def test_builds_expected_dataset(raw: Path, images: Path, tmp_path: Path, capsys
     assert "dropped 2 duplicate (user, item) reviews, 2 interactions with items without a title, 4 by the 2-core" in (
         printed
     )
-    assert "skipped 2 unparseable line(s)" in printed  # the two bad review lines
+    assert "skipped 5 unparseable line(s)" in printed  # the five bad review lines
     assert "skipped 1 unparseable line(s)" in printed  # the one bad meta line
 
 
