@@ -26,6 +26,7 @@ from dataset_prep.features import (
     load_mask, read_code_index,
 )
 from dataset_prep.features.__main__ import main
+from dataset_prep.features.image import read_image
 from dataset_prep.features.store import FeaturePaths
 from recbole_qrec.data.features import feature_source
 from recbole_qrec.errors import DatasetNotFoundError, MalformedDataError
@@ -241,6 +242,17 @@ def test_image_features_mask_missing_and_corrupt_images(clip_checkpoint: Path, i
     in_memory = encode_images(paths, ImageOptions(TINY_CLIP, str(clip_checkpoint), device="cpu"))
     np.testing.assert_allclose(in_memory.features[:3], features[:3], atol=1e-5)
     assert in_memory.present.tolist() == [True, True, True, False, False] and in_memory.unreadable == [3]
+
+
+@pytest.mark.parametrize("mode", ["I;16", "P", "CMYK", "LA"])
+def test_image_modes_decode_to_the_pixels_of_their_8_bit_rgb(mode: str, tmp_path: Path) -> None:
+    """A 16-bit grey PNG, a palette PNG, a CMYK JPEG and grey with alpha all read as the same grey ramp."""
+    grey = np.arange(0, 256, 4, dtype=np.uint8).reshape(8, 8)
+    image = Image.fromarray(grey.astype(np.uint16) * 257) if mode == "I;16" else Image.fromarray(grey).convert(mode)
+    path = tmp_path / ("item.jpg" if mode == "CMYK" else "item.png")
+    image.save(path, quality=100)
+    decoded = np.asarray(read_image(path), np.int16)
+    assert decoded.shape == (8, 8, 3) and np.abs(decoded - grey[..., None]).max() <= 8
 
 
 def test_missing_image_dir_names_the_download_option(item_json: Path, tmp_path: Path) -> None:

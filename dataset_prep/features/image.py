@@ -3,7 +3,8 @@
 ``pretrained`` is an open_clip tag (``openai``, ``laion2b_s32b_b82k``, ...) or a local checkpoint
 file. Weights stay fp32; on CUDA the forward pass runs under fp16/bf16 autocast. An item without
 an image file, or with one PIL cannot decode, gets a zero row and False in the mask; the
-undecodable ones are listed in the progress file (``unreadable``). Vectors are not normalised.
+undecodable ones are listed in the progress file (``unreadable``). 16-bit grey images are scaled to 8 bits.
+Vectors are not normalised.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def read_image(path: Path | None) -> Image.Image | None:
         return None
     try:
         with Image.open(path) as image:
+            if image.mode.startswith("I"):  # 16-bit grey (I;16, I): convert("RGB") clips all above 255 to white
+                return image.convert("I").point(lambda value: value / 257).convert("RGB")
             return image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise UnreadableItemError(f"{path}: {err}") from err
