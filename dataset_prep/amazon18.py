@@ -163,6 +163,11 @@ def iter_records(path: Path) -> Iterator[dict[str, Any] | None]:
             for line in handle:
                 if line.strip():
                     yield parse_record(line)
+    except gzip.BadGzipFile as err:
+        raise MalformedDataError(
+            f"{path} is not gzip-compressed ({err}) — if it holds the JSON lines as plain text, rename it to "
+            f"{path.with_suffix('').name} and run `gzip {path.with_suffix('')}`; otherwise delete it and re-run with --download"
+        ) from err
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as err:
         raise MalformedDataError(
             f"{path} is not a readable gzip JSON-lines file ({err}) — delete it and re-run with --download"

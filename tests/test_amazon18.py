@@ -215,14 +215,18 @@ def test_missing_raw_file_names_it_and_download(tmp_path: Path, capsys) -> None:
     assert "metaFiles2/meta_Musical_Instruments.json.gz" in message
 
 
-@pytest.mark.parametrize("broken", ["not gzip", "truncated gzip"])
-def test_malformed_gzip_names_the_file(raw: Path, tmp_path: Path, broken: str, capsys) -> None:
+@pytest.mark.parametrize(("broken", "fragment"), [
+    ("not gzip", f"is not gzip-compressed (Not a gzipped file (b'{{\"')) — if it holds the JSON lines as plain text, "
+                 f"rename it to {DOMAIN}.json and run `gzip "),
+    ("truncated gzip", "is not a readable gzip JSON-lines file (Compressed file ended"),
+])
+def test_malformed_gzip_names_the_file(raw: Path, tmp_path: Path, broken: str, fragment: str, capsys) -> None:
     reviews = raw / f"{DOMAIN}.json.gz"
     data = reviews.read_bytes()
     reviews.write_bytes(b'{"reviewerID": "UA"}\n' if broken == "not gzip" else data[: len(data) // 2])
     out = tmp_path / "out"
     message = cli_error(capsys, raw, out)
-    assert str(reviews) in message and "gzip" in message
+    assert str(reviews) in message and fragment in message
     assert not out.exists()
 
 
