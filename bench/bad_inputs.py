@@ -11,6 +11,7 @@ message, whether a traceback was printed and which files the failed run left beh
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -114,6 +115,29 @@ def recbole_pickled(state: dict) -> dict:
     return {**state, "config": build_config("SASRec", DATASET)}
 
 
+RAW = ["--domain", "Musical_Instruments", "--name", "Raw", "--raw-dir", "raw", "--out", "data", "--k", "2"]
+
+
+def review_line(user: object, item: object, time: object = 1) -> str:
+    return json.dumps({"reviewerID": user, "asin": item, "unixReviewTime": time})
+
+
+def raw_files(reviews: list[str], meta: list[str], cut: bool = False, compress: bool = True) -> Callable[[Path], None]:
+    """Write the raw Amazon 2018 reviews and meta files of ``RAW`` (gzip JSON lines; ``cut``: the reviews file loses
+    its second half; ``compress=False``: the reviews file is plain text under the .gz name)."""
+    def prepare(work: Path) -> None:
+        (work / "raw").mkdir()
+        data = "\n".join(reviews).encode() + b"\n"
+        data = gzip.compress(data) if compress else data
+        (work / "raw" / "Musical_Instruments.json.gz").write_bytes(data[: len(data) // 2] if cut else data)
+        (work / "raw" / "meta_Musical_Instruments.json.gz").write_bytes(gzip.compress("\n".join(meta).encode()))
+    return prepare
+
+
+REVIEWS = [review_line(f"U{user}", f"I{item}", user + item) for user in range(40) for item in range(5)]
+META = [json.dumps({"asin": f"I{item}", "title": f"Guitar part {item}"}) for item in range(5)]
+
+
 def cases() -> list[Case]:
     model = ["--model=SASRec", f"--dataset={DATASET}"]
     resume = [*model, *SMALL, "--epochs=3"]  # more epochs than the checkpoint's one
@@ -205,6 +229,14 @@ def cases() -> list[Case]:
         Case("converter given malformed JSON", ["--dataset", "Broken", "--src", "broken", "--out", "dataset"],
              lambda work: write_new(work / "broken" / "Broken" / "Broken.inter.json", '{"0": [1, 2'),
              module="dataset_prep.convert"),
+        Case("raw reviews file cut short (truncated gzip)", RAW, raw_files(REVIEWS, META, cut=True),
+             module="dataset_prep.amazon18"),
+        Case("raw reviews file left uncompressed under .json.gz", RAW, raw_files(REVIEWS, META, compress=False),
+             module="dataset_prep.amazon18"),
+        Case("raw reviews with a null reviewerID or a list asin", RAW,
+             raw_files([review_line(None, "I1"), review_line("U1", ["I1"])] * 20, META), module="dataset_prep.amazon18"),
+        Case("raw meta file of another category (no reviewed item has a title)", RAW,
+             raw_files(REVIEWS, [json.dumps({"asin": "B0", "title": "Paint"})]), module="dataset_prep.amazon18"),
     ]
 
 
