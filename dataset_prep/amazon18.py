@@ -176,9 +176,9 @@ def iter_records(path: Path) -> Iterator[dict[str, Any] | None]:
 
 def review_fields(record: dict[str, Any] | None) -> tuple[str, str, int] | None:
     """``reviewerID``, ``asin`` and ``unixReviewTime`` of a review; None unless the ids are non-empty strings and
-    the time an integer (or its digits): a null id or a list asin must not become an id such as "None"."""
+    the time an integer (its digits, or a whole float): a null id or a list asin must not become an id such as "None"."""
     user, item, time = (record.get(key) for key in ("reviewerID", "asin", "unixReviewTime")) if record else (None,) * 3
-    if isinstance(time, str) and time.isdigit():
+    if isinstance(time, str) and time.isdigit() or isinstance(time, float) and time.is_integer():
         time = int(time)
     ids_ok = isinstance(user, str) and isinstance(item, str) and bool(user.strip()) and bool(item.strip())
     return (user, item, time) if ids_ok and isinstance(time, int) and not isinstance(time, bool) else None

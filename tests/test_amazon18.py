@@ -30,8 +30,8 @@ REVIEWS = [
     ("UB", "I2", 300),
     ("UA", "I1", 90),
     ("UB", "I3", 200),
-    ("UC", "I3", 60),
-    ("UC", "I4", 70),
+    ("UC", "I3", "60"),  # a time written as digits or as a whole float is read as that integer
+    ("UC", "I4", 70.0),
     ("UD", "I4", 80),
     ("UE", "I5", 10),
     ("UE", "I1", 20),
