@@ -255,6 +255,15 @@ def test_image_modes_decode_to_the_pixels_of_their_8_bit_rgb(mode: str, tmp_path
     assert decoded.shape == (8, 8, 3) and np.abs(decoded - grey[..., None]).max() <= 8
 
 
+def test_image_with_an_exif_orientation_is_read_upright(tmp_path: Path) -> None:
+    upright = np.zeros((8, 16, 3), dtype=np.uint8)
+    upright[:, :8] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: the viewer turns it 90 degrees clockwise
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "0.png", exif=exif)
+    np.testing.assert_array_equal(np.asarray(read_image(tmp_path / "0.png")), upright)
+
+
 def test_missing_image_dir_names_the_download_option(item_json: Path, tmp_path: Path) -> None:
     with pytest.raises(DatasetNotFoundError, match="nowhere.*--download-images"):
         extract_image_features(item_json, tmp_path / "nowhere", tmp_path / "image.npy", progress=False)
