@@ -255,6 +255,17 @@ def test_image_modes_decode_to_the_pixels_of_their_8_bit_rgb(mode: str, tmp_path
     assert decoded.shape == (8, 8, 3) and np.abs(decoded - grey[..., None]).max() <= 8
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparent_pixels_read_as_white(mode: str, tmp_path: Path) -> None:
+    """A product photo on a transparent background: the hidden colour of those pixels (here black) is not shown."""
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[:4, :, :] = (200, 30, 30, 255)  # opaque red top half; the bottom half transparent black
+    image = Image.fromarray(rgba).convert(mode) if mode != "P" else Image.fromarray(rgba[..., :3]).convert("P")
+    image.save(tmp_path / "0.png", **({"transparency": image.getpixel((0, 7))} if mode == "P" else {}))
+    decoded = np.asarray(read_image(tmp_path / "0.png"))
+    assert (decoded[4:] == 255).all() and not (decoded[:4] == 255).all()
+
+
 def test_image_with_an_exif_orientation_is_read_upright(tmp_path: Path) -> None:
     upright = np.zeros((8, 16, 3), dtype=np.uint8)
     upright[:, :8] = 255  # left half white

@@ -3,8 +3,8 @@
 ``pretrained`` is an open_clip tag (``openai``, ``laion2b_s32b_b82k``, ...) or a local checkpoint
 file. Weights stay fp32; on CUDA the forward pass runs under fp16/bf16 autocast. An item without
 an image file, or with one PIL cannot decode, gets a zero row and False in the mask; the
-undecodable ones are listed in the progress file (``unreadable``). An EXIF orientation is applied and
-16-bit grey images are scaled to 8 bits. Vectors are not normalised.
+undecodable ones are listed in the progress file (``unreadable``). An EXIF orientation is applied,
+16-bit grey images are scaled to 8 bits and transparent pixels read as white. Vectors are not normalised.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ def read_image(path: Path | None) -> Image.Image | None:
             image = ImageOps.exif_transpose(image)  # a photo stored sideways with an EXIF orientation: turned upright
             if image.mode.startswith("I"):  # 16-bit grey (I;16, I): convert("RGB") clips all above 255 to white
                 image = image.convert("I").point(lambda value: value / 257)
+            if image.has_transparency_data:  # transparent pixels: the white a viewer shows, not their hidden colour
+                image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
             return image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise UnreadableItemError(f"{path}: {err}") from err
