@@ -157,9 +157,10 @@ def parse_record(line: str) -> dict[str, Any] | None:
 
 
 def iter_records(path: Path) -> Iterator[dict[str, Any] | None]:
-    """Parsed records of a gzip JSON-lines file (None for an unparseable line); blank lines skipped."""
+    """Parsed records of a gzip JSON-lines file (None for an unparseable line); blank lines and a byte-order mark
+    skipped."""
     try:
-        with gzip.open(path, "rt", encoding="utf-8") as handle:
+        with gzip.open(path, "rt", encoding="utf-8-sig") as handle:
             for line in handle:
                 if line.strip():
                     yield parse_record(line)

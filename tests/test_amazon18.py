@@ -61,9 +61,9 @@ def image_url(images: Path, name: str) -> str:
 
 
 def meta_lines(images: Path) -> list[str]:
-    """Meta of I1..I6 plus noise: a Python-literal line, an unparseable line, a repeated asin."""
+    """Meta of I1..I6 plus noise: a byte-order mark, a Python-literal line, an unparseable line, a repeated asin."""
     return [
-        json.dumps({
+        "\ufeff" + json.dumps({
             "asin": "I1", "title": "Guitar <b>Strings</b>", "brand": "Acme",
             "description": ["Bright &amp; loud.", "<p>Nickel</p>"],
             "category": ["Musical Instruments", "Strings"],
