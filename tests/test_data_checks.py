@@ -283,6 +283,9 @@ BAD_FEATURES = {
                        r"1, .* — scale the features"),
     "not a matrix": (lambda m: m[:, 0], MalformedDataError,
                      r"bad.npy has shape \(2650,\) \(float32\) — features must be a 2-D float matrix"),
+    "no columns": (lambda m: m[:, :0], MalformedDataError,
+                   r"bad.npy has shape \(2650, 0\) \(float32\) — features must be a 2-D float matrix with at least one "
+                   r"column"),
     "npz archive": (lambda m: {"features": m}, MalformedDataError,
                     r"bad.npy is a .npz archive of arrays \['features'\], not one .npy matrix — save the feature matrix "
                     r"alone with numpy.save"),
@@ -325,7 +328,7 @@ def test_a_feature_path_that_is_a_folder_is_named_as_one(data, tmp_path):
     assert tree(tmp_path) == before
 
 
-@pytest.mark.parametrize("case", ["NaN row", "missing rows", "extra rows", "npz archive", "beyond float32",
+@pytest.mark.parametrize("case", ["NaN row", "missing rows", "extra rows", "npz archive", "beyond float32", "no columns",
                                   "only zero rows"])
 def test_qbert4rec_refuses_bad_feature_files(case, data, text_features, tmp_path):
     change, error, message = BAD_FEATURES[case]

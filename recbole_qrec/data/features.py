@@ -160,9 +160,9 @@ def load_features(path: str | os.PathLike, n_items: int | None = None) -> np.nda
         matrix.close()
         raise MalformedDataError(f"{paths.features} is a .npz archive of arrays {matrix.files}, not one .npy matrix — "
                                  "save the feature matrix alone with numpy.save (or `python -m dataset_prep.features`)")
-    if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
+    if matrix.ndim != 2 or not matrix.shape[1] or not np.issubdtype(matrix.dtype, np.floating):
         raise MalformedDataError(f"{paths.features} has shape {matrix.shape} ({matrix.dtype}) — features must be a 2-D "
-                                 "float matrix, one row per item id")
+                                 "float matrix with at least one column, one row per item id")
     if progress is not None and matrix.shape != (progress.n_items, progress.dim):
         raise MalformedDataError(f"{paths.features} has shape {matrix.shape} but {paths.progress} records "
                                  f"{(progress.n_items, progress.dim)} — recreate it with --overwrite")
