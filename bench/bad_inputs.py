@@ -234,7 +234,8 @@ def cases() -> list[Case]:
         Case("raw reviews file left uncompressed under .json.gz", RAW, raw_files(REVIEWS, META, compress=False),
              module="dataset_prep.amazon18"),
         Case("raw reviews with a null reviewerID or a list asin", RAW,
-             raw_files([review_line(None, "I1"), review_line("U1", ["I1"])] * 20, META), module="dataset_prep.amazon18"),
+             raw_files([review_line(None, "I1"), review_line("U1", ["I1"])] * 20, META),
+             module="dataset_prep.amazon18"),
         Case("raw meta file of another category (no reviewed item has a title)", RAW,
              raw_files(REVIEWS, [json.dumps({"asin": "B0", "title": "Paint"})]), module="dataset_prep.amazon18"),
     ]

@@ -167,7 +167,8 @@ def iter_records(path: Path) -> Iterator[dict[str, Any] | None]:
     except gzip.BadGzipFile as err:
         raise MalformedDataError(
             f"{path} is not gzip-compressed ({err}) — if it holds the JSON lines as plain text, rename it to "
-            f"{path.with_suffix('').name} and run `gzip {path.with_suffix('')}`; otherwise delete it and re-run with --download"
+            f"{path.with_suffix('').name} and run `gzip {path.with_suffix('')}`; otherwise delete it and re-run "
+            "with --download"
         ) from err
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as err:
         raise MalformedDataError(
@@ -177,7 +178,7 @@ def iter_records(path: Path) -> Iterator[dict[str, Any] | None]:
 
 def review_fields(record: dict[str, Any] | None) -> tuple[str, str, int] | None:
     """``reviewerID``, ``asin`` and ``unixReviewTime`` of a review; None unless the ids are non-empty strings and
-    the time an integer (its digits, or a whole float): a null id or a list asin must not become an id such as "None"."""
+    the time an integer (its digits, or a whole float): a null id or a list asin must not become an id ("None")."""
     user, item, time = (record.get(key) for key in ("reviewerID", "asin", "unixReviewTime")) if record else (None,) * 3
     if isinstance(time, str) and time.isdigit() or isinstance(time, float) and time.is_integer():
         time = int(time)

@@ -284,8 +284,8 @@ BAD_FEATURES = {
     "not a matrix": (lambda m: m[:, 0], MalformedDataError,
                      r"bad.npy has shape \(2650,\) \(float32\) — features must be a 2-D float matrix"),
     "no columns": (lambda m: m[:, :0], MalformedDataError,
-                   r"bad.npy has shape \(2650, 0\) \(float32\) — features must be a 2-D float matrix with at least one "
-                   r"column"),
+                   r"bad.npy has shape \(2650, 0\) \(float32\) — features must be a 2-D float matrix with at "
+                   r"least one column"),
     "npz archive": (lambda m: {"features": m}, MalformedDataError,
                     r"bad.npy is a .npz archive of arrays \['features'\], not one .npy matrix — save the feature matrix "
                     r"alone with numpy.save"),
@@ -328,8 +328,8 @@ def test_a_feature_path_that_is_a_folder_is_named_as_one(data, tmp_path):
     assert tree(tmp_path) == before
 
 
-@pytest.mark.parametrize("case", ["NaN row", "missing rows", "extra rows", "npz archive", "beyond float32", "no columns",
-                                  "only zero rows"])
+@pytest.mark.parametrize("case", ["NaN row", "missing rows", "extra rows", "npz archive", "beyond float32",
+                                  "no columns", "only zero rows"])
 def test_qbert4rec_refuses_bad_feature_files(case, data, text_features, tmp_path):
     change, error, message = BAD_FEATURES[case]
     save_matrix(tmp_path / "bad.npy", change(text_features))
