@@ -224,8 +224,10 @@ def test_the_pretrained_checkpoint_is_checked_the_same_way(mql4grec_pretrained, 
     assert status == 2 and "was written by MQL4GRec, not SASRec" in err
 
 
-def interrupted_run(args: list[str], cwd: Path, data: Path, ready: Callable[[], bool]) -> subprocess.CompletedProcess:
-    """Start ``run_recbole_qrec.py args`` in ``cwd``, press Ctrl-C once ``ready()``, and wait for it to end."""
+def interrupted_run(args: list[str], cwd: Path, data: Path, ready: Callable[[], bool],
+                    signum: int = signal.SIGINT) -> subprocess.CompletedProcess:
+    """Start ``run_recbole_qrec.py args`` in ``cwd``, send ``signum`` (default Ctrl-C's) once ``ready()``, and wait for
+    it to end."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), f"--data_path={data}", *args]
     with open(cwd / "stderr.txt", "w") as stderr:
@@ -235,15 +237,16 @@ def interrupted_run(args: list[str], cwd: Path, data: Path, ready: Callable[[], 
             time.sleep(0.1)
         assert process.poll() is None, "the run ended before it could be interrupted"
         assert ready(), "the run did not reach the point to interrupt in time"
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         process.wait(timeout=120)
     return subprocess.CompletedProcess(command, process.returncode, "", (cwd / "stderr.txt").read_text())
 
 
-def test_an_interrupted_run_leaves_no_checkpoint_and_no_result(work, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and kill or a job scheduler's stop
+def test_an_interrupted_run_leaves_no_checkpoint_and_no_result(signum, work, tmp_path):
     saved = tmp_path / "saved"
     done = interrupted_run(["--model=SASRec", *as_args({**SASREC, "epochs": 500, "stopping_step": 500})],
-                           tmp_path, work / "dataset", lambda: any(saved.glob("*.pth")))
+                           tmp_path, work / "dataset", lambda: any(saved.glob("*.pth")), signum)
     assert done.returncode == 130 and done.stderr.strip().splitlines()[-1].startswith("error: interrupted — ")
     assert "Traceback" not in done.stderr
     assert not [path for path in saved.iterdir()], "a checkpoint of the failed run was left"
