@@ -28,7 +28,8 @@ from recbole_qrec import compare, sweep, table
 from recbole_qrec.config import RECBOLE_PROPERTIES_DIR, QRecConfig, as_argument, build_config
 from recbole_qrec.data import available_datasets, check_dataset
 from recbole_qrec.distributed import launch
-from recbole_qrec.errors import DEBUG_ENV, ConfigError, QRecError, debug_requested, single_line, user_errors
+from recbole_qrec.errors import (DEBUG_ENV, ConfigError, QRecError, Terminated, debug_requested, single_line,
+                                 user_errors)
 from recbole_qrec.quick_start import run_recbole_qrec
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.utils import qrec_model_names, recbole_model_names
@@ -273,13 +274,15 @@ def sweep_command(argv: Sequence[str], prog: str) -> None:
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Inside the block SIGTERM (``kill``, a job scheduler stopping the run) ends the run as Ctrl-C does: what it
-    wrote is removed and it exits with 130 (signal handlers can only be set from the main thread)."""
+    wrote is removed and it exits with 130; a second SIGTERM does not interrupt that clean-up (signal handlers can
+    only be set from the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:

@@ -55,6 +55,11 @@ class MissingDependencyError(QRecError, ImportError):
     """An optional dependency (an extra such as ``pip install 'recbole-qrec[image]'``) is not installed."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job scheduler's stop), taken as Ctrl-C; unlike Ctrl-C it reaches only the one process,
+    which passes it on to the runs it started."""
+
+
 def required_module(name: str, needed_by: str, install: str) -> ModuleType:
     """``import name``, or a :class:`MissingDependencyError` ``<needed_by> needs <name> — <install>``."""
     try:
