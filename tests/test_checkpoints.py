@@ -242,12 +242,14 @@ def interrupted_run(args: list[str], cwd: Path, data: Path, ready: Callable[[], 
     return subprocess.CompletedProcess(command, process.returncode, "", (cwd / "stderr.txt").read_text())
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and kill or a job scheduler's stop
-def test_an_interrupted_run_leaves_no_checkpoint_and_no_result(signum, work, tmp_path):
+# Ctrl-C, and kill or a job scheduler's stop (SIGTERM reaches the process of an --nproc run that started the others)
+@pytest.mark.parametrize(("signum", "nproc"), [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGTERM, 2)])
+def test_an_interrupted_run_leaves_no_checkpoint_and_no_result(signum, nproc, work, tmp_path):
     saved = tmp_path / "saved"
-    done = interrupted_run(["--model=SASRec", *as_args({**SASREC, "epochs": 500, "stopping_step": 500})],
-                           tmp_path, work / "dataset", lambda: any(saved.glob("*.pth")), signum)
-    assert done.returncode == 130 and done.stderr.strip().splitlines()[-1].startswith("error: interrupted — ")
+    done = interrupted_run(["--model=SASRec", *as_args({**SASREC, "epochs": 500, "stopping_step": 500}),
+                            f"--nproc={nproc}"], tmp_path, work / "dataset", lambda: any(saved.glob("*.pth")), signum)
+    assert done.returncode == 130 and done.stderr.count("error: interrupted — ") == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("error: interrupted — ")
     assert "Traceback" not in done.stderr
     assert not [path for path in saved.iterdir()], "a checkpoint of the failed run was left"
     assert not (tmp_path / "results").exists()
