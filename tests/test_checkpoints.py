@@ -4,6 +4,7 @@ after it has written checkpoints leaves none of them (and restores the checkpoin
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -276,3 +277,18 @@ def test_an_interrupted_pretraining_run_leaves_no_pretrained_checkpoint(work, tm
     assert done.returncode != 0
     assert not list(saved.glob("*.pth")) and not list(saved.glob(".*")), list(saved.iterdir())
     assert not (tmp_path / "results").exists()
+
+
+def test_runs_started_together_keep_their_own_checkpoints(work, tmp_path):
+    """Side by side (compare --parallel, seeds run at once) runs start in the same second, which RecBole's checkpoint
+    name holds: each run's own process id keeps them apart."""
+    command = [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), f"--data_path={work / 'dataset'}",
+               "--model=SASRec", *as_args(SASREC)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(2)]
+    assert [run.wait(timeout=300) for run in runs] == [0, 0]
+    records = [json.loads(line) for line in (tmp_path / "results" / "results.jsonl").read_text().splitlines()]
+    assert sorted(Path(record["checkpoint"]).stem.rsplit("-", 1)[1] for record in records) == sorted(
+        str(run.pid) for run in runs)
+    assert all((tmp_path / record["checkpoint"]).is_file() for record in records)
