@@ -108,6 +108,13 @@ def huge_first_code(tokens: list[str]) -> None:
     tokens[0] = tokens[0].split("_")[0] + "_99999"
 
 
+def not_installed(module: str) -> Callable[[Path], None]:
+    """A ``<module>.py`` in the working folder (first on ``sys.path`` under ``python -m``) that fails to import, as
+    the module does when it is not installed; a file named ``__pycache__`` keeps Python from writing its bytecode."""
+    return lambda work: (write_new(work / f"{module}.py", f"raise ImportError('No module named {module}')\n"),
+                         write_new(work / "__pycache__", ""))
+
+
 def recbole_pickled(state: dict) -> dict:
     """The same checkpoint as plain RecBole writes it: its ``Config`` object pickled inside."""
     from recbole_qrec.config import build_config
@@ -226,6 +233,13 @@ def cases() -> list[Case]:
              lambda work: np.savez(work / "f.npz", features=np.ones((item_rows(work), 8), dtype=np.float32)),
              module="recbole_qrec.tokenize"),
         Case("compare naming a model twice", ["compare", "--models", "SASRec", "SASRec", "--datasets", DATASET, *FAST]),
+        Case("table --format png without matplotlib", ["table", "absent.jsonl", "--format", "md,png", "--out", "t"],
+             not_installed("matplotlib"), notes="matplotlib.py in the working folder raises ImportError"),
+        Case("sweep without optuna", ["sweep", "SASRec.yaml", "--out", "sweep"], not_installed("optuna"),
+             notes="optuna.py in the working folder raises ImportError"),
+        Case("text features without transformers", ["text", "--item-json", "items.json", "--out", "t.npy"],
+             lambda work: (not_installed("transformers")(work), write_new(work / "items.json", ITEM_JSON)),
+             notes="transformers.py in the working folder raises ImportError", module="dataset_prep.features"),
         Case("converter given malformed JSON", ["--dataset", "Broken", "--src", "broken", "--out", "dataset"],
              lambda work: write_new(work / "broken" / "Broken" / "Broken.inter.json", '{"0": [1, 2'),
              module="dataset_prep.convert"),

@@ -4,7 +4,7 @@ models, datasets and seeds and tables it (:mod:`recbole_qrec.compare`), ``sweep`
 hyper-parameter sweep (:mod:`recbole_qrec.sweep`).
 
 One error path: a user error (:class:`~recbole_qrec.errors.QRecError`) prints ``error: <message>`` to stderr
-and exits with status 2; Ctrl-C prints ``error: interrupted ...`` and exits with 130; any other exception prints
+and exits with status 2; Ctrl-C (or SIGTERM) prints ``error: interrupted ...`` and exits with 130; any other exception prints
 one ``error: unexpected ...`` line and exits with 1.
 ``--debug`` (or ``QREC_DEBUG=1``) lets the exception through, with its traceback.
 """
@@ -15,9 +15,12 @@ import argparse
 import os
 import re
 import shlex
+import signal
 import sys
 import textwrap
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -25,7 +28,8 @@ from recbole_qrec import compare, sweep, table
 from recbole_qrec.config import RECBOLE_PROPERTIES_DIR, QRecConfig, as_argument, build_config
 from recbole_qrec.data import available_datasets, check_dataset
 from recbole_qrec.distributed import launch
-from recbole_qrec.errors import DEBUG_ENV, ConfigError, QRecError, debug_requested, single_line, user_errors
+from recbole_qrec.errors import (DEBUG_ENV, ConfigError, QRecError, Terminated, debug_requested, single_line,
+                                 user_errors)
 from recbole_qrec.quick_start import run_recbole_qrec
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.utils import qrec_model_names, recbole_model_names
@@ -267,12 +271,32 @@ def sweep_command(argv: Sequence[str], prog: str) -> None:
     sweep.run_command(args)
 
 
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Inside the block SIGTERM (``kill``, a job scheduler stopping the run) ends the run as Ctrl-C does: what it
+    wrote is removed and it exits with 130; a second SIGTERM does not interrupt that clean-up (signal handlers can
+    only be set from the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "recbole-qrec") -> None:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) through the one error path."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = debug_requested(argv)
     try:
-        with user_errors(debug):
+        with terminate_as_interrupt(), user_errors(debug):
             if argv[:1] == ["table"]:
                 table_command(argv[1:], prog)
             elif argv[:1] == ["compare"]:

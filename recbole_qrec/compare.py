@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ from recbole_qrec import table
 from recbole_qrec.child_runs import child_environment, last_error
 from recbole_qrec.config import build_config
 from recbole_qrec.data import check_dataset
-from recbole_qrec.errors import ConfigError, QRecError, repeated, single_line
+from recbole_qrec.errors import ConfigError, QRecError, Terminated, repeated, single_line
 from recbole_qrec.results import config_hash, git_state
 
 DESCRIPTION = ("Train every model on every dataset with --seeds seeds (each run the entry point in its own process, "
@@ -147,15 +148,20 @@ def budget_stopped(runs: list[Run]) -> list[Run]:
     return continued
 
 
-def execute(run: Run, env: dict[str, str]) -> tuple[int, str, float]:
-    """Run the entry point in ``env``; its exit status, its ``error:`` line (else its last line of output) and
-    seconds."""
+def execute(run: Run, env: dict[str, str], running: set[subprocess.Popen]) -> tuple[int, str, float]:
+    """Run the entry point in ``env`` (in ``running`` while it runs); its exit status, its ``error:`` line (else its
+    last line of output) and seconds."""
     start = time.time()
-    done = subprocess.run(run.command, capture_output=True, text=True, env=env, check=False)
-    error = last_error(done.stderr)
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    outcome = f"error: {error}" if error is not None else lines[-1] if lines else f"exit status {done.returncode}"
-    return done.returncode, outcome, time.time() - start
+    with subprocess.Popen(run.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as process:
+        running.add(process)
+        try:
+            _, stderr = process.communicate()
+        finally:
+            running.discard(process)
+    error = last_error(stderr)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    outcome = f"error: {error}" if error is not None else lines[-1] if lines else f"exit status {process.returncode}"
+    return process.returncode, outcome, time.time() - start
 
 
 class Progress:
@@ -189,9 +195,10 @@ def run_grid(runs: list[Run], parallel: int, compare_id: str, metric: str,
     records: dict[Run, dict[str, Any]] = {}
     failures: dict[Run, str] = {}
     pool = ThreadPoolExecutor(parallel)
+    running: set[subprocess.Popen] = set()
     try:
         env = child_environment(parallel)
-        futures = {pool.submit(execute, run, env): run for run in runs}
+        futures = {pool.submit(execute, run, env, running): run for run in runs}
         for future in as_completed(futures):
             run, (status, error, seconds) = futures[future], future.result()
             found = [r for r in recorded(run.results_file) if (r.get("tags") or {}).get("compare") == compare_id
@@ -202,7 +209,10 @@ def run_grid(runs: list[Run], parallel: int, compare_id: str, metric: str,
             else:
                 failures[run] = error if status else f"it exited 0 but recorded no result in {run.results_file}"
                 progress.report(run, f"FAILED after {seconds:.1f} s: {failures[run]}")
-    except KeyboardInterrupt:  # the runs got Ctrl-C too: the finished ones are recorded, the others write nothing
+    except KeyboardInterrupt as interrupt:  # the finished runs are recorded, the others write nothing
+        if isinstance(interrupt, Terminated):  # Ctrl-C reaches the runs too, SIGTERM only this process
+            for process in list(running):
+                process.send_signal(signal.SIGTERM)
         print(f"error: interrupted after {progress.count} of {progress.total} runs — the finished runs are recorded; "
               "run the same command again to run the others (the recorded runs are skipped)", file=sys.stderr)
         sys.exit(130)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -46,7 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 
-from recbole_qrec.errors import ConfigError
+from recbole_qrec.errors import ConfigError, Terminated
 
 # torchrun's environment (https://pytorch.org/docs/stable/elastic/run.html), which launch() sets as well.
 LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -119,7 +120,9 @@ def free_port() -> int:
 def launch(nproc: int, function: Callable[..., Any], *args: Any) -> None:
     """Run ``function(*args)`` in ``nproc`` new processes of one distributed run on this machine, each with
     torchrun's environment (rank ``i`` of ``nproc``); returns when all have finished. A process that exits with
-    a status ends this one with that status (after the others are stopped); an exception is raised again here."""
+    a status ends this one with that status (after the others are stopped); an exception is raised again here.
+    Interrupted, it waits for the processes to end as interrupted runs do (rank 0 says so) and exits with 130;
+    SIGTERM, which reaches this process alone, is passed on to them."""
     if nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {nproc} — e.g. --nproc=2 for two processes")
     if "WORLD_SIZE" in os.environ:
@@ -128,10 +131,19 @@ def launch(nproc: int, function: Callable[..., Any], *args: Any) -> None:
     port = os.environ.get("MASTER_PORT") or str(free_port())
     environment = {"WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
                    "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"), "MASTER_PORT": port}
+    context = torch.multiprocessing.spawn(run_as_rank, args=(environment, function, args), nprocs=nproc, join=False)
     try:
-        torch.multiprocessing.spawn(run_as_rank, args=(environment, function, args), nprocs=nproc, join=True)
+        while not context.join():
+            pass
     except torch.multiprocessing.ProcessExitedException as err:  # the process has reported why
         sys.exit(err.exit_code if err.exit_code > 0 else 1)
+    except KeyboardInterrupt as interrupt:
+        for process in context.processes:
+            if isinstance(interrupt, Terminated) and process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+        for process in context.processes:
+            process.join()
+        sys.exit(130)
 
 
 def run_as_rank(rank: int, environment: dict[str, str], function: Callable[..., Any], args: tuple) -> None:

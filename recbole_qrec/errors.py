@@ -3,10 +3,12 @@ stderr and exit status 2, the traceback only with ``--debug`` or ``QREC_DEBUG=1`
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
+from types import ModuleType
 
 DEBUG_ENV = "QREC_DEBUG"
 DEBUG_EPILOG = (f"A problem with the input prints one line 'error: ...' and exits with status 2 "
@@ -51,6 +53,19 @@ class TrainingDivergedError(QRecError, ValueError):
 
 class MissingDependencyError(QRecError, ImportError):
     """An optional dependency (an extra such as ``pip install 'recbole-qrec[image]'``) is not installed."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job scheduler's stop), taken as Ctrl-C; unlike Ctrl-C it reaches only the one process,
+    which passes it on to the runs it started."""
+
+
+def required_module(name: str, needed_by: str, install: str) -> ModuleType:
+    """``import name``, or a :class:`MissingDependencyError` ``<needed_by> needs <name> — <install>``."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise MissingDependencyError(f"{needed_by} needs {name}, which is not installed — {install}") from None
 
 
 def debug_requested(argv: list[str] | tuple[str, ...] = ()) -> bool:

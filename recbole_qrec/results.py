@@ -146,11 +146,14 @@ def build_record(config: Config, trainer: Trainer, best_valid_score: float, best
 
 def append_result(record: dict[str, Any], results_dir: str | Path) -> Path:
     """Append ``record`` as one JSON line to ``<results_dir>/results.jsonl`` (rewritten atomically, under an
-    exclusive lock of ``.results.jsonl.lock`` beside it, so runs finishing at once all keep their lines)."""
+    exclusive lock of ``.results.jsonl.lock`` beside it, so runs finishing at once all keep their lines). A last line
+    left without its line break (a writer that died mid-line) is ended first, so the record keeps a line of its own."""
     path = Path(results_dir) / "results.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(path.with_name(f".{path.name}.lock")):
         previous = path.read_text(encoding="utf-8") if path.is_file() else ""
+        if previous and not previous.endswith("\n"):
+            previous += "\n"
         with atomic_open(path, "w", encoding="utf-8") as handle:
             handle.write(previous + json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
     return path

@@ -78,7 +78,7 @@ from tqdm import tqdm
 
 from recbole_qrec.child_runs import child_environment, last_error
 from recbole_qrec.config import as_argument, build_config, check_config_values, is_number
-from recbole_qrec.errors import ConfigError, MalformedDataError, MissingDependencyError, QRecError, single_line
+from recbole_qrec.errors import ConfigError, MalformedDataError, QRecError, required_module, single_line
 from recbole_qrec.fileio import atomic_open, atomic_path, check_output_folder, exclusive_lock, write_json_atomic
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.table import load_records, metric_key, metric_label, runs_line
@@ -102,11 +102,7 @@ INTERRUPTED = {130, -signal.SIGINT}  # exit statuses of a run stopped by Ctrl-C
 
 def import_optuna() -> Any:
     """The optuna module, or a one-line error naming the extra that brings it."""
-    try:
-        import optuna
-    except ImportError:
-        raise MissingDependencyError("recbole-qrec sweep needs optuna — pip install 'recbole-qrec[sweep]' "
-                                     "(or pip install optuna)") from None
+    optuna = required_module("optuna", "recbole-qrec sweep", "pip install 'recbole-qrec[sweep]' (or pip install optuna)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from recbole_qrec.errors import ConfigError, MalformedDataError, repeated, single_line
+from recbole_qrec.errors import ConfigError, MalformedDataError, repeated, required_module, single_line
 from recbole_qrec.fileio import check_output_folder
 from recbole_qrec.resources import PROPERTIES_DIR
 
@@ -554,8 +554,8 @@ def render_tex(table: Table) -> str:
 
 def pyplot() -> Any:
     """matplotlib's pyplot on the file-only Agg backend."""
-    import matplotlib
-
+    matplotlib = required_module("matplotlib", "--format png and curves", "pip install 'matplotlib>=3.7' (a "
+                                 "dependency of recbole-qrec, which pip install recbole-qrec brings)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -705,6 +705,8 @@ def table_request(args: argparse.Namespace) -> TableRequest:
         raise ConfigError(f"unknown --format {','.join(unknown) or args.format!r} — use some of {','.join(FORMATS)}")
     if set(formats) - {"md"} and args.out is None:
         raise ConfigError("--format csv, png, tex and curves write files — add --out PREFIX")
+    if {"png", "curves"} & set(formats):
+        pyplot()  # a missing matplotlib stops the command before any file is written
     if args.out is not None:
         check_output_folder(args.out.parent, f"--out {args.out} cannot be written", "give an --out prefix in a folder")
     paper = args.paper

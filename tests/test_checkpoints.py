@@ -4,6 +4,7 @@ after it has written checkpoints leaves none of them (and restores the checkpoin
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -224,8 +225,10 @@ def test_the_pretrained_checkpoint_is_checked_the_same_way(mql4grec_pretrained, 
     assert status == 2 and "was written by MQL4GRec, not SASRec" in err
 
 
-def interrupted_run(args: list[str], cwd: Path, data: Path, ready: Callable[[], bool]) -> subprocess.CompletedProcess:
-    """Start ``run_recbole_qrec.py args`` in ``cwd``, press Ctrl-C once ``ready()``, and wait for it to end."""
+def interrupted_run(args: list[str], cwd: Path, data: Path, ready: Callable[[], bool],
+                    signum: int = signal.SIGINT) -> subprocess.CompletedProcess:
+    """Start ``run_recbole_qrec.py args`` in ``cwd``, send ``signum`` (default Ctrl-C's) once ``ready()``, and wait for
+    it to end."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), f"--data_path={data}", *args]
     with open(cwd / "stderr.txt", "w") as stderr:
@@ -235,16 +238,19 @@ def interrupted_run(args: list[str], cwd: Path, data: Path, ready: Callable[[], 
             time.sleep(0.1)
         assert process.poll() is None, "the run ended before it could be interrupted"
         assert ready(), "the run did not reach the point to interrupt in time"
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         process.wait(timeout=120)
     return subprocess.CompletedProcess(command, process.returncode, "", (cwd / "stderr.txt").read_text())
 
 
-def test_an_interrupted_run_leaves_no_checkpoint_and_no_result(work, tmp_path):
+# Ctrl-C, and kill or a job scheduler's stop (SIGTERM reaches the process of an --nproc run that started the others)
+@pytest.mark.parametrize(("signum", "nproc"), [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGTERM, 2)])
+def test_an_interrupted_run_leaves_no_checkpoint_and_no_result(signum, nproc, work, tmp_path):
     saved = tmp_path / "saved"
-    done = interrupted_run(["--model=SASRec", *as_args({**SASREC, "epochs": 500, "stopping_step": 500})],
-                           tmp_path, work / "dataset", lambda: any(saved.glob("*.pth")))
-    assert done.returncode == 130 and done.stderr.strip().splitlines()[-1].startswith("error: interrupted — ")
+    done = interrupted_run(["--model=SASRec", *as_args({**SASREC, "epochs": 500, "stopping_step": 500}),
+                            f"--nproc={nproc}"], tmp_path, work / "dataset", lambda: any(saved.glob("*.pth")), signum)
+    assert done.returncode == 130 and done.stderr.count("error: interrupted — ") == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("error: interrupted — ")
     assert "Traceback" not in done.stderr
     assert not [path for path in saved.iterdir()], "a checkpoint of the failed run was left"
     assert not (tmp_path / "results").exists()
@@ -271,3 +277,18 @@ def test_an_interrupted_pretraining_run_leaves_no_pretrained_checkpoint(work, tm
     assert done.returncode != 0
     assert not list(saved.glob("*.pth")) and not list(saved.glob(".*")), list(saved.iterdir())
     assert not (tmp_path / "results").exists()
+
+
+def test_runs_started_together_keep_their_own_checkpoints(work, tmp_path):
+    """Side by side (compare --parallel, seeds run at once) runs start in the same second, which RecBole's checkpoint
+    name holds: each run's own process id keeps them apart."""
+    command = [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), f"--data_path={work / 'dataset'}",
+               "--model=SASRec", *as_args(SASREC)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(2)]
+    assert [run.wait(timeout=300) for run in runs] == [0, 0]
+    records = [json.loads(line) for line in (tmp_path / "results" / "results.jsonl").read_text().splitlines()]
+    assert sorted(Path(record["checkpoint"]).stem.rsplit("-", 1)[1] for record in records) == sorted(
+        str(run.pid) for run in runs)
+    assert all((tmp_path / record["checkpoint"]).is_file() for record in records)

@@ -237,3 +237,25 @@ def test_help_lists_models_datasets_overrides_and_layering(command, cwd):
 def test_model_help_lists_its_keys_defaults_and_meanings(model, lines, cwd):
     text = help_text([f"--model={model}", "--help"], cwd)
     assert all(line in text for line in lines), text
+
+
+@pytest.mark.parametrize(
+    ("missing", "command", "args", "fragment"),
+    [
+        ("matplotlib", "recbole_qrec", ["table", "absent.jsonl", "--format", "md,png", "--out", "t"],
+         "--format png and curves needs matplotlib, which is not installed — pip install 'matplotlib>=3.7'"),
+        ("optuna", "recbole_qrec", ["sweep", "SASRec.yaml", "--out", "sweep"],
+         "recbole-qrec sweep needs optuna, which is not installed — pip install 'recbole-qrec[sweep]'"),
+        ("transformers", "dataset_prep.features", ["text", "--item-json", "items.json", "--out", "t.npy"],
+         "text features needs transformers, which is not installed — pip install 'transformers>=5.17,<6'"),
+    ],
+)
+def test_a_missing_dependency_is_one_line_naming_what_to_install(missing, command, args, fragment, cwd):
+    (cwd / "items.json").write_text('{"0": {"title": "Red acoustic guitar"}}', encoding="utf-8")
+    before = folder_listing(cwd)
+    call = (f"import runpy, sys; sys.modules[{missing!r}] = None; sys.argv = ['{command}', *{args!r}]; "
+            f"runpy.run_module({command!r}, run_name='__main__')")  # as if the package were not installed
+    done = subprocess.run([sys.executable, "-c", call], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+    assert fragment in done.stderr
+    assert folder_listing(cwd) == before

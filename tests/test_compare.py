@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +122,24 @@ def test_continue_resumes_budget_stopped_runs_from_their_checkpoints(work: Path,
 def without_command(md: str) -> str:
     """A table's markdown without the line naming the command that built it."""
     return "\n".join(line for line in md.splitlines() if not line.startswith("Command: "))
+
+
+def test_a_stopped_compare_stops_its_runs_and_leaves_no_checkpoint_or_record(work: Path, tmp_path: Path) -> None:
+    """SIGTERM (``kill``, a job scheduler's stop) reaches the compare process alone; it passes it on to its runs."""
+    args = ["compare", "--models", "SASRec", "GRU4Rec", "--datasets", "Instruments", "--parallel", "2",
+            "--results-dir", "results", f"--data_path={work / 'dataset'}", "--epochs=500", "--stopping_step=500",
+            *[arg for arg in TINY if arg != "--epochs=1"]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "recbole_qrec", *args], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(list(tmp_path.glob("saved/*.pth"))) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert process.poll() is None, f"compare ended before it could be stopped: {process.stderr.read()}"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)  # it returns once its runs have ended
+    assert process.returncode == 130 and err.splitlines()[-1].startswith("error: interrupted after 0 of 2 runs")
+    assert not list(tmp_path.glob("saved/*.pth")) and not (tmp_path / "results" / "results.jsonl").exists()
 
 
 def test_seeds_follow_the_configured_seed(work: Path) -> None:

@@ -143,3 +143,10 @@ def test_runs_finishing_at_once_keep_every_record(tmp_path):
         process.join()
     lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert sorted((line["writer"], line["index"]) for line in lines) == [(w, i) for w in range(4) for i in range(20)]
+
+
+def test_a_line_left_unfinished_by_another_writer_keeps_the_record_apart(tmp_path):
+    (tmp_path / "results.jsonl").write_text('{"model": "SAS', encoding="utf-8")  # a writer killed mid-line
+    append_result({"model": "SASRec", "seed": 1}, tmp_path)
+    lines = (tmp_path / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == '{"model": "SAS' and json.loads(lines[1]) == {"model": "SASRec", "seed": 1}

@@ -24,7 +24,7 @@ from dataset_prep.features.encoding import (
 )
 from dataset_prep.features.items import item_texts, read_item_json
 from dataset_prep.features.store import DEFAULT_CHUNK_SIZE, FeatureProgress, inputs_digest, write_features
-from recbole_qrec.errors import ConfigError
+from recbole_qrec.errors import ConfigError, required_module
 
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 POOLINGS = ("mean", "cls", "pooler")
@@ -92,7 +92,8 @@ class TextEncoder:
     """A loaded tokenizer and model turning a batch of texts into pooled float32 vectors."""
 
     def __init__(self, options: TextOptions) -> None:
-        from transformers import AutoModel, AutoTokenizer  # imported on use: loading features needs none of it
+        transformers = required_module("transformers", "text features", "pip install 'transformers>=5.17,<6' (a "
+                                       "dependency of recbole-qrec, which pip install recbole-qrec brings)")
 
         if options.pooling not in POOLINGS:
             raise ConfigError(f"pooling {options.pooling!r} is not one of {POOLINGS} — choose one of them")
@@ -101,8 +102,8 @@ class TextEncoder:
         self.dtype = compute_dtype(self.device, options.dtype)
         check_model_folder(options.model)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(options.model)
-            model = AutoModel.from_pretrained(options.model, dtype=DTYPES[self.dtype])
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(options.model)
+            model = transformers.AutoModel.from_pretrained(options.model, dtype=DTYPES[self.dtype])
         except (OSError, ValueError, RuntimeError, pickle.UnpicklingError, EOFError, SafetensorError) as err:
             reason = " ".join(str(err).split())
             raise ConfigError(f"cannot load text model {options.model!r} ({reason}) — give a transformers model "

@@ -36,6 +36,7 @@ from recbole.utils import set_color
 from torch import nn
 
 import recbole_qrec.trainer as qrec_trainers
+from recbole_qrec.distributed import broadcast_from_main
 from recbole_qrec.errors import CheckpointError
 from recbole_qrec.fileio import atomic_path
 from recbole_qrec.trainer.acceleration import AccelerationMixin
@@ -281,6 +282,13 @@ class SafeCheckpointMixin:
 
     def __init__(self, config, model) -> None:
         super().__init__(config, model)
+        # RecBole names the checkpoint <model>-<start time to the second>.pth: runs starting in the same second
+        # (compare --parallel, seeds run side by side) would write, and test, one another's model. The process id
+        # of the run (rank 0's in a distributed run) makes the name its own.
+        saved = Path(self.saved_model_file)
+        self.saved_model_file = str(saved.with_name(f"{saved.stem}-{os.getpid()}{saved.suffix}"))
+        if not config["single_spec"]:
+            self.saved_model_file = broadcast_from_main(self.saved_model_file)
         self.epoch_seconds: list[float] = []
         self.valid_curve: list[dict[str, float | int]] = []
         # Inside checkpoints_kept_on_success: each checkpoint written -> its kept previous version (or None).
