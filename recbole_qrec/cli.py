@@ -18,13 +18,13 @@ import shlex
 import signal
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
 from recbole_qrec import compare, sweep, table
+from recbole_qrec.child_runs import handling_signal
 from recbole_qrec.config import RECBOLE_PROPERTIES_DIR, QRecConfig, as_argument, build_config
 from recbole_qrec.data import available_datasets, check_dataset
 from recbole_qrec.distributed import launch
@@ -274,21 +274,14 @@ def sweep_command(argv: Sequence[str], prog: str) -> None:
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Inside the block SIGTERM (``kill``, a job scheduler stopping the run) ends the run as Ctrl-C does: what it
-    wrote is removed and it exits with 130; a second SIGTERM does not interrupt that clean-up (signal handlers can
-    only be set from the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    wrote is removed and it exits with 130; a second SIGTERM does not interrupt that clean-up."""
 
     def interrupt(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Terminated
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
+    with handling_signal(signal.SIGTERM, interrupt):
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "recbole-qrec") -> None:

@@ -76,7 +76,7 @@ import yaml
 from recbole.config import Config
 from tqdm import tqdm
 
-from recbole_qrec.child_runs import child_environment, last_error
+from recbole_qrec.child_runs import child_environment, handling_signal, last_error
 from recbole_qrec.config import as_argument, build_config, check_config_values, is_number
 from recbole_qrec.errors import ConfigError, MalformedDataError, QRecError, required_module, single_line
 from recbole_qrec.fileio import atomic_open, atomic_path, check_output_folder, exclusive_lock, write_json_atomic
@@ -660,20 +660,14 @@ def run_study(spec: SweepSpec, target: Target, out: Path, storage: optuna.storag
 @contextmanager
 def stop_on_interrupt(stop: threading.Event) -> Iterator[None]:
     """Inside the block, Ctrl-C (SIGINT) sets ``stop`` before it raises KeyboardInterrupt as usual, so that a worker
-    whose run the same Ctrl-C ended sees the sweep stopping (only the main thread can install the handler)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    whose run the same Ctrl-C ended sees the sweep stopping."""
 
     def interrupt(signum: int, frame: Any) -> None:
         stop.set()
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, interrupt)
-    try:
+    with handling_signal(signal.SIGINT, interrupt):
         yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def run_sweep(spec: SweepSpec, out: Path, parallel: int = 1, storage_url: str | None = None,

