@@ -84,7 +84,8 @@ class ImageEncoder:
             if isinstance(err, (pickle.UnpicklingError, EOFError)):
                 reason = "the file is not a readable PyTorch checkpoint (damaged, or not written by torch.save)"
             raise ConfigError(f"cannot create open_clip model {options.model!r} (pretrained={options.pretrained!r}: "
-                              f"{reason}) — give an open_clip model name and a pretrained tag or a checkpoint of that model") from err
+                              f"{reason}) — give an open_clip model name and a pretrained tag or a checkpoint of "
+                              "that model") from err
         self.model = model.to(self.device).eval()
         self.dim = self.encode([self.preprocess(Image.new("RGB", (32, 32)))]).shape[1]
 

@@ -160,7 +160,8 @@ def write_features(out: str | os.PathLike, kind: str, settings: dict[str, Any], 
     if progress.rows_done == n_items:
         if progress.present == 0:
             discard(paths)
-            unreadable = f" ({len(progress.unreadable):,} had an input file that could not be read)" if progress.unreadable else ""
+            unreadable = (f" ({len(progress.unreadable):,} had an input file that could not be read)"
+                          if progress.unreadable else "")
             raise MalformedDataError(f"none of the {n_items:,} items has a readable {kind} input{unreadable}, so every "
                                      f"{kind} feature row would be zero — check the item file and the inputs it points "
                                      "to (e.g. --image-dir); nothing was written")

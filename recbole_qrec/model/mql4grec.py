@@ -42,8 +42,9 @@ from recbole_qrec.errors import ConfigError
 from recbole_qrec.generation import (PrefixIndex, code_groups, constrained_beam_search,
                                     credit_target_group, exact_score_matrix)
 from recbole_qrec.model.abstract_recommender import PretrainableRecommender
-from recbole_qrec.model.layers import (batch_histories, check_t5_settings, checked_full_length_inputs, checked_length_bucket_rows,
-                                       checked_ranking, length_bucketed_loss, t5_config, teacher_forced_log_prob)
+from recbole_qrec.model.layers import (batch_histories, check_t5_settings, checked_full_length_inputs,
+                                       checked_length_bucket_rows, checked_ranking, length_bucketed_loss, t5_config,
+                                       teacher_forced_log_prob)
 from recbole_qrec.model.mql4grec_modules.fusion import checked_fusion, fuse_beams, fuse_scores
 from recbole_qrec.model.mql4grec_modules.languages import (DomainCodes, language_vocabs, source_codes,
                                                            target_codes)

@@ -45,9 +45,9 @@ from recbole_qrec.data.sid import SID_FILE, item_code_table
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.generation import (PrefixIndex, SemanticIdVocab, admit_unseen_items, beam_score_matrix, code_groups,
                                     constrained_beam_search, exact_score_matrix)
-from recbole_qrec.model.layers import (batch_histories, check_t5_settings, checked_full_length_inputs, checked_length_bucket_rows,
-                                       checked_ranking, code_tokens, length_bucketed_loss, t5_config,
-                                       teacher_forced_log_prob)
+from recbole_qrec.model.layers import (batch_histories, check_t5_settings, checked_full_length_inputs,
+                                       checked_length_bucket_rows, checked_ranking, code_tokens, length_bucketed_loss,
+                                       t5_config, teacher_forced_log_prob)
 
 
 class TIGER(SequentialRecommender):
