@@ -166,6 +166,8 @@ def test_bad_input_is_one_line_with_status_2_and_writes_nothing(args, fragment, 
          "resume_checkpoint 'absent.pth' does not exist"),
         # settings the model reads, refused before its tokenize stage writes the dataset's semantic IDs
         (["--model=QBert4Rec", "--scoring=foo"], "scoring is 'foo' — set it to one of item, levels"),
+        (["--model=QBert4Rec", "--scoring=levels", "--item_id_input=True"], "item_id_input needs the item embedding "
+                                                                            "table of scoring: item"),
         (["--model=QBert4Rec", "--mask_strategy=[span, bert]"], "mask_strategy ['span', 'bert'] is not a list of known "
                                                                 "strategies"),
         (["--model=MMESID", "--eval_mode=foo"], "eval_mode must be one of beam, exact, got 'foo'"),

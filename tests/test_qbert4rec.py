@@ -221,7 +221,14 @@ def slow_scores(model, item_seq, length, items):
         return [FIRST_CODE_TOKEN + level * codebook + int(model.item_codes[item, level]) for level in range(levels)]
 
     tokens = torch.tensor([[tokens_of(item) for item in item_seq[:length].tolist()] + [[MASK_TOKEN] * levels]])
-    hidden = model(tokens)[0, length]
+    embedded = model.token_embedding(tokens.flatten(1))
+    for slot, item in enumerate(item_seq[:length].tolist() if model.item_id_input else []):
+        for level in range(levels):
+            embedded[0, slot * levels + level] += model.item_output.id_embedding.weight[item]
+    positions = torch.arange(length + 1).repeat_interleave(levels)
+    embedded = embedded + model.position_embedding(positions) + model.level_embedding(torch.arange(levels).repeat(length + 1))
+    hidden = model.encoder(model.input_norm(embedded), torch.zeros(1, 1, 1, len(positions)),
+                           output_all_encoded_layers=False)[-1].view(length + 1, levels, -1)[length]
     scores = []
     for item in items:
         if model.item_output is None:
@@ -236,10 +243,10 @@ def slow_scores(model, item_seq, length, items):
     return torch.tensor(scores)
 
 
-@pytest.mark.parametrize("scoring", ["item", "levels"])
-def test_full_sort_predict_matches_a_slow_reference(prepared, work, scoring):
+@pytest.mark.parametrize("scoring, item_id_input", [("item", False), ("levels", False), ("item", True)])
+def test_full_sort_predict_matches_a_slow_reference(prepared, work, scoring, item_id_input):
     config, train, _, test, _ = prepared
-    model = QBert4Rec(subset_config(work, scoring=scoring), train._dataset)
+    model = QBert4Rec(subset_config(work, scoring=scoring, item_id_input=item_id_input), train._dataset)
     model.eval()
     interaction = first_batch(test)[:4]
     items = [1, 2, 7, 50, model.n_items - 1]
@@ -251,6 +258,25 @@ def test_full_sort_predict_matches_a_slow_reference(prepared, work, scoring):
             torch.testing.assert_close(fast[row, items], slow, atol=1e-5, rtol=0)
         targets = interaction["item_id"].unsqueeze(1)
         torch.testing.assert_close(model.predict(interaction), fast.gather(1, targets).squeeze(1))
+
+
+def test_item_id_input_hides_the_ids_of_masked_items_in_pretraining(prepared, work):
+    """Tail masking hides each sequence's appended target: moving the ID embeddings of targets seen in no history
+    leaves the pretraining loss unchanged, moving those of history items changes it."""
+    config, train, *_ = prepared
+    model = QBert4Rec(subset_config(work, item_id_input=True, mask_strategy=["tail"]), train._dataset).eval()
+    batch = first_batch(train)[:64]
+    in_history = set(batch["item_id_list"].flatten().tolist()) - {0}
+    hidden_only = sorted(set(batch["item_id"].tolist()) - in_history)
+    assert hidden_only and in_history
+    with torch.no_grad():
+        model.heads.weight.mul_(100)  # sharp code distributions: the loss feels its inputs
+        before = model.pretrain_loss(batch)
+        weights = model.item_output.id_embedding.weight
+        weights[hidden_only] += torch.randn(len(hidden_only), weights.shape[1])
+        torch.testing.assert_close(model.pretrain_loss(batch), before, atol=1e-6, rtol=0)
+        weights[sorted(in_history)] += torch.randn(len(in_history), weights.shape[1])
+        assert abs(float(model.pretrain_loss(batch) - before)) > 1e-3
 
 
 def test_saved_state_reloads_to_identical_scores(prepared, tmp_path):

@@ -71,6 +71,9 @@ class QBert4Rec(PretrainableRecommender):
                               "— set loss_type: CE")
         if config["scoring"] not in SCORINGS:
             raise ConfigError(f"scoring is {config['scoring']!r} — set it to one of {', '.join(SCORINGS)}")
+        if config["item_id_input"] and config["scoring"] != "item":
+            raise ConfigError("item_id_input needs the item embedding table of scoring: item — set scoring: item or "
+                              "item_id_input: False")
         checked_strategies(config["mask_strategy"], config["mask_prob"], config["mask_regions"])
 
     def __init__(self, config: Config, dataset: SemanticIdDataset) -> None:
@@ -105,6 +108,7 @@ class QBert4Rec(PretrainableRecommender):
         )
         self.heads = LevelHeads(self.levels, codebook_size, hidden, self.initializer_range)
         self.item_output = ItemOutput(self.n_items, hidden) if config["scoring"] == "item" else None
+        self.item_id_input = bool(config["item_id_input"])
         # Items per stage-1 injection depth 0..injection_layers, from the tokenize stage's report (None without one).
         self.injection_depth_histogram = dataset.sid_report.get("depth_histogram", {}).get(config["dataset"])
         self.apply(self._init_weights)
@@ -128,13 +132,18 @@ class QBert4Rec(PretrainableRecommender):
         tokens = codes[items] + self.level_offsets
         return tokens.masked_fill((items == 0).unsqueeze(-1), PAD_TOKEN)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """Token ids ``[B, S, L]`` -> hidden states ``[B, S, L, H]`` (bidirectional, padding hidden)."""
+    def forward(self, tokens: Tensor, items: Tensor | None = None) -> Tensor:
+        """Token ids ``[B, S, L]`` -> hidden states ``[B, S, L, H]`` (bidirectional, padding hidden). ``items``
+        ``[B, S]``: with ``item_id_input``, the target-domain item of each slot, whose ID embedding is added to its
+        ``L`` tokens (0: none, for padding, [MASK] slots and items of other domains)."""
         batch, slots, levels = tokens.shape
         flat = tokens.flatten(1)
         positions = torch.arange(slots, device=tokens.device).repeat_interleave(levels)
         level_ids = torch.arange(levels, device=tokens.device).repeat(slots)
         embedded = self.token_embedding(flat) + self.position_embedding(positions) + self.level_embedding(level_ids)
+        if self.item_id_input and items is not None:
+            ids = self.item_output.id_embedding(items).masked_fill((items == 0).unsqueeze(-1), 0)
+            embedded = embedded + ids.repeat_interleave(levels, dim=1)
         embedded = self.dropout(self.input_norm(embedded))
         attention_mask = self.get_attention_mask(flat, bidirectional=True)
         hidden = self.encoder(embedded, attention_mask, output_all_encoded_layers=False)[-1]
@@ -143,10 +152,11 @@ class QBert4Rec(PretrainableRecommender):
     def slot_states(self, interaction: Interaction) -> Tensor:
         """Hidden states ``[B, L, H]`` of the [MASK] slot after each history."""
         lengths = interaction[self.ITEM_SEQ_LEN]
-        tokens = self.item_tokens(F.pad(interaction[self.ITEM_SEQ], (0, 1)), self.item_codes)
+        items = F.pad(interaction[self.ITEM_SEQ], (0, 1))  # the slot after the last item is padding: no ID
+        tokens = self.item_tokens(items, self.item_codes)
         rows = torch.arange(len(tokens), device=tokens.device)
         tokens[rows, lengths] = MASK_TOKEN
-        return self.forward(tokens)[rows, lengths]
+        return self.forward(tokens, items)[rows, lengths]
 
     def code_embeddings(self) -> Tensor:
         """Every item's mean code-token embedding ``[n_items, H]`` (the padding item's is zero)."""
@@ -163,7 +173,9 @@ class QBert4Rec(PretrainableRecommender):
         items = F.pad(interaction[self.ITEM_SEQ], (0, 1)).scatter(1, lengths, targets)
         tokens = self.item_tokens(items, self.domain_codes(domain))
         masked = self.masker(tokens.flatten(1) != PAD_TOKEN).view_as(tokens)
-        logits = self.heads(self.forward(tokens.masked_fill(masked, MASK_TOKEN)))
+        # an item with a masked token shows no ID (it would give the hidden codes away); sources' items have none
+        visible = None if domain is not None else items.masked_fill(masked.any(-1), 0)
+        logits = self.heads(self.forward(tokens.masked_fill(masked, MASK_TOKEN), visible))
         # Unmasked tokens are ignored rather than indexed away: a boolean index would wait for the device every step.
         targets = (tokens - self.level_offsets).masked_fill(~masked, IGNORED_TARGET)
         loss = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORED_TARGET, reduction="sum")
