@@ -117,8 +117,8 @@ def scan_atomic_file(path: Path, config: Config, required: list[str], collect: l
             fields = line.rstrip("\r").split(separator)
             if len(fields) != width:
                 raise MalformedDataError(f"{path} line {number}: {len(fields)} fields, but the header has {width} "
-                                         f"({', '.join(columns)}) — every row needs one value per column, separated by "
-                                         f"{separator!r}; {FIX_CONVERT}")
+                                         f"({', '.join(columns)}) — every row needs one value per column, separated "
+                                         f"by {separator!r}; {FIX_CONVERT}")
             for index, name, kind in numeric:
                 value = fields[index]
                 if kind == "float_seq" or float_problem(value):
