@@ -20,10 +20,11 @@ import torch
 from PIL import Image, ImageOps
 
 from dataset_prep.features.encoding import (
-    EncodedRows, ItemEncoder, UnreadableItemError, autocast, compute_dtype, encode_all, resolve_device, to_numpy,
+    EncodedRows, ItemEncoder, UnreadableItemError, autocast, compute_dtype, encode_all, to_numpy,
 )
 from dataset_prep.features.items import IMAGE_DIR_SOURCE, IMAGE_SUFFIXES, check_image_dir, find_images, read_item_json
 from dataset_prep.features.store import DEFAULT_CHUNK_SIZE, FeatureProgress, inputs_digest, write_features
+from recbole_qrec.devices import resolve_device
 from recbole_qrec.errors import ConfigError, DatasetNotFoundError, MissingDependencyError
 
 DEFAULT_IMAGE_MODEL = "ViT-L-14"
