@@ -32,7 +32,7 @@ from recbole_qrec import table
 from recbole_qrec.child_runs import child_environment, last_error
 from recbole_qrec.config import build_config
 from recbole_qrec.data import check_dataset
-from recbole_qrec.errors import ConfigError, QRecError, Terminated, repeated, single_line
+from recbole_qrec.errors import ConfigError, QRecError, Terminated, interrupted_status, repeated, single_line
 from recbole_qrec.results import config_hash, git_state
 
 DESCRIPTION = ("Train every model on every dataset with --seeds seeds (each run the entry point in its own process, "
@@ -215,7 +215,7 @@ def run_grid(runs: list[Run], parallel: int, compare_id: str, metric: str,
                 process.send_signal(signal.SIGTERM)
         print(f"error: interrupted after {progress.count} of {progress.total} runs — the finished runs are recorded; "
               "run the same command again to run the others (the recorded runs are skipped)", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(interrupted_status(interrupt))
     finally:
         pool.shutdown(cancel_futures=True)  # waits for the runs under way, starts no other
     return records, failures

@@ -78,7 +78,8 @@ from tqdm import tqdm
 
 from recbole_qrec.child_runs import child_environment, handling_signal, last_error
 from recbole_qrec.config import as_argument, build_config, check_config_values, is_number
-from recbole_qrec.errors import ConfigError, MalformedDataError, QRecError, required_module, single_line
+from recbole_qrec.errors import (ConfigError, MalformedDataError, QRecError, interrupted_status, required_module,
+                                 single_line)
 from recbole_qrec.fileio import atomic_open, atomic_path, check_output_folder, exclusive_lock, write_json_atomic
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.table import load_records, metric_key, metric_label, runs_line
@@ -97,7 +98,8 @@ KINDS = ("choice", *RANGE_EXAMPLES)
 SWEEP_KEYS = {"model": "the model", "dataset": "the dataset", "seed": "seeds: [...]", "results_dir": "--out",
               "checkpoint_dir": "--out", "run_tags": "the sweep"}
 EXAMPLES_DIR = PROPERTIES_DIR / "sweep"
-INTERRUPTED = {130, -signal.SIGINT}  # exit statuses of a run stopped by Ctrl-C
+# Exit statuses of a run stopped by Ctrl-C or SIGTERM: the entry point's, or the signal's when it ended the process.
+INTERRUPTED = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM}
 
 
 def import_optuna() -> Any:
@@ -396,7 +398,7 @@ def error_line(log: Path, code: int) -> str:
 def run_trial(spec: SweepSpec, target: Target, out: Path, number: int, params: dict[str, Any],
               env: dict[str, str], gpu_id: str | None = None) -> Outcome:
     """Run a trial once per seed, each in its own process (on GPU ``gpu_id`` if given), and read its records back;
-    raises KeyboardInterrupt when a run was stopped by Ctrl-C."""
+    raises KeyboardInterrupt when a run was stopped by Ctrl-C or SIGTERM."""
     start = time.time()
     log_path = out / target.label / "trials" / f"{number}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -906,12 +908,12 @@ def run_command(args: argparse.Namespace) -> None:
     try:
         written = run_sweep(spec, out, args.parallel, args.storage, getattr(args, "command", None), gpus,
                             report_only=args.report)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if args.debug:
             raise
         print(f"error: interrupted — the finished trials are kept in {out} (and reported in its sweep.md files); run "
               "the same command to resume", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(interrupted_status(interrupt))
     for path in written:
         if path.suffix == ".md":
             print(path.read_text(encoding="utf-8"))
