@@ -214,9 +214,12 @@ def read_meta(path: Path, asins: set[str]) -> tuple[dict[str, dict[str, Any]], i
 
 
 def clean_text(value: Any) -> str:
-    """Text with HTML tags removed, entities decoded and whitespace collapsed; lists are joined."""
+    """Text with HTML tags removed, entities decoded and whitespace collapsed; lists are joined and a number is read
+    as its text (a title of ``123`` is "123")."""
     if isinstance(value, (list, tuple)):
         value = " ".join(str(part) for part in value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
     if not isinstance(value, str):
         return ""
     return WHITESPACE.sub(" ", html.unescape(HTML_TAG.sub(" ", value))).strip()

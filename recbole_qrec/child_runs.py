@@ -4,12 +4,48 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from recbole_qrec.errors import Terminated
+
 ERROR_PREFIX = "error: "
+
+
+class ChildRuns:
+    """The runs started in child processes that are running now. SIGTERM reaches only the process it is sent to:
+    :meth:`terminate` passes it on to them, and no run starts after it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.processes: set[subprocess.Popen] = set()
+        self.terminated = False
+
+    @contextmanager
+    def started(self, command: Sequence[str], **options: Any) -> Iterator[subprocess.Popen]:
+        """``subprocess.Popen(command, **options)``, one of the running runs inside the block; raises
+        :class:`Terminated` once :meth:`terminate` was called."""
+        with self.lock:
+            if self.terminated:
+                raise Terminated
+            process = subprocess.Popen(command, **options)
+            self.processes.add(process)
+        try:
+            with process:
+                yield process
+        finally:
+            with self.lock:
+                self.processes.discard(process)
+
+    def terminate(self) -> None:
+        """Send SIGTERM to every running run and start no other."""
+        with self.lock:
+            self.terminated = True
+            for process in self.processes:
+                process.send_signal(signal.SIGTERM)
 
 
 def child_environment(parallel: int) -> dict[str, str]:

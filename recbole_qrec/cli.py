@@ -4,8 +4,8 @@ models, datasets and seeds and tables it (:mod:`recbole_qrec.compare`), ``sweep`
 hyper-parameter sweep (:mod:`recbole_qrec.sweep`).
 
 One error path: a user error (:class:`~recbole_qrec.errors.QRecError`) prints ``error: <message>`` to stderr
-and exits with status 2; Ctrl-C (or SIGTERM) prints ``error: interrupted ...`` and exits with 130; any other exception prints
-one ``error: unexpected ...`` line and exits with 1.
+and exits with status 2; Ctrl-C (or SIGTERM) prints ``error: interrupted ...`` and exits with 130 (SIGTERM: 143, the
+shell's 128 + signal number); any other exception prints one ``error: unexpected ...`` line and exits with 1.
 ``--debug`` (or ``QREC_DEBUG=1``) lets the exception through, with its traceback.
 """
 
@@ -28,8 +28,8 @@ from recbole_qrec.child_runs import handling_signal
 from recbole_qrec.config import RECBOLE_PROPERTIES_DIR, QRecConfig, as_argument, build_config
 from recbole_qrec.data import available_datasets, check_dataset
 from recbole_qrec.distributed import launch
-from recbole_qrec.errors import (DEBUG_ENV, ConfigError, QRecError, Terminated, debug_requested, single_line,
-                                 user_errors)
+from recbole_qrec.errors import (DEBUG_ENV, ConfigError, QRecError, Terminated, debug_requested, interrupted_status,
+                                 single_line, user_errors)
 from recbole_qrec.quick_start import run_recbole_qrec
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.utils import qrec_model_names, recbole_model_names
@@ -274,7 +274,7 @@ def sweep_command(argv: Sequence[str], prog: str) -> None:
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Inside the block SIGTERM (``kill``, a job scheduler stopping the run) ends the run as Ctrl-C does: what it
-    wrote is removed and it exits with 130; a second SIGTERM does not interrupt that clean-up."""
+    wrote is removed and it exits with 143; a second SIGTERM does not interrupt that clean-up."""
 
     def interrupt(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -298,12 +298,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "recbole-qrec") -> None:
                 sweep_command(argv[1:] if argv[:1] == ["sweep"] else argv, prog)
             else:
                 run_command(argv, prog)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if debug:
             raise
         print("error: interrupted — no result was recorded and the run's checkpoints were removed; run the command "
               "again to start over", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(interrupted_status(interrupt))
     except Exception as err:  # noqa: BLE001  (the one line for a bug; --debug shows the traceback)
         if debug:
             raise

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -29,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from recbole_qrec import table
-from recbole_qrec.child_runs import child_environment, last_error
+from recbole_qrec.child_runs import ChildRuns, child_environment, last_error
 from recbole_qrec.config import build_config
 from recbole_qrec.data import check_dataset
-from recbole_qrec.errors import ConfigError, QRecError, Terminated, repeated, single_line
+from recbole_qrec.errors import ConfigError, QRecError, Terminated, interrupted_status, repeated, single_line
 from recbole_qrec.results import config_hash, git_state
 
 DESCRIPTION = ("Train every model on every dataset with --seeds seeds (each run the entry point in its own process, "
@@ -148,16 +147,12 @@ def budget_stopped(runs: list[Run]) -> list[Run]:
     return continued
 
 
-def execute(run: Run, env: dict[str, str], running: set[subprocess.Popen]) -> tuple[int, str, float]:
-    """Run the entry point in ``env`` (in ``running`` while it runs); its exit status, its ``error:`` line (else its
-    last line of output) and seconds."""
+def execute(run: Run, env: dict[str, str], children: ChildRuns) -> tuple[int, str, float]:
+    """Run the entry point in ``env`` (one of ``children``); its exit status, its ``error:`` line (else its last line
+    of output) and seconds."""
     start = time.time()
-    with subprocess.Popen(run.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as process:
-        running.add(process)
-        try:
-            _, stderr = process.communicate()
-        finally:
-            running.discard(process)
+    with children.started(run.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as process:
+        _, stderr = process.communicate()
     error = last_error(stderr)
     lines = [line for line in stderr.splitlines() if line.strip()]
     outcome = f"error: {error}" if error is not None else lines[-1] if lines else f"exit status {process.returncode}"
@@ -195,10 +190,10 @@ def run_grid(runs: list[Run], parallel: int, compare_id: str, metric: str,
     records: dict[Run, dict[str, Any]] = {}
     failures: dict[Run, str] = {}
     pool = ThreadPoolExecutor(parallel)
-    running: set[subprocess.Popen] = set()
+    children = ChildRuns()
     try:
         env = child_environment(parallel)
-        futures = {pool.submit(execute, run, env, running): run for run in runs}
+        futures = {pool.submit(execute, run, env, children): run for run in runs}
         for future in as_completed(futures):
             run, (status, error, seconds) = futures[future], future.result()
             found = [r for r in recorded(run.results_file) if (r.get("tags") or {}).get("compare") == compare_id
@@ -211,11 +206,10 @@ def run_grid(runs: list[Run], parallel: int, compare_id: str, metric: str,
                 progress.report(run, f"FAILED after {seconds:.1f} s: {failures[run]}")
     except KeyboardInterrupt as interrupt:  # the finished runs are recorded, the others write nothing
         if isinstance(interrupt, Terminated):  # Ctrl-C reaches the runs too, SIGTERM only this process
-            for process in list(running):
-                process.send_signal(signal.SIGTERM)
+            children.terminate()
         print(f"error: interrupted after {progress.count} of {progress.total} runs — the finished runs are recorded; "
               "run the same command again to run the others (the recorded runs are skipped)", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(interrupted_status(interrupt))
     finally:
         pool.shutdown(cancel_futures=True)  # waits for the runs under way, starts no other
     return records, failures

@@ -47,7 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 
-from recbole_qrec.errors import ConfigError, Terminated
+from recbole_qrec.errors import ConfigError, Terminated, interrupted_status
 
 # torchrun's environment (https://pytorch.org/docs/stable/elastic/run.html), which launch() sets as well.
 LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -122,7 +122,7 @@ def launch(nproc: int, function: Callable[..., Any], *args: Any) -> None:
     torchrun's environment (rank ``i`` of ``nproc``); returns when all have finished. A process that exits with
     a status ends this one with that status (after the others are stopped); an exception is raised again here.
     Interrupted, it waits for the processes to end as interrupted runs do (rank 0 says so) and exits with 130;
-    SIGTERM, which reaches this process alone, is passed on to them."""
+    SIGTERM, which reaches this process alone, is passed on to them, and the exit status is then 143."""
     if nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {nproc} — e.g. --nproc=2 for two processes")
     if "WORLD_SIZE" in os.environ:
@@ -143,7 +143,7 @@ def launch(nproc: int, function: Callable[..., Any], *args: Any) -> None:
                 os.kill(process.pid, signal.SIGTERM)
         for process in context.processes:
             process.join()
-        sys.exit(130)
+        sys.exit(interrupted_status(interrupt))
 
 
 def run_as_rank(rank: int, environment: dict[str, str], function: Callable[..., Any], args: tuple) -> None:

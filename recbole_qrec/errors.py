@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
@@ -58,6 +59,12 @@ class MissingDependencyError(QRecError, ImportError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, a job scheduler's stop), taken as Ctrl-C; unlike Ctrl-C it reaches only the one process,
     which passes it on to the runs it started."""
+
+
+def interrupted_status(interrupt: KeyboardInterrupt) -> int:
+    """The exit status of a run that ``interrupt`` ended, 128 plus the signal's number: 143 for SIGTERM
+    (:class:`Terminated`), 130 for Ctrl-C (SIGINT)."""
+    return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
 
 
 def required_module(name: str, needed_by: str, install: str) -> ModuleType:

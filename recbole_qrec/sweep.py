@@ -76,9 +76,10 @@ import yaml
 from recbole.config import Config
 from tqdm import tqdm
 
-from recbole_qrec.child_runs import child_environment, handling_signal, last_error
+from recbole_qrec.child_runs import ChildRuns, child_environment, handling_signal, last_error
 from recbole_qrec.config import as_argument, build_config, check_config_values, is_number
-from recbole_qrec.errors import ConfigError, MalformedDataError, QRecError, required_module, single_line
+from recbole_qrec.errors import (ConfigError, MalformedDataError, QRecError, Terminated, interrupted_status,
+                                 required_module, single_line)
 from recbole_qrec.fileio import atomic_open, atomic_path, check_output_folder, exclusive_lock, write_json_atomic
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.table import load_records, metric_key, metric_label, runs_line
@@ -97,7 +98,8 @@ KINDS = ("choice", *RANGE_EXAMPLES)
 SWEEP_KEYS = {"model": "the model", "dataset": "the dataset", "seed": "seeds: [...]", "results_dir": "--out",
               "checkpoint_dir": "--out", "run_tags": "the sweep"}
 EXAMPLES_DIR = PROPERTIES_DIR / "sweep"
-INTERRUPTED = {130, -signal.SIGINT}  # exit statuses of a run stopped by Ctrl-C
+# Exit statuses of a run stopped by Ctrl-C or SIGTERM: the entry point's, or the signal's when it ended the process.
+INTERRUPTED = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM}
 
 
 def import_optuna() -> Any:
@@ -394,9 +396,9 @@ def error_line(log: Path, code: int) -> str:
 
 
 def run_trial(spec: SweepSpec, target: Target, out: Path, number: int, params: dict[str, Any],
-              env: dict[str, str], gpu_id: str | None = None) -> Outcome:
-    """Run a trial once per seed, each in its own process (on GPU ``gpu_id`` if given), and read its records back;
-    raises KeyboardInterrupt when a run was stopped by Ctrl-C."""
+              env: dict[str, str], children: ChildRuns, gpu_id: str | None = None) -> Outcome:
+    """Run a trial once per seed, each in its own process (one of ``children``, on GPU ``gpu_id`` if given), and read
+    its records back; raises KeyboardInterrupt when a run was stopped by Ctrl-C or SIGTERM."""
     start = time.time()
     log_path = out / target.label / "trials" / f"{number}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -406,7 +408,8 @@ def run_trial(spec: SweepSpec, target: Target, out: Path, number: int, params: d
             command = trial_command(spec, target, out, number, params, seed, gpu_id)
             log.write(f"$ {shlex.join(command)}\n")
             log.flush()
-            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+            with children.started(command, stdout=log, stderr=subprocess.STDOUT, env=env) as process:
+                code = process.wait()
             if code in INTERRUPTED:
                 raise KeyboardInterrupt
             if code != 0:
@@ -467,6 +470,7 @@ class Worker:
     env: dict[str, str]
     stop: threading.Event
     progress: Progress
+    children: ChildRuns = field(default_factory=ChildRuns)
 
     def set_attrs(self, number: int, attrs: dict[str, Any]) -> None:
         study_id = self.storage.get_study_id_from_name(self.study.study_name)
@@ -500,9 +504,11 @@ class Worker:
             if claimed is None:
                 return
             number, params = claimed
-            outcome = run_trial(self.spec, self.target, self.out, number, params, self.env, gpu_id)
+            outcome = run_trial(self.spec, self.target, self.out, number, params, self.env, self.children, gpu_id)
             if outcome.error is not None and self.stop.is_set():
-                return  # its run died with the sweep (Ctrl-C reaches every run): left unfinished, run again on resume
+                # its run died with the sweep (Ctrl-C reaches every run, SIGTERM is passed on): left unfinished, run
+                # again on resume
+                return
             self.set_attrs(number, {"seconds": round(outcome.seconds, 1), "valid": outcome.valid,
                                     "test": outcome.test, "error": outcome.error})
             if outcome.error is None:
@@ -649,8 +655,10 @@ def run_study(spec: SweepSpec, target: Target, out: Path, storage: optuna.storag
                 try:
                     for future in futures:
                         future.result()
-                except BaseException:
+                except BaseException as error:
                     stop.set()  # the other workers finish their trial and take no new one
+                    if isinstance(error, Terminated):  # Ctrl-C reaches the runs too, SIGTERM only this process
+                        worker.children.terminate()
                     raise
         finally:
             progress.close()
@@ -906,12 +914,12 @@ def run_command(args: argparse.Namespace) -> None:
     try:
         written = run_sweep(spec, out, args.parallel, args.storage, getattr(args, "command", None), gpus,
                             report_only=args.report)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if args.debug:
             raise
         print(f"error: interrupted — the finished trials are kept in {out} (and reported in its sweep.md files); run "
               "the same command to resume", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(interrupted_status(interrupt))
     for path in written:
         if path.suffix == ".md":
             print(path.read_text(encoding="utf-8"))

@@ -61,7 +61,8 @@ def image_url(images: Path, name: str) -> str:
 
 
 def meta_lines(images: Path) -> list[str]:
-    """Meta of I1..I6 plus noise: a byte-order mark, a Python-literal line, an unparseable line, a repeated asin."""
+    """Meta of I1..I6 plus noise: a byte-order mark, a Python-literal line, an unparseable line, a repeated asin; the
+    title of I5 is a number."""
     return [
         "\ufeff" + json.dumps({
             "asin": "I1", "title": "Guitar <b>Strings</b>", "brand": "Acme",
@@ -76,7 +77,7 @@ def meta_lines(images: Path) -> list[str]:
         "this line is neither JSON nor a Python literal",
         json.dumps({"asin": "I3", "title": "Capo"}),
         json.dumps({"asin": "I4", "title": "Strap"}),
-        json.dumps({"asin": "I5", "title": "Tuner", "category": ["Musical Instruments"]}),
+        json.dumps({"asin": "I5", "title": 440, "category": ["Musical Instruments"]}),
         json.dumps({"asin": "I6", "title": "  <br> "}),
         json.dumps({"asin": "I1", "title": "A later duplicate that must be ignored"}),
         json.dumps({"asin": "I99", "title": "Never reviewed"}),
@@ -84,7 +85,7 @@ def meta_lines(images: Path) -> list[str]:
 
 
 EXPECTED_ITEMS = {
-    "0": {"title": "Tuner", "description": "", "categories": ["Musical Instruments"], "brand": "", "image_url": None},
+    "0": {"title": "440", "description": "", "categories": ["Musical Instruments"], "brand": "", "image_url": None},
     "1": {"title": "Guitar Strings", "description": "Bright & loud. Nickel",
           "categories": ["Musical Instruments", "Strings"], "brand": "Acme", "image_url": "big1.jpg"},
     "2": {"title": "Drum Sticks", "description": "Maple", "categories": ["Musical Instruments"], "brand": "",

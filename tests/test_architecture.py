@@ -35,7 +35,7 @@ PACKAGES = ("recbole_qrec", "dataset_prep", "bench")
 # top-level module or package). The package itself (recbole_qrec/__init__.py) imports none of them.
 LAYERS = (
     ("errors",),
-    ("fileio", "resources", "compat", "console", "distributed"),
+    ("fileio", "resources", "compat", "console", "distributed", "devices"),
     ("quantization", "generation"),
     ("data",),
     ("model",),
@@ -53,8 +53,9 @@ LAYERS = (
     ("__main__",),
 )
 LAYER = {unit: index for index, units in enumerate(LAYERS) for unit in units}
-# What dataset_prep may use of recbole_qrec: its errors, atomic file output and feature matrices.
-DATASET_PREP_MAY_IMPORT = ("recbole_qrec.errors", "recbole_qrec.fileio", "recbole_qrec.data.features")
+# What dataset_prep may use of recbole_qrec: its errors, atomic file output, feature matrices and device choice.
+DATASET_PREP_MAY_IMPORT = ("recbole_qrec.errors", "recbole_qrec.fileio", "recbole_qrec.data.features",
+                           "recbole_qrec.devices")
 TINY = {
     "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
     "injection_dim": 32, "injection_epochs": 2, "injection_batch_size": 512,

@@ -138,7 +138,7 @@ def test_a_stopped_compare_stops_its_runs_and_leaves_no_checkpoint_or_record(wor
     assert process.poll() is None, f"compare ended before it could be stopped: {process.stderr.read()}"
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)  # it returns once its runs have ended
-    assert process.returncode == 130 and err.splitlines()[-1].startswith("error: interrupted after 0 of 2 runs")
+    assert process.returncode == 143 and err.splitlines()[-1].startswith("error: interrupted after 0 of 2 runs")
     assert not list(tmp_path.glob("saved/*.pth")) and not (tmp_path / "results" / "results.jsonl").exists()
 
 

@@ -127,6 +127,16 @@ BROKEN_FILES = {
                              rf"Instruments.inter line {SUBSET['interactions'] + 2}: a second row for user_id '0', "
                              r"item_id '3', timestamp '3' \(first on line 5\) — keep one row per user_id, item_id, "
                              r"timestamp; "),
+    "repeated interaction before a bad row": (
+        lambda d: rewrite(inter(d), lambda lines: lines[:-1] + [lines[4], "0\t3\tabc", ""]), {},
+        rf"Instruments.inter line {SUBSET['interactions'] + 2}: a second row for user_id '0', item_id '3', "
+        r"timestamp '3' \(first on line 5\)"),
+    "bad row before a repeated interaction": (
+        lambda d: rewrite(inter(d), lambda lines: lines[:-1] + ["0\t3\tabc", lines[4], ""]), {},
+        rf"Instruments.inter line {SUBSET['interactions'] + 2}: timestamp value 'abc' is not a number"),
+    "the earliest of two repeated rows": (
+        lambda d: rewrite(inter(d), lambda lines: lines[:-1] + [lines[10], lines[4], ""]), {},
+        rf"Instruments.inter line {SUBSET['interactions'] + 2}: a second row for .* \(first on line 11\)"),
     ".item lacks a declared content field": (
         lambda d: rewrite(item(d), lambda lines: [line.split("\t", 2)[0] + "\t" + line.split("\t", 2)[-1]
                                                   if line else line for line in lines]),

@@ -74,7 +74,7 @@ def tiger(work, loaders):
     train, _ = loaders
     dataset = train._dataset
     exact = trained(TIGER(subset_config("TIGER", work, eval_mode="exact"), dataset), train)
-    wide = same_model(TIGER, subset_config("TIGER", work, beam_size=dataset.item_num), dataset, exact)
+    wide = same_model(TIGER, subset_config("TIGER", work, beam_size=dataset.item_num - 1), dataset, exact)
     return exact, wide
 
 
@@ -136,7 +136,7 @@ def test_mql4grec_exact_group_ranking_is_the_wide_beams_with_the_group_credit(wo
     train, interaction = mql4grec_loaders
     dataset = train._dataset
     exact = trained(MQL4GRec(subset_config("MQL4GRec", work, eval_mode="exact", tasks=["text_next"]), dataset), train)
-    wide = same_model(MQL4GRec, subset_config("MQL4GRec", work, tasks=["text_next"], beam_size=dataset.item_num),
+    wide = same_model(MQL4GRec, subset_config("MQL4GRec", work, tasks=["text_next"], beam_size=dataset.item_num - 1),
                       dataset, exact)
     groups = exact.groups["text"]
     shared = (groups != torch.arange(len(groups))).nonzero().flatten()[:USERS]

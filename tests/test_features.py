@@ -27,6 +27,7 @@ from dataset_prep.features import (
 )
 from dataset_prep.features.__main__ import main
 from dataset_prep.features.image import read_image
+from dataset_prep.features.items import find_images
 from dataset_prep.features.store import FeaturePaths
 from recbole_qrec.data.features import feature_source
 from recbole_qrec.errors import DatasetNotFoundError, MalformedDataError
@@ -217,10 +218,10 @@ def test_nan_features_name_the_items(bert_dir: Path, item_json: Path, tmp_path: 
 
 
 def write_images(image_dir: Path) -> None:
-    """Items 0-2: valid PNG/JPG/JPEG; 3: no file; 4: a corrupt JPG."""
+    """Items 0-2: valid PNG/JPG/JPEG (suffixes .PNG, .jpg, .JPEG); 3: no file; 4: a corrupt JPG."""
     image_dir.mkdir()
     rng = np.random.default_rng(0)
-    for item, suffix in ((0, "png"), (1, "jpg"), (2, "jpeg")):
+    for item, suffix in ((0, "PNG"), (1, "jpg"), (2, "JPEG")):
         Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(image_dir / f"{item}.{suffix}")
     (image_dir / "4.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
 
@@ -238,7 +239,7 @@ def test_image_features_mask_missing_and_corrupt_images(clip_checkpoint: Path, i
     assert not features[3:].any() and np.isfinite(features).all() and np.abs(features[:3]).sum(1).min() > 0
     assert json.loads(FeaturePaths.of(out).progress.read_text())["unreadable"] == [4]
 
-    paths = [tmp_path / "images" / name for name in ("0.png", "1.jpg", "2.jpeg", "4.jpg")] + [None]
+    paths = [tmp_path / "images" / name for name in ("0.PNG", "1.jpg", "2.JPEG", "4.jpg")] + [None]
     in_memory = encode_images(paths, ImageOptions(TINY_CLIP, str(clip_checkpoint), device="cpu"))
     np.testing.assert_allclose(in_memory.features[:3], features[:3], atol=1e-5)
     assert in_memory.present.tolist() == [True, True, True, False, False] and in_memory.unreadable == [3]
@@ -273,6 +274,14 @@ def test_image_with_an_exif_orientation_is_read_upright(tmp_path: Path) -> None:
     exif[0x0112] = 6  # stored rotated: the viewer turns it 90 degrees clockwise
     Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "0.png", exif=exif)
     np.testing.assert_array_equal(np.asarray(read_image(tmp_path / "0.png")), upright)
+
+
+def test_image_files_are_found_whatever_the_case_of_their_suffix(tmp_path: Path) -> None:
+    for name in ("0.JPG", "1.Png", "2.jpeg", "2.PNG", "3.gif", "4.JPEG", "x.jpg", "7.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "5.jpg").mkdir()
+    found = find_images(tmp_path, 6)
+    assert [path.name if path else None for path in found] == ["0.JPG", "1.Png", "2.PNG", None, "4.JPEG", None]
 
 
 def test_missing_image_dir_names_the_download_option(item_json: Path, tmp_path: Path) -> None:

@@ -319,7 +319,7 @@ def test_full_sort_predict_follows_the_fusion_of_both_beams(prepared, work, fusi
 def test_predict_scores_items_as_a_beam_over_all_items_would(prepared, work, fusion):
     train, test = prepared[1], prepared[3]
     model = MQL4GRec(subset_config(work, beam_fusion=fusion, **STRICT), train._dataset).eval()
-    exhaustive = MQL4GRec(subset_config(work, beam_fusion=fusion, beam_size=model.n_items, **STRICT),
+    exhaustive = MQL4GRec(subset_config(work, beam_fusion=fusion, beam_size=model.n_items - 1, **STRICT),
                           train._dataset).eval()
     exhaustive.load_state_dict(model.state_dict())
     interaction = first_batch(test)[:3]

@@ -4,6 +4,7 @@ and a bad sweep YAML is one error line."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -86,6 +87,30 @@ def test_killed_sweep_resumes_without_repeating_finished_trials(sweep_run: dict)
     assert {r["tags"]["sweep"] for r in after} == {load_spec(sweep_run["spec"]).id}
     # The resumed sweep ran trial 1 again (its run had been killed) and the two failing points, nothing else.
     assert sorted(line.split(" trial ")[1].split(":")[0] for line in sweep_run["resumed_lines"]) == ["1", "2", "3"]
+
+
+def test_a_stopped_sweep_stops_its_runs_and_leaves_no_checkpoint_or_record(work: Path, tmp_path: Path) -> None:
+    """SIGTERM (``kill``, a job scheduler's stop) reaches the sweep process alone; it passes it on to its runs, which
+    would otherwise train for 500 epochs."""
+    spec = write_spec(tmp_path / "grid.yaml", work / "dataset", space={"learning_rate": [0.001, 0.003]},
+                      fixed={**TINY, "data_path": str(work / "dataset"), "epochs": 500, "stopping_step": 500})
+    out = tmp_path / "out"
+    out.mkdir()
+    sweep = sweep_process(spec, out, "--parallel", "2")
+    try:
+        deadline = time.time() + 300
+        while len(list(out.glob("SASRec-Instruments/saved/*/*.pth"))) < 2:
+            assert sweep.poll() is None and time.time() < deadline, sweep.stderr.read() if sweep.poll() else "timed out"
+            time.sleep(0.2)
+        sweep.send_signal(signal.SIGTERM)
+        _, stderr = sweep.communicate(timeout=120)  # it returns once its runs have ended
+        with pytest.raises(ProcessLookupError):  # no process of the sweep's session is left
+            os.killpg(sweep.pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # what is left, should the sweep not have stopped its runs
+            os.killpg(sweep.pid, signal.SIGKILL)
+    assert sweep.returncode == 143 and stderr.splitlines()[-1].startswith("error: interrupted — "), stderr
+    assert not list(out.glob("SASRec-Instruments/saved/*/*.pth")) and not records(out)
 
 
 def test_gpus_spread_the_workers_trials_over_the_gpus(sweep_run: dict) -> None:

@@ -141,6 +141,16 @@ def test_bad_settings_are_config_errors(prepared, work, overrides, message):
         TIGER(subset_config(work / "dataset", **overrides), prepared[1]._dataset)
 
 
+def test_a_beam_wider_than_the_catalogue_is_refused_in_beam_mode(prepared, work):
+    dataset = prepared[1]._dataset
+    items = dataset.item_num - 1  # RecBole's item 0 is padding
+    with pytest.raises(ConfigError, match=rf"^beam_size {items + 1} exceeds the {items:,} items of Instruments — set "
+                                          rf"beam_size <= {items} "):
+        TIGER(subset_config(work / "dataset", beam_size=items + 1), dataset)
+    assert TIGER(subset_config(work / "dataset", beam_size=items), dataset).beam_size == items
+    assert TIGER(subset_config(work / "dataset", beam_size=10 * items, eval_mode="exact"), dataset).eval_mode == "exact"
+
+
 # Training and ranking
 
 def test_training_steps_decrease_the_loss(prepared):

@@ -87,6 +87,21 @@ def test_bad_settings_are_clear_errors(workspace, capsys, monkeypatch):
 
 
 
+@pytest.mark.parametrize(("device", "message"), [("gpu", "--device 'gpu' is not a torch device — use cpu, cuda"),
+                                                 ("cuda:99", "--device cuda:99 is not available here")])
+def test_an_unusable_device_is_one_error_line_and_writes_nothing(workspace, capsys, monkeypatch, device, message):
+    root, features = workspace
+    monkeypatch.delenv("QREC_DEBUG", raising=False)
+    before = sorted((path, path.stat().st_mtime_ns) for path in root.rglob("*"))
+    with pytest.raises(SystemExit) as exited:
+        tokenize_main(["--dataset", "Instruments", "--data_path", str(root / "dataset"), "--device", device,
+                       "--features", str(features), "--set", *TINY])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {message}"), err
+    assert sorted((path, path.stat().st_mtime_ns) for path in root.rglob("*")) == before
+
+
 @pytest.mark.parametrize(("given", "message"), [
     (["--features", "FEATURES", "FEATURES"], "--features names .*text.npy more than once — give each modality's "
                                              "feature file once$"),

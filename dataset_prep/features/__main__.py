@@ -67,7 +67,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                 description="Encode each item's image (<image-dir>/<item id>.jpg|.png|.jpeg) with an "
                                 "open_clip image tower; items without an image get a zero row.")
     add_model_arguments(image, DEFAULT_IMAGE_MODEL)
-    image.add_argument("--image-dir", type=Path, required=True, help="holds <item_int>.jpg|.png|.jpeg")
+    image.add_argument("--image-dir", type=Path, required=True,
+                       help="holds <item_int>.jpg|.png|.jpeg (suffix in any case)")
     image.add_argument("--pretrained", default=DEFAULT_PRETRAINED, help="open_clip tag or checkpoint file")
     codes = commands.add_parser("codes", help="semantic-code file -> one-hot proxy features", epilog=DEBUG_EPILOG,
                                 description="One-hot of each item's 4-level semantic codes from a <name>.index*.json "

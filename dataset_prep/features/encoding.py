@@ -65,25 +65,6 @@ def encode_all(encoder: ItemEncoder, n_items: int, desc: str, progress: bool = F
         return encode_items(encoder, range(n_items), bar)
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """``device`` as given, else CUDA when available, else CPU; a malformed or unavailable device is a ConfigError."""
-    if not device:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"--device {device!r} is not a torch device — use cpu, cuda or cuda:<index>") from None
-    if resolved.type == "cuda" and (not torch.cuda.is_available() or (resolved.index or 0) >= torch.cuda.device_count()):
-        found = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA device"
-        raise ConfigError(f"--device {device} is not available here ({found}) — use --device cpu, or leave --device "
-                          "out (CUDA when available)")
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"--device {device} is not available here — use --device cpu")
-    if resolved.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"--device {device!r} is not supported — use cpu, cuda or cuda:<index>")
-    return resolved
-
-
 def compute_dtype(device: torch.device, dtype: str) -> str:
     """The precision actually used: ``dtype`` on CUDA, fp32 on any other device."""
     if dtype not in DTYPES:

@@ -1,4 +1,4 @@
-"""Image features: an ``open_clip`` image tower on ``<image_dir>/<item>.jpg|.png|.jpeg``.
+"""Image features: an ``open_clip`` image tower on ``<image_dir>/<item>.jpg|.png|.jpeg`` (suffix in any case).
 
 ``pretrained`` is an open_clip tag (``openai``, ``laion2b_s32b_b82k``, ...) or a local checkpoint
 file. Weights stay fp32; on CUDA the forward pass runs under fp16/bf16 autocast. An item without
@@ -20,10 +20,11 @@ import torch
 from PIL import Image, ImageOps
 
 from dataset_prep.features.encoding import (
-    EncodedRows, ItemEncoder, UnreadableItemError, autocast, compute_dtype, encode_all, resolve_device, to_numpy,
+    EncodedRows, ItemEncoder, UnreadableItemError, autocast, compute_dtype, encode_all, to_numpy,
 )
-from dataset_prep.features.items import IMAGE_DIR_SOURCE, IMAGE_SUFFIXES, check_image_dir, find_image, read_item_json
+from dataset_prep.features.items import IMAGE_DIR_SOURCE, IMAGE_SUFFIXES, check_image_dir, find_images, read_item_json
 from dataset_prep.features.store import DEFAULT_CHUNK_SIZE, FeatureProgress, inputs_digest, write_features
+from recbole_qrec.devices import resolve_device
 from recbole_qrec.errors import ConfigError, DatasetNotFoundError, MissingDependencyError
 
 DEFAULT_IMAGE_MODEL = "ViT-L-14"
@@ -125,7 +126,7 @@ def extract_image_features(item_json: str | os.PathLike, image_dir: str | os.Pat
     """Encode the image of every item of ``item_json`` found in ``image_dir`` into ``out``, resumably."""
     n_items = len(read_item_json(item_json))
     image_dir = check_image_dir(image_dir)
-    paths = [find_image(image_dir, item) for item in range(n_items)]
+    paths = find_images(image_dir, n_items)
     if not any(paths):
         raise DatasetNotFoundError(f"image folder {image_dir} holds no image of any of the {n_items:,} items (files "
                                    f"<item id>{'|'.join(IMAGE_SUFFIXES)}, e.g. 0.jpg) — give the folder the images were "

@@ -112,11 +112,12 @@ def check_image_dir(image_dir: str | os.PathLike) -> Path:
     return image_dir
 
 
-def find_image(image_dir: Path, item: int) -> Path | None:
-    """``<image_dir>/<item>.jpg`` (then ``.png``, ``.jpeg``) if one exists."""
-    for suffix in IMAGE_SUFFIXES:
-        path = image_dir / f"{item}{suffix}"
-        if path.is_file():
-            return path
-    return None
-
+def find_images(image_dir: Path, n_items: int) -> list[Path | None]:
+    """The image file of each item ``0..n_items-1`` in ``image_dir``: ``<item>.jpg`` (then ``.png``, ``.jpeg``), the
+    suffix in any case (``0.JPG``); None for an item without one."""
+    images: dict[str, Path] = {}
+    rank = {suffix: position for position, suffix in enumerate(IMAGE_SUFFIXES)}
+    candidates = (path for path in image_dir.iterdir() if path.suffix.lower() in rank and path.is_file())
+    for path in sorted(candidates, key=lambda path: (rank[path.suffix.lower()], path.name)):
+        images.setdefault(path.stem, path)
+    return [images.get(str(item)) for item in range(n_items)]

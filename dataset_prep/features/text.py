@@ -20,10 +20,11 @@ import torch
 from safetensors import SafetensorError
 
 from dataset_prep.features.encoding import (
-    DTYPES, EncodedRows, ItemEncoder, autocast, compute_dtype, encode_all, resolve_device, to_numpy,
+    DTYPES, EncodedRows, ItemEncoder, autocast, compute_dtype, encode_all, to_numpy,
 )
 from dataset_prep.features.items import item_texts, read_item_json
 from dataset_prep.features.store import DEFAULT_CHUNK_SIZE, FeatureProgress, inputs_digest, write_features
+from recbole_qrec.devices import resolve_device
 from recbole_qrec.errors import ConfigError, required_module
 
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from logging import getLogger
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from recbole_qrec.data.atomic_files import (
     MIN_USER_INTERACTIONS, atomic_file, check_item_features, data_root, decode_text, ensure_atomic_files, parse_header,
@@ -106,29 +109,34 @@ def scan_atomic_file(path: Path, config: Config, required: list[str], collect: l
     table = AtomicTable(path, columns, values={name: Counter() for name in collect})
     collected = [(columns.index(name), table.values[name]) for name in collect]
     key_columns = [columns.index(name) for name in key] if all(name in columns for name in key) else []
-    first_lines: dict[tuple[str, ...], int] = {}
-    for number, line in enumerate(lines[1:-1], start=2):
-        if not line.strip():
-            continue
-        fields = line.rstrip("\r").split(separator)
-        if len(fields) != width:
-            raise MalformedDataError(f"{path} line {number}: {len(fields)} fields, but the header has {width} "
-                                     f"({', '.join(columns)}) — every row needs one value per column, separated by "
-                                     f"{separator!r}; {FIX_CONVERT}")
-        for index, name, kind in numeric:
-            value = fields[index]
-            if kind == "float_seq" or float_problem(value):
-                check_value(path, number, name, kind, value, seq_separator)
-        for index, name in integer:
-            check_integer_tokens(path, number, name, fields[index])
-        for index, values in collected:
-            if not fields[index]:
-                raise MalformedDataError(f"{path} line {number}: {columns[index]} is empty — every row needs its "
-                                         f"{columns[index]}; {FIX_CONVERT}")
-            values[fields[index]] += 1
-        if key_columns:
-            check_unique_row(path, number, [(columns[index], fields[index]) for index in key_columns], first_lines)
-        table.rows += 1
+    keys = RowKeys(path, lines, separator, columns, key_columns)
+    try:
+        for number, line in enumerate(lines[1:-1], start=2):
+            if not line.strip():
+                continue
+            fields = line.rstrip("\r").split(separator)
+            if len(fields) != width:
+                raise MalformedDataError(f"{path} line {number}: {len(fields)} fields, but the header has {width} "
+                                         f"({', '.join(columns)}) — every row needs one value per column, separated "
+                                         f"by {separator!r}; {FIX_CONVERT}")
+            for index, name, kind in numeric:
+                value = fields[index]
+                if kind == "float_seq" or float_problem(value):
+                    check_value(path, number, name, kind, value, seq_separator)
+            for index, name in integer:
+                check_integer_tokens(path, number, name, fields[index])
+            for index, values in collected:
+                if not fields[index]:
+                    raise MalformedDataError(f"{path} line {number}: {columns[index]} is empty — every row needs its "
+                                             f"{columns[index]}; {FIX_CONVERT}")
+                values[fields[index]] += 1
+            if key_columns:
+                keys.add(number, fields)
+            table.rows += 1
+    except MalformedDataError:
+        keys.check_unique()  # a repeated row before the bad line is the first problem
+        raise
+    keys.check_unique()
     return table
 
 
@@ -142,13 +150,42 @@ def check_key_types(path: Path, header: list[tuple[str, str]], config: Config) -
                                      f"{wanted[name]} — write {name}:{wanted[name]} in the header")
 
 
-def check_unique_row(path: Path, number: int, key: list[tuple[str, str]], first_lines: dict[tuple[str, ...], int]) -> None:
-    """Record line ``number``'s ``key`` (column, value pairs) in ``first_lines``; a key seen before is an error."""
-    first = first_lines.setdefault(tuple(value for _, value in key), number)
-    if first != number:
-        shown = ", ".join(f"{name} {value!r}" for name, value in key)
-        raise MalformedDataError(f"{path} line {number}: a second row for {shown} (first on line {first}) — keep one "
-                                 f"row per {', '.join(name for name, _ in key)}; {FIX_CONVERT}")
+class RowKeys:
+    """The key (column values) of each row of an atomic file, kept as one 64-bit hash and line number per row so
+    that millions of rows fit in a few bytes each; :meth:`check_unique` confirms a repeated hash against the rows'
+    text before it reports a repeated row."""
+
+    def __init__(self, path: Path, lines: list[str], separator: str, columns: list[str], indices: list[int]) -> None:
+        self.path, self.lines, self.separator, self.indices = path, lines, separator, indices
+        self.names = [columns[index] for index in indices]
+        self.hashes, self.numbers = array("q"), array("q")
+
+    def add(self, number: int, fields: list[str]) -> None:
+        """Record the key of line ``number``, split into ``fields``."""
+        self.hashes.append(hash(tuple(fields[index] for index in self.indices)))
+        self.numbers.append(number)
+
+    def key(self, number: int) -> tuple[str, ...]:
+        fields = self.lines[number - 1].rstrip("\r").split(self.separator)
+        return tuple(fields[index] for index in self.indices)
+
+    def check_unique(self) -> None:
+        """No two rows added so far may have the same key; the error names the first row that repeats an earlier
+        one and that earlier row's line."""
+        hashes = np.array(self.hashes, dtype=np.int64)
+        ordered = np.sort(hashes)
+        repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+        if not repeated.size:
+            return
+        first_lines: dict[tuple[str, ...], int] = {}
+        for position in np.flatnonzero(np.isin(hashes, repeated)):  # rows sharing a hash, in file order
+            number = self.numbers[position]
+            key = self.key(number)
+            first = first_lines.setdefault(key, number)
+            if first != number:
+                shown = ", ".join(f"{name} {value!r}" for name, value in zip(self.names, key))
+                raise MalformedDataError(f"{self.path} line {number}: a second row for {shown} (first on line {first})"
+                                         f" — keep one row per {', '.join(self.names)}; {FIX_CONVERT}")
 
 
 def row_key(config: Config, suffix: str) -> list[str]:

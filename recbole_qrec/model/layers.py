@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from recbole.config import Config
+from recbole.data.dataset import Dataset
 from torch import Tensor
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.activations import ACT2FN
@@ -97,13 +98,20 @@ def length_bucketed_loss(t5: T5ForConditionalGeneration, tokens: Tensor, mask: T
     return t5(input_ids=tokens, attention_mask=mask, labels=labels).loss
 
 
-def checked_ranking(config: Config) -> tuple[str, int]:
+def checked_ranking(config: Config, dataset: Dataset | None = None) -> tuple[str, int]:
     """A generative model's ``(eval_mode, beam_size)``, checked: in beam mode the beam must cover the largest cut-off,
-    else ``-inf`` items would fill the top-k in arbitrary order."""
+    else ``-inf`` items would fill the top-k in arbitrary order, and (given the ``dataset``) must not exceed its items:
+    every slot past them holds no item but still costs a decoder row per user and level."""
     eval_mode, beam_size, topk = checked_eval_mode(config["eval_mode"]), config["beam_size"], config["topk"]
-    if eval_mode == "beam" and beam_size < max(topk):
+    if eval_mode != "beam":
+        return eval_mode, beam_size
+    if beam_size < max(topk):
         raise ConfigError(f"beam_size ({beam_size}) is smaller than the largest topk ({max(topk)}): items outside the "
                           f"beam all score -inf — set beam_size to at least {max(topk)}")
+    items = dataset.item_num - 1 if dataset is not None else None  # item_num counts RecBole's padding item 0
+    if items is not None and beam_size > items:
+        raise ConfigError(f"beam_size {beam_size} exceeds the {items:,} items of {config['dataset']} — set beam_size "
+                          f"<= {items} (--beam_size={items} ranks the whole catalogue), or --eval_mode=exact")
     return eval_mode, beam_size
 
 

@@ -69,7 +69,7 @@ class MMESID(SequentialRecommender):
 
     def __init__(self, config: Config, dataset: MMESIDDataset) -> None:
         super().__init__(config, dataset)
-        self.eval_mode, self.beam_size = checked_ranking(config)
+        self.eval_mode, self.beam_size = checked_ranking(config, dataset)
         codes, codebooks = dataset.code_tables[SID_FIELD], dataset.sid_codebooks
         modalities, levels, codebook_size, code_dim = codebooks.shape
         if codes.shape[1] != modalities * levels + 1:

@@ -62,7 +62,7 @@ class MQL4GRec(PretrainableRecommender):
 
     def __init__(self, config: Config, dataset: SemanticIdDataset) -> None:
         super().__init__(config, dataset)
-        self.eval_mode, self.beam_size = checked_ranking(config)
+        self.eval_mode, self.beam_size = checked_ranking(config, dataset)
         self.length_bucket_rows = checked_length_bucket_rows(config["length_bucket_rows"])
         self.full_length_inputs = checked_full_length_inputs(config["full_length_inputs"], config["device"])
         self.eval_rule = checked_choice("eval_rule", config["eval_rule"], EVAL_RULES)

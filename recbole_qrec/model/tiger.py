@@ -57,7 +57,7 @@ class TIGER(SequentialRecommender):
 
     def __init__(self, config: Config, dataset: SemanticIdDataset) -> None:
         super().__init__(config, dataset)
-        self.eval_mode, self.beam_size = checked_ranking(config)
+        self.eval_mode, self.beam_size = checked_ranking(config, dataset)
         self.length_bucket_rows = checked_length_bucket_rows(config["length_bucket_rows"])
         self.full_length_inputs = checked_full_length_inputs(config["full_length_inputs"], config["device"])
         levels = checked_code_levels(config, dataset.code_tables)

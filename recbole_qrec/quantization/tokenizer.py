@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recbole_qrec.devices import resolve_device
 from recbole_qrec.quantization.collisions import resolve_collisions
 from recbole_qrec.quantization.config import TokenizerConfig
 from recbole_qrec.quantization.features import Features, prepare_features
@@ -33,13 +34,6 @@ class TokenizerResult:
     def codebooks(self) -> np.ndarray:
         """The trained codebooks, ``[levels, K, code_dim]`` (per-modality quantizers: ``M * levels``, modality-major)."""
         return self.model.quantizer.codebooks.detach().float().cpu().numpy()
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` means CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def build_rqvae(in_dims: Sequence[int], config: TokenizerConfig, device: torch.device) -> RQVAE:
