@@ -51,6 +51,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "static_fusion": {"fusion": "static"},
     "no_depth_penalty": {"depth_weight": 0.0},
     "levels_scoring": {"scoring": "levels"},
+    "no_item_id_input": {"item_id_input": False},
     "text_only": {"modalities": ["text"]},
     "image_only": {"modalities": ["image"]},
     "no_pretrain": {"pretrain_epochs": 0},

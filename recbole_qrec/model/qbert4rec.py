@@ -28,7 +28,8 @@ Input layout: the ``S`` history items become ``S * L`` tokens (item by item, lev
 and one more slot of ``L`` tokens follows, holding [MASK] right after the last real item (RecBole
 left-aligns histories, so the slot is position ``item_length``). Token ids: 0 padding, 1 [MASK],
 ``2 + level * K + code`` for a code. Each token's embedding is its token + item position + level
-embedding. Scoring (``scoring``): ``item`` (the paper's item-level output,
+embedding, plus, with ``item_id_input`` (the default under item scoring), the item's ID embedding from the item
+table of the output (tied). Scoring (``scoring``): ``item`` (the paper's item-level output,
 :class:`~recbole_qrec.model.qbert4rec_modules.item_output.ItemOutput`): the slot's state against an item
 embedding table over the whole catalogue (learned ID embedding + pooled code-token embeddings), trained by
 cross-entropy over all items; ``levels`` (factorised, no per-item parameters): ``sum_l log p_l(code_l(item))``
@@ -71,6 +72,8 @@ class QBert4Rec(PretrainableRecommender):
                               "— set loss_type: CE")
         if config["scoring"] not in SCORINGS:
             raise ConfigError(f"scoring is {config['scoring']!r} — set it to one of {', '.join(SCORINGS)}")
+        if config["item_id_input"] not in (None, True, False):
+            raise ConfigError(f"item_id_input is {config['item_id_input']!r} — set it to True, False or ~")
         if config["item_id_input"] and config["scoring"] != "item":
             raise ConfigError("item_id_input needs the item embedding table of scoring: item — set scoring: item or "
                               "item_id_input: False")
@@ -108,7 +111,7 @@ class QBert4Rec(PretrainableRecommender):
         )
         self.heads = LevelHeads(self.levels, codebook_size, hidden, self.initializer_range)
         self.item_output = ItemOutput(self.n_items, hidden) if config["scoring"] == "item" else None
-        self.item_id_input = bool(config["item_id_input"])
+        self.item_id_input = self.item_output is not None and config["item_id_input"] is not False
         # Items per stage-1 injection depth 0..injection_layers, from the tokenize stage's report (None without one).
         self.injection_depth_histogram = dataset.sid_report.get("depth_histogram", {}).get(config["dataset"])
         self.apply(self._init_weights)
