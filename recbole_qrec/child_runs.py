@@ -47,6 +47,12 @@ class ChildRuns:
             for process in self.processes:
                 process.send_signal(signal.SIGTERM)
 
+    def pass_on(self, interrupt: BaseException) -> None:
+        """Hand the runs the signal that ``interrupt`` stands for: Ctrl-C reaches them with this process, SIGTERM
+        (:class:`Terminated`) only this process, so it is sent on (:meth:`terminate`)."""
+        if isinstance(interrupt, Terminated):
+            self.terminate()
+
 
 def child_environment(parallel: int) -> dict[str, str]:
     """The environment of runs started ``parallel`` at a time: unless set, ``OMP_NUM_THREADS`` shares the CPU cores

@@ -31,7 +31,7 @@ from recbole_qrec import table
 from recbole_qrec.child_runs import ChildRuns, child_environment, last_error
 from recbole_qrec.config import build_config
 from recbole_qrec.data import check_dataset
-from recbole_qrec.errors import ConfigError, QRecError, Terminated, interrupted_status, repeated, single_line
+from recbole_qrec.errors import ConfigError, QRecError, interrupted_status, repeated, single_line
 from recbole_qrec.results import config_hash, git_state
 
 DESCRIPTION = ("Train every model on every dataset with --seeds seeds (each run the entry point in its own process, "
@@ -205,8 +205,7 @@ def run_grid(runs: list[Run], parallel: int, compare_id: str, metric: str,
                 failures[run] = error if status else f"it exited 0 but recorded no result in {run.results_file}"
                 progress.report(run, f"FAILED after {seconds:.1f} s: {failures[run]}")
     except KeyboardInterrupt as interrupt:  # the finished runs are recorded, the others write nothing
-        if isinstance(interrupt, Terminated):  # Ctrl-C reaches the runs too, SIGTERM only this process
-            children.terminate()
+        children.pass_on(interrupt)
         print(f"error: interrupted after {progress.count} of {progress.total} runs — the finished runs are recorded; "
               "run the same command again to run the others (the recorded runs are skipped)", file=sys.stderr)
         sys.exit(interrupted_status(interrupt))

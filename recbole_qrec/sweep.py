@@ -78,8 +78,8 @@ from tqdm import tqdm
 
 from recbole_qrec.child_runs import ChildRuns, child_environment, handling_signal, last_error
 from recbole_qrec.config import as_argument, build_config, check_config_values, is_number
-from recbole_qrec.errors import (ConfigError, MalformedDataError, QRecError, Terminated, interrupted_status,
-                                 required_module, single_line)
+from recbole_qrec.errors import (ConfigError, MalformedDataError, QRecError, interrupted_status, required_module,
+                                 single_line)
 from recbole_qrec.fileio import atomic_open, atomic_path, check_output_folder, exclusive_lock, write_json_atomic
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.table import load_records, metric_key, metric_label, runs_line
@@ -657,8 +657,7 @@ def run_study(spec: SweepSpec, target: Target, out: Path, storage: optuna.storag
                         future.result()
                 except BaseException as error:
                     stop.set()  # the other workers finish their trial and take no new one
-                    if isinstance(error, Terminated):  # Ctrl-C reaches the runs too, SIGTERM only this process
-                        worker.children.terminate()
+                    worker.children.pass_on(error)
                     raise
         finally:
             progress.close()
