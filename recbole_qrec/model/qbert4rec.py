@@ -177,7 +177,7 @@ class QBert4Rec(PretrainableRecommender):
         tokens = self.item_tokens(items, self.domain_codes(domain))
         masked = self.masker(tokens.flatten(1) != PAD_TOKEN).view_as(tokens)
         # an item with a masked token shows no ID (it would give the hidden codes away); sources' items have none
-        visible = None if domain is not None else items.masked_fill(masked.any(-1), 0)
+        visible = items.masked_fill(masked.any(-1), 0) if self.item_id_input and domain is None else None
         logits = self.heads(self.forward(tokens.masked_fill(masked, MASK_TOKEN), visible))
         # Unmasked tokens are ignored rather than indexed away: a boolean index would wait for the device every step.
         targets = (tokens - self.level_offsets).masked_fill(~masked, IGNORED_TARGET)
