@@ -16,22 +16,23 @@ ERROR_PREFIX = "error: "
 
 
 class ChildRuns:
-    """The runs started in child processes that are running now. SIGTERM reaches only the process it is sent to:
-    :meth:`terminate` passes it on to them, and no run starts after it."""
+    """The runs started in child processes that are running now. Each runs in a session of its own, so that neither
+    Ctrl-C nor SIGTERM reaches it directly: :meth:`pass_on` hands it the signal, and no run starts after it (a run
+    started just after a Ctrl-C to the whole process group would miss it and train to its end)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.processes: set[subprocess.Popen] = set()
-        self.terminated = False
+        self.interrupt: KeyboardInterrupt | None = None
 
     @contextmanager
     def started(self, command: Sequence[str], **options: Any) -> Iterator[subprocess.Popen]:
-        """``subprocess.Popen(command, **options)``, one of the running runs inside the block; raises
-        :class:`Terminated` once :meth:`terminate` was called."""
+        """``subprocess.Popen(command, **options)``, one of the running runs inside the block; raises the interrupt
+        passed on once :meth:`pass_on` was called."""
         with self.lock:
-            if self.terminated:
-                raise Terminated
-            process = subprocess.Popen(command, **options)
+            if self.interrupt is not None:
+                raise type(self.interrupt)
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True, **options)
             self.processes.add(process)
         try:
             with process:
@@ -40,18 +41,14 @@ class ChildRuns:
             with self.lock:
                 self.processes.discard(process)
 
-    def terminate(self) -> None:
-        """Send SIGTERM to every running run and start no other."""
+    def pass_on(self, interrupt: KeyboardInterrupt) -> None:
+        """Send every running run the signal that ``interrupt`` stands for (SIGTERM for :class:`Terminated`, else
+        SIGINT) and start no other."""
+        signum = signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
         with self.lock:
-            self.terminated = True
+            self.interrupt = interrupt
             for process in self.processes:
-                process.send_signal(signal.SIGTERM)
-
-    def pass_on(self, interrupt: BaseException) -> None:
-        """Hand the runs the signal that ``interrupt`` stands for: Ctrl-C reaches them with this process, SIGTERM
-        (:class:`Terminated`) only this process, so it is sent on (:meth:`terminate`)."""
-        if isinstance(interrupt, Terminated):
-            self.terminate()
+                process.send_signal(signum)
 
 
 def child_environment(parallel: int) -> dict[str, str]:

@@ -76,7 +76,7 @@ import yaml
 from recbole.config import Config
 from tqdm import tqdm
 
-from recbole_qrec.child_runs import ChildRuns, child_environment, handling_signal, last_error
+from recbole_qrec.child_runs import ChildRuns, child_environment, last_error
 from recbole_qrec.config import as_argument, build_config, check_config_values, is_number
 from recbole_qrec.errors import (ConfigError, MalformedDataError, QRecError, interrupted_status, required_module,
                                  single_line)
@@ -506,7 +506,7 @@ class Worker:
             number, params = claimed
             outcome = run_trial(self.spec, self.target, self.out, number, params, self.env, self.children, gpu_id)
             if outcome.error is not None and self.stop.is_set():
-                # its run died with the sweep (Ctrl-C reaches every run, SIGTERM is passed on): left unfinished, run
+                # its run died with the sweep (Ctrl-C and SIGTERM are passed on to the runs): left unfinished, run
                 # again on resume
                 return
             self.set_attrs(number, {"seconds": round(outcome.seconds, 1), "valid": outcome.valid,
@@ -648,33 +648,20 @@ def run_study(spec: SweepSpec, target: Target, out: Path, storage: optuna.storag
     progress = Progress(target, len(finished(study)))
     stop = threading.Event()
     worker = Worker(spec, target, out, study, storage, lease, child_environment(parallel), stop, progress)
-    with stop_on_interrupt(stop):
-        try:
-            with ThreadPoolExecutor(parallel) as pool:
-                futures = [pool.submit(worker.run, gpus[i % len(gpus)] if gpus else None) for i in range(parallel)]
-                try:
-                    for future in futures:
-                        future.result()
-                except BaseException as error:
-                    stop.set()  # the other workers finish their trial and take no new one
+    try:
+        with ThreadPoolExecutor(parallel) as pool:
+            futures = [pool.submit(worker.run, gpus[i % len(gpus)] if gpus else None) for i in range(parallel)]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException as error:
+                stop.set()  # the other workers take no new trial
+                if isinstance(error, KeyboardInterrupt):  # and their runs stop (else they finish their trial)
                     worker.children.pass_on(error)
-                    raise
-        finally:
-            progress.close()
+                raise
+    finally:
+        progress.close()
     return study
-
-
-@contextmanager
-def stop_on_interrupt(stop: threading.Event) -> Iterator[None]:
-    """Inside the block, Ctrl-C (SIGINT) sets ``stop`` before it raises KeyboardInterrupt as usual, so that a worker
-    whose run the same Ctrl-C ended sees the sweep stopping."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        stop.set()
-        raise KeyboardInterrupt
-
-    with handling_signal(signal.SIGINT, interrupt):
-        yield
 
 
 def run_sweep(spec: SweepSpec, out: Path, parallel: int = 1, storage_url: str | None = None,

@@ -51,9 +51,20 @@ def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is process ``pid`` (from Linux's /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # a process that ended while it was read
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+            if int(fields[1]) == pid:
+                children.append(int(stat.parent.name))
+    return children
+
+
 @pytest.fixture(scope="module")
 def sweep_run(work: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The grid swept once, interrupted (SIGINT to its process group, as Ctrl-C) while trial 1 runs, then resumed
+    """The grid swept once, interrupted (SIGINT to its process group, as Ctrl-C) as trial 1 starts, then resumed
     with two workers spread over GPUs 0 and 1 (``--gpus``; the runs stay on the CPU: use_gpu is False)."""
     folder = tmp_path_factory.mktemp("sweep")
     spec, out = write_spec(folder / "grid.yaml", work / "dataset"), folder / "out"
@@ -97,18 +108,21 @@ def test_a_stopped_sweep_stops_its_runs_and_leaves_no_checkpoint_or_record(work:
     out = tmp_path / "out"
     out.mkdir()
     sweep = sweep_process(spec, out, "--parallel", "2")
+    runs: list[int] = []
     try:
         deadline = time.time() + 300
         while len(list(out.glob("SASRec-Instruments/saved/*/*.pth"))) < 2:
             assert sweep.poll() is None and time.time() < deadline, sweep.stderr.read() if sweep.poll() else "timed out"
             time.sleep(0.2)
+        runs = child_pids(sweep.pid)
+        assert len(runs) == 2
         sweep.send_signal(signal.SIGTERM)
         _, stderr = sweep.communicate(timeout=120)  # it returns once its runs have ended
-        with pytest.raises(ProcessLookupError):  # no process of the sweep's session is left
-            os.killpg(sweep.pid, 0)
+        assert not [pid for pid in runs if Path(f"/proc/{pid}").exists()]
     finally:
-        with contextlib.suppress(ProcessLookupError):  # what is left, should the sweep not have stopped its runs
-            os.killpg(sweep.pid, signal.SIGKILL)
+        for pid in [sweep.pid, *runs]:  # what is left, should the sweep not have stopped its runs
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     assert sweep.returncode == 143 and stderr.splitlines()[-1].startswith("error: interrupted — "), stderr
     assert not list(out.glob("SASRec-Instruments/saved/*/*.pth")) and not records(out)
 
