@@ -132,7 +132,7 @@ def test_macrec_reads_its_own_aligned_tokenizer_one_language_per_modality(work, 
     features = []
     for field in ("text_codes", "image_codes"):
         features.append(tmp_path / f"{field}.npy")
-        np.save(features[-1], code_proxy(item_file, field, 0))
+        np.save(features[-1], code_proxy(item_file, field))
     converted = {field: read_code_column(item_file, field) for field in ("text_codes", "image_codes")}
     tokenize = ["--dataset", "Instruments", "--data_path", str(data), "--features", *map(str, features),
                 "--device", "cpu", "--item_field", "text_codes", "image_codes", "--set", "levels=2", "codebook_size=16",

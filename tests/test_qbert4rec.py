@@ -14,7 +14,8 @@ from recbole.model.layers import TransformerEncoder
 from recbole.utils import init_seed
 
 from recbole_qrec.data import create_dataset, data_preparation
-from recbole_qrec.data.item_features import load_item_features
+from recbole_qrec.data.item_features import code_proxy, load_item_features
+from recbole_qrec.data.sid import read_code_column
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.model.qbert4rec import FIRST_CODE_TOKEN, MASK_TOKEN, QBert4Rec
 from recbole_qrec.model.qbert4rec_modules.contrastive import masked_info_nce
@@ -81,10 +82,21 @@ def test_npy_features_follow_the_item_tokens_and_zero_rows_mark_a_missing_modali
     np.save(tmp_path / "image.npy", matrix)
     features = load_item_features(subset_config(work, image_feature_file=str(tmp_path / "image.npy")), dataset)
     text, image = features.matrices
-    assert text.shape[1] == 4 * 256 and bool((text.sum(1) == 4).all())  # one-hot of the 4 text code levels
+    codes = read_code_column(work / "dataset" / "Instruments" / "Instruments.item", "text_codes")
+    hot = [(np.nonzero(row)[0] % 256).tolist() for row in text.numpy()]  # one-hot of the 4 text code levels
+    assert text.shape[1] == 4 * 256 and hot == [codes[token] for token in tokens]
     expected = [0.0 if index == 3 else int(token) + 1.0 for index, token in enumerate(tokens)]
     assert image[:, 0].tolist() == expected
     assert features.present[:, 1].tolist() == [index != 3 for index in range(len(tokens))]
+
+
+def test_the_code_proxy_builds_the_rows_asked_for_in_their_order(work):
+    item_file = work / "dataset" / "Instruments" / "Instruments.item"
+    every_item = code_proxy(item_file, "text_codes")  # row r: item id r
+    rows = [7, 0, 3, len(every_item) + 5]  # the last id has no codes: a zero row
+    picked = code_proxy(item_file, "text_codes", rows)
+    assert picked.shape == (4, 4 * 256) and np.array_equal(picked[:3], every_item[[7, 0, 3]]) and not picked[3].any()
+    assert (every_item.sum(1) == 4).all() and len({row.tobytes() for row in picked[:3]}) == 3
 
 
 def test_injection_loss_decreases_and_gates_give_different_depths(prepared, features):

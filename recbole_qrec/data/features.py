@@ -222,11 +222,13 @@ def check_codes(codes: Mapping[int, Sequence[int]], n_items: int, codebook_size:
     return levels.pop()
 
 
-def one_hot(codes: np.ndarray, codebook_size: int) -> np.ndarray:
-    """``[k, levels]`` codes -> ``[k, levels * codebook_size]`` float32, level ``l`` in block ``l``."""
+def one_hot(codes: np.ndarray, codebook_size: int, rows: int | None = None, at: np.ndarray | None = None) -> np.ndarray:
+    """``[k, levels]`` codes -> ``[k, levels * codebook_size]`` float32, level ``l`` in block ``l``; with ``rows`` and
+    ``at``: a ``[rows, ...]`` matrix holding code row ``j`` in row ``at[j]``, zero rows elsewhere (built in place)."""
     levels = codes.shape[1]
-    out = np.zeros((len(codes), levels * codebook_size), np.float32)
-    out[np.arange(len(codes))[:, None], codes + codebook_size * np.arange(levels)] = 1.0
+    at = np.arange(len(codes)) if at is None else at
+    out = np.zeros((len(codes) if rows is None else rows, levels * codebook_size), np.float32)
+    out[at[:, None], codes + codebook_size * np.arange(levels)] = 1.0
     return out
 
 
@@ -243,11 +245,12 @@ def codes_to_features(codes: Mapping[int, Sequence[int]], n_items: int, codebook
     levels = check_codes(codes, n_items, codebook_size, source)
     dim = project_dim or levels * codebook_size
     ids = np.array(sorted(codes), dtype=np.int64)
-    rows = one_hot(np.array([codes[item] for item in ids.tolist()], dtype=np.int64), codebook_size)
+    code_rows = np.array([codes[item] for item in ids.tolist()], dtype=np.int64)
     if project_dim:
-        rows = rows @ random_projection(levels * codebook_size, project_dim, seed)
-    features = np.zeros((n_items, dim), np.float32)
-    features[ids] = rows
+        features = np.zeros((n_items, dim), np.float32)
+        features[ids] = one_hot(code_rows, codebook_size) @ random_projection(levels * codebook_size, project_dim, seed)
+    else:  # in place: one [n_items, levels * codebook_size] matrix, not a second one of the coded rows
+        features = one_hot(code_rows, codebook_size, rows=n_items, at=ids)
     present = np.zeros(n_items, bool)
     present[ids] = True
     return EncodedRows(features, present)

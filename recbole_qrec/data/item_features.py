@@ -37,7 +37,8 @@ from torch import Tensor
 
 from recbole_qrec.data.atomic_files import data_root, read_header
 from recbole_qrec.data.cross_domain import pretrain_dataset_names
-from recbole_qrec.data.features import UNKNOWN_SOURCE, codes_to_features, content_sources, feature_source, load_features
+from recbole_qrec.data.features import (DEFAULT_CODEBOOK_SIZE, UNKNOWN_SOURCE, check_codes, codes_to_features,
+                                        content_sources, feature_source, load_features)
 from recbole_qrec.data.sid import SID_FIELD, SID_FILE, read_code_column, sid_metadata_path, sid_path
 from recbole_qrec.errors import ConfigError, MalformedDataError
 
@@ -63,7 +64,7 @@ class ItemFeatures:
         sha = hashlib.sha256(" ".join(self.modalities).encode())
         for matrix in self.matrices:
             sha.update(str(tuple(matrix.shape)).encode())
-            sha.update(matrix.contiguous().cpu().numpy().tobytes())
+            sha.update(matrix.contiguous().cpu().numpy())  # its buffer, not a bytes copy of it
         return sha.hexdigest()
 
     def to(self, device: torch.device) -> ItemFeatures:
@@ -72,11 +73,13 @@ class ItemFeatures:
 
 def from_matrices(modalities: list[str], matrices: list[Tensor]) -> ItemFeatures:
     """Features with ``present`` derived from the non-zero rows."""
-    return ItemFeatures(modalities, matrices, torch.stack([matrix.abs().sum(1) > 0 for matrix in matrices], 1))
+    return ItemFeatures(modalities, matrices, torch.stack([(matrix != 0).any(1) for matrix in matrices], 1))
 
 
 def concat_features(parts: Sequence[ItemFeatures]) -> ItemFeatures:
-    """The rows of ``parts`` (aligned: same modalities and widths) one after the other."""
+    """The rows of ``parts`` (aligned: same modalities and widths) one after the other (one part: itself, no copy)."""
+    if len(parts) == 1:
+        return parts[0]
     matrices = [torch.cat(column) for column in zip(*(part.matrices for part in parts))]
     return ItemFeatures(parts[0].modalities, matrices, torch.cat([part.present for part in parts]))
 
@@ -99,8 +102,8 @@ def modality_matrix(config: Config, dataset: Dataset, modality: str) -> Tensor |
     file_key, code_field = MODALITY_SOURCES[modality]
     rows = item_rows(dataset)
     if config[file_key]:
-        matrix = load_features(config[file_key], n_items=max(rows) + 1)
-        if not np.any(matrix[rows]):
+        matrix = load_features(config[file_key], n_items=max(rows) + 1)[rows]
+        if not np.any(matrix):
             raise MalformedDataError(
                 f"{file_key} {config[file_key]} holds only zero rows for the {len(rows):,} items of "
                 f"{dataset.dataset_name}, and a zero row means 'no {modality} for this item' — give the features made "
@@ -109,10 +112,10 @@ def modality_matrix(config: Config, dataset: Dataset, modality: str) -> Tensor |
             )
     elif code_field in (config["item_content_fields"] or []):
         item_file = Path(dataset.dataset_path) / f"{dataset.dataset_name}.item"
-        matrix = code_proxy(item_file, code_field, min_items=max(rows) + 1)
+        matrix = code_proxy(item_file, code_field, rows)
     else:
         return None
-    return torch.from_numpy(np.ascontiguousarray(matrix[rows], dtype=np.float32))
+    return torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32))
 
 
 def load_item_features(config: Config, dataset: Dataset) -> ItemFeatures:
@@ -159,11 +162,18 @@ def item_rows(dataset: Dataset) -> list[int]:
                                  "0..n-1 as `python -m dataset_prep.convert` does") from err
 
 
-def code_proxy(item_file: Path, field: str, min_items: int) -> np.ndarray:
-    """Content-code proxy features of ``field``, rows = item ids ``0..``; items without codes: zero rows."""
+def code_proxy(item_file: Path, field: str, rows: Sequence[int] | None = None) -> np.ndarray:
+    """Content-code proxy features of ``field`` for the item ids ``rows`` in that order (default: ids ``0..`` the
+    largest); items without codes: zero rows. The codes of every item are checked; only the rows asked for are built
+    (one matrix: a large catalogue's memory once)."""
+    source = f"{item_file}:{field}"
     codes = {int(item): row for item, row in read_code_column(item_file, field).items()}
-    n_items = max([min_items, *(item + 1 for item in codes)])
-    return codes_to_features(codes, n_items, source=f"{item_file}:{field}").features
+    rows = range(max(codes, default=-1) + 1) if rows is None else rows
+    levels = check_codes(codes, max([*rows, *codes], default=0) + 1, DEFAULT_CODEBOOK_SIZE, source)
+    picked = {position: codes[item] for position, item in enumerate(rows) if item in codes}
+    if not picked:
+        return np.zeros((len(rows), levels * DEFAULT_CODEBOOK_SIZE), np.float32)
+    return codes_to_features(picked, len(rows), source=source).features
 
 
 def sid_file_source(folder: Path, dataset: str, producer: str | None) -> str:
