@@ -10,15 +10,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from recbole_qrec.errors import Terminated
+from recbole_qrec.errors import interrupt_signal
 
 ERROR_PREFIX = "error: "
 
 
 class ChildRuns:
-    """The runs started in child processes that are running now. Each runs in a session of its own, so that neither
-    Ctrl-C nor SIGTERM reaches it directly: :meth:`pass_on` hands it the signal, and no run starts after it (a run
-    started just after a Ctrl-C to the whole process group would miss it and train to its end)."""
+    """The runs started in child processes that are running now. Each runs in a session of its own, so that no
+    Ctrl-C, SIGTERM or SIGHUP reaches it directly: :meth:`pass_on` hands it the signal, and no run starts after it
+    (a run started just after a Ctrl-C to the whole process group would miss it and train to its end)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -42,9 +42,9 @@ class ChildRuns:
                 self.processes.discard(process)
 
     def pass_on(self, interrupt: KeyboardInterrupt) -> None:
-        """Send every running run the signal that ``interrupt`` stands for (SIGTERM for :class:`Terminated`, else
-        SIGINT) and start no other."""
-        signum = signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
+        """Send every running run the signal that ``interrupt`` stands for (:func:`interrupt_signal`) and start no
+        other."""
+        signum = interrupt_signal(interrupt)
         with self.lock:
             self.interrupt = interrupt
             for process in self.processes:

@@ -4,8 +4,9 @@ models, datasets and seeds and tables it (:mod:`recbole_qrec.compare`), ``sweep`
 hyper-parameter sweep (:mod:`recbole_qrec.sweep`).
 
 One error path: a user error (:class:`~recbole_qrec.errors.QRecError`) prints ``error: <message>`` to stderr
-and exits with status 2; Ctrl-C (or SIGTERM) prints ``error: interrupted ...`` and exits with 130 (SIGTERM: 143, the
-shell's 128 + signal number); any other exception prints one ``error: unexpected ...`` line and exits with 1.
+and exits with status 2; Ctrl-C (or SIGTERM, SIGHUP) prints ``error: interrupted ...`` and exits with 130 (SIGTERM:
+143, SIGHUP: 129, the shell's 128 + signal number); any other exception prints one ``error: unexpected ...`` line
+and exits with 1.
 ``--debug`` (or ``QREC_DEBUG=1``) lets the exception through, with its traceback.
 """
 
@@ -19,7 +20,7 @@ import signal
 import sys
 import textwrap
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -39,6 +40,8 @@ DEFAULT_DATASET = "Instruments"
 # Bare flags that stand for a config override.
 FLAG_OVERRIDES = {"--allow_data_mismatch": "--allow_data_mismatch=True"}
 WIDTH = 100
+# Signals that end a run as Ctrl-C does (:func:`terminate_as_interrupt`): kill / a job scheduler, the terminal closed.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 LAYERING = (
     "Config layering (later wins): RecBole's defaults < recbole-qrec's properties/overall.yaml < "
@@ -273,14 +276,19 @@ def sweep_command(argv: Sequence[str], prog: str) -> None:
 
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """Inside the block SIGTERM (``kill``, a job scheduler stopping the run) ends the run as Ctrl-C does: what it
-    wrote is removed and it exits with 143; a second SIGTERM does not interrupt that clean-up."""
+    """Inside the block SIGTERM (``kill``, a job scheduler stopping the run) and SIGHUP (the terminal closed; unless
+    ignored, as under ``nohup``) end the run as Ctrl-C does: what it wrote is removed and it exits with 143 (SIGHUP:
+    129); another such signal does not interrupt that clean-up."""
+    caught = [signum for signum in STOP_SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN]
 
     def interrupt(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated
+        for each in caught:
+            signal.signal(each, signal.SIG_IGN)
+        raise Terminated(signum)
 
-    with handling_signal(signal.SIGTERM, interrupt):
+    with ExitStack() as handlers:
+        for signum in caught:
+            handlers.enter_context(handling_signal(signum, interrupt))
         yield
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -122,7 +121,8 @@ def launch(nproc: int, function: Callable[..., Any], *args: Any) -> None:
     torchrun's environment (rank ``i`` of ``nproc``); returns when all have finished. A process that exits with
     a status ends this one with that status (after the others are stopped); an exception is raised again here.
     Interrupted, it waits for the processes to end as interrupted runs do (rank 0 says so) and exits with 130;
-    SIGTERM, which reaches this process alone, is passed on to them, and the exit status is then 143."""
+    SIGTERM (or SIGHUP), which reaches this process alone, is passed on to them, and the exit status is then 143
+    (129)."""
     if nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {nproc} — e.g. --nproc=2 for two processes")
     if "WORLD_SIZE" in os.environ:
@@ -140,7 +140,7 @@ def launch(nproc: int, function: Callable[..., Any], *args: Any) -> None:
     except KeyboardInterrupt as interrupt:
         for process in context.processes:
             if isinstance(interrupt, Terminated) and process.is_alive():
-                os.kill(process.pid, signal.SIGTERM)
+                os.kill(process.pid, interrupt.signum)
         for process in context.processes:
             process.join()
         sys.exit(interrupted_status(interrupt))

@@ -57,14 +57,23 @@ class MissingDependencyError(QRecError, ImportError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, a job scheduler's stop), taken as Ctrl-C; unlike Ctrl-C it reaches only the one process,
-    which passes it on to the runs it started."""
+    """SIGTERM (``kill``, a job scheduler's stop) or SIGHUP (the terminal closed), taken as Ctrl-C; unlike Ctrl-C it
+    reaches only the one process, which passes it on to the runs it started."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def interrupt_signal(interrupt: KeyboardInterrupt) -> int:
+    """The signal that ``interrupt`` stands for: :class:`Terminated`'s, else SIGINT (Ctrl-C)."""
+    return interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT
 
 
 def interrupted_status(interrupt: KeyboardInterrupt) -> int:
-    """The exit status of a run that ``interrupt`` ended, 128 plus the signal's number: 143 for SIGTERM
-    (:class:`Terminated`), 130 for Ctrl-C (SIGINT)."""
-    return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+    """The exit status of a run that ``interrupt`` ended, 128 plus the signal's number: 130 for Ctrl-C (SIGINT), 143
+    for SIGTERM, 129 for SIGHUP."""
+    return 128 + interrupt_signal(interrupt)
 
 
 def required_module(name: str, needed_by: str, install: str) -> ModuleType:

@@ -226,11 +226,12 @@ def test_the_pretrained_checkpoint_is_checked_the_same_way(mql4grec_pretrained, 
 
 
 def interrupted_run(args: list[str], cwd: Path, data: Path, ready: Callable[[], bool],
-                    signum: int = signal.SIGINT) -> subprocess.CompletedProcess:
-    """Start ``run_recbole_qrec.py args`` in ``cwd``, send ``signum`` (default Ctrl-C's) once ``ready()``, and wait for
-    it to end."""
+                    signum: int = signal.SIGINT, nohup: bool = False) -> subprocess.CompletedProcess:
+    """Start ``run_recbole_qrec.py args`` in ``cwd`` (under ``nohup``: SIGHUP ignored), send ``signum`` (default
+    Ctrl-C's) once ``ready()``, and wait for it to end."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"), f"--data_path={data}", *args]
+    command = [*(["nohup"] if nohup else []), sys.executable, str(REPO_ROOT / "run_recbole_qrec.py"),
+               f"--data_path={data}", *args]
     with open(cwd / "stderr.txt", "w") as stderr:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.monotonic() + 400
@@ -238,18 +239,27 @@ def interrupted_run(args: list[str], cwd: Path, data: Path, ready: Callable[[], 
             time.sleep(0.1)
         assert process.poll() is None, "the run ended before it could be interrupted"
         assert ready(), "the run did not reach the point to interrupt in time"
+        if nohup:  # the terminal closing does not stop it
+            process.send_signal(signal.SIGHUP)
+            with pytest.raises(subprocess.TimeoutExpired):
+                process.wait(timeout=3)
         process.send_signal(signum)
         process.wait(timeout=120)
     return subprocess.CompletedProcess(command, process.returncode, "", (cwd / "stderr.txt").read_text())
 
 
-# Ctrl-C, and kill or a job scheduler's stop (SIGTERM reaches the process of an --nproc run that started the others)
-@pytest.mark.parametrize(("signum", "nproc"), [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGTERM, 2)])
-def test_an_interrupted_run_leaves_no_checkpoint_and_no_result(signum, nproc, work, tmp_path):
+# Ctrl-C, kill or a job scheduler's stop (SIGTERM reaches the process of an --nproc run that started the others), and
+# the terminal closed (SIGHUP)
+# (under nohup SIGHUP is ignored: the run goes on until SIGTERM)
+@pytest.mark.parametrize(("signum", "nproc", "nohup"), [(signal.SIGINT, 1, False), (signal.SIGTERM, 1, False),
+                                                        (signal.SIGTERM, 2, False), (signal.SIGHUP, 1, False),
+                                                        (signal.SIGTERM, 1, True)])
+def test_an_interrupted_run_leaves_no_checkpoint_and_no_result(signum, nproc, nohup, work, tmp_path):
     saved = tmp_path / "saved"
     done = interrupted_run(["--model=SASRec", *as_args({**SASREC, "epochs": 500, "stopping_step": 500}),
-                            f"--nproc={nproc}"], tmp_path, work / "dataset", lambda: any(saved.glob("*.pth")), signum)
-    assert done.returncode == 128 + signum and done.stderr.count("error: interrupted — ") == 1  # 130 or 143
+                            f"--nproc={nproc}"], tmp_path, work / "dataset", lambda: any(saved.glob("*.pth")), signum,
+                           nohup)
+    assert done.returncode == 128 + signum and done.stderr.count("error: interrupted — ") == 1  # 130, 143, 129
     assert done.stderr.strip().splitlines()[-1].startswith("error: interrupted — ")
     assert "Traceback" not in done.stderr
     assert not [path for path in saved.iterdir()], "a checkpoint of the failed run was left"

@@ -13,7 +13,7 @@ import pytest
 from recbole_qrec.child_runs import ChildRuns
 from recbole_qrec.errors import Terminated
 
-# A run that says it started, then waits; Ctrl-C ends it with exit status 130, SIGTERM kills it.
+# A run that says it started, then waits; Ctrl-C ends it with exit status 130, SIGTERM or SIGHUP kills it.
 RUN = ("import signal, sys, time\n"
        "signal.signal(signal.SIGINT, lambda *_: sys.exit(130))\n"
        "print('started', flush=True)\n"
@@ -34,7 +34,8 @@ GROUP_CTRL_C = ("import os, signal, subprocess, sys\n"
                 "    print(run.wait(timeout=60))\n")
 
 
-@pytest.mark.parametrize(("interrupt", "status"), [(KeyboardInterrupt(), 130), (Terminated(), -signal.SIGTERM)])
+@pytest.mark.parametrize(("interrupt", "status"), [(KeyboardInterrupt(), 130), (Terminated(), -signal.SIGTERM),
+                                                   (Terminated(signal.SIGHUP), -signal.SIGHUP)])
 def test_an_interrupt_passed_on_stops_the_running_run_and_starts_no_other(interrupt: KeyboardInterrupt,
                                                                          status: int) -> None:
     children = ChildRuns()
