@@ -5,9 +5,8 @@ the modalities stage 1 fuses. Per modality,
 the source is either a ``.npy`` matrix named by ``text_feature_file`` / ``image_feature_file``
 (row ``r`` = item token ``str(r)``, read with :func:`recbole_qrec.data.features.load_features`), or,
 when that key is null and the dataset declares the field in ``item_content_fields``, the
-content-code proxy (:func:`~recbole_qrec.data.features.codes_to_features`:
-one-hot of the 4 levels x 256) of the codes (``text_codes`` / ``image_codes``) that
-``dataset_prep.convert`` wrote into ``<dataset>.item``. An all-zero row marks an item missing
+content-code proxy (:func:`code_proxy`, the one-hot of the 4 levels x 256) of the codes (``text_codes`` /
+``image_codes``) that ``dataset_prep.convert`` wrote into ``<dataset>.item``. An all-zero row marks an item missing
 that modality.
 
 The target dataset must have every selected modality (:func:`load_item_features`). A pretraining
@@ -37,8 +36,8 @@ from torch import Tensor
 
 from recbole_qrec.data.atomic_files import data_root, read_header
 from recbole_qrec.data.cross_domain import pretrain_dataset_names
-from recbole_qrec.data.features import (DEFAULT_CODEBOOK_SIZE, UNKNOWN_SOURCE, check_codes, codes_to_features,
-                                        content_sources, feature_source, load_features)
+from recbole_qrec.data.features import (DEFAULT_CODEBOOK_SIZE, UNKNOWN_SOURCE, check_codes, content_sources,
+                                        feature_source, load_features, one_hot)
 from recbole_qrec.data.sid import SID_FIELD, SID_FILE, read_code_column, sid_metadata_path, sid_path
 from recbole_qrec.errors import ConfigError, MalformedDataError
 
@@ -170,10 +169,9 @@ def code_proxy(item_file: Path, field: str, rows: Sequence[int] | None = None) -
     codes = {int(item): row for item, row in read_code_column(item_file, field).items()}
     rows = range(max(codes, default=-1) + 1) if rows is None else rows
     levels = check_codes(codes, max([*rows, *codes], default=0) + 1, DEFAULT_CODEBOOK_SIZE, source)
-    picked = {position: codes[item] for position, item in enumerate(rows) if item in codes}
-    if not picked:
-        return np.zeros((len(rows), levels * DEFAULT_CODEBOOK_SIZE), np.float32)
-    return codes_to_features(picked, len(rows), source=source).features
+    coded = [position for position, item in enumerate(rows) if item in codes]
+    code_rows = np.array([codes[rows[position]] for position in coded], dtype=np.int64).reshape(len(coded), levels)
+    return one_hot(code_rows, DEFAULT_CODEBOOK_SIZE, rows=len(rows), at=np.array(coded, dtype=np.int64))
 
 
 def sid_file_source(folder: Path, dataset: str, producer: str | None) -> str:
