@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -61,17 +60,3 @@ def last_error(output: str) -> str | None:
     """The message of the last ``error: ...`` line a failed run printed (the entry point's one-line error), if any."""
     errors = [line for line in output.splitlines() if line.startswith(ERROR_PREFIX)]
     return errors[-1][len(ERROR_PREFIX):] if errors else None
-
-
-@contextmanager
-def handling_signal(signum: int, handler: Callable[[int, Any], None]) -> Iterator[None]:
-    """Inside the block ``handler`` answers signal ``signum``; outside the main thread, where Python cannot set a
-    handler, nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signum, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signum, previous)

@@ -19,13 +19,13 @@ import shlex
 import signal
 import sys
 import textwrap
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from recbole_qrec import compare, sweep, table
-from recbole_qrec.child_runs import handling_signal
 from recbole_qrec.config import RECBOLE_PROPERTIES_DIR, QRecConfig, as_argument, build_config
 from recbole_qrec.data import available_datasets, check_dataset
 from recbole_qrec.distributed import launch
@@ -272,6 +272,20 @@ def sweep_command(argv: Sequence[str], prog: str) -> None:
     args = parser.parse_args(argv)
     args.command = invocation(parser, argv)
     sweep.run_command(args)
+
+
+@contextmanager
+def handling_signal(signum: int, handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """Inside the block ``handler`` answers signal ``signum``; outside the main thread, where Python cannot set a
+    handler, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
 
 
 @contextmanager

@@ -506,7 +506,7 @@ class Worker:
             number, params = claimed
             outcome = run_trial(self.spec, self.target, self.out, number, params, self.env, self.children, gpu_id)
             if outcome.error is not None and self.stop.is_set():
-                # its run died with the sweep (Ctrl-C and SIGTERM are passed on to the runs): left unfinished, run
+                # its run died with the sweep (its stop signal is passed on to the runs): left unfinished, run
                 # again on resume
                 return
             self.set_attrs(number, {"seconds": round(outcome.seconds, 1), "valid": outcome.valid,
