@@ -66,6 +66,26 @@ def measure(model: str, mode: str, data: Path, work: Path, settings: list[str]) 
             "items": train._dataset.item_num - 1, "training_rows": len(train._dataset)}
 
 
+def write_report(out: Path, rows: list[dict], args: argparse.Namespace) -> None:
+    """``<out>.md`` and ``<out>.json`` of the rows measured so far."""
+    commit = args.commit or git_state()[0]
+    command = "python bench/scale.py " + " ".join(sys.argv[1:])
+    lines = ["# Scale: one epoch and one full-ranking evaluation on a synthetic catalogue", "",
+             f"- command: `{command}`", f"- commit: {commit}", f"- machine: {machine_name()}",
+             f"- date: {datetime.now(timezone.utc).isoformat(timespec='minutes')}",
+             f"- data: {rows[0]['items']} items, {rows[0]['users']} users, about {args.interactions} interactions "
+             "(Zipf popularity, histories of 5-35 items, random codes)",
+             "- prepare_s: tokenize stage (QBert4Rec), dataset, loaders and model; peak_gpu_gib: "
+             "torch.cuda.max_memory_allocated over the whole run", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join("" if row[column] is None else str(row[column]) for column in COLUMNS) + " |"
+              for row in rows]
+    with atomic_open(out.with_suffix(".md"), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    write_json_atomic(out.with_suffix(".json"), {"command": command, "commit": commit, "machine": machine_name(),
+                                                 "rows": rows})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python bench/scale.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=1_000_000)
@@ -83,24 +103,9 @@ def main() -> None:
             for mode in args.modes:
                 rows.append(measure(model, mode, data, Path(tmp), args.set))
                 print(rows[-1], flush=True)
+                write_report(args.out, rows, args)  # after every row: a run stopped later keeps the rows measured
                 gc.collect()
                 torch.cuda.empty_cache()
-    commit = args.commit or git_state()[0]
-    command = "python bench/scale.py " + " ".join(sys.argv[1:])
-    lines = ["# Scale: one epoch and one full-ranking evaluation on a synthetic catalogue", "",
-             f"- command: `{command}`", f"- commit: {commit}", f"- machine: {machine_name()}",
-             f"- date: {datetime.now(timezone.utc).isoformat(timespec='minutes')}",
-             f"- data: {rows[0]['items'] if rows else args.items} items, {rows[0]['users'] if rows else ''} users, "
-             f"about {args.interactions} interactions (Zipf popularity, histories of 5-35 items, random codes)",
-             "- prepare_s: tokenize stage (QBert4Rec), dataset, loaders and model; peak_gpu_gib: "
-             "torch.cuda.max_memory_allocated over the whole run", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join("" if row[column] is None else str(row[column]) for column in COLUMNS) + " |"
-              for row in rows]
-    with atomic_open(args.out.with_suffix(".md"), "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
-    write_json_atomic(args.out.with_suffix(".json"), {"command": command, "commit": commit, "machine": machine_name(),
-                                                      "rows": rows})
 
 
 if __name__ == "__main__":
