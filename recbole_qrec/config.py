@@ -213,6 +213,7 @@ VALUE_RULES: tuple[tuple[str, ValueRule], ...] = (
     ("valid_sample_users", ValueRule(int, 1, optional=True, example=10000)),  # ~: every user
     ("cold_start_share", ValueRule(float, 0, 1, above_minimum=True, below_maximum=True, optional=True, example=0.1)),
     ("unseen_prefix_levels", ValueRule(int, 1, optional=True, example=3)),  # ~: all levels but the last
+    ("sid_seed", ValueRule(int, 0, optional=True, example=2020)),  # ~: the run's seed
     ("topk", ValueRule(int, 1, listed=True)),
     ("epochs", POSITIVE_INT),
     ("*_epochs", COUNT),  # pretrain_epochs, injection_epochs, sid_epochs: 0 skips the stage

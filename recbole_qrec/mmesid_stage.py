@@ -25,12 +25,12 @@ from recbole_qrec.data import item_features
 from recbole_qrec.data.sid import sid_embeddings_path, sid_metadata_path, write_per_modality_embeddings, write_sid_file
 from recbole_qrec.fileio import write_json_atomic
 from recbole_qrec.quantization import TokenizerConfig, fit_tokenizer
-from recbole_qrec.stage_cache import StageInputs, stage_inputs
+from recbole_qrec.stage_cache import StageInputs, stage_inputs, stage_seed
 
 STAGE = "MMESID"
-# Settings the codes depend on (besides the items and feature values, in the data fingerprint).
+# Settings the codes depend on (besides the stage's seed and the items and feature values, in the data fingerprint).
 STAGE_KEYS = ("modalities", "sid_levels", "sid_codebook_size", "sid_code_dim", "sid_hidden_dims", "sid_epochs",
-              "sid_batch_size", "sid_reconstruction_weight", "sid_contrastive_weight", "seed")
+              "sid_batch_size", "sid_reconstruction_weight", "sid_contrastive_weight")
 
 
 def tokenizer_config(config: Config, modalities: int) -> TokenizerConfig:
@@ -39,7 +39,7 @@ def tokenizer_config(config: Config, modalities: int) -> TokenizerConfig:
     return TokenizerConfig(
         levels=config["sid_levels"], codebook_size=config["sid_codebook_size"], code_dim=config["sid_code_dim"],
         hidden_dims=tuple(config["sid_hidden_dims"]), epochs=config["sid_epochs"], batch_size=config["sid_batch_size"],
-        seed=config["seed"], quantizers="per_modality", collision_strategy="append_level", reconstruction="mmd",
+        seed=stage_seed(config), quantizers="per_modality", collision_strategy="append_level", reconstruction="mmd",
         reconstruction_weight=config["sid_reconstruction_weight"],
         alignment="contrastive" if modalities > 1 else "none", contrastive_weight=config["sid_contrastive_weight"])
 

@@ -42,16 +42,16 @@ from recbole_qrec.model.qbert4rec_modules import contrastive, cross_attention_bl
 from recbole_qrec.model.qbert4rec_modules.injection import CrossModalInjection, depth_histogram
 from recbole_qrec.model.qbert4rec_modules.injection_training import fuse_items, train_injection
 from recbole_qrec.quantization import TokenizerConfig, fit_tokenizer
-from recbole_qrec.stage_cache import StageInputs, stage_inputs
+from recbole_qrec.stage_cache import StageInputs, stage_inputs, stage_seed
 
 STAGE = "QBert4Rec"
 FUSIONS = ("dynamic", "static")
-# Settings the codes depend on (besides the items and feature values, in the data fingerprint).
+# Settings the codes depend on (besides the stage's seed and the items and feature values, in the data fingerprint).
 STAGE_KEYS = (
     "modalities", "injection_dim", "injection_layers", "injection_heads", "injection_temperature", "gate_threshold",
     "fusion", "consistency_weight", "depth_weight", "depth_target", "depth_weight_step", "injection_epochs",
     "injection_batch_size", "injection_learning_rate",
-    "sid_levels", "sid_codebook_size", "sid_code_dim", "sid_epochs", "seed",
+    "sid_levels", "sid_codebook_size", "sid_code_dim", "sid_epochs",
 )
 # Modules whose source the codes depend on: their hash is the stage's code version.
 STAGE_MODULES = (contrastive, cross_attention_block, injection, injection_training, item_features)
@@ -83,7 +83,7 @@ def build_injection(config: Config, features: ItemFeatures) -> CrossModalInjecti
 def tokenizer_config(config: Config) -> TokenizerConfig:
     """Stage-2 RQ-VAE settings (collisions always re-ranked, as in the paper)."""
     return TokenizerConfig(levels=config["sid_levels"], codebook_size=config["sid_codebook_size"],
-                           code_dim=config["sid_code_dim"], epochs=config["sid_epochs"], seed=config["seed"],
+                           code_dim=config["sid_code_dim"], epochs=config["sid_epochs"], seed=stage_seed(config),
                            collision_strategy="rerank")
 
 
@@ -99,9 +99,9 @@ def run_stage(config: Config, inputs: StageInputs, identity: Mapping[str, Any]) 
     union = concat_features(list(inputs.features.values()))
     device = torch.device(config["device"])
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(config["seed"])
+        torch.manual_seed(stage_seed(config))
         module = build_injection(config, union).to(device)
-        generator = torch.Generator(device=device).manual_seed(config["seed"])
+        generator = torch.Generator(device=device).manual_seed(stage_seed(config))
         on_device = union.to(device)
         losses = train_injection(module, on_device, config["injection_epochs"], config["injection_batch_size"],
                                  config["injection_learning_rate"], generator)

@@ -77,10 +77,17 @@ def data_fingerprint(inputs: StageInputs) -> str:
     return sha256({name: [tokens, inputs.features[name].digest()] for name, tokens in inputs.item_tokens.items()})
 
 
+def stage_seed(config: Config) -> int:
+    """The seed of the tokenize stage: ``sid_seed``, or the run's ``seed`` when it is ~ (runs of several seeds with
+    one ``sid_seed`` share one stage run and its codes)."""
+    return config["seed"] if config["sid_seed"] is None else config["sid_seed"]
+
+
 def stage_identity(config: Config, inputs: StageInputs, keys: Sequence[str], files: Iterable[Path]) -> dict[str, Any]:
-    """What the codes depend on (the settings ``keys``, the data, the source ``files`` and the quantizer's), and its
-    ``key``."""
-    identity = {"stage": inputs.producer, "settings": {name: config[name] for name in keys},
+    """What the codes depend on (the settings ``keys``, the stage's seed, the data, the source ``files`` and the
+    quantizer's), and its ``key``."""
+    settings = {**{name: config[name] for name in keys}, "seed": stage_seed(config)}
+    identity = {"stage": inputs.producer, "settings": settings,
                 "domains": list(inputs.item_tokens), "data_fingerprint": data_fingerprint(inputs),
                 "code_version": code_version(files)}
     return {"key": sha256(identity)[:16], **identity}

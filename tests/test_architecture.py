@@ -237,6 +237,14 @@ def test_stage_output_is_reused_until_a_setting_changes(stage_data, caplog):
     assert "are up to date" in caplog.text and "running" not in caplog.text
     assert (sid_file.stat().st_mtime_ns, metadata.stat().st_mtime_ns) == written
 
+    caplog.clear()  # another seed with the stage's seed fixed: stage 3 alone changes, the codes are shared
+    assert not ensure_semantic_ids(subset_config("QBert4Rec", stage_data / "dataset", seed=config["seed"] + 1,
+                                                 sid_seed=config["seed"]))
+    assert "are up to date" in caplog.text and (sid_file.stat().st_mtime_ns, metadata.stat().st_mtime_ns) == written
+    caplog.clear()  # another seed without sid_seed: the run's seed seeds the stage
+    assert ensure_semantic_ids(subset_config("QBert4Rec", stage_data / "dataset", seed=config["seed"] + 1))
+    assert "are stale" in caplog.text and json.loads(metadata.read_text())["settings"]["seed"] == config["seed"] + 1
+
     caplog.clear()
     assert ensure_semantic_ids(subset_config("QBert4Rec", stage_data / "dataset", sid_epochs=4))
     assert "are stale" in caplog.text

@@ -149,6 +149,9 @@ def test_sid_producer_is_the_tokenizer_or_a_model_with_a_stage():
         ("cold_start_share", 1, None, "a number in (0, 1) or ~"),
         ("cold_start_share", 0.1, None, None),
         ("unseen_prefix_levels", 0, None, "an integer >= 1 or ~"),
+        ("sid_seed", -1, None, "an integer >= 0 or ~"),
+        ("sid_seed", "2020", None, "an integer >= 0 or ~"),
+        ("sid_seed", 2020, None, None),
     ],
 )
 def test_every_numeric_key_is_checked_by_its_rule_or_its_defaults_type(key, value, default, expected):
