@@ -119,13 +119,14 @@ def run_recbole_qrec(
         logger = getLogger()
         log_settings(config)
 
-        # Other runs on this data_path wait while this one checks, runs and reads the model's tokenize stage.
+        # Other runs on this data_path wait while this one checks, runs and reads the model's tokenize stage (its
+        # codes and the content sources its metadata records).
         with semantic_ids_lock(config) if is_main_process(config) else nullcontext():
             with main_process_first(config):  # the others then find its output up to date
                 ensure_semantic_ids(config, source_configs)  # the model's tokenize stage, when missing or stale
             dataset_obj = create_dataset(config, source_configs)
+            content_sources = run_content_sources(config, [source["dataset"] for source in source_configs])
         logger.info(dataset_obj)
-        content_sources = run_content_sources(config, [source["dataset"] for source in source_configs])
         train_data, valid_data, test_data, pretrain_data = data_preparation(config, dataset_obj)
 
         init_seed(config["seed"] + config["local_rank"], config["reproducibility"])

@@ -24,6 +24,7 @@ from dataset_prep.features import code_file_features
 from recbole_qrec.config import build_config
 from recbole_qrec.data import create_dataset
 from recbole_qrec.data.sid import load_code_table, read_code_column, sid_metadata_path, sid_path
+from recbole_qrec.data.sid_quality import code_table_quality
 from recbole_qrec.tokenize import DEFAULT_CONFIG, ensure_semantic_ids, load_tokenizer_config, parse_overrides
 from recbole_qrec.tokenize import tokenize_dataset
 from recbole_qrec.tokenize import main as tokenize_main
@@ -249,6 +250,20 @@ def test_stage_output_is_reused_until_a_setting_changes(stage_data, caplog):
     assert ensure_semantic_ids(subset_config("QBert4Rec", stage_data / "dataset", sid_epochs=4))
     assert "are stale" in caplog.text
     assert json.loads(metadata.read_text())["key"] != key and json.loads(metadata.read_text())["settings"]["sid_epochs"] == 4
+
+
+def test_a_run_records_the_stage_report_of_the_codes_it_read(stage_data):
+    """Runs on one data_path take turns at the stage, so another run's stage may rewrite the code files after this
+    run read them: its record keeps the key, collisions and content of the codes it trained on."""
+    config = subset_config("QBert4Rec", stage_data / "dataset")
+    ensure_semantic_ids(config)
+    dataset = create_dataset(config)
+    read = dict(dataset.sid_report)
+    ensure_semantic_ids(subset_config("QBert4Rec", stage_data / "dataset", seed=config["seed"] + 1))  # another run's
+    _, metadata = stage_output(stage_data)
+    assert json.loads(metadata.read_text())["key"] != read["key"]
+    figures = code_table_quality(config, dataset)["sid"]
+    assert figures["tokenizer_hash"] == read["key"] and figures["collision_rate_before"] == read["collision_rate_before"]
 
 
 def test_stage_output_is_rebuilt_when_a_feature_value_changes(stage_data, caplog):

@@ -93,7 +93,10 @@ class QRecSequentialDataset(SequentialDataset):
 
 
 class SemanticIdDataset(QRecSequentialDataset):
-    """A sequential dataset with the code tables named by the config keys in ``sid_source_keys``."""
+    """A sequential dataset with the code tables named by the config keys in ``sid_source_keys``; ``sid_report``:
+    the metadata beside the code file of field ``sid`` (``<file>.sid.json``: the tokenizer's report or the model
+    stage's key, collisions and content sources; empty without one), read with the codes, since a later stage run
+    may rewrite both."""
 
     sid_source_keys: tuple[str, ...] = ()
 
@@ -101,6 +104,9 @@ class SemanticIdDataset(QRecSequentialDataset):
         super().__init__(config)
         self.sources = dict(sources or {})
         self.code_tables = {field: self.read_code_table(field) for field in self.code_fields()}
+        metadata = sid_metadata_path(self.sid_file())
+        read = SID_FIELD in self.code_tables and metadata.is_file()
+        self.sid_report = json.loads(metadata.read_text(encoding="utf-8")) if read else {}
 
     def code_fields(self) -> list[str]:
         """The fields the model reads that this dataset has: ``sid`` for ``file``, content-code fields it declares.
@@ -156,13 +162,7 @@ class MMESIDDataset(SemanticIdDataset):
 
 class QBert4RecDataset(SemanticIdDataset):
     """QBert4Rec's codes: always field ``sid``, by default ``<dataset>.QBert4Rec.sid``, written by its tokenize stage
-    (stages 1-2); ``sid_report``: the metadata beside it (``<dataset>.QBert4Rec.sid.json``: collisions, injection
-    depths; empty without the file)."""
-
-    def __init__(self, config: Config, sources: Mapping[str, SemanticIdDataset] | None = None) -> None:
-        super().__init__(config, sources)
-        metadata = sid_metadata_path(self.sid_file())
-        self.sid_report = json.loads(metadata.read_text(encoding="utf-8")) if metadata.is_file() else {}
+    (stages 1-2), whose ``sid_report`` also holds the injection depths."""
 
     def code_fields(self) -> list[str]:
         return [SID_FIELD]

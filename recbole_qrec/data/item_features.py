@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from logging import getLogger
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -180,7 +181,12 @@ def sid_file_source(folder: Path, dataset: str, producer: str | None) -> str:
     report_path = sid_metadata_path(sid_path(folder, dataset, producer))
     if not report_path.is_file():
         return MISSING_SOURCE
-    sources = json.loads(report_path.read_text(encoding="utf-8")).get("content_sources")
+    return report_source(json.loads(report_path.read_text(encoding="utf-8")))
+
+
+def report_source(report: dict[str, Any]) -> str:
+    """The content sources a tokenize report (a ``.sid.json``) records, joined by ``+``."""
+    sources = report.get("content_sources")
     return "+".join(sources) if sources else UNKNOWN_SOURCE
 
 

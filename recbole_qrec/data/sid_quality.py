@@ -35,8 +35,8 @@ from recbole.config import Config
 
 from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.data.features import DEFAULT_CODEBOOK_SIZE, UNKNOWN_SOURCE, content_sources, read_content_metadata
-from recbole_qrec.data.item_features import sid_file_source
-from recbole_qrec.data.sid import SID_FIELD, SID_FILE, item_code_table, sid_metadata_path
+from recbole_qrec.data.item_features import MISSING_SOURCE, report_source
+from recbole_qrec.data.sid import SID_FIELD, SID_FILE, item_code_table
 from recbole_qrec.quantization.metrics import collision_rate, level_usage
 
 
@@ -86,10 +86,9 @@ def code_table_quality(config: Config, dataset: SemanticIdDataset) -> dict[str, 
     quality: dict[str, dict[str, Any]] = {}
     for index, key in enumerate(keys):
         field = SID_FIELD if key is None or config[key] == SID_FILE else config[key]
-        if field == SID_FIELD:
-            metadata = sid_metadata_path(dataset.sid_file())
-            report = json.loads(metadata.read_text(encoding="utf-8")) if metadata.is_file() else {}
-            source = sid_file_source(folder, name, config["sid_producer"])
+        if field == SID_FIELD:  # the report read with the codes (another run's stage may have rewritten it since)
+            report = dataset.sid_report
+            source = report_source(report) if report else MISSING_SOURCE
         else:
             report = content.get(field, {}).get("tokenizer") or {}
             source = recorded_sources.get(field, UNKNOWN_SOURCE)
