@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 from contextlib import contextmanager
+from logging import getLogger
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -277,7 +278,10 @@ def semantic_ids_lock(config: Config) -> Iterator[None]:
     if not reads_own_stage(config):
         yield
         return
-    with exclusive_lock(data_root(config) / f".{config['model']}.sid.lock"):
+    lock = data_root(config) / f".{config['model']}.sid.lock"
+    with exclusive_lock(lock, on_wait=lambda: getLogger().info(
+            f"another run on {data_root(config)} is checking, running or reading the {config['model']} tokenize stage: "
+            f"waiting for it ({lock})")):
         yield
 
 

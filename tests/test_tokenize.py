@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import threading
@@ -146,9 +147,10 @@ def test_a_bad_tokenizer_yaml_or_set_value_is_one_error_line(tmp_path, capsys, m
 
 # Runs sharing a data_path take turns at a model's own tokenize stage
 
-def test_a_second_run_waits_for_the_stage_lock_of_the_first(work):
+def test_a_second_run_waits_for_the_stage_lock_of_the_first(work, caplog):
     """While one run holds QBert4Rec's stage lock of the data_path, another QBert4Rec run (any target) does not get
-    past it; a model that reads no stage of its own (SASRec) is not held up."""
+    past it and logs that it waits; a model that reads no stage of its own (SASRec) is not held up."""
+    caplog.set_level(logging.INFO)
     first, second = work_config("QBert4Rec", work), work_config("QBert4Rec", work, seed=7)
     entered = threading.Event()
     order = []
@@ -162,9 +164,10 @@ def test_a_second_run_waits_for_the_stage_lock_of_the_first(work):
         thread = threading.Thread(target=other_run)
         thread.start()
         assert not entered.wait(0.5), "the second run got past the lock the first one holds"
+        assert "is checking, running or reading the QBert4Rec tokenize stage: waiting for it" in caplog.text
         with semantic_ids_lock(work_config("SASRec", work)):
             order.append("SASRec")
         order.append("first done")
     thread.join(5)
-    assert order == ["SASRec", "first done", "second"]
+    assert order == ["SASRec", "first done", "second"] and caplog.text.count("waiting for it") == 1
     assert (work / "dataset" / ".QBert4Rec.sid.lock").is_file()
