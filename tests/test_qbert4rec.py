@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from recbole.model.layers import TransformerEncoder
 from recbole.utils import init_seed
 
@@ -126,6 +127,23 @@ def test_items_missing_a_modality_are_left_out_of_its_contrastive_terms():
     changed[~rows] = torch.randn(2, 8) * 100
     assert masked_info_nce(first, second, rows, 0.1) == masked_info_nce(first, changed, rows, 0.1)
     assert masked_info_nce(first, second, torch.zeros(6, dtype=torch.bool), 0.1) == 0
+    assert masked_info_nce(first, second, torch.eye(6, dtype=torch.bool)[2], 0.1) == 0  # one item: nothing to contrast
+
+
+def test_the_masked_contrastive_term_equals_infonce_over_the_remaining_items():
+    """Computed over the whole batch with the other items masked out, it is the InfoNCE of the remaining items
+    alone, in value and in gradient (and the left-out items get none)."""
+    first, second = torch.randn(9, 16, requires_grad=True), torch.randn(9, 16, requires_grad=True)
+    rows = torch.tensor([True, False, True, True, False, True, True, False, True])
+    masked = masked_info_nce(first, second, rows, 0.1)
+    masked_grads = torch.autograd.grad(masked, [first, second])
+    logits = F.normalize(first[rows], dim=-1) @ F.normalize(second[rows], dim=-1).T / 0.1
+    targets = torch.arange(int(rows.sum()))
+    reference = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    reference_grads = torch.autograd.grad(reference, [first, second])
+    assert torch.allclose(masked, reference, atol=1e-6)
+    for got, expected in zip(masked_grads, reference_grads):
+        assert torch.allclose(got, expected, atol=1e-6) and not got[~rows].any()
 
 
 # Multi-mask pretraining strategies, on a hand-made batch (lengths in tokens, 4 levels per item)

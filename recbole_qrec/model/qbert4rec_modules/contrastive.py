@@ -8,9 +8,13 @@ from torch import Tensor
 
 
 def masked_info_nce(first: Tensor, second: Tensor, rows: Tensor, temperature: float) -> Tensor:
-    """In-batch InfoNCE over the items where ``rows`` is True (``[n]`` bool); 0 when fewer than two remain."""
-    if int(rows.sum()) < 2:
-        return first.new_zeros(())
-    logits = F.normalize(first[rows], dim=-1) @ F.normalize(second[rows], dim=-1).T / temperature
+    """In-batch InfoNCE over the items where ``rows`` is True (``[n]`` bool); 0 when fewer than two remain.
+
+    The similarities of the other items are set to the dtype's lowest value rather than indexed away (a boolean
+    index would wait for the device every step): each remaining item is compared with exactly the remaining ones.
+    """
+    logits = F.normalize(first, dim=-1) @ F.normalize(second, dim=-1).T / temperature
+    logits = logits.masked_fill(~(rows.unsqueeze(1) & rows.unsqueeze(0)), torch.finfo(logits.dtype).min)
     targets = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    per_item = F.cross_entropy(logits, targets, reduction="none") + F.cross_entropy(logits.T, targets, reduction="none")
+    return (per_item * rows).sum() / (2 * rows.sum().clamp(min=1))
