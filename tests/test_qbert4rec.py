@@ -380,6 +380,7 @@ def test_entry_point_runs_the_tokenize_stage_and_qbert4rec_end_to_end(work, tmp_
                                   tmp_path)
     assert record["model"] == "QBert4Rec" and record["test"]
     assert all(0.0 <= value <= 1.0 for value in record["test"].values())
+    assert len(record["pretrain_loss_curve"]) == record["pretrain_epochs"] == TINY["pretrain_epochs"]
     assert "Instruments.QBert4Rec.sid are missing" in log and "running the tokenize stage" in log
     metadata = json.loads((data / "Instruments.QBert4Rec.sid.json").read_text())
     assert metadata["stage"] == "QBert4Rec" and metadata["collision_rate_after"] == 0.0

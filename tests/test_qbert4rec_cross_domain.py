@@ -104,6 +104,8 @@ def test_pretraining_runs_on_the_sources_and_lowers_the_loss(cross, tmp_path, mo
     assert [domain for domain, _ in trainer.pretraining_data(train, pretrain_data)] == SOURCES
     losses = trainer.pretrain(train, pretrain_data, verbose=False)
     assert len(losses) == config["pretrain_epochs"] and losses[-1] < losses[0]
+    steps = sum(len(loader) for _, loader in trainer.pretraining_data(train, pretrain_data))
+    assert trainer.pretrain_loss_curve == pytest.approx([loss / steps for loss in losses])  # the record's curve
 
 
 

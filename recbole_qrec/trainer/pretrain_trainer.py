@@ -75,7 +75,7 @@ class PretrainFineTuneTrainer(Trainer):
     source domains by name (from :func:`recbole_qrec.data.data_preparation`), one pass over each per epoch
     with ``domain`` set to the source's name; with none it is the target's own training data with
     ``domain=None``. Each pretraining epoch's wall time goes to ``pretrain_epoch_seconds`` (fine-tuning
-    epochs are counted apart, in ``epoch_seconds``). When saving, the pretrained model is checkpointed to
+    epochs are counted apart, in ``epoch_seconds``), its mean loss per step to ``pretrain_loss_curve``. When saving, the pretrained model is checkpointed to
     ``<saved_model_file stem>-pretrained.pth``. Fine-tuning is RecBole's ``fit`` unchanged
     (``model.calculate_loss``, ``learning_rate``, ``epochs``), so early stopping counts fine-tuning epochs
     only. Each phase follows ``lr_scheduler`` over its own steps. A fit after :meth:`resume_checkpoint` skips
@@ -88,6 +88,7 @@ class PretrainFineTuneTrainer(Trainer):
         super().__init__(config, model)
         self.pretrained = False
         self.pretrain_epoch_seconds: list[float] = []
+        self.pretrain_loss_curve: list[float] = []
 
     def resume_checkpoint(self, resume_file: str) -> None:
         fine_tuning_file = self.saved_model_file
@@ -135,6 +136,7 @@ class PretrainFineTuneTrainer(Trainer):
                 loss_func = partial(self.model.pretrain_loss, domain=domain)
                 epoch_loss += float(self._train_epoch(loader, epoch, loss_func=loss_func, show_progress=show_progress))
             losses.append(epoch_loss)
+            self.pretrain_loss_curve.append(epoch_loss / steps_per_epoch)
             self.pretrain_epoch_seconds.append(time() - start)
             if verbose:
                 self.logger.info(set_color(f"pretrain epoch {epoch}", "green")
