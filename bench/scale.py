@@ -66,8 +66,8 @@ def measure(model: str, mode: str, data: Path, work: Path, settings: list[str]) 
             "items": train._dataset.item_num - 1, "training_rows": len(train._dataset)}
 
 
-def write_report(out: Path, rows: list[dict], args: argparse.Namespace) -> None:
-    """``<out>.md`` and ``<out>.json`` of the rows measured so far."""
+def write_report(args: argparse.Namespace, rows: list[dict]) -> None:
+    """``<args.out>.md`` and ``.json`` of the rows measured so far."""
     commit = args.commit or git_state()[0]
     command = "python bench/scale.py " + " ".join(sys.argv[1:])
     lines = ["# Scale: one epoch and one full-ranking evaluation on a synthetic catalogue", "",
@@ -80,10 +80,10 @@ def write_report(out: Path, rows: list[dict], args: argparse.Namespace) -> None:
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join("" if row[column] is None else str(row[column]) for column in COLUMNS) + " |"
               for row in rows]
-    with atomic_open(out.with_suffix(".md"), "w", encoding="utf-8") as handle:
+    with atomic_open(args.out.with_suffix(".md"), "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
-    write_json_atomic(out.with_suffix(".json"), {"command": command, "commit": commit, "machine": machine_name(),
-                                                 "rows": rows})
+    write_json_atomic(args.out.with_suffix(".json"), {"command": command, "commit": commit, "machine": machine_name(),
+                                                      "rows": rows})
 
 
 def main() -> None:
@@ -103,7 +103,7 @@ def main() -> None:
             for mode in args.modes:
                 rows.append(measure(model, mode, data, Path(tmp), args.set))
                 print(rows[-1], flush=True)
-                write_report(args.out, rows, args)  # after every row: a run stopped later keeps the rows measured
+                write_report(args, rows)  # after every row: a run stopped later keeps the rows measured
                 gc.collect()
                 torch.cuda.empty_cache()
 
