@@ -129,7 +129,7 @@ def run_stage(config: Config, inputs: StageInputs, identity: Mapping[str, Any]) 
 def tokenize(config: Config, source_configs: Sequence[Config] = ()) -> dict[str, Any]:
     """Run the stage (whatever the state of its output); the metadata it wrote."""
     inputs = stage_inputs(STAGE, config, source_configs)
-    return run_stage(config, inputs, stage_identity(config, inputs))
+    return stage_cache.run_and_keep(config, inputs, stage_identity(config, inputs), run_stage)
 
 
 def ensure_semantic_ids(config: Config, source_configs: Sequence[Config] = ()) -> bool:

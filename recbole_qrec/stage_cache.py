@@ -3,14 +3,18 @@ cached under and the check that reruns it only when a domain's code file is miss
 
 A stage writes ``<domain>.<Model>.sid`` for each domain it covers and beside it ``<domain>.<Model>.sid.json``,
 whose ``key`` hashes the stage's settings, the data fingerprint (every domain's item tokens and feature values)
-and the code version (a hash of the source files the codes depend on). :func:`ensure` reruns the stage only when
-a domain's file is missing or its recorded key differs.
+and the code version (a hash of the source files the codes depend on). It also keeps a copy of every domain's files
+under the target's ``stage_cache/<Model>/<key>/``: the domains' files hold one key at a time, and runs of several
+targets (whose stages write each other's domains) or settings would otherwise rerun each other's stages.
+:func:`ensure` reruns the stage only when a domain's file is missing or its recorded key differs and the cache has
+no copy for that key; a copy is restored instead. Deleting ``stage_cache/`` is safe (stages rerun as needed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from logging import getLogger
@@ -22,7 +26,8 @@ from recbole.data.dataset import SequentialDataset
 
 import recbole_qrec.quantization
 from recbole_qrec.data.item_features import ItemFeatures, load_item_features, load_source_features
-from recbole_qrec.data.sid import sid_metadata_path, sid_path
+from recbole_qrec.data.sid import sid_embeddings_path, sid_metadata_path, sid_path
+from recbole_qrec.fileio import atomic_path, check_output_folder
 
 # The tokenizer's figures a stage's metadata carries (recbole_qrec.quantization's report).
 TOKENIZER_FIGURES = ("n_items", "levels", "reconstruction_loss", "collision_rate_before", "collision_rate_after",
@@ -41,6 +46,16 @@ class StageInputs:
     def sid_file(self, domain: str) -> Path:
         """The stage's code file of ``domain``: ``<domain>.<producer>.sid``."""
         return sid_path(self.folders[domain], domain, self.producer)
+
+    def output_files(self, domain: str) -> tuple[Path, Path, Path]:
+        """``domain``'s code file, its embeddings (written by some stages only) and its metadata, the metadata last:
+        a stage is complete once every domain's metadata is written."""
+        sid_file = self.sid_file(domain)
+        return sid_file, sid_embeddings_path(sid_file), sid_metadata_path(sid_file)
+
+    def cache_folder(self, key: str) -> Path:
+        """Where the copy of the stage's output under ``key`` is kept: ``<target folder>/stage_cache/<producer>/<key>``."""
+        return self.folders[next(iter(self.item_tokens))] / "stage_cache" / self.producer / key
 
 
 def stage_inputs(producer: str, config: Config, source_configs: Sequence[Config] = ()) -> StageInputs:
@@ -103,22 +118,60 @@ def recorded_key(metadata: Path) -> str | None:
 
 def stage_status(inputs: StageInputs, key: str) -> str:
     """``missing``, ``stale`` or ``up to date``: the state of every domain's ``.sid`` and metadata."""
-    files = [(inputs.sid_file(domain), sid_metadata_path(inputs.sid_file(domain))) for domain in inputs.item_tokens]
+    files = [(sid_file, metadata) for sid_file, _, metadata in map(inputs.output_files, inputs.item_tokens)]
     if not all(sid_file.is_file() and metadata.is_file() for sid_file, metadata in files):
         return "missing"
     return "up to date" if all(recorded_key(metadata) == key for _, metadata in files) else "stale"
 
 
+def copy_output(inputs: StageInputs, key: str, to_cache: bool) -> None:
+    """Copy every domain's output files into the cache folder of ``key`` (``to_cache``) or back from it, each file
+    atomically and the metadata files last, so an interrupted copy leaves the stage missing or stale, never up to
+    date with another key's codes."""
+    folder = inputs.cache_folder(key)
+    files = sorted((path for domain in inputs.item_tokens for path in inputs.output_files(domain)),
+                   key=lambda path: path.name.endswith(".json"))
+    for path in files:
+        source, destination = (path, folder / path.name) if to_cache else (folder / path.name, path)
+        if source.is_file():
+            with atomic_path(destination) as tmp:
+                shutil.copyfile(source, tmp)
+
+
+def cached(inputs: StageInputs, key: str) -> bool:
+    """Whether the cache holds every domain's code file and metadata of ``key``."""
+    folder = inputs.cache_folder(key)
+    return all((folder / sid_file.name).is_file() and (folder / metadata.name).is_file()
+               and recorded_key(folder / metadata.name) == key
+               for sid_file, _, metadata in map(inputs.output_files, inputs.item_tokens))
+
+
 def ensure(config: Config, inputs: StageInputs, identity: dict[str, Any],
            run: Callable[[Config, StageInputs, dict[str, Any]], Any]) -> bool:
-    """``run`` the stage when a domain's ``.sid`` is missing or stale (one log line says which); True if it ran."""
-    status = stage_status(inputs, identity["key"])
+    """``run`` the stage when a domain's ``.sid`` is missing or stale and the cache has no copy of its key (one log
+    line says which); True if it ran."""
+    key = identity["key"]
+    status = stage_status(inputs, key)
     target_file = inputs.sid_file(config["dataset"])
     if status == "up to date":
-        getLogger().info(f"{inputs.producer} semantic IDs {target_file} are up to date (stage key {identity['key']}): "
-                         "reused")
+        getLogger().info(f"{inputs.producer} semantic IDs {target_file} are up to date (stage key {key}): reused")
         return False
-    getLogger().info(f"{inputs.producer} semantic IDs {target_file} are {status} (stage key {identity['key']}): running "
-                     "the tokenize stage")
-    run(config, inputs, identity)
+    if cached(inputs, key):
+        copy_output(inputs, key, to_cache=False)
+        getLogger().info(f"{inputs.producer} semantic IDs {target_file} are {status} (stage key {key}): restored from "
+                         f"{inputs.cache_folder(key)}")
+        return False
+    getLogger().info(f"{inputs.producer} semantic IDs {target_file} are {status} (stage key {key}): running the "
+                     "tokenize stage")
+    run_and_keep(config, inputs, identity, run)
     return True
+
+
+def run_and_keep(config: Config, inputs: StageInputs, identity: dict[str, Any],
+                 run: Callable[[Config, StageInputs, dict[str, Any]], Any]) -> Any:
+    """``run`` the stage, then keep a copy of its output in the cache; what ``run`` returned."""
+    check_output_folder(inputs.cache_folder(identity["key"]), f"cannot keep the {inputs.producer} stage's codes",
+                        "remove or rename it")
+    result = run(config, inputs, identity)
+    copy_output(inputs, identity["key"], to_cache=True)
+    return result

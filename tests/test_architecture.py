@@ -252,6 +252,30 @@ def test_stage_output_is_reused_until_a_setting_changes(stage_data, caplog):
     assert json.loads(metadata.read_text())["key"] != key and json.loads(metadata.read_text())["settings"]["sid_epochs"] == 4
 
 
+def test_a_stage_seen_before_is_restored_from_its_cache_not_rerun(stage_data, caplog):
+    """The domains' files hold one stage key at a time; runs of other settings (or targets) in between must not make
+    a configuration that already ran its stage run it again."""
+    caplog.set_level(logging.INFO)
+    config = subset_config("QBert4Rec", stage_data / "dataset")
+    sid_file, metadata = stage_output(stage_data)
+    assert ensure_semantic_ids(config)
+    first = (sid_file.read_bytes(), json.loads(metadata.read_text()))
+    other = subset_config("QBert4Rec", stage_data / "dataset", seed=config["seed"] + 1)
+    assert ensure_semantic_ids(other) and sid_file.read_bytes() != first[0]
+
+    caplog.clear()
+    assert not ensure_semantic_ids(subset_config("QBert4Rec", stage_data / "dataset"))
+    assert "are stale" in caplog.text and "restored from" in caplog.text and "running" not in caplog.text
+    assert (sid_file.read_bytes(), json.loads(metadata.read_text())) == first
+
+    cache = sid_file.parent / "stage_cache" / "QBert4Rec" / first[1]["key"]
+    (cache / metadata.name).unlink()  # an incomplete cache entry is not used
+    caplog.clear()
+    assert not ensure_semantic_ids(other) and ensure_semantic_ids(config)  # other's entry restored, config's rerun
+    assert "restored from" in caplog.text and "running the tokenize stage" in caplog.text
+    assert json.loads(metadata.read_text())["key"] == first[1]["key"] and (cache / metadata.name).is_file()
+
+
 def test_a_run_records_the_stage_report_of_the_codes_it_read(stage_data):
     """Runs on one data_path take turns at the stage, so another run's stage may rewrite the code files after this
     run read them: its record keeps the key, collisions and content of the codes it trained on."""

@@ -211,7 +211,10 @@ def test_the_stage_writes_its_own_codes_reuses_them_and_reruns_on_new_settings(t
     assert codes.shape[1] == 2 * 2 + 1 and len(torch.unique(codes, dim=0)) == len(codes)
     assert dataset.sid_codebooks.shape == (2, 2, 32, 16)
     assert (folder / "Instruments.sid").read_bytes() == by_hand  # the tokenizer's file is left alone
+    embeddings = (folder / "Instruments.MMESID.sid.npz").read_bytes()
     assert ensure_semantic_ids(subset_config(work, **{**stage, "sid_levels": 3}))  # stale: new settings
+    assert not ensure_semantic_ids(config)  # the first settings again: restored from the stage cache
+    assert (folder / "Instruments.MMESID.sid.npz").read_bytes() == embeddings
 
 
 def test_the_entry_point_runs_the_stage_then_trains_and_evaluates(work, tmp_path):
