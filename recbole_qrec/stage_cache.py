@@ -116,9 +116,12 @@ def recorded_key(metadata: Path) -> str | None:
         return None
 
 
-def stage_status(inputs: StageInputs, key: str) -> str:
-    """``missing``, ``stale`` or ``up to date``: the state of every domain's ``.sid`` and metadata."""
+def stage_status(inputs: StageInputs, key: str, folder: Path | None = None) -> str:
+    """``missing``, ``stale`` or ``up to date``: the state of every domain's ``.sid`` and metadata, in the domains'
+    folders or, given ``folder``, in it (a cache entry)."""
     files = [(sid_file, metadata) for sid_file, _, metadata in map(inputs.output_files, inputs.item_tokens)]
+    if folder is not None:
+        files = [(folder / sid_file.name, folder / metadata.name) for sid_file, metadata in files]
     if not all(sid_file.is_file() and metadata.is_file() for sid_file, metadata in files):
         return "missing"
     return "up to date" if all(recorded_key(metadata) == key for _, metadata in files) else "stale"
@@ -138,14 +141,6 @@ def copy_output(inputs: StageInputs, key: str, to_cache: bool) -> None:
                 shutil.copyfile(source, tmp)
 
 
-def cached(inputs: StageInputs, key: str) -> bool:
-    """Whether the cache holds every domain's code file and metadata of ``key``."""
-    folder = inputs.cache_folder(key)
-    return all((folder / sid_file.name).is_file() and (folder / metadata.name).is_file()
-               and recorded_key(folder / metadata.name) == key
-               for sid_file, _, metadata in map(inputs.output_files, inputs.item_tokens))
-
-
 def ensure(config: Config, inputs: StageInputs, identity: dict[str, Any],
            run: Callable[[Config, StageInputs, dict[str, Any]], Any]) -> bool:
     """``run`` the stage when a domain's ``.sid`` is missing or stale and the cache has no copy of its key (one log
@@ -156,7 +151,7 @@ def ensure(config: Config, inputs: StageInputs, identity: dict[str, Any],
     if status == "up to date":
         getLogger().info(f"{inputs.producer} semantic IDs {target_file} are up to date (stage key {key}): reused")
         return False
-    if cached(inputs, key):
+    if stage_status(inputs, key, inputs.cache_folder(key)) == "up to date":
         copy_output(inputs, key, to_cache=False)
         getLogger().info(f"{inputs.producer} semantic IDs {target_file} are {status} (stage key {key}): restored from "
                          f"{inputs.cache_folder(key)}")
