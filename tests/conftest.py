@@ -90,6 +90,17 @@ def losses_over_steps(model: torch.nn.Module, loss_of, steps: int, learning_rate
     return losses
 
 
+def compiled_and_eager_loss(model: torch.nn.Module, interaction, fullgraph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model.calculate_loss(interaction)`` through ``torch.compile`` (dynamo's tracing, which ``compile_model`` runs,
+    with the eager backend: no C++ build; ``fullgraph``: a graph break is an error) and eagerly, each from the same
+    random state."""
+    compiled = torch.compile(model.calculate_loss, backend="eager", fullgraph=fullgraph)
+    torch.manual_seed(0)
+    traced = compiled(interaction)
+    torch.manual_seed(0)
+    return traced, model.calculate_loss(interaction)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """For modules of tiny tensors: one intra-op thread avoids oversubscribing a shared CPU (several times faster)."""

@@ -20,7 +20,7 @@ from recbole_qrec.errors import ConfigError
 from recbole_qrec.model.macrec import MACRec
 from recbole_qrec.model.mql4grec import MQL4GRec
 from recbole_qrec.tokenize import main as tokenize_main
-from conftest import losses_over_steps, run_entry_point, work_config
+from conftest import compiled_and_eager_loss, losses_over_steps, run_entry_point, work_config
 
 TINY = {
     "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
@@ -78,6 +78,13 @@ def test_the_loss_is_the_task_mixture_plus_the_weighted_implicit_alignment(prepa
     assert model.implicit_align_weight == 0.01 and float(align) > 0
     torch.testing.assert_close(zero, task_loss)
     torch.testing.assert_close(full, task_loss + 0.01 * align)
+
+
+def test_compile_model_traces_the_loss(prepared):
+    """``compile_model`` traces MACRec's loss (task mixture plus implicit alignment) and gives the eager loss."""
+    _, train, _, model = prepared
+    traced, eager = compiled_and_eager_loss(model, first_batch(train))
+    assert torch.isfinite(eager) and torch.allclose(traced, eager)
 
 
 def test_without_explicit_tasks_only_the_next_item_tasks_train(prepared, work):

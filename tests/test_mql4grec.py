@@ -24,7 +24,7 @@ from recbole_qrec.model.mql4grec_modules.fusion import fuse_beams
 from recbole_qrec.model.mql4grec_modules.tasks import N_SPECIAL
 from recbole_qrec.results import config_hash
 from recbole_qrec.trainer import PretrainFineTuneTrainer
-from conftest import run_entry_point, work_config
+from conftest import compiled_and_eager_loss, run_entry_point, work_config
 
 TINY = {
     "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
@@ -230,6 +230,16 @@ def test_full_length_inputs_give_the_loss_of_batch_padded_inputs(prepared, work)
         full = padded.calculate_loss(batch)
         torch.manual_seed(0)  # the same task draws
         torch.testing.assert_close(model.calculate_loss(batch), full, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mix", ["official", "per_row"])
+def test_compile_model_traces_the_loss_of_either_task_mix(prepared, work, mix):
+    """``compile_model`` traces the task mixes (the official one breaks the graph at its data-dependent row counts)
+    and gives the eager loss; a frozen dataclass of a task once made tracing fail at the first step."""
+    config, train, _, _, _ = prepared
+    model = MQL4GRec(subset_config(work, task_mix=mix), train._dataset).eval()
+    traced, eager = compiled_and_eager_loss(model, first_batch(train))
+    assert torch.isfinite(eager) and torch.allclose(traced, eager)
 
 
 @pytest.mark.parametrize("domain", ["Games", "fine-tune"])

@@ -27,7 +27,7 @@ from recbole_qrec.model.qbert4rec_modules.masking import MultiMask
 from recbole_qrec.qbert4rec_stage import build_injection
 from recbole_qrec.tokenize import ensure_semantic_ids
 from recbole_qrec.trainer import QBert4RecTrainer
-from conftest import run_entry_point, work_config
+from conftest import compiled_and_eager_loss, run_entry_point, work_config
 
 TINY = {
     "injection_dim": 32, "injection_epochs": 2, "injection_batch_size": 512,
@@ -240,6 +240,14 @@ def test_stage3_loss_decreases(prepared, loss_name):
         optimizer.step()
         losses.append(loss.item())
     assert sum(losses[-3:]) / 3 < losses[0] * 0.95
+
+
+def test_compile_model_traces_the_fine_tuning_loss(prepared):
+    """``compile_model`` traces QBert4Rec's fine-tuning loss and gives the eager loss (eval mode: no dropout)."""
+    config, train, *_ = prepared
+    model = QBert4Rec(config, train._dataset).eval()
+    traced, eager = compiled_and_eager_loss(model, first_batch(train)[:64])
+    assert torch.isfinite(eager) and torch.allclose(traced, eager)
 
 
 def slow_scores(model, item_seq, length, items):

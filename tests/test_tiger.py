@@ -25,7 +25,7 @@ from recbole_qrec.model.tiger import TIGER
 from recbole_qrec.quantization import append_level
 from recbole_qrec.tokenize import main as tokenize_main
 from recbole_qrec.trainer import get_trainer
-from conftest import losses_over_steps, run_entry_point
+from conftest import compiled_and_eager_loss, losses_over_steps, run_entry_point
 
 TINY = {
     "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
@@ -149,6 +149,15 @@ def test_a_beam_wider_than_the_catalogue_is_refused_in_beam_mode(prepared, work)
         TIGER(subset_config(work / "dataset", beam_size=items + 1), dataset)
     assert TIGER(subset_config(work / "dataset", beam_size=items), dataset).beam_size == items
     assert TIGER(subset_config(work / "dataset", beam_size=10 * items, eval_mode="exact"), dataset).eval_mode == "exact"
+
+
+def test_compile_model_traces_the_loss_in_one_graph(prepared, work):
+    """With ``full_length_inputs`` (the CUDA default) ``compile_model`` traces TIGER's loss without a graph break, as
+    CUDA graphs (``compile_mode: reduce-overhead``) need, and gives the eager loss."""
+    _, train, _, _, _ = prepared
+    model = TIGER(subset_config(work / "dataset", full_length_inputs=True), train._dataset).eval()
+    traced, eager = compiled_and_eager_loss(model, first_batch(train), fullgraph=True)
+    assert torch.isfinite(eager) and torch.allclose(traced, eager)
 
 
 # Training and ranking

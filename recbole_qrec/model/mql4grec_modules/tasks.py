@@ -16,7 +16,6 @@ end; or the item's own ID), and the labels are the ``L`` tokens of the target ID
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -29,10 +28,10 @@ TEXT, IMAGE = "text", "image"
 LANGUAGES = (TEXT, IMAGE)
 
 
-@dataclass(frozen=True)
-class Task:
+class Task(NamedTuple):
     """A generation task: ``source`` language in, ``target`` language out; ``translation`` reads the
-    target item's own ID instead of the history."""
+    target item's own ID instead of the history. A named tuple, which ``torch.compile`` traces and rebuilds across a
+    graph break (a frozen dataclass it cannot: ``compile_model`` failed on MQL4GRec and MACRec)."""
 
     name: str
     source: str
