@@ -30,7 +30,7 @@ from recbole_qrec.fileio import atomic_open, write_json_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 METRICS = ["hit@1", "hit@5", "hit@10", "ndcg@5", "ndcg@10"]
-COLUMNS = ["model", "epochs", "train_seconds_per_epoch", "wall_time_s", *METRICS]
+COLUMNS = ["model", "pretrain_epochs", "epochs", "budget_stopped", "train_seconds_per_epoch", "wall_time_s", *METRICS]
 
 
 def machine_name() -> str:
@@ -61,9 +61,13 @@ def run_model(model: str, dataset: str, overrides: list[str], results_dir: Path,
 
 
 def table_rows(results: list[dict]) -> list[dict]:
+    """A row per result record: its pretraining and training epochs, whether its training budget
+    (``train_time_limit``, pretraining included) stopped it before early stopping, its timings and test metrics."""
     return [
-        {"model": r["model"], "epochs": r["epochs"], "train_seconds_per_epoch": r["train_seconds_per_epoch"],
-         "wall_time_s": r["wall_time_s"], **{m: r["test"][m] for m in METRICS}}
+        {"model": r["model"], "pretrain_epochs": r.get("pretrain_epochs") or 0, "epochs": r["epochs"],
+         "budget_stopped": "yes" if r.get("train_time_limit_reached") else "no",
+         "train_seconds_per_epoch": r["train_seconds_per_epoch"], "wall_time_s": r["wall_time_s"],
+         **{m: r["test"][m] for m in METRICS}}
         for r in results
     ]
 

@@ -116,10 +116,13 @@ def report(dataset: str, command: str, date: str, common: dict[str, str], result
               f"- command: `{command}`\n- machine: {machine_name()}\n- date: {date}\n"
               f"- common settings: {common or 'harness defaults'}\n"
               + "".join(f"- {result['variant']}: {VARIANTS[result['variant']] or 'no overrides'}\n" for result in results)
-              + "- epochs and train_seconds_per_epoch count fine-tuning epochs (pretraining epochs are recorded apart, "
-                "as pretrain_epochs in the JSON)")
+              + "- epochs and train_seconds_per_epoch count fine-tuning epochs, pretrain_epochs the pretraining epochs")
+    stopped = [result["variant"] for result in results if result.get("train_time_limit_reached")]
+    warning = (f"\nStopped by the training budget (train_time_limit, pretraining included) before early stopping: "
+               f"{', '.join(stopped)}: their fine-tuning was cut short, so their rows measure the budget, not the variant.\n"
+               if stopped else "")
     failures = [f"\n## {result['variant']} failed\n\n```\n{result['error']}\n```\n" for result in results if "error" in result]
-    return markdown(finished_rows(results), header) + "".join(failures)
+    return markdown(finished_rows(results), header) + warning + "".join(failures)
 
 
 def parse_args() -> argparse.Namespace:
