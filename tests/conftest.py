@@ -90,15 +90,22 @@ def losses_over_steps(model: torch.nn.Module, loss_of, steps: int, learning_rate
     return losses
 
 
-def compiled_and_eager_loss(model: torch.nn.Module, interaction, fullgraph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``model.calculate_loss(interaction)`` through ``torch.compile`` (dynamo's tracing, which ``compile_model`` runs,
-    with the eager backend: no C++ build; ``fullgraph``: a graph break is an error) and eagerly, each from the same
-    random state."""
+def first_batch(loader):
+    """The interaction of ``loader``'s first batch (of a loader that yields tuples: their first element)."""
+    batch = next(iter(loader))
+    return batch[0] if isinstance(batch, tuple) else batch
+
+
+def assert_compiled_loss_is_eager_loss(model: torch.nn.Module, interaction, fullgraph: bool = False) -> None:
+    """``model.calculate_loss(interaction)`` traced by ``torch.compile`` (dynamo, which ``compile_model`` runs, with the
+    eager backend: no C++ build; ``fullgraph``: a graph break is an error) is finite and equals the eager loss, each
+    computed from the same random state."""
     compiled = torch.compile(model.calculate_loss, backend="eager", fullgraph=fullgraph)
     torch.manual_seed(0)
     traced = compiled(interaction)
     torch.manual_seed(0)
-    return traced, model.calculate_loss(interaction)
+    eager = model.calculate_loss(interaction)
+    assert torch.isfinite(eager) and torch.allclose(traced, eager), (traced, eager)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
 from recbole_qrec.data import create_dataset, data_preparation
@@ -20,7 +19,7 @@ from recbole_qrec.errors import ConfigError
 from recbole_qrec.model.macrec import MACRec
 from recbole_qrec.model.mql4grec import MQL4GRec
 from recbole_qrec.tokenize import main as tokenize_main
-from conftest import compiled_and_eager_loss, losses_over_steps, run_entry_point, work_config
+from conftest import assert_compiled_loss_is_eager_loss, first_batch, losses_over_steps, run_entry_point, work_config
 
 TINY = {
     "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
@@ -43,11 +42,6 @@ def prepared(work):
     init_seed(config["seed"], True)
     train, _, test, _ = data_preparation(config, create_dataset(config))
     return config, train, test, MACRec(config, train._dataset).eval()
-
-
-def first_batch(loader) -> Interaction:
-    batch = next(iter(loader))
-    return batch[0] if isinstance(batch, tuple) else batch
 
 
 def test_implicit_alignment_loss_is_finite_and_training_lowers_it(prepared, work):
@@ -83,8 +77,7 @@ def test_the_loss_is_the_task_mixture_plus_the_weighted_implicit_alignment(prepa
 def test_compile_model_traces_the_loss(prepared):
     """``compile_model`` traces MACRec's loss (task mixture plus implicit alignment) and gives the eager loss."""
     _, train, _, model = prepared
-    traced, eager = compiled_and_eager_loss(model, first_batch(train))
-    assert torch.isfinite(eager) and torch.allclose(traced, eager)
+    assert_compiled_loss_is_eager_loss(model, first_batch(train))
 
 
 def test_without_explicit_tasks_only_the_next_item_tasks_train(prepared, work):

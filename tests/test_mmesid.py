@@ -21,7 +21,7 @@ from recbole_qrec.model.mmesid import MMESID
 from recbole_qrec.quantization import TokenizerConfig, build_rqvae
 from recbole_qrec.tokenize import ensure_semantic_ids, integer_item_ids, tokenize_dataset
 from recbole_qrec.trainer import get_trainer
-from conftest import compiled_and_eager_loss, losses_over_steps, run_entry_point, work_config
+from conftest import assert_compiled_loss_is_eager_loss, losses_over_steps, run_entry_point, work_config
 from test_architecture import no_file_access_or_training
 
 TINY_LM = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
@@ -129,9 +129,7 @@ def test_compile_model_traces_the_loss(prepared):
     """``compile_model`` traces MMESID's loss (the LLaMA-style model over item tokens) and gives the eager loss."""
     config, train, _ = prepared
     model = MMESID(config, train._dataset).eval()
-    batch = next(iter(train))
-    traced, eager = compiled_and_eager_loss(model, batch[0] if isinstance(batch, tuple) else batch)
-    assert torch.isfinite(eager) and torch.allclose(traced, eager)
+    assert_compiled_loss_is_eager_loss(model, next(iter(train)))
 
 
 def test_training_beats_the_untrained_model_on_validation_ndcg(prepared):

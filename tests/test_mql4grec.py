@@ -24,7 +24,7 @@ from recbole_qrec.model.mql4grec_modules.fusion import fuse_beams
 from recbole_qrec.model.mql4grec_modules.tasks import N_SPECIAL
 from recbole_qrec.results import config_hash
 from recbole_qrec.trainer import PretrainFineTuneTrainer
-from conftest import compiled_and_eager_loss, run_entry_point, work_config
+from conftest import assert_compiled_loss_is_eager_loss, first_batch, run_entry_point, work_config
 
 TINY = {
     "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
@@ -69,11 +69,6 @@ def cross_domain(work):
     train, _, _, pretrain_data = data_preparation(config, create_dataset(config, sources))
     torch.manual_seed(0)
     return config, train, pretrain_data, MQL4GRec(config, train._dataset)
-
-
-def first_batch(loader) -> Interaction:
-    batch = next(iter(loader))
-    return batch[0] if isinstance(batch, tuple) else batch
 
 
 def item_file_codes(work: Path, dataset, field: str) -> torch.Tensor:
@@ -238,8 +233,7 @@ def test_compile_model_traces_the_loss_of_either_task_mix(prepared, work, mix):
     and gives the eager loss; a frozen dataclass of a task once made tracing fail at the first step."""
     config, train, _, _, _ = prepared
     model = MQL4GRec(subset_config(work, task_mix=mix), train._dataset).eval()
-    traced, eager = compiled_and_eager_loss(model, first_batch(train))
-    assert torch.isfinite(eager) and torch.allclose(traced, eager)
+    assert_compiled_loss_is_eager_loss(model, first_batch(train))
 
 
 @pytest.mark.parametrize("domain", ["Games", "fine-tune"])

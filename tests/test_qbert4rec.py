@@ -27,7 +27,7 @@ from recbole_qrec.model.qbert4rec_modules.masking import MultiMask
 from recbole_qrec.qbert4rec_stage import build_injection
 from recbole_qrec.tokenize import ensure_semantic_ids
 from recbole_qrec.trainer import QBert4RecTrainer
-from conftest import compiled_and_eager_loss, run_entry_point, work_config
+from conftest import assert_compiled_loss_is_eager_loss, first_batch, run_entry_point, work_config
 
 TINY = {
     "injection_dim": 32, "injection_epochs": 2, "injection_batch_size": 512,
@@ -66,11 +66,6 @@ def prepared(work):
 def features(prepared):
     config, train, *_ = prepared
     return load_item_features(config, train._dataset)
-
-
-def first_batch(loader):
-    batch = next(iter(loader))
-    return batch[0] if isinstance(batch, tuple) else batch
 
 
 # Stage 1: cross-modal semantic injection
@@ -246,8 +241,7 @@ def test_compile_model_traces_the_fine_tuning_loss(prepared):
     """``compile_model`` traces QBert4Rec's fine-tuning loss and gives the eager loss (eval mode: no dropout)."""
     config, train, *_ = prepared
     model = QBert4Rec(config, train._dataset).eval()
-    traced, eager = compiled_and_eager_loss(model, first_batch(train)[:64])
-    assert torch.isfinite(eager) and torch.allclose(traced, eager)
+    assert_compiled_loss_is_eager_loss(model, first_batch(train)[:64])
 
 
 def slow_scores(model, item_seq, length, items):

@@ -25,7 +25,7 @@ from recbole_qrec.model.tiger import TIGER
 from recbole_qrec.quantization import append_level
 from recbole_qrec.tokenize import main as tokenize_main
 from recbole_qrec.trainer import get_trainer
-from conftest import compiled_and_eager_loss, losses_over_steps, run_entry_point
+from conftest import assert_compiled_loss_is_eager_loss, first_batch, losses_over_steps, run_entry_point
 
 TINY = {
     "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
@@ -50,11 +50,6 @@ def prepared(work):
     init_seed(config["seed"], True)
     train, valid, test, _ = data_preparation(config, create_dataset(config))
     return config, train, valid, test, TIGER(config, train._dataset).eval()
-
-
-def first_batch(loader) -> Interaction:
-    batch = next(iter(loader))
-    return batch[0] if isinstance(batch, tuple) else batch
 
 
 def beam(model: TIGER, interaction: Interaction, **kwargs) -> tuple[torch.Tensor, ...]:
@@ -156,8 +151,7 @@ def test_compile_model_traces_the_loss_in_one_graph(prepared, work):
     CUDA graphs (``compile_mode: reduce-overhead``) need, and gives the eager loss."""
     _, train, _, _, _ = prepared
     model = TIGER(subset_config(work / "dataset", full_length_inputs=True), train._dataset).eval()
-    traced, eager = compiled_and_eager_loss(model, first_batch(train), fullgraph=True)
-    assert torch.isfinite(eager) and torch.allclose(traced, eager)
+    assert_compiled_loss_is_eager_loss(model, first_batch(train), fullgraph=True)
 
 
 # Training and ranking
