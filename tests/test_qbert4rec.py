@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -333,6 +334,22 @@ def test_trainer_pretrains_then_fine_tunes(prepared):
     assert trainer.optimizer.param_groups[0]["lr"] == config["learning_rate"]  # the fine-tuning optimizer is back
     best_score, best_result = trainer.fit(train, valid, saved=False)
     assert 0 <= best_score <= 1 and trainer.cur_step == 0
+
+
+@pytest.mark.parametrize("learning_rate, warns", [(0.0, True), (0.02, False)])
+def test_a_pretraining_that_barely_learns_is_warned_of(prepared, caplog, learning_rate, warns):
+    config, train, *_ = prepared
+    config = copy.deepcopy(config)
+    for key, value in {"pretrain_epochs": 10, "pretrain_batch_size": 64, "pretrain_learning_rate": learning_rate,
+                       "warmup_steps": 0}.items():
+        config[key] = value
+    init_seed(config["seed"], True)
+    trainer = QBert4RecTrainer(config, QBert4Rec(config, train._dataset))
+    with caplog.at_level(logging.WARNING):
+        trainer.pretrain(train, verbose=False)
+    curve = trainer.pretrain_loss_curve
+    assert (min(curve[1:]) > 0.98 * curve[0]) == warns  # the loss fell by less than 2%, or by more
+    assert ("pretraining barely learned" in caplog.text) == warns
 
 
 def test_pretraining_batches_by_its_own_size_and_is_checkpointed(prepared, tmp_path):

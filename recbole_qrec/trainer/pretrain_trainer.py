@@ -25,6 +25,11 @@ from recbole_qrec.trainer.schedule import attach_lr_schedule
 # What one pretraining epoch passes over: every training prefix (RecBole's augmented rows, as fine-tuning) or each
 # user's whole training sequence once.
 PRETRAIN_SEQUENCES = ("prefix", "user")
+# A pretraining whose loss per step fell by less than this share, from its first epoch to its lowest, barely learned
+# and may leave fine-tuning a poor start: QBert4Rec on Arts pretrained on Instruments and Games (one H200,
+# docs/results/main_table): the seeds whose loss fell 1.4% and 1.8% fine-tuned to test NDCG@10 .055 and .056, the
+# one whose loss fell 3.8% to .088.
+MIN_PRETRAIN_LOSS_DROP = 0.02
 
 
 def whole_sequences(dataset: Dataset) -> Dataset:
@@ -142,4 +147,19 @@ class PretrainFineTuneTrainer(Trainer):
                 self.logger.info(set_color(f"pretrain epoch {epoch}", "green")
                                  + f" [time: {self.pretrain_epoch_seconds[-1]:.2f}s, pretraining loss: {epoch_loss:.4f}]")
         self.optimizer = fine_tune_optimizer
+        self.warn_if_pretraining_stalled()
         return losses
+
+    def warn_if_pretraining_stalled(self) -> None:
+        """Log a warning when the pretraining loss per step fell by less than :data:`MIN_PRETRAIN_LOSS_DROP` from the
+        first epoch to the lowest later one (two epochs at least)."""
+        curve = self.pretrain_loss_curve
+        if len(curve) < 2 or curve[0] <= 0:
+            return
+        drop = 1 - min(curve[1:]) / curve[0]
+        if drop < MIN_PRETRAIN_LOSS_DROP:
+            self.logger.warning(set_color(
+                f"pretraining barely learned: its loss per step fell {drop:.1%} over {len(curve)} epochs "
+                f"({curve[0]:.4f} -> {curve[-1]:.4f}), so fine-tuning may start from a poor state — pretrain longer "
+                "(pretrain_epochs), at another pretrain_learning_rate, or on other data (pretrain_datasets; [] for "
+                "the target's own sequences)", "yellow"))
