@@ -21,6 +21,7 @@ from recbole_qrec.errors import ConfigError
 from recbole_qrec.generation import constrained_beam_search, credit_target_group
 from recbole_qrec.model.mql4grec import MQL4GRec
 from recbole_qrec.model.mql4grec_modules.fusion import fuse_beams
+from recbole_qrec.model.mql4grec_modules.mixes import one_direction_per_row
 from recbole_qrec.model.mql4grec_modules.tasks import N_SPECIAL
 from recbole_qrec.results import config_hash
 from recbole_qrec.trainer import PretrainFineTuneTrainer
@@ -34,6 +35,7 @@ SUBSET_USERS = {"Instruments": 500, "Games": 300}
 BEAM = 20
 STRICT = {"eval_rule": "strict"}
 TASKS = ["text_next", "image_next", "text_to_image_next", "image_to_text_next", "text_to_image", "image_to_text"]
+CROSS = "text_to_image_next+image_to_text_next"  # the official mix's one cross-language example per row
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -140,22 +142,42 @@ def test_official_mix_shares_cross_rows_and_translates_consistent_item_pairs(pre
     examples = model.task_examples(batch)
     rows = len(batch)
     assert len(examples["text_next"].labels) == len(examples["image_next"].labels) == rows
-    cross = [examples["text_to_image_next"], examples["image_to_text_next"]]
-    assert len(cross[0].labels) + len(cross[1].labels) == rows and min(len(c.labels) for c in cross) > rows // 4
-    # each row's cross example reads one language's history and writes the other's target ID
-    text_history = examples["text_next"].input_ids[:, 1:]
-    image_history = examples["image_next"].input_ids[:, 1:]
-    cross_inputs = {tuple(row) for row in cross[0].input_ids[:, 1:].tolist()}
-    assert cross_inputs <= {tuple(row) for row in text_history.tolist()}
-    assert {tuple(row) for row in cross[1].input_ids[:, 1:].tolist()} <= {tuple(row) for row in image_history.tolist()}
+    # one cross example per row, in one example of the batch's rows: each row reads one language's history and
+    # writes the other's ID of the row's target
+    cross = examples[CROSS]
+    assert len(cross.labels) == rows
+    prompts = {name: cross.input_ids.new_tensor(N_SPECIAL - len(TASKS) + TASKS.index(name)) for name in TASKS}
+    forward = cross.input_ids[:, 0] == prompts["text_to_image_next"]
+    assert torch.equal(forward | (cross.input_ids[:, 0] == prompts["image_to_text_next"]), torch.ones_like(forward))
+    assert rows // 4 < int(forward.sum()) < rows - rows // 4
+    for language, other, chosen in (("text", "image", forward), ("image", "text", ~forward)):
+        assert torch.equal(cross.input_ids[chosen, 1:], examples[f"{language}_next"].input_ids[chosen, 1:])
+        assert torch.equal(cross.attention_mask[chosen], examples[f"{language}_next"].attention_mask[chosen])
+        assert torch.equal(cross.labels[chosen], examples[f"{other}_next"].labels[chosen])
     # translation: an item's ID in one language in, the same item's ID in the other out
     text, image = model.target_codes.codes("text"), model.target_codes.codes("image")
     pairs = {(tuple(model.vocabs["text"].encode(text[item]).tolist()), tuple(model.vocabs["image"].encode(image[item]).tolist()))
              for item in range(1, len(text))}
-    forward = examples["text_to_image"]
-    assert abs(len(forward.labels) - rows * model.items_per_row[None]) <= 1
+    translation = examples["text_to_image"]
+    assert abs(len(translation.labels) - rows * model.items_per_row[None]) <= 1
     assert all((tuple(source), tuple(labels)) in pairs
-               for source, labels in zip(forward.input_ids[:, 1:].tolist(), forward.labels.tolist()))
+               for source, labels in zip(translation.input_ids[:, 1:].tolist(), translation.labels.tolist()))
+
+
+def test_cross_examples_of_two_shapes_are_split_by_direction(prepared):
+    """IDs of different lengths in the two languages cannot share one example: each direction keeps its rows."""
+    model, batch = prepared[4], first_batch(prepared[1])
+    tokens = {language: model.target_codes.tokens(language, batch["item_id"], model.vocabs[language])
+              for language in ("text", "image")}
+    history = {language: model.target_codes.tokens(language, model.history(batch), model.vocabs[language])
+               for language in ("text", "image")}
+    tokens["image"], history["image"] = tokens["image"][:, :-1], history["image"][..., :-1]  # one level fewer
+    cross = [task for task in model.tasks if task.name in ("text_to_image_next", "image_to_text_next")]
+    direction = torch.randint(2, (len(batch),))
+    split = one_direction_per_row(cross, direction, history, tokens)
+    assert list(split) == ["text_to_image_next", "image_to_text_next"]
+    assert torch.equal(split["text_to_image_next"].labels, tokens["image"][direction == 0])
+    assert torch.equal(split["image_to_text_next"].labels, tokens["text"][direction == 1])
 
 
 def test_official_mix_gives_the_official_task_proportions_over_an_epoch(prepared, work):
@@ -163,14 +185,13 @@ def test_official_mix_gives_the_official_task_proportions_over_an_epoch(prepared
     inters = json.loads((work / "processed" / "Instruments" / "Instruments.inter.json").read_text())
     rows = sum(len(items) - 3 for items in inters.values())  # the official training examples per next-item task
     items = len({item for sequence in inters.values() for item in sequence})  # official: each item once per epoch
-    counts = dict.fromkeys(TASKS, 0)
+    counts = dict.fromkeys([*TASKS[:2], CROSS, *TASKS[4:]], 0)
     torch.manual_seed(0)
     for batch in train:
         for name, example in model.task_examples(batch).items():
             counts[name] += len(example.labels)
     total = sum(counts.values())
-    assert counts["text_next"] == counts["image_next"] == rows
-    assert counts["text_to_image_next"] + counts["image_to_text_next"] == rows
+    assert counts["text_next"] == counts["image_next"] == counts[CROSS] == rows
     assert counts["text_to_image"] == pytest.approx(items, rel=0.03) and counts["image_to_text"] == pytest.approx(items, rel=0.03)
     official_share = 2 * rows / (3 * rows + 2 * items)  # Instruments: 63.5%
     assert (counts["text_next"] + counts["image_next"]) / total == pytest.approx(official_share, abs=0.005)

@@ -29,7 +29,11 @@ def per_row_examples(tasks: Sequence[Task], history: Tokens, target: Tokens, dra
 
 
 def official_examples(tasks: Sequence[Task], history: Tokens, target: Tokens, draw: ItemDraw) -> dict[str, TaskExample]:
-    """The official mix's examples by task name (a task without rows in this batch is left out)."""
+    """The official mix's examples by task name (a task without rows in this batch is left out). The cross-language
+    next-item tasks give one example per row, its direction's: when every direction's examples have one shape, as one
+    example of the batch's rows under the tasks' names joined by ``+`` (a shape known before the step runs: no wait
+    for the device to count each direction's rows, and one shape per batch size for CUDA graphs); otherwise split by
+    task."""
     rows = len(next(iter(target.values())))
     examples: dict[str, TaskExample] = {}
     cross = [task for task in tasks if not task.translation and task.source != task.target]
@@ -37,14 +41,25 @@ def official_examples(tasks: Sequence[Task], history: Tokens, target: Tokens, dr
     items = draw(rows) if any(task.translation for task in tasks) else {}
     for task in tasks:
         if task.translation:
-            example = task_example(task, items, items)
-        elif task in cross:
-            example = TaskExample(*(part[direction == cross.index(task)] for part in task_example(task, history, target)))
-        else:
-            example = task_example(task, history, target)
-        if len(example.labels):
-            examples[task.name] = example
-    return examples
+            examples[task.name] = task_example(task, items, items)
+        elif task not in cross:
+            examples[task.name] = task_example(task, history, target)
+        elif task == cross[0]:
+            examples.update(one_direction_per_row(cross, direction, history, target))
+    return {name: example for name, example in examples.items() if len(example.labels)}
+
+
+def one_direction_per_row(cross: Sequence[Task], direction: Tensor, history: Tokens,
+                          target: Tokens) -> dict[str, TaskExample]:
+    """Each row's example of the cross task ``cross[direction[row]]``: one example of all rows when the tasks'
+    examples have one shape, else each task's own rows."""
+    every = [task_example(task, history, target) for task in cross]
+    if len({tuple(part.shape for part in example) for example in every}) == 1:
+        rows = torch.arange(len(direction), device=direction.device)
+        return {"+".join(task.name for task in cross): TaskExample(*(torch.stack(parts)[direction, rows]
+                                                                     for parts in zip(*every)))}
+    return {task.name: TaskExample(*(part[direction == index] for part in example))
+            for index, (task, example) in enumerate(zip(cross, every))}
 
 
 MIXES: dict[str, Callable[[Sequence[Task], Tokens, Tokens, ItemDraw], dict[str, TaskExample]]] = {
