@@ -118,8 +118,9 @@ class MQL4GRec(PretrainableRecommender):
             return {language: codes.tokens(language, items, self.vocabs[language]) for language in codes.languages}
 
         def translation_items(rows: int) -> Tokens:
-            """Tokens of about ``rows * items_per_row`` items drawn uniformly (the count rounded at random)."""
-            count = int(rows * self.items_per_row[domain] + torch.rand(()))
+            """Tokens of ``rows * items_per_row`` items (rounded) drawn uniformly: a count known without reading a
+            random number back from a tensor, which would split a compiled step in several graphs."""
+            count = round(rows * self.items_per_row[domain])
             n_items = len(codes.codes(codes.languages[0]))
             return tokens(torch.randint(1, n_items, (count,), device=codes.codes(codes.languages[0]).device))
 

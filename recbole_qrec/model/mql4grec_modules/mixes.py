@@ -3,8 +3,8 @@
 * ``official`` (the official code's fine-tuning data, one dataset per task concatenated and shuffled): the
   next-item task of each language on every row; the cross-language next-item tasks together once per row, in a
   direction drawn at random per row (the official ``fusionseqrec``); each translation task on items drawn uniformly
-  from the domain's items, ``items / training rows`` of them per row on average (the official code translates every
-  item once per epoch). The loss is the mean over all examples (every example has ``L`` label tokens), so on
+  from the domain's items, ``items / training rows`` of them per row (rounded per batch; the official code translates
+  every item once per epoch). The loss is the mean over all examples (every example has ``L`` label tokens), so on
   Instruments (84,890 training rows, 6,250 items) the two next-item tasks carry 2 x 84,890 / (3 x 84,890 + 2 x 6,250)
   = 63.5% of it, as in the official code.
 * ``per_row``: every task on every row, so each of the six tasks carries a sixth of the loss.
