@@ -125,11 +125,12 @@ def test_the_model_builds_from_config_and_dataset_without_files_or_training(prep
     assert "randomly initialised" in model.llm_source and model.n_items == train._dataset.item_num
 
 
-def test_compile_model_traces_the_loss(prepared):
-    """``compile_model`` traces MMESID's loss (the LLaMA-style model over item tokens) and gives the eager loss."""
+def test_compile_model_traces_the_loss_as_one_graph(prepared):
+    """``compile_model`` traces MMESID's loss (the LLaMA-style model over item tokens) as one graph, as CUDA graphs
+    need, and gives the eager loss."""
     config, train, _ = prepared
     model = MMESID(config, train._dataset).eval()
-    assert_compiled_loss_is_eager_loss(model, next(iter(train)))
+    assert_compiled_loss_is_eager_loss(model, next(iter(train)), fullgraph=True)
 
 
 def test_training_beats_the_untrained_model_on_validation_ndcg(prepared):
