@@ -16,7 +16,10 @@ own ``<dataset>.QBert4Rec.sid``). The atomic files are read from ``data_path`` (
 ``dataset/``; written by ``python -m dataset_prep.convert``). ``--set key=value ...`` applies to every
 variant (a variant's own keys win), e.g. the epoch caps that make the grid fit a time budget; relative
 paths in them are relative to the repository root, where the runs start. Output: the Markdown table on stdout and ``<out>.md`` / ``<out>.json`` /
-``<out>.csv`` (atomically written), with the command, machine, date and every variant's overrides.
+``<out>.csv`` (atomically written), with the command, machine, date and every variant's overrides. With
+``--work-dir``, a grid stopped part way (a lost machine, a time limit) resumes: the same command does not train again a
+variant whose record there has the same settings, data and code (``compare``'s rule), and reports it (``--rerun``
+trains it again).
 
     python bench/qbert4rec_ablations.py --dataset Instruments --parallel 7 \\
         --set epochs=10 pretrain_epochs=4 float32_matmul_precision=high --out docs/results/qbert4rec_ablations_instruments
@@ -40,10 +43,12 @@ from pathlib import Path
 from typing import Any
 
 from common import REPO_ROOT, machine_name, markdown, run_model, table_rows, write_outputs
+from recbole_qrec.compare import Run, recorded
 from recbole_qrec.config import build_config
-from recbole_qrec.data import ensure_atomic_files
+from recbole_qrec.data import check_dataset, ensure_atomic_files
 from recbole_qrec.data.cross_domain import pretrain_dataset_names
 from recbole_qrec.data.sid import SID_SUFFIX
+from recbole_qrec.results import config_hash, git_state
 
 MODEL = "QBert4Rec"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -89,15 +94,31 @@ def dataset_folders(dataset: str, variants: list[str], common: dict[str, str]) -
     return [ensure_atomic_files(config).parent for config in configs]
 
 
-def run_variant(variant: str, dataset: str, common: dict[str, str], folders: list[Path], work: Path) -> dict[str, Any]:
-    """Train and test one variant on its own copy of the atomic files; its result record with ``variant``
-    added, or ``{variant, error}``."""
+def recorded_result(dataset: str, settings: dict[str, str], results: Path) -> dict[str, Any] | None:
+    """The latest record in ``results`` of a run with these settings, data and code (as ``compare`` skips runs)."""
+    if not results.is_file():
+        return None
+    config = build_config(MODEL, dataset, cmd_args=[f"--{key}={value}" for key, value in settings.items()])
+    fingerprint = check_dataset(config)
+    run = Run(MODEL, dataset, config["seed"], (), results, config_hash(config), fingerprint)
+    commit, _ = git_state()
+    return next((record for record in reversed(recorded(results)) if run.recorded_by(record, commit)), None)
+
+
+def run_variant(variant: str, dataset: str, common: dict[str, str], folders: list[Path], work: Path,
+                rerun: bool = False) -> dict[str, Any]:
+    """Train and test one variant on its own copy of the atomic files (unless its folder already holds its result of
+    the same settings, data and code, and not ``rerun``); its result record with ``variant`` added, or
+    ``{variant, error}``."""
     folder = work / variant
     for source in folders:
         shutil.copytree(source, folder / "dataset" / source.name, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(f"*.{SID_SUFFIX}*"))
     settings = {**variant_settings(common, variant), "checkpoint_dir": str(folder / "saved"),
                 "data_path": str(folder / "dataset")}
+    if not rerun and (record := recorded_result(dataset, settings, folder / MODEL / "results.jsonl")):
+        print(f"{variant}: recorded {record['finished_at']}, skipped", flush=True)
+        return {**record, "variant": variant}
     try:
         record = run_model(MODEL, dataset, [f"--{key}={value}" for key, value in settings.items()], folder, folder)
     except RuntimeError as err:
@@ -133,7 +154,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--parallel", type=int, default=len(VARIANTS), help="variants trained at once (one GPU)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for every variant, e.g. epochs=10 pretrain_epochs=4")
-    parser.add_argument("--work-dir", help="keep per-variant logs, results and checkpoints here (default: temporary)")
+    parser.add_argument("--work-dir", help="keep per-variant logs, results and checkpoints here (default: temporary); "
+                        "a variant whose result of the same settings, data and code is there is not run again")
+    parser.add_argument("--rerun", action="store_true", help="run again the variants already recorded in --work-dir")
     parser.add_argument("--out", required=True, help="output path without extension")
     return parser.parse_args()
 
@@ -151,7 +174,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = work_dir or Path(tmp)
         with ThreadPoolExecutor(args.parallel) as pool:
-            results = list(pool.map(lambda variant: run_variant(variant, args.dataset, common, folders, work),
+            results = list(pool.map(lambda variant: run_variant(variant, args.dataset, common, folders, work, args.rerun),
                                     args.variants))
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     table = report(args.dataset, command, date, common, results)

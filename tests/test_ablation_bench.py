@@ -1,0 +1,42 @@
+"""``bench/qbert4rec_ablations.py`` on the 500-user Instruments subset: a variant recorded in ``--work-dir`` with the
+same settings, data and code is not trained again; another setting is."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO_ROOT
+
+TINY = {
+    "injection_dim": 32, "injection_epochs": 2, "sid_levels": 3, "sid_codebook_size": 32, "sid_code_dim": 16,
+    "sid_epochs": 3, "hidden_size": 32, "inner_size": 64, "n_layers": 1, "n_heads": 2, "MAX_ITEM_LIST_LENGTH": 8,
+    "epochs": 1, "use_gpu": False, "allow_data_mismatch": True,
+}
+
+
+def run_grid(work, folder, **settings) -> subprocess.CompletedProcess:
+    given = {**TINY, "data_path": work / "dataset", **settings}
+    command = [sys.executable, "bench/qbert4rec_ablations.py", "--variants", "no_pretrain", "--parallel", "1",
+               "--set", *(f"{key}={value}" for key, value in given.items()),
+               "--work-dir", str(folder / "grid"), "--out", str(folder / "table")]
+    done = subprocess.run(command, cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_a_recorded_variant_is_not_trained_again_and_a_changed_one_is(work, tmp_path):
+    records = tmp_path / "grid" / "no_pretrain" / "QBert4Rec" / "results.jsonl"
+    first = run_grid(work, tmp_path)
+    assert len(records.read_text().splitlines()) == 1 and "skipped" not in first.stdout
+    table = json.loads((tmp_path / "table.json").read_text())["results"]
+
+    again = run_grid(work, tmp_path)
+    assert "no_pretrain: recorded" in again.stdout and len(records.read_text().splitlines()) == 1
+    assert json.loads((tmp_path / "table.json").read_text())["results"] == table  # the recorded result, reported
+
+    run_grid(work, tmp_path, stopping_step=3)  # another configuration: trained
+    assert len(records.read_text().splitlines()) == 2
