@@ -43,12 +43,11 @@ from pathlib import Path
 from typing import Any
 
 from common import REPO_ROOT, machine_name, markdown, run_model, table_rows, write_outputs
-from recbole_qrec.compare import Run, recorded
+from recbole_qrec.compare import plan, recorded_runs
 from recbole_qrec.config import build_config
-from recbole_qrec.data import check_dataset, ensure_atomic_files
+from recbole_qrec.data import ensure_atomic_files
 from recbole_qrec.data.cross_domain import pretrain_dataset_names
 from recbole_qrec.data.sid import SID_SUFFIX
-from recbole_qrec.results import config_hash, git_state
 
 MODEL = "QBert4Rec"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -94,15 +93,11 @@ def dataset_folders(dataset: str, variants: list[str], common: dict[str, str]) -
     return [ensure_atomic_files(config).parent for config in configs]
 
 
-def recorded_result(dataset: str, settings: dict[str, str], results: Path) -> dict[str, Any] | None:
-    """The latest record in ``results`` of a run with these settings, data and code (as ``compare`` skips runs)."""
-    if not results.is_file():
-        return None
-    config = build_config(MODEL, dataset, cmd_args=[f"--{key}={value}" for key, value in settings.items()])
-    fingerprint = check_dataset(config)
-    run = Run(MODEL, dataset, config["seed"], (), results, config_hash(config), fingerprint)
-    commit, _ = git_state()
-    return next((record for record in reversed(recorded(results)) if run.recorded_by(record, commit)), None)
+def recorded_result(dataset: str, arguments: list[str]) -> dict[str, Any] | None:
+    """The latest record of the run ``arguments`` describe (with its ``results_dir``) with the same settings, data and
+    code, as ``compare`` finds the runs it skips."""
+    run, = plan([MODEL], [dataset], 1, [], arguments, compare_id="")
+    return recorded_runs([run]).get(run)
 
 
 def run_variant(variant: str, dataset: str, common: dict[str, str], folders: list[Path], work: Path,
@@ -116,11 +111,12 @@ def run_variant(variant: str, dataset: str, common: dict[str, str], folders: lis
                         ignore=shutil.ignore_patterns(f"*.{SID_SUFFIX}*"))
     settings = {**variant_settings(common, variant), "checkpoint_dir": str(folder / "saved"),
                 "data_path": str(folder / "dataset")}
-    if not rerun and (record := recorded_result(dataset, settings, folder / MODEL / "results.jsonl")):
+    arguments = [f"--{key}={value}" for key, value in settings.items()]
+    if not rerun and (record := recorded_result(dataset, [*arguments, f"--results_dir={folder / MODEL}"])):
         print(f"{variant}: recorded {record['finished_at']}, skipped", flush=True)
         return {**record, "variant": variant}
     try:
-        record = run_model(MODEL, dataset, [f"--{key}={value}" for key, value in settings.items()], folder, folder)
+        record = run_model(MODEL, dataset, arguments, folder, folder)
     except RuntimeError as err:
         return {"variant": variant, "error": str(err)}
     return {**record, "variant": variant}
