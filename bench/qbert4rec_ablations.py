@@ -19,7 +19,8 @@ paths in them are relative to the repository root, where the runs start. Output:
 ``<out>.csv`` (atomically written), with the command, machine, date and every variant's overrides. With
 ``--work-dir``, a grid stopped part way (a lost machine, a time limit) resumes: the same command does not train again a
 variant whose record there has the same settings, data and code (``compare``'s rule), and reports it (``--rerun``
-trains it again).
+trains it again). ``--report <out>.json --out <out>`` writes the report of a finished grid again from its JSON, training
+nothing.
 
     python bench/qbert4rec_ablations.py --dataset Instruments --parallel 7 \\
         --set epochs=10 pretrain_epochs=4 float32_matmul_precision=high --out docs/results/qbert4rec_ablations_instruments
@@ -32,6 +33,7 @@ use_gpu=False data_path=/tmp/subset_atomic allow_data_mismatch=True`` plus tiny 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -42,7 +44,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from common import REPO_ROOT, machine_name, markdown, run_model, table_rows, write_outputs
+from common import COLUMNS, REPO_ROOT, machine_name, markdown, run_model, table_rows, write_outputs
 from recbole_qrec.compare import plan, recorded_runs
 from recbole_qrec.config import build_config
 from recbole_qrec.data import ensure_atomic_files
@@ -122,24 +124,47 @@ def run_variant(variant: str, dataset: str, common: dict[str, str], folders: lis
     return {**record, "variant": variant}
 
 
+# The bench table's columns plus the validation NDCG@10 that picks the checkpoint and the items per injection depth.
+ABLATION_COLUMNS = [*COLUMNS, "valid_ndcg@10", "injection_depths"]
+
+
 def finished_rows(results: list[dict]) -> list[dict]:
-    """Table rows of the variants that finished, the variant in the ``model`` column."""
-    return table_rows([{**result, "model": result["variant"]} for result in results if "error" not in result])
+    """Table rows of the variants that finished, the variant in the ``model`` column, with the validation NDCG@10 and
+    the items per injection depth ``1 .. injection_layers`` (stage 1's histogram; empty when the stage did not run)."""
+    finished = [result for result in results if "error" not in result]
+    rows = table_rows([{**result, "model": result["variant"]} for result in finished])
+    for row, result in zip(rows, finished):
+        depths = result.get("injection_depth_histogram") or []
+        row["valid_ndcg@10"] = result["valid"]["ndcg@10"]
+        row["injection_depths"] = "/".join(map(str, depths[1:]))
+    return rows
 
 
-def report(dataset: str, command: str, date: str, common: dict[str, str], results: list[dict]) -> str:
+def report(dataset: str, command: str, machine: str, date: str, common: dict[str, str], results: list[dict]) -> str:
     """Markdown: provenance, every variant's overrides, the metrics table and any failures."""
+    commits = sorted({result["git_commit"][:7] for result in results if "git_commit" in result})
     header = (f"# {MODEL} ablations on {dataset}: test metrics (leave-one-out, full ranking)\n\n"
-              f"- command: `{command}`\n- machine: {machine_name()}\n- date: {date}\n"
+              f"- command: `{command}`\n- commit: {', '.join(commits) or 'none finished'}\n- machine: {machine}\n"
+              f"- date: {date}\n"
               f"- common settings: {common or 'harness defaults'}\n"
               + "".join(f"- {result['variant']}: {VARIANTS[result['variant']] or 'no overrides'}\n" for result in results)
-              + "- epochs and train_seconds_per_epoch count fine-tuning epochs, pretrain_epochs the pretraining epochs")
+              + "- epochs and train_seconds_per_epoch count fine-tuning epochs, pretrain_epochs the pretraining epochs; "
+                "valid_ndcg@10: the best validation NDCG@10 (the checkpoint tested); injection_depths: items that went "
+                "through 1, 2, ... injection blocks")
     stopped = [result["variant"] for result in results if result.get("train_time_limit_reached")]
     warning = (f"\nStopped by the training budget (train_time_limit, pretraining included) before early stopping: "
                f"{', '.join(stopped)}: their fine-tuning was cut short, so their rows measure the budget, not the variant.\n"
                if stopped else "")
     failures = [f"\n## {result['variant']} failed\n\n```\n{result['error']}\n```\n" for result in results if "error" in result]
-    return markdown(finished_rows(results), header) + warning + "".join(failures)
+    return markdown(finished_rows(results), header, ABLATION_COLUMNS) + warning + "".join(failures)
+
+
+def write_report(out: Path, payload: dict) -> None:
+    """Print the grid's table and write ``<out>.md``/``.csv``/``.json`` from its payload."""
+    table = report(payload["dataset"], payload["command"], payload["machine"], payload["date"], payload["common"],
+                   payload["results"])
+    print(table)
+    write_outputs(out, payload, finished_rows(payload["results"]), table, ABLATION_COLUMNS)
 
 
 def parse_args() -> argparse.Namespace:
@@ -154,11 +179,17 @@ def parse_args() -> argparse.Namespace:
                         "a variant whose result of the same settings, data and code is there is not run again")
     parser.add_argument("--rerun", action="store_true", help="run again the variants already recorded in --work-dir")
     parser.add_argument("--out", required=True, help="output path without extension")
+    parser.add_argument("--report", metavar="JSON", help="train nothing: write the report of a finished grid again from "
+                        "its <out>.json (e.g. after the table's columns changed)")
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    if args.report:
+        payload = json.loads(Path(args.report).read_text(encoding="utf-8"))
+        write_report(Path(args.out).resolve(), {"dataset": payload["results"][0]["dataset"], **payload})
+        return
     common = parse_settings(args.set)
     command = "python " + " ".join(shlex.quote(arg) for arg in sys.argv)
     out = Path(args.out).resolve()
@@ -173,11 +204,10 @@ def main() -> None:
             results = list(pool.map(lambda variant: run_variant(variant, args.dataset, common, folders, work, args.rerun),
                                     args.variants))
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    table = report(args.dataset, command, date, common, results)
-    print(table)
-    payload = {"command": command, "machine": machine_name(), "date": date, "common": common,
-               "variants": {variant: VARIANTS[variant] for variant in args.variants}, "results": results}
-    write_outputs(out, payload, finished_rows(results), table)
+    payload = {"dataset": args.dataset, "command": command, "machine": machine_name(), "date": date,
+               "common": common, "variants": {variant: VARIANTS[variant] for variant in args.variants},
+               "results": results}
+    write_report(out, payload)
     if any("error" in result for result in results):
         sys.exit(1)
 

@@ -1,5 +1,6 @@
 """``bench/qbert4rec_ablations.py`` on the 500-user Instruments subset: a variant recorded in ``--work-dir`` with the
-same settings, data and code is not trained again; another setting is."""
+same settings, data and code is not trained again; another setting is; ``--report`` rewrites the report from the
+grid's JSON."""
 
 from __future__ import annotations
 
@@ -33,6 +34,13 @@ def test_a_recorded_variant_is_not_trained_again_and_a_changed_one_is(work, tmp_
     first = run_grid(work, tmp_path)
     assert len(records.read_text().splitlines()) == 1 and "skipped" not in first.stdout
     table = json.loads((tmp_path / "table.json").read_text())["results"]
+    assert "| no_pretrain | 0 |" in (tmp_path / "table.md").read_text()
+
+    report = [sys.executable, "bench/qbert4rec_ablations.py", "--report", str(tmp_path / "table.json"),
+              "--out", str(tmp_path / "again")]
+    subprocess.run(report, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=True)
+    assert (tmp_path / "again.md").read_text() == (tmp_path / "table.md").read_text()  # rewritten, trained nothing
+    assert (tmp_path / "again.csv").read_text() == (tmp_path / "table.csv").read_text()
 
     again = run_grid(work, tmp_path)
     assert "no_pretrain: recorded" in again.stdout and len(records.read_text().splitlines()) == 1
