@@ -167,6 +167,16 @@ def write_report(out: Path, payload: dict) -> None:
     write_outputs(out, payload, finished_rows(payload["results"]), table, ABLATION_COLUMNS)
 
 
+def read_grid(path: str) -> dict:
+    """The payload of a grid's ``<out>.json``; exits with one line when the file is missing or is not one."""
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        return {"dataset": payload["results"][0]["dataset"], **payload}
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
+        sys.exit(f"error: --report {path} is not the .json of a finished ablation grid ({type(err).__name__}: {err}) "
+                 "— pass the <out>.json this bench wrote")
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="Instruments")
@@ -187,8 +197,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     if args.report:
-        payload = json.loads(Path(args.report).read_text(encoding="utf-8"))
-        write_report(Path(args.out).resolve(), {"dataset": payload["results"][0]["dataset"], **payload})
+        write_report(Path(args.out).resolve(), read_grid(args.report))
         return
     common = parse_settings(args.set)
     command = "python " + " ".join(shlex.quote(arg) for arg in sys.argv)

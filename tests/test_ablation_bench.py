@@ -41,6 +41,10 @@ def test_a_recorded_variant_is_not_trained_again_and_a_changed_one_is(work, tmp_
     subprocess.run(report, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=True)
     assert (tmp_path / "again.md").read_text() == (tmp_path / "table.md").read_text()  # rewritten, trained nothing
     assert (tmp_path / "again.csv").read_text() == (tmp_path / "table.csv").read_text()
+    missing = subprocess.run([*report[:3], str(tmp_path / "none.json"), *report[4:]], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and "none.json" in missing.stderr
 
     again = run_grid(work, tmp_path)
     assert "no_pretrain: recorded" in again.stdout and len(records.read_text().splitlines()) == 1
