@@ -16,8 +16,8 @@ domains share a code tuple), and each domain's codes go to its own ``<domain>.QB
 Beside every ``.sid`` the stage writes ``<domain>.QBert4Rec.sid.json``: its ``key`` (a hash of the stage settings,
 the data fingerprint and the code version), the settings, the ``data_fingerprint`` (item tokens of every
 domain and the feature values), the ``code_version`` (a hash of the source of the modules the codes
-depend on), the domains, the collision, utilisation and perplexity figures, the stage-1 losses and each
-domain's injection-depth histogram. :func:`ensure_semantic_ids` reruns the stage only when a domain's
+depend on), the domains, the collision, utilisation and perplexity figures, the stage-1 losses and, per domain (``domains``),
+the injection-depth histogram, the mean fused-embedding norm and the utilisation and perplexity of its codes. :func:`ensure_semantic_ids` reruns the stage only when a domain's
 file is missing or its key differs. Both stages run inside a forked RNG, so the caller's RNG state is
 the same whether the codes were computed or reused.
 """
@@ -29,8 +29,11 @@ from logging import getLogger
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from recbole.config import Config
+from torch import Tensor
 
 from recbole_qrec import stage_cache
 from recbole_qrec.data import item_features
@@ -41,7 +44,8 @@ from recbole_qrec.fileio import write_json_atomic
 from recbole_qrec.model.qbert4rec_modules import contrastive, cross_attention_block, injection, injection_training
 from recbole_qrec.model.qbert4rec_modules.injection import CrossModalInjection, depth_histogram
 from recbole_qrec.model.qbert4rec_modules.injection_training import fuse_items, train_injection
-from recbole_qrec.quantization import TokenizerConfig, fit_tokenizer
+from recbole_qrec.quantization import TokenizerConfig, TokenizerResult, fit_tokenizer
+from recbole_qrec.quantization.metrics import level_usage
 from recbole_qrec.stage_cache import StageInputs, stage_inputs, stage_seed
 
 STAGE = "QBert4Rec"
@@ -51,7 +55,7 @@ STAGE_KEYS = (
     "modalities", "injection_dim", "injection_layers", "injection_heads", "injection_temperature", "gate_threshold",
     "fusion", "consistency_weight", "depth_weight", "depth_target", "depth_weight_step", "injection_epochs",
     "injection_batch_size", "injection_learning_rate",
-    "sid_levels", "sid_codebook_size", "sid_code_dim", "sid_epochs",
+    "sid_levels", "sid_codebook_size", "sid_code_dim", "sid_epochs", "sid_l2_normalize",
 )
 # Modules whose source the codes depend on: their hash is the stage's code version.
 STAGE_MODULES = (contrastive, cross_attention_block, injection, injection_training, item_features)
@@ -93,10 +97,9 @@ def stage_identity(config: Config, inputs: StageInputs) -> dict[str, Any]:
     return stage_cache.stage_identity(config, inputs, STAGE_KEYS, files)
 
 
-def run_stage(config: Config, inputs: StageInputs, identity: Mapping[str, Any]) -> dict[str, Any]:
-    """Stages 1-2 over the union of the domains' items; writes every domain's ``.sid`` and metadata."""
-    logger = getLogger()
-    union = concat_features(list(inputs.features.values()))
+def inject(config: Config, union: ItemFeatures) -> tuple[Tensor, Tensor, list[float]]:
+    """Stage 1 over ``union``'s items, seeded by the stage seed: their fused embeddings ``[n, d]`` and depths ``[n]``
+    (on the CPU) and the injection loss per epoch."""
     device = torch.device(config["device"])
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(stage_seed(config))
@@ -106,21 +109,51 @@ def run_stage(config: Config, inputs: StageInputs, identity: Mapping[str, Any]) 
         losses = train_injection(module, on_device, config["injection_epochs"], config["injection_batch_size"],
                                  config["injection_learning_rate"], generator)
         fused, depths = fuse_items(module, on_device, config["injection_batch_size"])
-        logger.info(f"QBert4Rec stage 1: injection loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} epochs; "
-                    f"items per depth 0..{config['injection_layers']}: "
-                    f"{depth_histogram(depths.cpu(), config['injection_layers'])} (median {int(depths.median())})")
-        tokenized = fit_tokenizer(fused, tokenizer_config(config), device)
+    return fused.cpu(), depths.cpu(), losses
+
+
+def quantize(config: Config, fused: Tensor) -> TokenizerResult:
+    """Stage 2: the RQ-VAE (seeded by the stage seed) on the fused embeddings, L2-normalised first with
+    ``sid_l2_normalize``; unique codes."""
+    device = torch.device(config["device"])
+    vectors = F.normalize(fused, dim=1) if config["sid_l2_normalize"] else fused
+    return fit_tokenizer(vectors.to(device), tokenizer_config(config), device)
+
+
+def domain_figures(names: Sequence[str], sizes: Sequence[int], fused: Tensor, codes: np.ndarray, depths: Tensor,
+                   config: Config) -> dict[str, dict[str, Any]]:
+    """Per domain: its items' injection-depth histogram, mean fused-embedding norm, and per-level utilisation and
+    perplexity of its codes (the RQ-VAE's input scale is shared by all domains: a domain of shorter embeddings gets
+    fewer distinct codes)."""
+    figures = {}
+    for name, rows, domain_codes, domain_depths in zip(names, fused.split(list(sizes)),
+                                                       np.split(codes, np.cumsum(sizes)[:-1]), depths.split(list(sizes))):
+        utilisation, perplexity = level_usage(domain_codes[:, : config["sid_levels"]], config["sid_codebook_size"])
+        figures[name] = {"depth_histogram": depth_histogram(domain_depths, config["injection_layers"]),
+                         "fused_norm": float(rows.norm(dim=1).mean()), "utilisation": utilisation,
+                         "perplexity": perplexity}
+    return figures
+
+
+def run_stage(config: Config, inputs: StageInputs, identity: Mapping[str, Any]) -> dict[str, Any]:
+    """Stages 1-2 over the union of the domains' items; writes every domain's ``.sid`` and metadata."""
+    logger = getLogger()
+    fused, depths, losses = inject(config, concat_features(list(inputs.features.values())))
+    logger.info(f"QBert4Rec stage 1: injection loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} epochs; "
+                f"items per depth 0..{config['injection_layers']}: "
+                f"{depth_histogram(depths, config['injection_layers'])} (median {int(depths.median())})")
+    tokenized = quantize(config, fused)
     report = tokenized.report
     logger.info(f"QBert4Rec stage 2: reconstruction loss {report['reconstruction_loss']:.4f}, collision rate "
                 f"{report['collision_rate_before']:.4f} -> {report['collision_rate_after']:.4f}")
     sizes = [len(tokens) for tokens in inputs.item_tokens.values()]
-    codes, depths = torch.from_numpy(tokenized.codes).split(sizes), depths.cpu().split(sizes)
+    domains = domain_figures(list(inputs.item_tokens), sizes, fused, tokenized.codes, depths, config)
     metadata = {**identity, "items": dict(zip(inputs.item_tokens, sizes)),
                 **{name: report[name] for name in stage_cache.TOKENIZER_FIGURES},
                 "injection_loss": {"first": losses[0], "last": losses[-1], "epochs": len(losses)},
-                "depth_histogram": {name: depth_histogram(domain_depths, config["injection_layers"])
-                                    for name, domain_depths in zip(inputs.item_tokens, depths)}}
-    for (domain, tokens), domain_codes in zip(inputs.item_tokens.items(), codes):
+                "depth_histogram": {name: figures["depth_histogram"] for name, figures in domains.items()},
+                "domains": domains}
+    for (domain, tokens), domain_codes in zip(inputs.item_tokens.items(), torch.from_numpy(tokenized.codes).split(sizes)):
         write_sid_file(inputs.sid_file(domain), tokens, domain_codes.tolist())
         write_json_atomic(sid_metadata_path(inputs.sid_file(domain)), metadata)
     return metadata

@@ -285,9 +285,9 @@ def semantic_ids_lock(config: Config) -> Iterator[None]:
         yield
 
 
-def run_model_stage(model: str, dataset: str, config_files: Sequence[str], overrides: Sequence[str]) -> dict[str, Any]:
-    """Build and check the run's config and data and the sources' (as the entry point does), run the model's stage;
-    its metadata."""
+def model_stage_configs(model: str, dataset: str, config_files: Sequence[str],
+                        overrides: Sequence[str]) -> tuple[Config, list[Config]]:
+    """The run's config and its pretraining sources' (as the entry point builds them), their data checked."""
     if model not in MODEL_STAGES:
         raise ConfigError(f"{model} has no tokenize stage of its own — give --features for the plain tokenizer, or "
                           f"one of --model {', '.join(MODEL_STAGES)}")
@@ -295,6 +295,13 @@ def run_model_stage(model: str, dataset: str, config_files: Sequence[str], overr
     sources = [build_config(model, name, config_dict=source_settings(config)) for name in pretrain_dataset_names(config)]
     for domain_config in [config, *sources]:
         check_dataset(domain_config)
+    return config, sources
+
+
+def run_model_stage(model: str, dataset: str, config_files: Sequence[str], overrides: Sequence[str]) -> dict[str, Any]:
+    """Build and check the run's config and data and the sources' (as the entry point does), run the model's stage;
+    its metadata."""
+    config, sources = model_stage_configs(model, dataset, config_files, overrides)
     return MODEL_STAGES[model].tokenize(config, sources)
 
 
