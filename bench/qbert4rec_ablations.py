@@ -4,9 +4,10 @@ Variants (the paper's ablation grid, each a set of config overrides on top of th
 ``default`` (the paper's model: item-level scoring, dynamic fusion with the ponder penalty, the target's
 modalities, multi-mask pretraining with span + tail + multi on the other domains of ``pretrain_domain_pool``
 that are there), ``static_fusion``, ``no_depth_penalty`` (dynamic gates that never close), ``levels_scoring``
-(factorised per-level scoring), ``text_only``, ``image_only``, ``no_pretrain``, ``mlm_pretrain`` (MLM-only
-pretraining), ``in_domain_pretrain`` (pretrained on the target's own sequences) and ``cross_domain_games``
-(pretrained on Games alone; stages 1-2 over the union of both domains' items).
+(factorised per-level scoring), ``l2_sid_input`` (the RQ-VAE on L2-normalised fused embeddings), ``text_only``,
+``image_only``, ``no_pretrain``, ``mlm_pretrain`` (MLM-only pretraining), ``in_domain_pretrain`` (pretrained on the
+target's own sequences) and ``cross_domain_games`` (pretrained on Games alone; stages 1-2 over the union of both
+domains' items).
 
 Each variant runs ``run_recbole_qrec.py`` in its own process (:func:`common.run_model`,
 ``--parallel`` at a time, all on the default GPU), with its own checkpoint folder (RecBole names
@@ -58,6 +59,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_depth_penalty": {"depth_weight": 0.0},
     "levels_scoring": {"scoring": "levels"},
     "no_item_id_input": {"item_id_input": False},
+    "l2_sid_input": {"sid_l2_normalize": True},
     "text_only": {"modalities": ["text"]},
     "image_only": {"modalities": ["image"]},
     "no_pretrain": {"pretrain_epochs": 0},

@@ -7,6 +7,9 @@ and writes each domain's ``.sid``; pretraining runs on the sources, fine-tuning 
 
 from __future__ import annotations
 
+import copy
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +20,10 @@ from recbole_qrec.config import build_config
 from recbole_qrec.data.cross_domain import pretrain_dataset_names, source_settings
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.model.qbert4rec import QBert4Rec
+from recbole_qrec.data.item_features import concat_features
+from recbole_qrec.data.sid import SID_FIELD, read_code_column, sid_metadata_path
+from recbole_qrec.qbert4rec_stage import inject, quantize
+from recbole_qrec.quantization.metrics import level_usage
 from recbole_qrec.stage_cache import stage_inputs
 from recbole_qrec.tokenize import ensure_semantic_ids
 from recbole_qrec.trainer import get_trainer
@@ -88,6 +95,37 @@ def test_sources_are_aligned_with_the_target_modalities(cross):
     assert bool(features["Instruments"].present.all())
     assert bool(features["Games"].present[:, 0].all()) and not features["Games"].present[:, 1].any()
     assert not features["Arts"].present.any()  # no content: its items have their ID vectors only
+
+
+def test_the_stage_metadata_describes_each_domains_codes(cross):
+    config = cross[0]
+    inputs = stage_inputs("QBert4Rec", config, source_configs(config))
+    metadata = json.loads(sid_metadata_path(inputs.sid_file("Instruments")).read_text())
+    assert list(metadata["domains"]) == ["Instruments", *SOURCES]
+    for name, figures in metadata["domains"].items():
+        codes = np.array(list(read_code_column(inputs.sid_file(name), SID_FIELD).values()))[:, : config["sid_levels"]]
+        utilisation, perplexity = level_usage(codes, config["sid_codebook_size"])
+        assert figures["perplexity"] == pytest.approx(perplexity) and figures["utilisation"] == utilisation, name
+        assert sum(figures["depth_histogram"]) == len(codes) == metadata["items"][name] and figures["fused_norm"] > 0
+
+
+def test_l2_normalised_quantization_does_not_depend_on_a_domains_embedding_scale(cross):
+    """The RQ-VAE's input scale is shared by the union, so a domain of shorter fused embeddings gets other codes;
+    with sid_l2_normalize its codes depend on directions only."""
+    config = copy.deepcopy(cross[0])
+    inputs = stage_inputs("QBert4Rec", config, source_configs(config))
+    fused, _, _ = inject(config, concat_features(list(inputs.features.values())))
+    target = len(inputs.item_tokens["Instruments"])
+    shrunk = fused.clone()
+    shrunk[:target] *= 0.25  # a power of two: the normalised rows are the same floats
+    codes, kept = {}, {}
+    for normalize in (True, False):
+        config["sid_l2_normalize"] = normalize
+        codes[normalize] = quantize(config, fused).codes
+        kept[normalize] = (codes[normalize] == quantize(config, shrunk).codes).all(1)[:target].mean()
+    assert kept[True] == 1 and kept[False] < 0.5, kept
+    # the option is exactly the RQ-VAE on the normalised embeddings
+    assert np.array_equal(quantize(config, torch.nn.functional.normalize(fused, dim=1)).codes, codes[True])
 
 
 def test_only_the_target_codes_are_saved_and_the_source_codes_follow_the_model(cross):
