@@ -16,10 +16,11 @@ domains share a code tuple), and each domain's codes go to its own ``<domain>.QB
 Beside every ``.sid`` the stage writes ``<domain>.QBert4Rec.sid.json``: its ``key`` (a hash of the stage settings,
 the data fingerprint and the code version), the settings, the ``data_fingerprint`` (item tokens of every
 domain and the feature values), the ``code_version`` (a hash of the source of the modules the codes
-depend on), the domains, the collision, utilisation and perplexity figures, the stage-1 losses and, per domain (``domains``),
-the injection-depth histogram, the mean fused-embedding norm and the utilisation and perplexity of its codes. :func:`ensure_semantic_ids` reruns the stage only when a domain's
-file is missing or its key differs. Both stages run inside a forked RNG, so the caller's RNG state is
-the same whether the codes were computed or reused.
+depend on), the domains, the collision, utilisation and perplexity figures, the stage-1 losses and, per domain
+(``domains``), the injection-depth histogram, the mean fused-embedding norm and the utilisation and perplexity of
+its codes. :func:`ensure_semantic_ids` reruns the stage only when a domain's file is missing or its key differs.
+Both stages leave the caller's RNG state as it was (stage 1 runs inside a forked RNG, the RQ-VAE draws from its own
+generator), so it is the same whether the codes were computed or reused.
 """
 
 from __future__ import annotations
@@ -151,7 +152,6 @@ def run_stage(config: Config, inputs: StageInputs, identity: Mapping[str, Any]) 
     metadata = {**identity, "items": dict(zip(inputs.item_tokens, sizes)),
                 **{name: report[name] for name in stage_cache.TOKENIZER_FIGURES},
                 "injection_loss": {"first": losses[0], "last": losses[-1], "epochs": len(losses)},
-                "depth_histogram": {name: figures["depth_histogram"] for name, figures in domains.items()},
                 "domains": domains}
     for (domain, tokens), domain_codes in zip(inputs.item_tokens.items(), torch.from_numpy(tokenized.codes).split(sizes)):
         write_sid_file(inputs.sid_file(domain), tokens, domain_codes.tolist())

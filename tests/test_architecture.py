@@ -307,7 +307,7 @@ def test_stage_output_is_rebuilt_when_a_feature_value_changes(stage_data, caplog
     rebuilt = json.loads(metadata.read_text())
     assert rebuilt["data_fingerprint"] != recorded["data_fingerprint"] and rebuilt["settings"] == recorded["settings"]
     assert rebuilt["code_version"] == recorded["code_version"] and rebuilt["collision_rate_after"] == 0.0
-    assert sum(rebuilt["depth_histogram"]["Instruments"]) == rebuilt["items"]["Instruments"]
+    assert sum(rebuilt["domains"]["Instruments"]["depth_histogram"]) == rebuilt["items"]["Instruments"]
 
 
 def test_the_command_line_stage_writes_what_the_entry_point_reuses(stage_data, capsys, caplog):

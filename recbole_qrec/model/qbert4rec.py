@@ -113,7 +113,8 @@ class QBert4Rec(PretrainableRecommender):
         self.item_output = ItemOutput(self.n_items, hidden) if config["scoring"] == "item" else None
         self.item_id_input = self.item_output is not None and config["item_id_input"] is not False
         # Items per stage-1 injection depth 0..injection_layers, from the tokenize stage's report (None without one).
-        self.injection_depth_histogram = dataset.sid_report.get("depth_histogram", {}).get(config["dataset"])
+        target_figures = dataset.sid_report.get("domains", {}).get(config["dataset"], {})
+        self.injection_depth_histogram = target_figures.get("depth_histogram")
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
