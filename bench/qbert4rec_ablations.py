@@ -142,12 +142,13 @@ def finished_rows(results: list[dict]) -> list[dict]:
     return rows
 
 
-def report(dataset: str, command: str, machine: str, date: str, common: dict[str, str], results: list[dict]) -> str:
-    """Markdown: provenance, every variant's overrides, the metrics table and any failures."""
+def report(payload: dict) -> str:
+    """Markdown of a grid's payload: provenance, every variant's overrides, the metrics table and any failures."""
+    results, common = payload["results"], payload["common"]
     commits = sorted({result["git_commit"][:7] for result in results if "git_commit" in result})
-    header = (f"# {MODEL} ablations on {dataset}: test metrics (leave-one-out, full ranking)\n\n"
-              f"- command: `{command}`\n- commit: {', '.join(commits) or 'none finished'}\n- machine: {machine}\n"
-              f"- date: {date}\n"
+    header = (f"# {MODEL} ablations on {payload['dataset']}: test metrics (leave-one-out, full ranking)\n\n"
+              f"- command: `{payload['command']}`\n- commit: {', '.join(commits) or 'none finished'}\n"
+              f"- machine: {payload['machine']}\n- date: {payload['date']}\n"
               f"- common settings: {common or 'harness defaults'}\n"
               + "".join(f"- {result['variant']}: {VARIANTS[result['variant']] or 'no overrides'}\n" for result in results)
               + "- epochs and train_seconds_per_epoch count fine-tuning epochs, pretrain_epochs the pretraining epochs; "
@@ -163,8 +164,7 @@ def report(dataset: str, command: str, machine: str, date: str, common: dict[str
 
 def write_report(out: Path, payload: dict) -> None:
     """Print the grid's table and write ``<out>.md``/``.csv``/``.json`` from its payload."""
-    table = report(payload["dataset"], payload["command"], payload["machine"], payload["date"], payload["common"],
-                   payload["results"])
+    table = report(payload)
     print(table)
     write_outputs(out, payload, finished_rows(payload["results"]), table, ABLATION_COLUMNS)
 
@@ -173,7 +173,8 @@ def read_grid(path: str) -> dict:
     """The payload of a grid's ``<out>.json``; exits with one line when the file is missing or is not one."""
     try:
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
-        return {"dataset": payload["results"][0]["dataset"], **payload}
+        # a grid written before its payload named the dataset: its first result's
+        return {**payload, "dataset": payload.get("dataset") or payload["results"][0]["dataset"]}
     except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
         sys.exit(f"error: --report {path} is not the .json of a finished ablation grid ({type(err).__name__}: {err}) "
                  "— pass the <out>.json this bench wrote")

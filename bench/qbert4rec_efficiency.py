@@ -88,7 +88,8 @@ def injection_depths(config) -> tuple[list[int], float]:
     """Items per injection depth ``0..injection_layers`` (real items only) and the median depth, as the tokenize
     stage recorded them."""
     sid_file = sid_path(config["data_path"], config["dataset"], config["sid_producer"])
-    histogram = json.loads(sid_metadata_path(sid_file).read_text(encoding="utf-8"))["domains"][config["dataset"]]["depth_histogram"]
+    metadata = json.loads(sid_metadata_path(sid_file).read_text(encoding="utf-8"))
+    histogram = metadata["domains"][config["dataset"]]["depth_histogram"]
     depths = torch.repeat_interleave(torch.arange(len(histogram)), torch.tensor(histogram))
     return histogram, float(depths.float().median())
 

@@ -23,6 +23,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
 from common import machine_name, markdown, write_outputs
 from recbole_qrec.data.item_features import concat_features
 from recbole_qrec.qbert4rec_stage import STAGE, domain_figures, inject, quantize
@@ -74,7 +75,7 @@ def main() -> None:
         for setting in args.normalize:
             config["sid_l2_normalize"] = setting == "True"
             tokenized = quantize(config, fused)
-            figures = domain_figures(list(sizes), list(sizes.values()), fused, tokenized.codes, depths, config)
+            figures = domain_figures(config, inputs.item_tokens, fused, torch.from_numpy(tokenized.codes), depths)
             settings[setting] = {"domains": figures, "tokenizer": {key: value for key, value in tokenized.report.items()
                                                                    if key != "reconstruction_loss_per_epoch"}}
             rows += rows_of(setting, figures, sizes, tokenized.report)

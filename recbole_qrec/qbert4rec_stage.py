@@ -30,7 +30,6 @@ from logging import getLogger
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from recbole.config import Config
@@ -121,15 +120,17 @@ def quantize(config: Config, fused: Tensor) -> TokenizerResult:
     return fit_tokenizer(vectors.to(device), tokenizer_config(config), device)
 
 
-def domain_figures(names: Sequence[str], sizes: Sequence[int], fused: Tensor, codes: np.ndarray, depths: Tensor,
-                   config: Config) -> dict[str, dict[str, Any]]:
-    """Per domain: its items' injection-depth histogram, mean fused-embedding norm, and per-level utilisation and
-    perplexity of its codes (the RQ-VAE's input scale is shared by all domains: a domain of shorter embeddings gets
-    fewer distinct codes)."""
+def domain_figures(config: Config, item_tokens: Mapping[str, Sequence[str]], fused: Tensor, codes: Tensor,
+                   depths: Tensor) -> dict[str, dict[str, Any]]:
+    """Per domain of ``item_tokens`` (the union's rows, in order): its items' injection-depth histogram, mean
+    fused-embedding norm, and per-level utilisation and perplexity of its codes (the RQ-VAE's input scale is shared
+    by all domains: a domain of shorter embeddings gets fewer distinct codes)."""
+    sizes = [len(tokens) for tokens in item_tokens.values()]
     figures = {}
-    for name, rows, domain_codes, domain_depths in zip(names, fused.split(list(sizes)),
-                                                       np.split(codes, np.cumsum(sizes)[:-1]), depths.split(list(sizes))):
-        utilisation, perplexity = level_usage(domain_codes[:, : config["sid_levels"]], config["sid_codebook_size"])
+    for name, rows, domain_codes, domain_depths in zip(item_tokens, fused.split(sizes), codes.split(sizes),
+                                                       depths.split(sizes)):
+        utilisation, perplexity = level_usage(domain_codes[:, : config["sid_levels"]].numpy(),
+                                              config["sid_codebook_size"])
         figures[name] = {"depth_histogram": depth_histogram(domain_depths, config["injection_layers"]),
                          "fused_norm": float(rows.norm(dim=1).mean()), "utilisation": utilisation,
                          "perplexity": perplexity}
@@ -147,13 +148,14 @@ def run_stage(config: Config, inputs: StageInputs, identity: Mapping[str, Any]) 
     report = tokenized.report
     logger.info(f"QBert4Rec stage 2: reconstruction loss {report['reconstruction_loss']:.4f}, collision rate "
                 f"{report['collision_rate_before']:.4f} -> {report['collision_rate_after']:.4f}")
-    sizes = [len(tokens) for tokens in inputs.item_tokens.values()]
-    domains = domain_figures(list(inputs.item_tokens), sizes, fused, tokenized.codes, depths, config)
-    metadata = {**identity, "items": dict(zip(inputs.item_tokens, sizes)),
+    codes = torch.from_numpy(tokenized.codes)
+    sizes = {domain: len(tokens) for domain, tokens in inputs.item_tokens.items()}
+    domains = domain_figures(config, inputs.item_tokens, fused, codes, depths)
+    metadata = {**identity, "items": sizes,
                 **{name: report[name] for name in stage_cache.TOKENIZER_FIGURES},
                 "injection_loss": {"first": losses[0], "last": losses[-1], "epochs": len(losses)},
                 "domains": domains}
-    for (domain, tokens), domain_codes in zip(inputs.item_tokens.items(), torch.from_numpy(tokenized.codes).split(sizes)):
+    for (domain, tokens), domain_codes in zip(inputs.item_tokens.items(), codes.split(list(sizes.values()))):
         write_sid_file(inputs.sid_file(domain), tokens, domain_codes.tolist())
         write_json_atomic(sid_metadata_path(inputs.sid_file(domain)), metadata)
     return metadata
