@@ -20,8 +20,9 @@ paths in them are relative to the repository root, where the runs start. Output:
 ``<out>.csv`` (atomically written), with the command, machine, date and every variant's overrides. With
 ``--work-dir``, a grid stopped part way (a lost machine, a time limit) resumes: the same command does not train again a
 variant whose record there has the same settings, data and code (``compare``'s rule), and reports it (``--rerun``
-trains it again). ``--report <out>.json --out <out>`` writes the report of a finished grid again from its JSON, training
-nothing.
+trains it again). ``--report <out>.json [...] --out <out>`` writes the report of finished grids from their JSON, training
+nothing: one grid again, or several grids of one dataset (e.g. one per ``--set seed=S``) as one report with each
+variant's test HR@10 / NDCG@10 and validation NDCG@10 as mean ± std over its seeds.
 
     python bench/qbert4rec_ablations.py --dataset Instruments --parallel 7 \\
         --set epochs=10 pretrain_epochs=4 float32_matmul_precision=high --out docs/results/qbert4rec_ablations_instruments
@@ -51,6 +52,7 @@ from recbole_qrec.config import build_config
 from recbole_qrec.data import ensure_atomic_files
 from recbole_qrec.data.cross_domain import pretrain_dataset_names
 from recbole_qrec.data.sid import SID_SUFFIX
+from recbole_qrec.table import Cell, value_text
 
 MODEL = "QBert4Rec"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -126,40 +128,68 @@ def run_variant(variant: str, dataset: str, common: dict[str, str], folders: lis
     return {**record, "variant": variant}
 
 
-# The bench table's columns plus the validation NDCG@10 that picks the checkpoint and the items per injection depth.
-ABLATION_COLUMNS = [*COLUMNS, "valid_ndcg@10", "injection_depths"]
+# The bench table's columns plus the seed, the validation NDCG@10 that picks the checkpoint and the items per injection
+# depth.
+ABLATION_COLUMNS = [COLUMNS[0], "seed", *COLUMNS[1:], "valid_ndcg@10", "injection_depths"]
+# The summary's metrics over seeds: test HR@10 and NDCG@10, and the validation NDCG@10 that selects among variants.
+SUMMARY_METRICS = [("hit@10", "test"), ("ndcg@10", "test"), ("ndcg@10", "valid")]
 
 
 def finished_rows(results: list[dict]) -> list[dict]:
-    """Table rows of the variants that finished, the variant in the ``model`` column, with the validation NDCG@10 and
-    the items per injection depth ``1 .. injection_layers`` (stage 1's histogram; empty when the stage did not run)."""
+    """Table rows of the variants that finished, the variant in the ``model`` column, with the seed, the validation
+    NDCG@10 and the items per injection depth ``1 .. injection_layers`` (stage 1's histogram; empty when the stage did
+    not run)."""
     finished = [result for result in results if "error" not in result]
     rows = table_rows([{**result, "model": result["variant"]} for result in finished])
     for row, result in zip(rows, finished):
         depths = result.get("injection_depth_histogram") or []
+        row["seed"] = result["seed"]
         row["valid_ndcg@10"] = result["valid"]["ndcg@10"]
         row["injection_depths"] = "/".join(map(str, depths[1:]))
     return rows
 
 
+def summary(results: list[dict]) -> str:
+    """Markdown of each variant's test HR@10 / NDCG@10 and validation NDCG@10, mean ± std over its seeds (variants in
+    the order they first appear)."""
+    by_variant: dict[str, list[dict]] = {}
+    for result in results:
+        if "error" not in result:
+            by_variant.setdefault(result["variant"], []).append(result)
+    columns = ["variant", "seeds", *(f"{split} {metric}" for metric, split in SUMMARY_METRICS)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for variant, runs in by_variant.items():
+        cells = [value_text(Cell({run["seed"]: run[split][metric] for run in runs})) for metric, split in SUMMARY_METRICS]
+        lines.append(f"| {variant} | {', '.join(str(run['seed']) for run in runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def report(payload: dict) -> str:
-    """Markdown of a grid's payload: provenance, every variant's overrides, the metrics table and any failures."""
-    results, common = payload["results"], payload["common"]
+    """Markdown of a payload of one or more grids of one dataset: each grid's provenance, every variant's overrides,
+    the metrics table, with several seeds of a variant their mean ± std, and any failures."""
+    results, grids = payload["results"], payload["grids"]
     commits = sorted({result["git_commit"][:7] for result in results if "git_commit" in result})
+    provenance = "".join(
+        f"- command: `{grid['command']}`\n- machine: {grid['machine']}\n- date: {grid['date']}\n"
+        f"- common settings: {grid['common'] or 'harness defaults'}\n" for grid in grids)
+    variants = dict.fromkeys(result["variant"] for result in results)
     header = (f"# {MODEL} ablations on {payload['dataset']}: test metrics (leave-one-out, full ranking)\n\n"
-              f"- command: `{payload['command']}`\n- commit: {', '.join(commits) or 'none finished'}\n"
-              f"- machine: {payload['machine']}\n- date: {payload['date']}\n"
-              f"- common settings: {common or 'harness defaults'}\n"
-              + "".join(f"- {result['variant']}: {VARIANTS[result['variant']] or 'no overrides'}\n" for result in results)
+              + provenance + f"- commit: {', '.join(commits) or 'none finished'}\n"
+              + "".join(f"- {variant}: {VARIANTS[variant] or 'no overrides'}\n" for variant in variants)
               + "- epochs and train_seconds_per_epoch count fine-tuning epochs, pretrain_epochs the pretraining epochs; "
                 "valid_ndcg@10: the best validation NDCG@10 (the checkpoint tested); injection_depths: items that went "
                 "through 1, 2, ... injection blocks")
+    seeds = {result["seed"] for result in results if "error" not in result}
+    means = (f"\n## Mean ± std over seeds (sample std)\n\n{summary(results)}" if len(seeds) > 1 else "")
     stopped = [result["variant"] for result in results if result.get("train_time_limit_reached")]
     warning = (f"\nStopped by the training budget (train_time_limit, pretraining included) before early stopping: "
                f"{', '.join(stopped)}: their fine-tuning was cut short, so their rows measure the budget, not the variant.\n"
                if stopped else "")
+    discarded = [result["variant"] for result in results if result.get("pretraining_discarded")]
+    warning += (f"\nPretraining stalled and was discarded (discard_stalled_pretraining): {', '.join(discarded)}: "
+                "fine-tuned from the initial weights, as without pretraining.\n" if discarded else "")
     failures = [f"\n## {result['variant']} failed\n\n```\n{result['error']}\n```\n" for result in results if "error" in result]
-    return markdown(finished_rows(results), header, ABLATION_COLUMNS) + warning + "".join(failures)
+    return markdown(finished_rows(results), header, ABLATION_COLUMNS) + means + warning + "".join(failures)
 
 
 def write_report(out: Path, payload: dict) -> None:
@@ -169,15 +199,36 @@ def write_report(out: Path, payload: dict) -> None:
     write_outputs(out, payload, finished_rows(payload["results"]), table, ABLATION_COLUMNS)
 
 
+def grid_payload(dataset: str, grids: list[dict], results: list[dict]) -> dict:
+    """What ``<out>.json`` holds: the dataset, each grid's provenance (command, machine, date, common settings) and
+    every variant's result record (or error)."""
+    return {"dataset": dataset, "grids": grids, "results": results}
+
+
 def read_grid(path: str) -> dict:
-    """The payload of a grid's ``<out>.json``; exits with one line when the file is missing or is not one."""
+    """The payload of a grid's ``<out>.json`` (one grid's, or several's); exits with one line when the file is missing
+    or is not one."""
     try:
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        results = payload["results"]
+        # a grid written before its payload listed its grids: one grid, its provenance at the top level
+        grids = payload.get("grids") or [{key: payload[key] for key in ("command", "machine", "date", "common")}]
         # a grid written before its payload named the dataset: its first result's
-        return {**payload, "dataset": payload.get("dataset") or payload["results"][0]["dataset"]}
+        return grid_payload(payload.get("dataset") or results[0]["dataset"], grids, results)
     except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
         sys.exit(f"error: --report {path} is not the .json of a finished ablation grid ({type(err).__name__}: {err}) "
                  "— pass the <out>.json this bench wrote")
+
+
+def merged_grids(paths: list[str]) -> dict:
+    """One payload of the grids in ``paths`` (e.g. one per seed), all of one dataset; exits with one line when they
+    are of several datasets."""
+    payloads = [read_grid(path) for path in paths]
+    datasets = sorted({payload["dataset"] for payload in payloads})
+    if len(datasets) > 1:
+        sys.exit(f"error: --report files are of several datasets ({', '.join(datasets)}) — report one dataset at a time")
+    return grid_payload(datasets[0], [grid for payload in payloads for grid in payload["grids"]],
+                        [result for payload in payloads for result in payload["results"]])
 
 
 def parse_args() -> argparse.Namespace:
@@ -192,15 +243,16 @@ def parse_args() -> argparse.Namespace:
                         "a variant whose result of the same settings, data and code is there is not run again")
     parser.add_argument("--rerun", action="store_true", help="run again the variants already recorded in --work-dir")
     parser.add_argument("--out", required=True, help="output path without extension")
-    parser.add_argument("--report", metavar="JSON", help="train nothing: write the report of a finished grid again from "
-                        "its <out>.json (e.g. after the table's columns changed)")
+    parser.add_argument("--report", nargs="+", metavar="JSON", help="train nothing: write the report of finished grids "
+                        "from their <out>.json: one again (e.g. after the table's columns changed), or several of one "
+                        "dataset (e.g. one per seed) as one report with each variant's mean ± std over seeds")
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
     if args.report:
-        write_report(Path(args.out).resolve(), read_grid(args.report))
+        write_report(Path(args.out).resolve(), merged_grids(args.report))
         return
     common = parse_settings(args.set)
     command = "python " + " ".join(shlex.quote(arg) for arg in sys.argv)
@@ -216,9 +268,8 @@ def main() -> None:
             results = list(pool.map(lambda variant: run_variant(variant, args.dataset, common, folders, work, args.rerun),
                                     args.variants))
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    payload = {"dataset": args.dataset, "command": command, "machine": machine_name(), "date": date,
-               "common": common, "variants": {variant: VARIANTS[variant] for variant in args.variants},
-               "results": results}
+    payload = grid_payload(args.dataset, [{"command": command, "machine": machine_name(), "date": date,
+                                           "common": common}], results)
     write_report(out, payload)
     if any("error" in result for result in results):
         sys.exit(1)

@@ -1,11 +1,13 @@
 """``bench/qbert4rec_ablations.py`` on the 500-user Instruments subset: a variant recorded in ``--work-dir`` with the
 same settings, data and code is not trained again; another setting is; ``--report`` rewrites the report from the
-grid's JSON."""
+grid's JSON, and reports grids of several seeds as one, with each variant's mean over its seeds."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 
@@ -34,7 +36,7 @@ def test_a_recorded_variant_is_not_trained_again_and_a_changed_one_is(work, tmp_
     first = run_grid(work, tmp_path)
     assert len(records.read_text().splitlines()) == 1 and "skipped" not in first.stdout
     table = json.loads((tmp_path / "table.json").read_text())["results"]
-    assert "| no_pretrain | 0 |" in (tmp_path / "table.md").read_text()
+    assert "| no_pretrain | 2020 | 0 |" in (tmp_path / "table.md").read_text()
 
     report = [sys.executable, "bench/qbert4rec_ablations.py", "--report", str(tmp_path / "table.json"),
               "--out", str(tmp_path / "again")]
@@ -50,5 +52,14 @@ def test_a_recorded_variant_is_not_trained_again_and_a_changed_one_is(work, tmp_
     assert "no_pretrain: recorded" in again.stdout and len(records.read_text().splitlines()) == 1
     assert json.loads((tmp_path / "table.json").read_text())["results"] == table  # the recorded result, reported
 
-    run_grid(work, tmp_path, stopping_step=3)  # another configuration: trained
+    shutil.copy(tmp_path / "table.json", tmp_path / "seed_2020.json")
+    run_grid(work, tmp_path, seed=2021)  # another configuration: trained
     assert len(records.read_text().splitlines()) == 2
+    merged = subprocess.run([*report[:3], str(tmp_path / "seed_2020.json"), str(tmp_path / "table.json"), "--out",
+                             str(tmp_path / "seeds")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                            check=True)
+    results = json.loads((tmp_path / "seeds.json").read_text())["results"]
+    assert [result["seed"] for result in results] == [2020, 2021]
+    mean = statistics.fmean(result["test"]["hit@10"] for result in results)
+    assert f"| no_pretrain | 2020, 2021 | {mean:.4f} ± " in merged.stdout
+    assert merged.stdout == (tmp_path / "seeds.md").read_text() + "\n"
