@@ -336,20 +336,27 @@ def test_trainer_pretrains_then_fine_tunes(prepared):
     assert 0 <= best_score <= 1 and trainer.cur_step == 0
 
 
-@pytest.mark.parametrize("learning_rate, warns", [(0.0, True), (0.02, False)])
-def test_a_pretraining_that_barely_learns_is_warned_of(prepared, caplog, learning_rate, warns):
+@pytest.mark.parametrize("learning_rate, discard", [(0.0, False), (1e-6, True), (1e-6, False), (0.02, True)])
+def test_a_pretraining_that_barely_learns_is_warned_of_and_discarded_when_asked(prepared, caplog, learning_rate,
+                                                                                discard):
     config, train, *_ = prepared
     config = copy.deepcopy(config)
     for key, value in {"pretrain_epochs": 10, "pretrain_batch_size": 64, "pretrain_learning_rate": learning_rate,
-                       "warmup_steps": 0}.items():
+                       "warmup_steps": 0, "discard_stalled_pretraining": discard}.items():
         config[key] = value
     init_seed(config["seed"], True)
     trainer = QBert4RecTrainer(config, QBert4Rec(config, train._dataset))
+    initial = copy.deepcopy(trainer.model.state_dict())
     with caplog.at_level(logging.WARNING):
         trainer.pretrain(train, verbose=False)
     curve = trainer.pretrain_loss_curve
-    assert (min(curve[1:]) > 0.98 * curve[0]) == warns  # the loss fell by less than 2%, or by more
-    assert ("pretraining barely learned" in caplog.text) == warns
+    stalled = min(curve[1:]) > 0.98 * curve[0]  # the loss fell by less than 2%
+    assert stalled == (learning_rate != 0.02)  # 0 and 1e-6: (next to) no step
+    assert ("pretraining barely learned" in caplog.text) == stalled
+    assert trainer.pretraining_discarded == (stalled and discard) and ("discarded" in caplog.text) == (stalled and discard)
+    # at 1e-6 pretraining moves the weights (kept: changed) and, discarded, fine-tuning starts from the initial ones
+    unchanged = all(torch.equal(initial[key], value) for key, value in trainer.model.state_dict().items())
+    assert unchanged == (learning_rate == 0.0 or trainer.pretraining_discarded)
 
 
 def test_pretraining_batches_by_its_own_size_and_is_checkpointed(prepared, tmp_path):

@@ -11,12 +11,14 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from recbole.config import Config
 from recbole.data.dataloader import AbstractDataLoader
 from recbole.data.dataset import Dataset
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
+from recbole_qrec.distributed import broadcast_from_main
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.model.abstract_recommender import PretrainableRecommender
 from recbole_qrec.trainer.schedule import attach_lr_schedule
@@ -26,11 +28,12 @@ from recbole_qrec.trainer.schedule import attach_lr_schedule
 # user's whole training sequence once.
 PRETRAIN_SEQUENCES = ("prefix", "user")
 # A pretraining whose loss per step fell by less than this share, from its first epoch to its lowest, barely learned
-# and may leave fine-tuning a poor start (one H200): QBert4Rec on Arts pretrained on Instruments and Games
+# and leaves fine-tuning a poor start (one H200): QBert4Rec on Arts pretrained on Instruments and Games
 # (docs/results/main_table): the seeds whose loss fell 1.4% and 1.8% fine-tuned to test NDCG@10 .055 and .056, the
-# one whose loss fell 3.8% to .088; on Instruments at pretrain_learning_rate 1e-3 (docs/results/sweeps/
-# qbert4rec_pretrain) the loss fell 0.7% and fine-tuning reached validation NDCG@10 .082, against .119 without
-# pretraining and .121 after the default pretraining.
+# one whose loss fell 3.8% to .088; again at 8322bdf (docs/results/qbert4rec_ablations_arts.md): 1.6%, and validation
+# NDCG@10 stayed at .022 for 18 fine-tuning epochs (test NDCG@10 .014); on Instruments at pretrain_learning_rate 1e-3
+# (docs/results/sweeps/qbert4rec_pretrain) the loss fell 0.7% and fine-tuning reached validation NDCG@10 .082, against
+# .119 without pretraining and .121 after the default pretraining. Hence discard_stalled_pretraining.
 MIN_PRETRAIN_LOSS_DROP = 0.02
 
 
@@ -88,7 +91,9 @@ class PretrainFineTuneTrainer(Trainer):
     only. Each phase follows ``lr_scheduler`` over its own steps. A fit after :meth:`resume_checkpoint` skips
     pretraining: every checkpoint is written after it. Resuming from the pretraining checkpoint fine-tunes the
     pretrained model from epoch 0, with a fresh optimizer of this run's settings, into a new checkpoint file, leaving
-    the pretrained one as it is.
+    the pretrained one as it is. A pretraining that barely learned (its loss per step fell by less than
+    :data:`MIN_PRETRAIN_LOSS_DROP`) is warned of and, with ``discard_stalled_pretraining``, undone: fine-tuning starts
+    from the weights pretraining started from (``pretraining_discarded``; the pretrained checkpoint holds them too).
     """
 
     def __init__(self, config: Config, model: PretrainableRecommender) -> None:
@@ -96,6 +101,7 @@ class PretrainFineTuneTrainer(Trainer):
         self.pretrained = False
         self.pretrain_epoch_seconds: list[float] = []
         self.pretrain_loss_curve: list[float] = []
+        self.pretraining_discarded = False
 
     def resume_checkpoint(self, resume_file: str) -> None:
         fine_tuning_file = self.saved_model_file
@@ -130,6 +136,7 @@ class PretrainFineTuneTrainer(Trainer):
                  verbose: bool = True, show_progress: bool = False) -> list[float]:
         """Pretraining; returns the summed loss of each epoch (over all domains)."""
         fine_tune_optimizer = self.optimizer
+        initial_weights = copy.deepcopy(self.model.state_dict()) if self.config["discard_stalled_pretraining"] else None
         self.optimizer = self._build_optimizer(learning_rate=self.config["pretrain_learning_rate"])
         data = self.pretraining_data(train_data, pretrain_data)
         steps_per_epoch = sum(len(loader) for _, loader in data)
@@ -149,20 +156,37 @@ class PretrainFineTuneTrainer(Trainer):
                 self.logger.info(set_color(f"pretrain epoch {epoch}", "green")
                                  + f" [time: {self.pretrain_epoch_seconds[-1]:.2f}s, pretraining loss: {epoch_loss:.4f}]")
         self.optimizer = fine_tune_optimizer
-        self.warn_if_pretraining_stalled()
+        drop = self.pretraining_loss_drop()
+        if not self.config["single_spec"] and dist.is_initialized():
+            drop = broadcast_from_main(drop)  # every rank keeps or discards alike (each saw its own share of the loss)
+        if drop is not None and drop < MIN_PRETRAIN_LOSS_DROP:
+            self.handle_stalled_pretraining(drop, initial_weights)
         return losses
 
-    def warn_if_pretraining_stalled(self) -> None:
-        """Log a warning when the pretraining loss per step fell by less than :data:`MIN_PRETRAIN_LOSS_DROP` from the
-        first epoch to the lowest later one (two epochs at least)."""
+    def pretraining_loss_drop(self) -> float | None:
+        """The share by which the pretraining loss per step fell from the first epoch to the lowest later one (None
+        with fewer than two epochs)."""
         curve = self.pretrain_loss_curve
         if len(curve) < 2 or curve[0] <= 0:
-            return
-        drop = 1 - min(curve[1:]) / curve[0]
-        if drop < MIN_PRETRAIN_LOSS_DROP:
+            return None
+        return 1 - min(curve[1:]) / curve[0]
+
+    def handle_stalled_pretraining(self, drop: float, initial_weights: dict[str, torch.Tensor] | None) -> None:
+        """Warn of a pretraining that barely learned; with ``initial_weights`` (``discard_stalled_pretraining``), load
+        them back so that fine-tuning starts from where pretraining started."""
+        curve = self.pretrain_loss_curve
+        stalled = (f"pretraining barely learned: its loss per step fell {drop:.1%} over {len(curve)} epochs "
+                   f"({curve[0]:.4f} -> {curve[-1]:.4f})")
+        remedies = ("pretrain longer (pretrain_epochs), at another (often lower) pretrain_learning_rate, or on other "
+                    "data (pretrain_datasets; [] for the target's own sequences)")
+        if initial_weights is None:
             self.logger.warning(set_color(
-                f"pretraining barely learned: its loss per step fell {drop:.1%} over {len(curve)} epochs "
-                f"({curve[0]:.4f} -> {curve[-1]:.4f}), so fine-tuning may start from a poor state — pretrain longer "
-                "(pretrain_epochs), at another (often lower) pretrain_learning_rate, or on other data "
-                "(pretrain_datasets; [] for the target's own sequences), or set pretrain_epochs to 0: fine-tuning "
-                "from a stalled pretraining can end well below fine-tuning without one", "yellow"))
+                f"{stalled}, so fine-tuning starts from a poor state — {remedies}, or set pretrain_epochs to 0 or "
+                "discard_stalled_pretraining to True: fine-tuning from a stalled pretraining can end well below "
+                "fine-tuning without one", "yellow"))
+            return
+        self.model.load_state_dict(initial_weights)
+        self.pretraining_discarded = True
+        self.logger.warning(set_color(
+            f"{stalled}: discarded (discard_stalled_pretraining), fine-tuning starts from the weights pretraining "
+            f"started from — to use pretraining, {remedies}", "yellow"))
