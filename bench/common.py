@@ -168,22 +168,31 @@ def log_timings(log: str) -> dict:
             "pretrain": [float(seconds) for seconds in PRETRAINED.findall(log)]}
 
 
+def validation_times(timings: dict) -> list[list[float]]:
+    """``[seconds, score]`` of each validation of a run's log: the pretraining, training and validation seconds up to
+    and including it, and its score (the ``valid_metric``)."""
+    pretraining = sum(timings["pretrain"])
+    return [[round(pretraining + sum(seconds for epoch, seconds in timings["train"].items() if epoch <= validated)
+                   + sum(seconds for epoch, seconds, _ in timings["valid"] if epoch <= validated), 2), score]
+            for validated, _, score in timings["valid"]]
+
+
 def row(record: dict, mode: str, timings: dict, gpu_busy: float | None) -> dict:
-    """The table row of one run: its record's metrics and the timings of its log."""
+    """The table row of one run: its record's metrics and the timings of its log (``validations``: see
+    :func:`validation_times`)."""
     valid = timings["valid"]
-    best = max(valid, key=lambda item: item[2])[0] if valid else None  # the first epoch with the best score
-    to_best = None if best is None else (sum(timings["pretrain"])
-                                         + sum(seconds for epoch, seconds in timings["train"].items() if epoch <= best)
-                                         + sum(seconds for epoch, seconds, _ in valid if epoch <= best))
+    validations = validation_times(timings)
+    best = max(range(len(valid)), key=lambda index: valid[index][2]) if valid else None  # the first best validation
     later = [seconds for epoch, seconds in sorted(timings["train"].items())[1:]]  # a compiled model's first epoch compiles
     return {"model": record["model"], "data_path_mode": mode, "seed": record["seed"], "epochs": record["epochs"],
             "train_s_per_epoch": record["train_seconds_per_epoch"],
             "train_s_after_first": round(statistics.mean(later), 3) if later else None,
             "pretrain_s_per_epoch": round(statistics.mean(timings["pretrain"]), 3) if timings["pretrain"] else None,
             "eval_s": round(statistics.mean(seconds for _, seconds, _ in valid), 3) if valid else None,
-            "best_epoch": best, "time_to_best_s": None if to_best is None else round(to_best, 2),
+            "best_epoch": None if best is None else valid[best][0],
+            "time_to_best_s": None if best is None else validations[best][0],
             "wall_time_s": record["wall_time_s"], "hit@10": record["test"]["hit@10"],
-            "ndcg@10": record["test"]["ndcg@10"], "gpu_busy": gpu_busy}
+            "ndcg@10": record["test"]["ndcg@10"], "gpu_busy": gpu_busy, "validations": validations}
 
 
 # A synthetic catalogue

@@ -11,6 +11,11 @@ the seeds), ``<out>.csv`` and ``<out>.json`` (one row and record per run):
         --out docs/results/train_speed --set epochs=50 eval_step=1
 
 A mode may carry settings of its own after a colon, joined by ``+``: ``--modes gpu "gpu:compile_model=True"``.
+
+The first mode is the reference: for each other mode, model and seed the report adds the speed-up per training epoch
+and to the same metric: the time the run took (pretraining, training and validations) to first validate at or above
+the reference run's best validation score (``valid_metric``, NDCG@10 by default), against the reference's time to that
+best. A run that never reached it counts as not reached.
 """
 
 from __future__ import annotations
@@ -148,6 +153,52 @@ def mean_std(values: list) -> str:
     return f"{text} ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else text
 
 
+def time_to_score(validations: list[list[float]], score: float) -> float | None:
+    """Seconds to the first validation at or above ``score`` (None: none was)."""
+    return next((seconds for seconds, value in validations if value >= score), None)
+
+
+def speedups(rows: list[dict], reference: str) -> list[dict]:
+    """For each run of a mode other than ``reference`` whose model and seed also ran in ``reference``: the reference's
+    best validation score, the speed-up per training epoch, the seconds to reach that score and the speed-up to it."""
+    base = {(item["model"], item["seed"]): item for item in rows if item["data_path_mode"] == reference}
+    result = []
+    for item in rows:
+        matched = base.get((item["model"], item["seed"]))
+        if item["data_path_mode"] == reference or matched is None or not matched["validations"]:
+            continue
+        target = max(score for _, score in matched["validations"])
+        reached = time_to_score(item["validations"], target)
+        result.append({"model": item["model"], "data_path_mode": item["data_path_mode"], "seed": item["seed"],
+                       "reference_best_valid": target,
+                       "epoch_speedup": round(matched["train_s_per_epoch"] / item["train_s_per_epoch"], 2),
+                       "time_to_reference_best_s": reached,
+                       "speedup_to_reference_best": None if not reached else round(matched["time_to_best_s"] / reached,
+                                                                                    2)})
+    return result
+
+
+def speedup_markdown(rows: list[dict], reference: str) -> str:
+    """Mean ± std over the seeds of each (model, mode) of :func:`speedups`, with how many seeds reached the score."""
+    columns = ["model", "data_path_mode", "seeds", "epoch_speedup", "time_to_reference_best_s",
+               "speedup_to_reference_best", "reached"]
+    lines = [f"## Speed-up over `{reference}`", "", "epoch_speedup: the reference's seconds per training epoch over the "
+             "mode's; time_to_reference_best_s: seconds (pretraining, training, validations) to first validate at or "
+             "above the reference run's best validation score (same model and seed); speedup_to_reference_best: the "
+             "reference's time to its best over that; reached: seeds that got there", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for item in speedups(rows, reference):
+        groups.setdefault((item["model"], item["data_path_mode"]), []).append(item)
+    for (model, mode), runs in groups.items():
+        reached = [run for run in runs if run["time_to_reference_best_s"] is not None]
+        cells = [model, mode, str(len(runs)), mean_std([run["epoch_speedup"] for run in runs]),
+                 mean_std([run["time_to_reference_best_s"] for run in reached]),
+                 mean_std([run["speedup_to_reference_best"] for run in reached]), f"{len(reached)}/{len(runs)}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict], header: list[str]) -> str:
     """Mean ± std over the seeds of each (model, mode), in run order."""
     columns = ["model", "data_path_mode", "seeds", "epochs", *MEANS]
@@ -191,9 +242,11 @@ def main() -> None:
     rows: list[dict] = []
 
     def write() -> None:
+        reference = args.modes[0]
         payload = {"command": command, "commit": commit, "machine": machine_name(), "parallel": args.parallel,
-                   **split_records(rows)}
-        write_outputs(args.out, payload, rows, markdown(rows, header), COLUMNS)
+                   "reference_mode": reference, "speedups": speedups(rows, reference), **split_records(rows)}
+        report = markdown(rows, header) + (f"\n{speedup_markdown(rows, reference)}" if len(args.modes) > 1 else "")
+        write_outputs(args.out, payload, rows, report, COLUMNS)
 
     # Outputs are rewritten after every group of runs (each model and mode, or each mode with --parallel), so a
     # bench stopped part-way keeps what it finished.
