@@ -147,6 +147,21 @@ def test_pretraining_runs_on_the_sources_and_lowers_the_loss(cross, tmp_path, mo
 
 
 
+def test_pretrain_on_target_passes_over_the_targets_sequences_after_the_sources(work, cross, tmp_path, monkeypatch):
+    _, train, _, _, pretrain_data, _ = cross
+    config = make_config(work, pretrain_datasets=SOURCES, pretrain_on_target=True)
+    monkeypatch.chdir(tmp_path)
+    init_seed(config["seed"], True)
+    trainer = harness_trainer(config, QBert4Rec(config, train._dataset))
+    data = trainer.pretraining_data(train, pretrain_data)
+    assert [domain for domain, _ in data] == [*SOURCES, None]
+    target_rows = data[-1][1]._dataset
+    assert target_rows.dataset_name == "Instruments" and len(target_rows) == train._dataset.user_num - 1  # a row a user
+    losses = trainer.pretrain(train, pretrain_data, verbose=False)
+    steps = sum(len(loader) for _, loader in data)
+    assert trainer.pretrain_loss_curve == pytest.approx([loss / steps for loss in losses]) and losses[-1] < losses[0]
+
+
 def test_user_sequences_pretrain_once_on_each_users_whole_training_sequence(work, cross, tmp_path, monkeypatch):
     """``pretrain_sequences: user``: one row per user, its latest and longest training prefix, of which each of the
     user's other prefixes is the beginning; fewer steps per epoch, and the pretraining loss still falls."""

@@ -83,8 +83,8 @@ class PretrainFineTuneTrainer(Trainer):
     optimizer (``pretrain_learning_rate``) and batch size (``pretrain_batch_size``), without validation
     or early stopping. Its data come through ``fit(..., pretrain_data=...)``: the training loaders of the
     source domains by name (from :func:`recbole_qrec.data.data_preparation`), one pass over each per epoch
-    with ``domain`` set to the source's name; with none it is the target's own training data with
-    ``domain=None``. Each pretraining epoch's wall time goes to ``pretrain_epoch_seconds`` (fine-tuning
+    with ``domain`` set to the source's name, then, with ``pretrain_on_target``, over the target's own training data
+    (``domain=None``); with no sources it is the target's own training data alone. Each pretraining epoch's wall time goes to ``pretrain_epoch_seconds`` (fine-tuning
     epochs are counted apart, in ``epoch_seconds``), its mean loss per step to ``pretrain_loss_curve``. When saving, the pretrained model is checkpointed to
     ``<saved_model_file stem>-pretrained.pth``. Fine-tuning is RecBole's ``fit`` unchanged
     (``model.calculate_loss``, ``learning_rate``, ``epochs``), so early stopping counts fine-tuning epochs
@@ -126,8 +126,11 @@ class PretrainFineTuneTrainer(Trainer):
                          pretrain_data: Mapping[str, AbstractDataLoader] | None = None
                          ) -> list[tuple[str | None, AbstractDataLoader]]:
         """``(domain, loader)`` pairs of one pretraining epoch, batched by ``pretrain_batch_size`` over the rows
-        ``pretrain_sequences`` names: the sources', or the target's ``train_data`` (domain ``None``) without sources."""
-        pairs = list((pretrain_data or {}).items()) or [(None, train_data)]
+        ``pretrain_sequences`` names: the sources', then with ``pretrain_on_target`` the target's ``train_data``
+        (domain ``None``); without sources the target's alone."""
+        pairs = list((pretrain_data or {}).items())
+        if not pairs or self.config["pretrain_on_target"]:
+            pairs.append((None, train_data))
         batch_size = self.config["pretrain_batch_size"] or self.config["train_batch_size"]
         return [(domain, pretraining_loader(loader, batch_size, self.config["pretrain_sequences"]))
                 for domain, loader in pairs]
