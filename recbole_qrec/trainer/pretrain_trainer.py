@@ -84,8 +84,9 @@ class PretrainFineTuneTrainer(Trainer):
     or early stopping. Its data come through ``fit(..., pretrain_data=...)``: the training loaders of the
     source domains by name (from :func:`recbole_qrec.data.data_preparation`), one pass over each per epoch
     with ``domain`` set to the source's name, then, with ``pretrain_on_target``, over the target's own training data
-    (``domain=None``); with no sources it is the target's own training data alone. Each pretraining epoch's wall time goes to ``pretrain_epoch_seconds`` (fine-tuning
-    epochs are counted apart, in ``epoch_seconds``), its mean loss per step to ``pretrain_loss_curve``. When saving, the pretrained model is checkpointed to
+    (``domain=None``); with no sources it is the target's own training data alone. Each pretraining epoch's wall time
+    goes to ``pretrain_epoch_seconds`` (fine-tuning epochs are counted apart, in ``epoch_seconds``), its mean loss per
+    step to ``pretrain_loss_curve``. When saving, the pretrained model is checkpointed to
     ``<saved_model_file stem>-pretrained.pth``. Fine-tuning is RecBole's ``fit`` unchanged
     (``model.calculate_loss``, ``learning_rate``, ``epochs``), so early stopping counts fine-tuning epochs
     only. Each phase follows ``lr_scheduler`` over its own steps. A fit after :meth:`resume_checkpoint` skips
@@ -181,7 +182,7 @@ class PretrainFineTuneTrainer(Trainer):
         stalled = (f"pretraining barely learned: its loss per step fell {drop:.1%} over {len(curve)} epochs "
                    f"({curve[0]:.4f} -> {curve[-1]:.4f})")
         remedies = ("pretrain longer (pretrain_epochs), at another (often lower) pretrain_learning_rate, or on other "
-                    "data (pretrain_datasets; [] for the target's own sequences)")
+                    "data (pretrain_datasets, [] for the target's own sequences; pretrain_on_target to add them)")
         if initial_weights is None:
             self.logger.warning(set_color(
                 f"{stalled}, so fine-tuning starts from a poor state — {remedies}, or set pretrain_epochs to 0 or "
