@@ -33,7 +33,8 @@ from recbole_qrec.tokenize import ensure_semantic_ids
 from recbole_qrec.trainer import get_trainer
 from recbole_qrec.utils import get_model
 
-COLUMNS = ["model", "data_path_mode", "prepare_s", "train_epoch_s", "full_eval_s", "peak_gpu_gib", "ndcg@10"]
+COLUMNS = ["model", "data_path_mode", "train_batch_size", "prepare_s", "train_epoch_s", "full_eval_s", "peak_gpu_gib",
+           "ndcg@10"]
 
 
 def peak_gib(device: torch.device) -> float | None:
@@ -62,7 +63,8 @@ def measure(model: str, mode: str, data: Path, work: Path, settings: list[str]) 
     print(f"{model} {mode}: one training epoch in {trained - prepared:.1f} s", flush=True)
     result = trainer.evaluate(test, load_best_model=False)
     synchronize(device)
-    return {"model": model, "data_path_mode": mode, "prepare_s": round(prepared - start, 1),
+    return {"model": model, "data_path_mode": mode, "train_batch_size": config["train_batch_size"],
+            "prepare_s": round(prepared - start, 1),
             "train_epoch_s": round(trained - prepared, 2), "full_eval_s": round(time.perf_counter() - trained, 2),
             "peak_gpu_gib": peak_gib(device), "ndcg@10": float(result["ndcg@10"]), "users": test._dataset.user_num - 1,
             "items": train._dataset.item_num - 1, "training_rows": len(train._dataset)}
