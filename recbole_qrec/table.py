@@ -458,6 +458,10 @@ def provenance(table: Table) -> list[str]:
     if budgeted:
         lines.append("Stopped by their training budget (train_time_limit) before early stopping, so not converged: "
                      + ", ".join(sorted(budgeted)) + ".")
+    discarded = {f"{r['model']} on {r['dataset']} (seed {r['seed']})" for r in records if r.get("pretraining_discarded")}
+    if discarded:
+        lines.append("Pretraining stalled and was discarded (discard_stalled_pretraining), so fine-tuned from the "
+                     "initial weights, as without pretraining: " + ", ".join(sorted(discarded)) + ".")
     return lines
 
 

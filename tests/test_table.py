@@ -264,7 +264,8 @@ def test_the_markdown_says_where_its_numbers_come_from(tmp_path: Path) -> None:
     records.append({**record("MQL4GRec", "Arts", "d", 1, 0.1, 0.05), "git_commit": "fedcba9876543210",
                     "git_dirty": True, "machine": "NVIDIA H200",
                     "content_sources": {"Arts": {"text_codes": "id-embedding:SASRec", "image_codes": "missing"}},
-                    "eval_rule": "group", "eval_mode": "exact", "train_time_limit_reached": True, "epochs": 3})
+                    "eval_rule": "group", "eval_mode": "exact", "train_time_limit_reached": True, "epochs": 3,
+                    "pretraining_discarded": True})
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     md, _ = run_table([str(path), "--metrics", "hr@10,ndcg@10"])
@@ -273,3 +274,4 @@ def test_the_markdown_says_where_its_numbers_come_from(tmp_path: Path) -> None:
     assert f"Command: `recbole-qrec table {path} --metrics hr@10,ndcg@10`" in md and "only the target's own ID): MQL4GRec group." in md
     assert "every item by its semantic ID's log-probability): MQL4GRec exact." in md
     assert "(train_time_limit) before early stopping, so not converged: MQL4GRec on Arts (3 epochs)." in md
+    assert "as without pretraining: MQL4GRec on Arts (seed 1)." in md and md.count("discard_stalled_pretraining") == 1
