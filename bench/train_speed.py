@@ -173,13 +173,14 @@ def speedups(rows: list[dict], reference: str) -> list[dict]:
                        "reference_best_valid": target,
                        "epoch_speedup": round(matched["train_s_per_epoch"] / item["train_s_per_epoch"], 2),
                        "time_to_reference_best_s": reached,
-                       "speedup_to_reference_best": None if not reached else round(matched["time_to_best_s"] / reached,
-                                                                                    2)})
+                       "speedup_to_reference_best": None if reached is None
+                       else round(matched["time_to_best_s"] / reached, 2)})
     return result
 
 
-def speedup_markdown(rows: list[dict], reference: str) -> str:
-    """Mean ± std over the seeds of each (model, mode) of :func:`speedups`, with how many seeds reached the score."""
+def speedup_markdown(items: list[dict], reference: str) -> str:
+    """Mean ± std over the seeds of each (model, mode) of ``items`` (:func:`speedups` over ``reference``), with how many
+    seeds reached the score."""
     columns = ["model", "data_path_mode", "seeds", "epoch_speedup", "time_to_reference_best_s",
                "speedup_to_reference_best", "reached"]
     lines = [f"## Speed-up over `{reference}`", "", "epoch_speedup: the reference's seconds per training epoch over the "
@@ -188,7 +189,7 @@ def speedup_markdown(rows: list[dict], reference: str) -> str:
              "reference's time to its best over that; reached: seeds that got there", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     groups: dict[tuple[str, str], list[dict]] = {}
-    for item in speedups(rows, reference):
+    for item in items:
         groups.setdefault((item["model"], item["data_path_mode"]), []).append(item)
     for (model, mode), runs in groups.items():
         reached = [run for run in runs if run["time_to_reference_best_s"] is not None]
@@ -243,9 +244,11 @@ def main() -> None:
 
     def write() -> None:
         reference = args.modes[0]
+        over_reference = speedups(rows, reference)
         payload = {"command": command, "commit": commit, "machine": machine_name(), "parallel": args.parallel,
-                   "reference_mode": reference, "speedups": speedups(rows, reference), **split_records(rows)}
-        report = markdown(rows, header) + (f"\n{speedup_markdown(rows, reference)}" if len(args.modes) > 1 else "")
+                   "reference_mode": reference, "speedups": over_reference, **split_records(rows)}
+        report = markdown(rows, header) + (f"\n{speedup_markdown(over_reference, reference)}"
+                                           if len(args.modes) > 1 else "")
         write_outputs(args.out, payload, rows, report, COLUMNS)
 
     # Outputs are rewritten after every group of runs (each model and mode, or each mode with --parallel), so a
