@@ -229,6 +229,7 @@ VALUE_RULES: tuple[tuple[str, ValueRule], ...] = (
     ("*_prob", PROBABILITY),
     ("*_ratio", PROBABILITY),
     ("gate_threshold", PROBABILITY),
+    ("code_proxy_level_decay", ValueRule(float, 0, 1, above_minimum=True)),
     ("unseen_item_share", PROBABILITY),
     ("depth_target", ValueRule(float, 1)),
     ("depth_weight_step", NON_NEGATIVE_NUMBER),

@@ -50,10 +50,12 @@ from recbole_qrec.stage_cache import StageInputs, stage_inputs, stage_seed
 
 STAGE = "QBert4Rec"
 FUSIONS = ("dynamic", "static")
+PROJECTIONS = ("learned", "fixed")
 # Settings the codes depend on (besides the stage's seed and the items and feature values, in the data fingerprint).
 STAGE_KEYS = (
     "modalities", "injection_dim", "injection_layers", "injection_heads", "injection_temperature", "gate_threshold",
-    "fusion", "consistency_weight", "depth_weight", "depth_target", "depth_weight_step", "injection_epochs",
+    "fusion", "consistency_weight", "depth_weight", "depth_target", "depth_weight_step", "injection_projection",
+    "injection_epochs",
     "injection_batch_size", "injection_learning_rate",
     "sid_levels", "sid_codebook_size", "sid_code_dim", "sid_epochs", "sid_l2_normalize",
 )
@@ -65,6 +67,9 @@ def build_injection(config: Config, features: ItemFeatures) -> CrossModalInjecti
     """The stage-1 module for ``features``, configured by the ``injection_*`` keys and ``fusion``."""
     if config["fusion"] not in FUSIONS:
         raise ConfigError(f"fusion is {config['fusion']!r} — set it to one of {', '.join(FUSIONS)}")
+    if config["injection_projection"] not in PROJECTIONS:
+        raise ConfigError(f"injection_projection is {config['injection_projection']!r} — set it to one of "
+                          f"{', '.join(PROJECTIONS)}")
     if config["depth_target"] > config["injection_layers"]:
         raise ConfigError(f"depth_target is {config['depth_target']}, deeper than the {config['injection_layers']} "
                           "injection_layers — set it between 1 and injection_layers")
@@ -81,6 +86,7 @@ def build_injection(config: Config, features: ItemFeatures) -> CrossModalInjecti
         depth_weight=config["depth_weight"],
         depth_target=config["depth_target"],
         depth_weight_step=config["depth_weight_step"],
+        fixed_projection=config["injection_projection"] == "fixed",
     )
 
 

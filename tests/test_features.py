@@ -29,7 +29,7 @@ from dataset_prep.features.__main__ import main
 from dataset_prep.features.image import read_image
 from dataset_prep.features.items import find_images
 from dataset_prep.features.store import FeaturePaths
-from recbole_qrec.data.features import feature_source
+from recbole_qrec.data.features import DEFAULT_LEVEL_DECAY, feature_source
 from recbole_qrec.errors import DatasetNotFoundError, MalformedDataError
 from recbole_qrec.quantization import TokenizerConfig, fit_tokenizer
 
@@ -292,15 +292,29 @@ def test_missing_image_dir_names_the_download_option(item_json: Path, tmp_path: 
 # --------------------------------------------------------------------------- codes
 
 
-def test_code_one_hot_blocks_are_exact(tmp_path: Path) -> None:
+@pytest.mark.parametrize("level_decay", [0.5, 1.0])
+def test_code_one_hot_blocks_are_exact(tmp_path: Path, level_decay: float) -> None:
     index = write_json(tmp_path / "Toy.index_vitemb.json", {"0": ["<A_1>", "<B_0>", "<C_7>"], "2": ["<A_7>", "<B_3>", "<C_3>"]})
-    result = extract_code_features(index, 4, tmp_path / "codes.npy", codebook_size=8, progress=False)
+    result = extract_code_features(index, 4, tmp_path / "codes.npy", codebook_size=8, level_decay=level_decay,
+                                   progress=False)
     expected = np.zeros((4, 24), np.float32)
-    expected[0, [1, 8 + 0, 16 + 7]] = 1.0
-    expected[2, [7, 8 + 3, 16 + 3]] = 1.0
+    expected[0, [1, 8 + 0, 16 + 7]] = [1.0, level_decay, level_decay ** 2]
+    expected[2, [7, 8 + 3, 16 + 3]] = [1.0, level_decay, level_decay ** 2]
     np.testing.assert_array_equal(load_features(tmp_path / "codes.npy"), expected)
     assert load_mask(tmp_path / "codes.npy").tolist() == [True, False, True, False]
     assert (result.dim, result.present) == (24, 2)
+
+
+def test_shrinking_level_weights_keep_items_of_one_first_code_nearest(amazon_dir: Path) -> None:
+    """Residual codes: the first code is the coarse cluster. Weighted 0.5 ** level, two items that share it are
+    nearer than any two that do not; weighted alike (the default), the three deeper codes outweigh it."""
+    codes = read_code_index(amazon_dir / "Instruments" / "Instruments.index_lemb.json")
+    first_code = np.array([codes[item][0] for item in range(400)])
+    same = (first_code[:, None] == first_code[None]) & ~np.eye(400, dtype=bool)
+    for level_decay, kept in ((0.5, True), (DEFAULT_LEVEL_DECAY, False)):
+        features = codes_to_features(codes, 6250, level_decay=level_decay).features[:400]
+        distances = ((features[:, None] - features[None]) ** 2).sum(-1)
+        assert bool(distances[same].max() < distances[~same & ~np.eye(400, dtype=bool)].min()) is kept
 
 
 def test_codes_cli_stops_and_continues(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -349,8 +363,9 @@ def test_real_instruments_codes(amazon_dir: Path, tmp_path: Path, suffix: str) -
     index = amazon_dir / "Instruments" / f"Instruments.{suffix}.json"
     extract_code_features(index, 6250, tmp_path / "codes.npy", progress=False)
     features = load_features(tmp_path / "codes.npy", n_items=6250)
-    assert features.shape == (6250, 4 * 256) and set(np.unique(features)) == {0.0, 1.0}
-    assert (features.sum(1) == 4).all() and (features.reshape(6250, 4, 256).sum(2) == 1).all()
+    weights = DEFAULT_LEVEL_DECAY ** np.arange(4)
+    assert features.shape == (6250, 4 * 256) and set(np.unique(features)) == {0.0, *weights.tolist()}
+    assert np.allclose(features.reshape(6250, 4, 256).sum(2), weights)  # one code per level
     assert len(read_code_index(index)) == 6250
 
 

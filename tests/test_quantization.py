@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from dataset_prep.features import code_file_features
+from dataset_prep.features import code_file_features, read_code_index
 from recbole_qrec.quantization import (
     RQVAE,
     TokenizerConfig,
@@ -26,6 +27,7 @@ from recbole_qrec.quantization import (
     train_rqvae,
 )
 from recbole_qrec.quantization.features import prepare_features
+from recbole_qrec.quantization.metrics import sequence_code_lift
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -209,3 +211,27 @@ def test_alignment_changes_codes_and_its_losses_are_finite_and_positive(alignmen
     for term in terms:
         assert torch.isfinite(losses[term]) and losses[term] > 0
     assert losses["total"] > losses["reconstruction"]
+
+
+# --- sequence lift ------------------------------------------------------------------------------
+
+def test_sequence_lift_counts_shared_prefixes_of_consecutive_items() -> None:
+    codes = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
+    sequences = [np.array([0, 1, 2, 3]), np.array([2, 3, 3, 0, 1])]
+    # depth 1, pairs of different items: (0,1) (2,3) (2,3) (0,1) share their first code, (1,2) (3,0) do not: 4/6.
+    # Each item is 1/4 of the occurrences: two different items drawn share the first code 1 time in 3.
+    assert sequence_code_lift(sequences, codes, 1) == pytest.approx(2.0)
+    assert np.isnan(sequence_code_lift(sequences, codes, 2))  # no two items share both codes: no chance to beat
+    assert np.isnan(sequence_code_lift([np.array([1]), np.array([2, 2])], codes, 1))
+
+
+def test_sequence_lift_sees_the_order_content_codes_keep(amazon_dir: Path) -> None:
+    """Instruments' LLaMA text codes: consecutive items share their first two codes several times more often than
+    chance; the same codes given to random items do not."""
+    index = read_code_index(amazon_dir / "Instruments" / "Instruments.index_lemb.json")
+    codes = np.array([index[item] for item in range(len(index))])
+    histories = json.loads((amazon_dir / "Instruments" / "Instruments.inter.json").read_text())
+    sequences = [np.array(items) for items in histories.values()]
+    assert sequence_code_lift(sequences, codes, 2) > 3
+    shuffled = codes[np.random.default_rng(0).permutation(len(codes))]
+    assert 0.8 < sequence_code_lift(sequences, shuffled, 2) < 1.2

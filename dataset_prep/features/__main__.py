@@ -22,7 +22,7 @@ from dataset_prep.features.encoding import DTYPES
 from dataset_prep.features.image import DEFAULT_IMAGE_MODEL, DEFAULT_PRETRAINED, ImageOptions, extract_image_features
 from dataset_prep.features.store import DEFAULT_CHUNK_SIZE
 from dataset_prep.features.text import DEFAULT_TEXT_MODEL, POOLINGS, TextOptions, extract_text_features
-from recbole_qrec.data.features import FeaturePaths, FeatureProgress, format_ids
+from recbole_qrec.data.features import DEFAULT_LEVEL_DECAY, FeaturePaths, FeatureProgress, format_ids
 from recbole_qrec.errors import DEBUG_EPILOG, user_errors
 
 
@@ -30,6 +30,13 @@ def positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def unit_interval(value: str) -> float:
+    number = float(value)
+    if not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {value}")
     return number
 
 
@@ -72,13 +79,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     image.add_argument("--pretrained", default=DEFAULT_PRETRAINED, help="open_clip tag or checkpoint file")
     codes = commands.add_parser("codes", help="semantic-code file -> one-hot proxy features", epilog=DEBUG_EPILOG,
                                 description="One-hot of each item's 4-level semantic codes from a <name>.index*.json "
-                                "file (optionally randomly projected): a proxy for the embeddings the codes were made "
-                                "from.")
+                                "file, level l weighted by level-decay**l (optionally randomly projected): a proxy for "
+                                "the embeddings the codes were made from.")
     codes.add_argument("--index", type=Path, required=True, help="<name>.index_lemb.json / .index_vitemb.json")
     codes.add_argument("--n-items", type=positive_int, required=True, help="items of the dataset (rows)")
     codes.add_argument("--project-dim", type=positive_int, help="random-project the one-hot to this many dims")
     codes.add_argument("--seed", type=int, default=0, help="seed of the projection")
     codes.add_argument("--codebook-size", type=positive_int, default=DEFAULT_CODEBOOK_SIZE)
+    codes.add_argument("--level-decay", type=unit_interval, default=DEFAULT_LEVEL_DECAY,
+                       help="weight ratio of consecutive code levels, in (0, 1]; 1: every level alike")
     for command in (text, image, codes):
         add_output_arguments(command)
     return parser.parse_args(argv)
@@ -97,7 +106,7 @@ def run(args: argparse.Namespace) -> FeatureProgress:
                                dtype=args.dtype, device=args.device)
         return extract_image_features(args.item_json, args.image_dir, args.out, options, **common)
     return extract_code_features(args.index, args.n_items, args.out, codebook_size=args.codebook_size,
-                                 project_dim=args.project_dim, seed=args.seed, **common)
+                                 project_dim=args.project_dim, seed=args.seed, level_decay=args.level_decay, **common)
 
 
 def format_result(out: Path, result: FeatureProgress) -> str:

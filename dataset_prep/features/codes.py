@@ -4,7 +4,8 @@ THIS IS A PROXY. The processed LC-Rec/MQL4GRec datasets ship no raw embeddings, 
 (codebook 256) that a public RQ-VAE pipeline derived from LLaMA text embeddings (``index_lemb``,
 tokens ``<a_12>``) and CLIP ViT-L/14 image embeddings (``index_vitemb``, tokens ``<A_12>``). The
 matrix built here stands in for those embeddings: the concatenated one-hot of the levels
-(``levels * codebook_size`` dims, exactly one 1 per level), optionally multiplied by a fixed
+(``levels * codebook_size`` dims, one non-zero per level: ``level_decay ** l`` at level ``l``, 1 by default; below 1
+the first level weighs most, as in the residual embeddings), optionally multiplied by a fixed
 Gaussian random matrix (seeded, entries ``N(0, 1/project_dim)``, so distances are kept approximately)
 to ``project_dim`` dims. It holds only what the codes hold: items with the same codes get the
 same row, and nothing of the original embedding below the last level survives.
@@ -22,7 +23,8 @@ import numpy as np
 
 from dataset_prep.features.encoding import ItemEncoder
 from dataset_prep.features.store import DEFAULT_CHUNK_SIZE, FeatureProgress, inputs_digest, write_features
-from recbole_qrec.data.features import DEFAULT_CODEBOOK_SIZE, check_codes, codes_to_features, one_hot, random_projection
+from recbole_qrec.data.features import (DEFAULT_CODEBOOK_SIZE, DEFAULT_LEVEL_DECAY, check_codes, codes_to_features,
+                                        one_hot, random_projection)
 from recbole_qrec.errors import DatasetNotFoundError, MalformedDataError
 
 CODE_TOKEN = re.compile(r"<([A-Za-z])_(\d+)>")
@@ -64,33 +66,37 @@ def read_code_index(path: str | os.PathLike) -> dict[int, list[int]]:
 
 
 def code_item_encoder(codes: Mapping[int, Sequence[int]], n_items: int, codebook_size: int = DEFAULT_CODEBOOK_SIZE,
-                      project_dim: int | None = None, seed: int = 0, source: str = "codes") -> ItemEncoder:
-    """Encoder of item ids into one-hot (optionally projected) rows; items without codes: no features."""
+                      project_dim: int | None = None, seed: int = 0, source: str = "codes",
+                      level_decay: float = DEFAULT_LEVEL_DECAY) -> ItemEncoder:
+    """Encoder of item ids into level-weighted one-hot (optionally projected) rows; items without codes: no
+    features."""
     levels = check_codes(codes, n_items, codebook_size, source)
     projection = random_projection(levels * codebook_size, project_dim, seed) if project_dim else None
 
     def encode(rows: list[Sequence[int]]) -> np.ndarray:
-        features = one_hot(np.asarray(rows, dtype=np.int64), codebook_size)
+        features = one_hot(np.asarray(rows, dtype=np.int64), codebook_size, level_decay=level_decay)
         return features if projection is None else features @ projection
 
     dim = levels * codebook_size if projection is None else project_dim
     return ItemEncoder(dim, CODE_BATCH, codes.get, encode)
 
 
-def code_file_features(index: str | os.PathLike, codebook_size: int = DEFAULT_CODEBOOK_SIZE) -> np.ndarray:
-    """One-hot proxy matrix of a code file, one row per item id ``0..max id`` (absent ids: zero rows)."""
+def code_file_features(index: str | os.PathLike, codebook_size: int = DEFAULT_CODEBOOK_SIZE,
+                       level_decay: float = DEFAULT_LEVEL_DECAY) -> np.ndarray:
+    """Proxy matrix of a code file, one row per item id ``0..max id`` (absent ids: zero rows)."""
     codes = read_code_index(index)
-    return codes_to_features(codes, max(codes) + 1, codebook_size).features
+    return codes_to_features(codes, max(codes) + 1, codebook_size, level_decay=level_decay).features
 
 
 def extract_code_features(index: str | os.PathLike, n_items: int, out: str | os.PathLike, *,
                           codebook_size: int = DEFAULT_CODEBOOK_SIZE, project_dim: int | None = None, seed: int = 0,
-                          chunk_size: int = DEFAULT_CHUNK_SIZE, overwrite: bool = False,
+                          level_decay: float = DEFAULT_LEVEL_DECAY, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                          overwrite: bool = False,
                           max_chunks: int | None = None, progress: bool = True) -> FeatureProgress:
     """Write the proxy features of the code file ``index`` into ``out``; items it lacks get zero rows."""
     codes = read_code_index(index)
     settings = {"index_sha256": inputs_digest(sorted(codes.items())), "codebook_size": codebook_size,
-                "project_dim": project_dim, "seed": seed if project_dim else None}
-    encoder = code_item_encoder(codes, n_items, codebook_size, project_dim, seed, str(index))
+                "project_dim": project_dim, "seed": seed if project_dim else None, "level_decay": level_decay}
+    encoder = code_item_encoder(codes, n_items, codebook_size, project_dim, seed, str(index), level_decay)
     return write_features(out, "codes", settings, n_items, lambda: encoder, chunk_size=chunk_size,
                           overwrite=overwrite, max_chunks=max_chunks, progress_bar=progress)

@@ -11,8 +11,12 @@ Files of a feature output ``text.npy`` (``<stem>`` is the name without ``.npy``)
 :func:`save_features` writes a matrix computed in one piece (e.g. a trained model's item embeddings) with its mask
 and a complete progress record. :func:`load_features` refuses an unfinished extraction, a non-2-D or non-float matrix, NaN/inf values and a
 row count other than the expected one. :func:`codes_to_features` builds the content-code proxy: the
-concatenated one-hot of an item's code levels (``levels * codebook_size`` dims), optionally multiplied
-by a fixed Gaussian random matrix (seeded, entries ``N(0, 1/project_dim)``) to ``project_dim`` dims.
+concatenated one-hot of an item's code levels (``levels * codebook_size`` dims), level ``l``'s block weighted by
+``level_decay ** l``, optionally multiplied by a fixed Gaussian random matrix (seeded, entries ``N(0, 1/project_dim)``)
+to ``project_dim`` dims. The codes are residual codes: level 1 names an item's coarse cluster and each deeper level a
+smaller correction, so the embedding they were made from is a sum of codewords of shrinking norm. Equal weights
+(``level_decay`` 1, the default) make an item's last code, the finest, as far-reaching as its first; weights that
+shrink (e.g. 0.5) keep the codes' order: two items sharing their first code are nearer than two that do not.
 
 Content provenance: ``<data_path>/<dataset>/<dataset>.content.json`` maps each content-code field of
 ``<dataset>.item`` to where its codes came from, ``{"text_codes": {"source": "text:llama", ...}}`` (sources like
@@ -36,6 +40,8 @@ from recbole_qrec.errors import ConfigError, DatasetNotFoundError, MalformedData
 from recbole_qrec.fileio import atomic_open, write_json_atomic
 
 DEFAULT_CODEBOOK_SIZE = 256
+# Weight ratio of consecutive code levels in the content-code proxy (1: the plain one-hot).
+DEFAULT_LEVEL_DECAY = 1.0
 SHOWN_IDS = 10
 
 
@@ -222,14 +228,24 @@ def check_codes(codes: Mapping[int, Sequence[int]], n_items: int, codebook_size:
     return levels.pop()
 
 
-def one_hot(codes: np.ndarray, codebook_size: int, rows: int | None = None, at: np.ndarray | None = None) -> np.ndarray:
-    """``[k, levels]`` codes -> ``[k, levels * codebook_size]`` float32, level ``l`` in block ``l``; with ``rows`` and
-    ``at``: a ``[rows, ...]`` matrix holding code row ``j`` in row ``at[j]``, zero rows elsewhere (built in place)."""
+def one_hot(codes: np.ndarray, codebook_size: int, rows: int | None = None, at: np.ndarray | None = None,
+            level_decay: float = 1.0) -> np.ndarray:
+    """``[k, levels]`` codes -> ``[k, levels * codebook_size]`` float32, level ``l`` (from 0) in block ``l`` with the
+    value ``level_decay ** l`` (1: the plain one-hot); with ``rows`` and ``at``: a ``[rows, ...]`` matrix holding code
+    row ``j`` in row ``at[j]``, zero rows elsewhere (built in place)."""
     levels = codes.shape[1]
     at = np.arange(len(codes)) if at is None else at
     out = np.zeros((len(codes) if rows is None else rows, levels * codebook_size), np.float32)
-    out[at[:, None], codes + codebook_size * np.arange(levels)] = 1.0
+    out[at[:, None], codes + codebook_size * np.arange(levels)] = level_weights(levels, level_decay)
     return out
+
+
+def level_weights(levels: int, level_decay: float) -> np.ndarray:
+    """``[levels]`` float32 weights ``level_decay ** l`` of the proxy's code levels; ``level_decay`` in (0, 1]."""
+    if isinstance(level_decay, bool) or not isinstance(level_decay, (int, float)) or not 0 < level_decay <= 1:
+        raise ConfigError(f"code_proxy_level_decay (--level-decay) is {level_decay!r} — give a number in (0, 1] (1: "
+                          f"every code level weighted alike; default {DEFAULT_LEVEL_DECAY})")
+    return np.float32(level_decay) ** np.arange(levels, dtype=np.float32)
 
 
 def random_projection(in_dim: int, out_dim: int, seed: int) -> np.ndarray:
@@ -240,7 +256,8 @@ def random_projection(in_dim: int, out_dim: int, seed: int) -> np.ndarray:
 
 
 def codes_to_features(codes: Mapping[int, Sequence[int]], n_items: int, codebook_size: int = DEFAULT_CODEBOOK_SIZE,
-                      project_dim: int | None = None, seed: int = 0, source: str = "codes") -> EncodedRows:
+                      project_dim: int | None = None, seed: int = 0, source: str = "codes",
+                      level_decay: float = DEFAULT_LEVEL_DECAY) -> EncodedRows:
     """Proxy features of items ``0..n_items-1`` (see the module docstring); items without codes: zero rows."""
     levels = check_codes(codes, n_items, codebook_size, source)
     dim = project_dim or levels * codebook_size
@@ -248,9 +265,10 @@ def codes_to_features(codes: Mapping[int, Sequence[int]], n_items: int, codebook
     code_rows = np.array([codes[item] for item in ids.tolist()], dtype=np.int64)
     if project_dim:
         features = np.zeros((n_items, dim), np.float32)
-        features[ids] = one_hot(code_rows, codebook_size) @ random_projection(levels * codebook_size, project_dim, seed)
+        features[ids] = (one_hot(code_rows, codebook_size, level_decay=level_decay)
+                         @ random_projection(levels * codebook_size, project_dim, seed))
     else:  # in place: one [n_items, levels * codebook_size] matrix, not a second one of the coded rows
-        features = one_hot(code_rows, codebook_size, rows=n_items, at=ids)
+        features = one_hot(code_rows, codebook_size, rows=n_items, at=ids, level_decay=level_decay)
     present = np.zeros(n_items, bool)
     present[ids] = True
     return EncodedRows(features, present)

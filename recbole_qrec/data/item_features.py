@@ -5,8 +5,9 @@ the modalities stage 1 fuses. Per modality,
 the source is either a ``.npy`` matrix named by ``text_feature_file`` / ``image_feature_file``
 (row ``r`` = item token ``str(r)``, read with :func:`recbole_qrec.data.features.load_features`), or,
 when that key is null and the dataset declares the field in ``item_content_fields``, the
-content-code proxy (:func:`code_proxy`, the one-hot of the 4 levels x 256) of the codes (``text_codes`` /
-``image_codes``) that ``dataset_prep.convert`` wrote into ``<dataset>.item``. An all-zero row marks an item missing
+content-code proxy (:func:`code_proxy`, the one-hot of the 4 levels x 256, level ``l`` weighted by
+``code_proxy_level_decay ** l``) of the codes (``text_codes`` / ``image_codes``) that ``dataset_prep.convert`` wrote
+into ``<dataset>.item``. An all-zero row marks an item missing
 that modality.
 
 The target dataset must have every selected modality (:func:`load_item_features`). A pretraining
@@ -37,8 +38,8 @@ from torch import Tensor
 
 from recbole_qrec.data.atomic_files import data_root, read_header
 from recbole_qrec.data.cross_domain import pretrain_dataset_names
-from recbole_qrec.data.features import (DEFAULT_CODEBOOK_SIZE, UNKNOWN_SOURCE, check_codes, content_sources,
-                                        feature_source, load_features, one_hot)
+from recbole_qrec.data.features import (DEFAULT_CODEBOOK_SIZE, DEFAULT_LEVEL_DECAY, UNKNOWN_SOURCE, check_codes,
+                                        content_sources, feature_source, load_features, one_hot)
 from recbole_qrec.data.sid import SID_FIELD, SID_FILE, read_code_column, sid_metadata_path, sid_path
 from recbole_qrec.errors import ConfigError, MalformedDataError
 
@@ -112,7 +113,7 @@ def modality_matrix(config: Config, dataset: Dataset, modality: str) -> Tensor |
             )
     elif code_field in (config["item_content_fields"] or []):
         item_file = Path(dataset.dataset_path) / f"{dataset.dataset_name}.item"
-        matrix = code_proxy(item_file, code_field, rows)
+        matrix = code_proxy(item_file, code_field, rows, config["code_proxy_level_decay"])
     else:
         return None
     return torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32))
@@ -162,9 +163,10 @@ def item_rows(dataset: Dataset) -> list[int]:
                                  "0..n-1 as `python -m dataset_prep.convert` does") from err
 
 
-def code_proxy(item_file: Path, field: str, rows: Sequence[int] | None = None) -> np.ndarray:
+def code_proxy(item_file: Path, field: str, rows: Sequence[int] | None = None,
+               level_decay: float = DEFAULT_LEVEL_DECAY) -> np.ndarray:
     """Content-code proxy features of ``field`` for the item ids ``rows`` in that order (default: ids ``0..`` the
-    largest); items without codes: zero rows. The codes of every item are checked; only the rows asked for are built
+    largest), code level ``l`` weighted by ``level_decay ** l``; items without codes: zero rows. The codes of every item are checked; only the rows asked for are built
     (one matrix: a large catalogue's memory once)."""
     source = f"{item_file}:{field}"
     codes = {int(item): row for item, row in read_code_column(item_file, field).items()}
@@ -172,7 +174,8 @@ def code_proxy(item_file: Path, field: str, rows: Sequence[int] | None = None) -
     levels = check_codes(codes, max([*rows, *codes], default=0) + 1, DEFAULT_CODEBOOK_SIZE, source)
     coded = [position for position, item in enumerate(rows) if item in codes]
     code_rows = np.array([codes[rows[position]] for position in coded], dtype=np.int64).reshape(len(coded), levels)
-    return one_hot(code_rows, DEFAULT_CODEBOOK_SIZE, rows=len(rows), at=np.array(coded, dtype=np.int64))
+    return one_hot(code_rows, DEFAULT_CODEBOOK_SIZE, rows=len(rows), at=np.array(coded, dtype=np.int64),
+                   level_decay=level_decay)
 
 
 def sid_file_source(folder: Path, dataset: str, producer: str | None) -> str:

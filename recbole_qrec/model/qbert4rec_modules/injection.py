@@ -1,7 +1,8 @@
 """Stage 1 of Q-Bert4Rec: dynamic cross-modal semantic injection into learnable item ID vectors.
 
 Each item ``i`` has a learnable ID vector ``q_i``. Its modality features (text, image) are
-L2-normalised and linearly projected to the shared dimension; each projected view ``p_m`` is
+L2-normalised and linearly projected to the shared dimension (``fixed_projection``: by the projection's random
+initialisation, kept fixed, which roughly keeps the features' distances; else learned); each projected view ``p_m`` is
 weighted by ``softmax_m(cos(q_i, p_m) / tau)`` over the modalities the item has, and the weighted
 views are the keys/values of up to ``layers`` cross-attention blocks whose query is the item's
 state ``h`` (``h_0 = q_i``).
@@ -62,7 +63,8 @@ class CrossModalInjection(nn.Module):
 
     def __init__(self, n_items: int, modality_dims: Sequence[int], dim: int, layers: int, heads: int,
                  temperature: float, gate_threshold: float, dynamic: bool, consistency_weight: float,
-                 depth_weight: float, depth_target: float = 1.0, depth_weight_step: float = 0.0) -> None:
+                 depth_weight: float, depth_target: float = 1.0, depth_weight_step: float = 0.0,
+                 fixed_projection: bool = False) -> None:
         super().__init__()
         self.temperature = temperature
         self.gate_threshold = gate_threshold
@@ -72,6 +74,7 @@ class CrossModalInjection(nn.Module):
         self.register_buffer("depth_weight", torch.tensor(depth_weight if dynamic else 0.0))
         self.id_embedding = nn.Embedding(n_items, dim)
         self.projections = nn.ModuleList(nn.Linear(in_dim, dim) for in_dim in modality_dims)
+        self.projections.requires_grad_(not fixed_projection)
         self.blocks = nn.ModuleList(CrossAttentionBlock(dim, heads) for _ in range(layers))
         gate_count = layers - 1 if dynamic else 0
         self.gates = nn.ModuleList(
