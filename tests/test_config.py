@@ -124,6 +124,8 @@ def test_sid_producer_is_the_tokenizer_or_a_model_with_a_stage():
         ("attn_dropout_prob", float("nan"), 0.5, "a number in [0, 1]"),
         ("mask_ratio", -0.2, 0.2, "a number in [0, 1]"),
         ("gate_threshold", 2, 0.5, "a number in [0, 1]"),
+        ("code_proxy_level_decay", 0, 1.0, "a number in (0, 1]"),
+        ("code_proxy_level_decay", 1, 1.0, None),
         ("weight_decay", -1e-4, 0.01, "a number >= 0"),
         ("consistency_weight", -1, 0.1, "a number >= 0"),
         ("injection_temperature", 0, 0.1, "a number > 0"),
