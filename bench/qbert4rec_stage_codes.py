@@ -13,7 +13,8 @@ are copied to a temporary folder. Output: ``<out>.md``, ``<out>.json`` (every fi
 date) and ``<out>.csv``.
 
     python bench/qbert4rec_stage_codes.py --dataset Arts --data_path DIR --normalize False \\
-        --variants default code_proxy_level_decay=0.5,injection_projection=fixed --out docs/results/qbert4rec_stage_codes_arts
+        --variants default code_proxy_level_decay=0.5,injection_projection=fixed \\
+        --out docs/results/qbert4rec_stage_codes_arts
 """
 
 from __future__ import annotations

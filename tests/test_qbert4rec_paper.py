@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from recbole_qrec.config import build_config
 from recbole_qrec.data.cross_domain import pretrain_dataset_names
@@ -175,8 +176,7 @@ def test_an_unknown_injection_projection_is_a_config_error(features, work):
 def first_code_share(fused: torch.Tensor, first_codes: torch.Tensor) -> float:
     """Share of the fused embeddings' variance that the items' first content code explains (between-group)."""
     centred = fused - fused.mean(0)
-    groups = torch.zeros(len(first_codes), int(first_codes.max()) + 1).index_put_((torch.arange(len(first_codes)), first_codes),
-                                                                                 torch.tensor(1.0))
+    groups = F.one_hot(first_codes).float()
     means = (groups.T @ centred) / groups.sum(0).clamp(min=1).unsqueeze(1)
     return float(1 - ((centred - groups @ means) ** 2).sum() / (centred ** 2).sum())
 

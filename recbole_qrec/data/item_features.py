@@ -7,8 +7,7 @@ the source is either a ``.npy`` matrix named by ``text_feature_file`` / ``image_
 when that key is null and the dataset declares the field in ``item_content_fields``, the
 content-code proxy (:func:`code_proxy`, the one-hot of the 4 levels x 256, level ``l`` weighted by
 ``code_proxy_level_decay ** l``) of the codes (``text_codes`` / ``image_codes``) that ``dataset_prep.convert`` wrote
-into ``<dataset>.item``. An all-zero row marks an item missing
-that modality.
+into ``<dataset>.item``. An all-zero row marks an item missing that modality.
 
 The target dataset must have every selected modality (:func:`load_item_features`). A pretraining
 source is aligned with the target (:func:`load_source_features`): the same modalities and widths,
@@ -166,8 +165,8 @@ def item_rows(dataset: Dataset) -> list[int]:
 def code_proxy(item_file: Path, field: str, rows: Sequence[int] | None = None,
                level_decay: float = DEFAULT_LEVEL_DECAY) -> np.ndarray:
     """Content-code proxy features of ``field`` for the item ids ``rows`` in that order (default: ids ``0..`` the
-    largest), code level ``l`` weighted by ``level_decay ** l``; items without codes: zero rows. The codes of every item are checked; only the rows asked for are built
-    (one matrix: a large catalogue's memory once)."""
+    largest), code level ``l`` weighted by ``level_decay ** l``; items without codes: zero rows. The codes of every
+    item are checked; only the rows asked for are built (one matrix: a large catalogue's memory once)."""
     source = f"{item_file}:{field}"
     codes = {int(item): row for item, row in read_code_column(item_file, field).items()}
     rows = range(max(codes, default=-1) + 1) if rows is None else rows

@@ -32,7 +32,8 @@ def level_usage(codes: np.ndarray, codebook_size: int) -> tuple[list[float], lis
 def sequence_code_lift(sequences: Sequence[np.ndarray], codes: np.ndarray, depth: int) -> float:
     """How much more often two consecutive, different items of ``sequences`` (arrays of row indices into ``codes``)
     share their first ``depth`` codes than two different items drawn independently from the sequences' occurrences:
-    1 when the codes say nothing of what follows what (nan without such a pair, or when no two items share the prefix)."""
+    1 when the codes say nothing of what follows what (nan without such a pair, or when no two items share a
+    prefix)."""
     groups = np.unique(np.asarray(codes)[:, :depth], axis=0, return_inverse=True)[1].ravel()
     rows = [np.asarray(sequence, dtype=np.int64) for sequence in sequences if len(sequence)]
     firsts = np.concatenate([row[:-1] for row in rows]) if rows else np.zeros(0, np.int64)
