@@ -8,7 +8,9 @@ their mean fused-embedding norm, the per-level utilisation and perplexity of the
 before de-duplication and the RQ-VAE's reconstruction loss, and how much sequential signal the codes keep: the
 sequence lift (:func:`recbole_qrec.quantization.metrics.sequence_code_lift`) at depths 1 and 2 over the domain's
 training sequences (each user's items in time order without the last two, the validation and test targets), of the
-stage's codes and of the content codes the features came from. Writes nothing into ``--data_path``: the atomic files
+stage's codes and of the content codes the features came from. ``--rqvae-on-features`` leaves stage 1 out: the RQ-VAE
+quantizes the item features themselves (the modalities side by side), which shows what stage 1 adds or takes away.
+Writes nothing into ``--data_path``: the atomic files
 are copied to a temporary folder. Output: ``<out>.md``, ``<out>.json`` (every figure, command, commit, machine and
 date) and ``<out>.csv``.
 
@@ -55,6 +57,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data_path", required=True, help="folder of the atomic files of the target and its sources")
     parser.add_argument("--variants", nargs="+", default=["default"],
                         help="stage settings to run stage 1 with, each 'default' or KEY=VALUE[,KEY=VALUE...]")
+    parser.add_argument("--rqvae-on-features", action="store_true",
+                        help="no stage 1: quantize the item features themselves (depths are then 0)")
     parser.add_argument("--normalize", nargs="+", choices=["False", "True"], default=["False", "True"],
                         help="the sid_l2_normalize settings to quantize with")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. device=cuda")
@@ -120,10 +124,14 @@ def main() -> None:
             content = {name: lifts(sequences[name], content_codes(domain_configs[name], tokens), "content_")
                        for name, tokens in inputs.item_tokens.items()}
             started = time.perf_counter()
-            fused, depths, losses = inject(config, concat_features(list(inputs.features.values())))
-            stage1[variant] = {"loss": losses, "seconds": time.perf_counter() - started}
-            print(f"{variant}, stage 1: loss {losses[0]:.4f} -> {losses[-1]:.4f} in "
-                  f"{stage1[variant]['seconds']:.0f} s", flush=True)
+            union = concat_features(list(inputs.features.values()))
+            if args.rqvae_on_features:
+                fused, depths = torch.cat(union.matrices, 1), torch.zeros(len(union.present), dtype=torch.long)
+            else:
+                fused, depths, losses = inject(config, union)
+                stage1[variant] = {"loss": losses, "seconds": time.perf_counter() - started}
+                print(f"{variant}, stage 1: loss {losses[0]:.4f} -> {losses[-1]:.4f} in "
+                      f"{stage1[variant]['seconds']:.0f} s", flush=True)
             for setting in args.normalize:
                 config["sid_l2_normalize"] = setting == "True"
                 tokenized = quantize(config, fused)
@@ -143,8 +151,9 @@ def main() -> None:
     header = (f"# QBert4Rec's semantic IDs per domain: {args.dataset} and its pretraining sources\n\n"
               f"- command: `{command}`\n- commit: {commit}{' (uncommitted changes)' if dirty else ''}\n"
               f"- machine: {machine_name()}\n- date: {date}\n"
-              f"- stage 1 (once per variant, shared by its rows): {stage1_lines}\n"
-              "- fused_norm: mean L2 norm of the domain's fused embeddings; depths: items through 1, 2, ... injection "
+              + ("- no stage 1: the RQ-VAE quantized the item features themselves\n" if args.rqvae_on_features else
+                 f"- stage 1 (once per variant, shared by its rows): {stage1_lines}\n")
+              + "- fused_norm: mean L2 norm of the domain's fused embeddings; depths: items through 1, 2, ... injection "
               "blocks; perplexity, utilisation: per code level over the domain's items; collisions_before and "
               "reconstruction_loss: the RQ-VAE over the union; lift@d: how much more often two consecutive items of "
               "the domain's training sequences share their first d codes than chance (1: none of the sequences' "
