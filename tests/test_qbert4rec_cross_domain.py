@@ -97,6 +97,16 @@ def test_sources_are_aligned_with_the_target_modalities(cross):
     assert not features["Arts"].present.any()  # no content: its items have their ID vectors only
 
 
+def test_every_domain_weights_its_content_code_levels_as_the_target(work):
+    config = make_config(work, pretrain_datasets=SOURCES, code_proxy_level_decay=0.5)
+    features = stage_inputs("QBert4Rec", config, source_configs(config)).features
+    for name in ("Instruments", "Games"):  # Arts has no content codes here
+        text = features[name].matrices[0]
+        present = features[name].present[:, 0]
+        block_sums = text[present].view(int(present.sum()), -1, 256).sum(2)  # one code per level: its weight
+        assert torch.allclose(block_sums, torch.tensor([1.0, 0.5, 0.25, 0.125])), name
+
+
 def test_the_stage_metadata_describes_each_domains_codes(cross):
     config = cross[0]
     inputs = stage_inputs("QBert4Rec", config, source_configs(config))

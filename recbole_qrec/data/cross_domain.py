@@ -33,6 +33,7 @@ from recbole_qrec.resources import PROPERTIES_DIR
 INHERITED_KEYS = (
     "MAX_ITEM_LIST_LENGTH", "train_batch_size", "seed", "reproducibility", "checkpoint_dir",
     "use_gpu", "gpu_id", "show_progress", "state", "allow_data_mismatch", "sid_producer",
+    "code_proxy_level_decay",  # every domain's content-code proxy weighted alike: one stage 1 and RQ-VAE see them all
 )
 
 
