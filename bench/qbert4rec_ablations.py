@@ -9,7 +9,7 @@ that are there), ``static_fusion``, ``no_depth_penalty`` (dynamic gates that nev
 target's own sequences), ``with_target_pretrain`` (on the sources' and then the target's sequences),
 ``cross_domain_games`` (pretrained on Games alone; stages 1-2 over the union of both domains' items) and
 ``content_kept_codes`` (content-code proxy levels weighted 0.5 ** level and stage 1's modality projections fixed, which
-keep the content codes' sequential signal in the stage's codes: ``docs/results/qbert4rec_stage_codes_arts.md``).
+keep the content codes' sequential signal in the stage's codes: ``docs/results/qbert4rec_stage_codes_arts_decay.md``).
 
 Each variant runs ``run_recbole_qrec.py`` in its own process (:func:`common.run_model`,
 ``--parallel`` at a time, all on the default GPU), with its own checkpoint folder (RecBole names
