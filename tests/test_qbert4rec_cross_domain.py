@@ -154,6 +154,12 @@ def test_pretraining_runs_on_the_sources_and_lowers_the_loss(cross, tmp_path, mo
     assert len(losses) == config["pretrain_epochs"] and losses[-1] < losses[0]
     steps = sum(len(loader) for _, loader in trainer.pretraining_data(train, pretrain_data))
     assert trainer.pretrain_loss_curve == pytest.approx([loss / steps for loss in losses])  # the record's curve
+    # each source's curve, weighted by its steps, makes up the whole one
+    source_steps = {domain: len(loader) for domain, loader in trainer.pretraining_data(train, pretrain_data)}
+    curves = trainer.pretrain_domain_loss_curves
+    assert list(curves) == SOURCES and all(len(curve) == len(losses) for curve in curves.values())
+    assert [sum(curves[d][epoch] * source_steps[d] for d in SOURCES) / steps for epoch in range(len(losses))] == \
+        pytest.approx(trainer.pretrain_loss_curve)
 
 
 
@@ -170,6 +176,7 @@ def test_pretrain_on_target_passes_over_the_targets_sequences_after_the_sources(
     losses = trainer.pretrain(train, pretrain_data, verbose=False)
     steps = sum(len(loader) for _, loader in data)
     assert trainer.pretrain_loss_curve == pytest.approx([loss / steps for loss in losses]) and losses[-1] < losses[0]
+    assert list(trainer.pretrain_domain_loss_curves) == [*SOURCES, "Instruments"]  # the target's under its name
 
 
 def test_user_sequences_pretrain_once_on_each_users_whole_training_sequence(work, cross, tmp_path, monkeypatch):

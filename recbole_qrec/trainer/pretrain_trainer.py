@@ -89,8 +89,8 @@ class PretrainFineTuneTrainer(Trainer):
     with ``domain`` set to the source's name, then, with ``pretrain_on_target``, over the target's own training data
     (``domain=None``); with no sources it is the target's own training data alone. Each pretraining epoch's wall time
     goes to ``pretrain_epoch_seconds`` (fine-tuning epochs are counted apart, in ``epoch_seconds``), its mean loss per
-    step to ``pretrain_loss_curve``. When saving, the pretrained model is checkpointed to
-    ``<saved_model_file stem>-pretrained.pth``. Fine-tuning is RecBole's ``fit`` unchanged
+    step to ``pretrain_loss_curve`` and each domain's to ``pretrain_domain_loss_curves``. When saving, the pretrained
+    model is checkpointed to ``<saved_model_file stem>-pretrained.pth``. Fine-tuning is RecBole's ``fit`` unchanged
     (``model.calculate_loss``, ``learning_rate``, ``epochs``), so early stopping counts fine-tuning epochs
     only. Each phase follows ``lr_scheduler`` over its own steps. A fit after :meth:`resume_checkpoint` skips
     pretraining: every checkpoint is written after it. Resuming from the pretraining checkpoint fine-tunes the
@@ -105,6 +105,7 @@ class PretrainFineTuneTrainer(Trainer):
         self.pretrained = False
         self.pretrain_epoch_seconds: list[float] = []
         self.pretrain_loss_curve: list[float] = []
+        self.pretrain_domain_loss_curves: dict[str, list[float]] = {}
         self.pretraining_discarded = False
 
     def resume_checkpoint(self, resume_file: str) -> None:
@@ -155,13 +156,18 @@ class PretrainFineTuneTrainer(Trainer):
             epoch_loss = 0.0
             for domain, loader in data:
                 loss_func = partial(self.model.pretrain_loss, domain=domain)
-                epoch_loss += float(self._train_epoch(loader, epoch, loss_func=loss_func, show_progress=show_progress))
+                domain_loss = float(self._train_epoch(loader, epoch, loss_func=loss_func, show_progress=show_progress))
+                epoch_loss += domain_loss
+                name = domain or self.config["dataset"]
+                self.pretrain_domain_loss_curves.setdefault(name, []).append(domain_loss / len(loader))
             losses.append(epoch_loss)
             self.pretrain_loss_curve.append(epoch_loss / steps_per_epoch)
             self.pretrain_epoch_seconds.append(time() - start)
             if verbose:
+                per_domain = ", ".join(f"{name} {curve[-1]:.4f}" for name, curve in self.pretrain_domain_loss_curves.items())
                 self.logger.info(set_color(f"pretrain epoch {epoch}", "green")
-                                 + f" [time: {self.pretrain_epoch_seconds[-1]:.2f}s, pretraining loss: {epoch_loss:.4f}]")
+                                 + f" [time: {self.pretrain_epoch_seconds[-1]:.2f}s, pretraining loss: {epoch_loss:.4f}"
+                                 + (f", per step: {per_domain}" if len(data) > 1 else "") + "]")
         self.optimizer = fine_tune_optimizer
         drop = self.pretraining_loss_drop()
         if not self.config["single_spec"] and dist.is_initialized():
