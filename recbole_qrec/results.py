@@ -120,8 +120,8 @@ def build_record(config: Config, trainer: Trainer, best_valid_score: float, best
         "pretrain_epochs": len(pretrain_seconds),
         "pretrain_seconds_per_epoch": mean_seconds(pretrain_seconds),
         "pretrain_loss_curve": [round(loss, 4) for loss in getattr(trainer, "pretrain_loss_curve", [])],
-        "pretrain_domain_loss_curves": {domain: [round(loss, 4) for loss in curve]
-                                        for domain, curve in getattr(trainer, "pretrain_domain_loss_curves", {}).items()},
+        "pretrain_domain_loss_curves": {domain: [round(loss, 4) for loss in curve] for domain, curve
+                                        in getattr(trainer, "pretrain_domain_loss_curves", {}).items()},
         "pretraining_discarded": getattr(trainer, "pretraining_discarded", False),
         "best_valid_score": float(best_valid_score),
         "valid": {k: float(v) for k, v in (best_valid_result or {}).items()},  # None: no new best after a resume

@@ -28,14 +28,15 @@ from recbole_qrec.trainer.schedule import attach_lr_schedule
 # user's whole training sequence once.
 PRETRAIN_SEQUENCES = ("prefix", "user")
 # A pretraining whose loss per step fell by less than this share, from its first epoch to its last (the weights kept),
-# barely learned and leaves fine-tuning a poor start (one H200): QBert4Rec on Arts pretrained on Instruments and Games
-# (docs/results/main_table): the seeds whose loss fell 1.4% and 1.8% fine-tuned to test NDCG@10 .055 and .056, the
-# one whose loss fell 3.8% to .088; again at 8322bdf (docs/results/qbert4rec_ablations_arts.md): 1.6%, and validation
-# NDCG@10 stayed at .022 for 18 fine-tuning epochs (test NDCG@10 .014); on Instruments at pretrain_learning_rate 1e-3
-# (docs/results/sweeps/qbert4rec_pretrain) the loss fell 0.7% and fine-tuning reached validation NDCG@10 .082, against
-# .119 without pretraining and .121 after the default pretraining. Hence discard_stalled_pretraining. The last epoch, not
-# the lowest: at 5851a08 the loss of Arts' pretraining with content_kept_codes fell 2.7% in two epochs and rose again
-# to 1.1% below the first; kept, its fine-tuning peaked at validation NDCG@10 .075 against .103 discarded
+# barely learned and leaves fine-tuning a poor start (one H200; falls below measured first epoch to last):
+# QBert4Rec on Arts pretrained on Instruments and Games (docs/results/main_table): the seeds whose loss fell 1.2% and
+# 1.6% fine-tuned to test NDCG@10 .055 and .056, the one whose loss fell 3.8% to .088; again at 8322bdf
+# (docs/results/qbert4rec_ablations_arts.md): 1.2%, and validation NDCG@10 stayed at .022 for 18 fine-tuning epochs
+# (test NDCG@10 .014); on Instruments at pretrain_learning_rate 1e-3 (docs/results/sweeps/qbert4rec_pretrain) the loss
+# fell 0.3% and fine-tuning reached validation NDCG@10 .082, against .119 without pretraining and .121 after the
+# default pretraining. Hence discard_stalled_pretraining. The last epoch, not the lowest: at 5851a08 the loss of Arts'
+# pretraining with content_kept_codes fell 2.7% in two epochs and rose again to 1.1% below the first; kept (the check
+# then measured the lowest epoch), its fine-tuning peaked at validation NDCG@10 .075 against .103 discarded
 # (docs/results/qbert4rec_content_kept_codes).
 MIN_PRETRAIN_LOSS_DROP = 0.02
 
@@ -159,12 +160,13 @@ class PretrainFineTuneTrainer(Trainer):
                 domain_loss = float(self._train_epoch(loader, epoch, loss_func=loss_func, show_progress=show_progress))
                 epoch_loss += domain_loss
                 name = domain or self.config["dataset"]
-                self.pretrain_domain_loss_curves.setdefault(name, []).append(domain_loss / len(loader))
+                self.pretrain_domain_loss_curves.setdefault(name, []).append(domain_loss / max(len(loader), 1))
             losses.append(epoch_loss)
             self.pretrain_loss_curve.append(epoch_loss / steps_per_epoch)
             self.pretrain_epoch_seconds.append(time() - start)
             if verbose:
-                per_domain = ", ".join(f"{name} {curve[-1]:.4f}" for name, curve in self.pretrain_domain_loss_curves.items())
+                curves = self.pretrain_domain_loss_curves
+                per_domain = ", ".join(f"{name} {curve[-1]:.4f}" for name, curve in curves.items())
                 self.logger.info(set_color(f"pretrain epoch {epoch}", "green")
                                  + f" [time: {self.pretrain_epoch_seconds[-1]:.2f}s, pretraining loss: {epoch_loss:.4f}"
                                  + (f", per step: {per_domain}" if len(data) > 1 else "") + "]")
