@@ -27,6 +27,7 @@ from recbole_qrec.quantization.metrics import level_usage
 from recbole_qrec.stage_cache import stage_inputs
 from recbole_qrec.tokenize import ensure_semantic_ids
 from recbole_qrec.trainer import get_trainer
+from recbole_qrec.trainer.pretrain_trainer import InterleavedDomains
 from test_qbert4rec import TINY, load_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -161,6 +162,47 @@ def test_pretraining_runs_on_the_sources_and_lowers_the_loss(cross, tmp_path, mo
     assert [sum(curves[d][epoch] * source_steps[d] for d in SOURCES) / steps for epoch in range(len(losses))] == \
         pytest.approx(trainer.pretrain_loss_curve)
 
+
+
+def batch_rows(interaction, config):
+    """The (user, target item, history length) of each row of a batch."""
+    fields = (config["USER_ID_FIELD"], config["ITEM_ID_FIELD"], config["ITEM_LIST_LENGTH_FIELD"])
+    return list(zip(*(interaction[field].tolist() for field in fields)))
+
+
+def test_interleaved_pretraining_mixes_every_batch_of_every_source_once_each_under_its_own_domain(
+        work, cross, tmp_path, monkeypatch):
+    _, train, _, _, pretrain_data, _ = cross
+    config = make_config(work, pretrain_datasets=SOURCES, pretrain_domain_order="interleaved", pretrain_batch_size=32)
+    monkeypatch.chdir(tmp_path)
+    init_seed(config["seed"], True)
+    trainer = harness_trainer(config, QBert4Rec(config, train._dataset))
+    data = trainer.pretraining_data(train, pretrain_data)
+    rows = {domain: batch_rows(loader._dataset.inter_feat, config) for domain, loader in data}
+    batches, seen, order = InterleavedDomains(data, [config["seed"], 0]), {domain: [] for domain in SOURCES}, []
+    for interaction in batches:
+        batch = batch_rows(interaction, config)
+        other, = set(SOURCES) - {batches.domain}
+        assert set(batch) <= set(rows[batches.domain]) and not set(batch) <= set(rows[other])  # the batch's domain
+        seen[batches.domain] += batch
+        order.append(batches.domain)
+    assert all(sorted(seen[domain]) == sorted(rows[domain]) for domain in SOURCES)  # every row once
+    assert [order.count(domain) for domain in SOURCES] == [len(loader) for _, loader in data]
+    assert sum(a != b for a, b in zip(order, order[1:])) > len(SOURCES)  # mixed: sequential switches once
+    assert list(InterleavedDomains(data, [config["seed"], 0]).order()) == [SOURCES.index(d) for d in order]
+    assert list(InterleavedDomains(data, [config["seed"], 1]).order()) != [SOURCES.index(d) for d in order]
+    # pretraining in that order learns, and the sources' curves make up the whole one
+    losses = trainer.pretrain(train, pretrain_data, verbose=False)
+    assert losses[-1] < losses[0]
+    curves, steps = trainer.pretrain_domain_loss_curves, [len(loader) for _, loader in data]
+    assert list(curves) == SOURCES and all(curve[-1] < curve[0] for curve in curves.values())
+    assert [sum(curves[d][epoch] * n for d, n in zip(SOURCES, steps)) / sum(steps) for epoch in range(len(losses))] \
+        == pytest.approx(trainer.pretrain_loss_curve)
+
+
+def test_an_unknown_pretrain_domain_order_is_one_config_error(work):
+    with pytest.raises(ConfigError, match="^pretrain_domain_order is 'mixed' — set it to sequential or interleaved$"):
+        make_config(work, pretrain_datasets=SOURCES, pretrain_domain_order="mixed")
 
 
 def test_pretrain_on_target_passes_over_the_targets_sequences_after_the_sources(work, cross, tmp_path, monkeypatch):

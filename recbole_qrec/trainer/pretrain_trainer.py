@@ -27,6 +27,9 @@ from recbole_qrec.trainer.schedule import attach_lr_schedule
 # What one pretraining epoch passes over: every training prefix (RecBole's augmented rows, as fine-tuning) or each
 # user's whole training sequence once.
 PRETRAIN_SEQUENCES = ("prefix", "user")
+# How a pretraining epoch orders several domains' batches: each domain's in turn, or all of them in one seeded random
+# order, so that consecutive steps mix the domains.
+PRETRAIN_DOMAIN_ORDERS = ("sequential", "interleaved")
 # A pretraining whose loss per step fell by less than this share, from its first epoch to its last (the weights kept),
 # barely learned and leaves fine-tuning a poor start (one H200; falls below measured first epoch to last):
 # QBert4Rec on Arts pretrained on Instruments and Games (docs/results/main_table): the seeds whose loss fell 1.2% and
@@ -72,11 +75,43 @@ def pretrained_model_file(saved_model_file: str) -> str:
 
 
 def check_pretrain_sequences(config: Config) -> None:
-    """``pretrain_sequences``, for a model with a pretraining phase (the key is among its defaults): checked with the
-    config, before a tokenize stage writes codes."""
-    if "pretrain_sequences" in config.internal_config_dict and config["pretrain_sequences"] not in PRETRAIN_SEQUENCES:
-        raise ConfigError(f"pretrain_sequences is {config['pretrain_sequences']!r} — set it to "
-                          f"{' or '.join(PRETRAIN_SEQUENCES)}")
+    """``pretrain_sequences`` and ``pretrain_domain_order``, for a model with a pretraining phase (the keys are among
+    its defaults): checked with the config, before a tokenize stage writes codes."""
+    for key, allowed in (("pretrain_sequences", PRETRAIN_SEQUENCES), ("pretrain_domain_order", PRETRAIN_DOMAIN_ORDERS)):
+        if key in config.internal_config_dict and config[key] not in allowed:
+            raise ConfigError(f"{key} is {config[key]!r} — set it to {' or '.join(allowed)}")
+
+
+class InterleavedDomains:
+    """One pretraining epoch over several domains' loaders, their batches in one random order drawn from ``seed``
+    (each loader keeping its own order); ``domain`` is the domain of the batch last yielded. Iterated like a RecBole
+    training loader (``len``, ``shuffle``, ``sampler.set_epoch`` in a distributed run)."""
+
+    def __init__(self, loaders: list[tuple[str | None, AbstractDataLoader]], seed: list[int]) -> None:
+        self.loaders = loaders
+        self.seed = seed
+        self.domain: str | None = None
+        self.shuffle = any(loader.shuffle for _, loader in loaders)
+        self.sampler = self
+
+    def __len__(self) -> int:
+        return sum(len(loader) for _, loader in self.loaders)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Each loader's distributed sampler to ``epoch`` (the domains' order comes from ``seed``)."""
+        for _, loader in self.loaders:
+            loader.sampler.set_epoch(epoch)
+
+    def order(self) -> np.ndarray:
+        """Index into ``loaders`` of each step's batch: every loader's batches once, shuffled."""
+        steps = np.repeat(np.arange(len(self.loaders)), [len(loader) for _, loader in self.loaders])
+        return np.random.default_rng(self.seed).permutation(steps)
+
+    def __iter__(self) -> Any:
+        batches = [iter(loader) for _, loader in self.loaders]
+        for index in self.order():
+            self.domain = self.loaders[index][0]
+            yield next(batches[index])
 
 
 class PretrainFineTuneTrainer(Trainer):
@@ -154,13 +189,16 @@ class PretrainFineTuneTrainer(Trainer):
         losses = []
         for epoch in range(self.config["pretrain_epochs"]):
             start = time()
-            epoch_loss = 0.0
-            for domain, loader in data:
-                loss_func = partial(self.model.pretrain_loss, domain=domain)
-                domain_loss = float(self._train_epoch(loader, epoch, loss_func=loss_func, show_progress=show_progress))
-                epoch_loss += domain_loss
+            if self.config["pretrain_domain_order"] == "interleaved" and len(data) > 1:
+                domain_losses = self.interleaved_epoch(data, epoch, show_progress)
+            else:
+                domain_losses = [float(self._train_epoch(loader, epoch, show_progress=show_progress,
+                                                         loss_func=partial(self.model.pretrain_loss, domain=domain)))
+                                 for domain, loader in data]
+            for (domain, loader), domain_loss in zip(data, domain_losses):
                 name = domain or self.config["dataset"]
                 self.pretrain_domain_loss_curves.setdefault(name, []).append(domain_loss / max(len(loader), 1))
+            epoch_loss = sum(domain_losses)
             losses.append(epoch_loss)
             self.pretrain_loss_curve.append(epoch_loss / steps_per_epoch)
             self.pretrain_epoch_seconds.append(time() - start)
@@ -177,6 +215,21 @@ class PretrainFineTuneTrainer(Trainer):
         if drop is not None and drop < MIN_PRETRAIN_LOSS_DROP:
             self.handle_stalled_pretraining(drop, initial_weights)
         return losses
+
+    def interleaved_epoch(self, data: list[tuple[str | None, AbstractDataLoader]], epoch: int,
+                          show_progress: bool = False) -> list[float]:
+        """One pretraining epoch over ``data``'s batches in one random order (:class:`InterleavedDomains`, drawn from
+        the run's seed and ``epoch``, alike on every rank); each domain's summed loss, in ``data``'s order."""
+        batches = InterleavedDomains(data, [self.config["seed"], epoch])
+        sums: dict[str | None, torch.Tensor] = {}
+
+        def loss_func(interaction: Any) -> torch.Tensor:
+            loss = self.model.pretrain_loss(interaction, domain=batches.domain)
+            sums[batches.domain] = loss.detach() + sums.get(batches.domain, 0)  # on the device: no wait per step
+            return loss
+
+        self._train_epoch(batches, epoch, loss_func=loss_func, show_progress=show_progress)
+        return [float(sums[domain]) if domain in sums else 0.0 for domain, _ in data]
 
     def pretraining_loss_drop(self) -> float | None:
         """The share by which the pretraining loss per step fell from the first epoch to the last, whose weights
