@@ -9,7 +9,9 @@ that are there), ``static_fusion``, ``no_depth_penalty`` (dynamic gates that nev
 target's own sequences), ``with_target_pretrain`` (on the sources' and then the target's sequences),
 ``cross_domain_games`` (pretrained on Games alone; stages 1-2 over the union of both domains' items) and
 ``content_kept_codes`` (content-code proxy levels weighted 0.5 ** level and stage 1's modality projections fixed, which
-keep the content codes' sequential signal in the stage's codes: ``docs/results/qbert4rec_stage_codes_arts_decay.md``).
+keep the content codes' sequential signal in the stage's codes: ``docs/results/qbert4rec_stage_codes_arts_decay.md``)
+and ``interleaved_pretrain`` (the sources' pretraining batches in one mixed order instead of one source after the
+other).
 
 Each variant runs ``run_recbole_qrec.py`` in its own process (:func:`common.run_model`,
 ``--parallel`` at a time, all on the default GPU), with its own checkpoint folder (RecBole names
@@ -72,6 +74,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "with_target_pretrain": {"pretrain_on_target": True},
     "cross_domain_games": {"pretrain_datasets": ["Games"]},
     "content_kept_codes": {"code_proxy_level_decay": 0.5, "injection_projection": "fixed"},
+    "interleaved_pretrain": {"pretrain_domain_order": "interleaved"},
 }
 
 
