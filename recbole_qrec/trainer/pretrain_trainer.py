@@ -31,7 +31,7 @@ PRETRAIN_SEQUENCES = ("prefix", "user")
 # order, so that consecutive steps mix the domains.
 PRETRAIN_DOMAIN_ORDERS = ("sequential", "interleaved")
 # A pretraining whose loss per step fell by less than this share, from its first epoch to its last (the weights kept),
-# barely learned and leaves fine-tuning a poor start (one H200; falls below measured first epoch to last):
+# barely learned and leaves fine-tuning a poor start (one H200; the falls below are first epoch to last):
 # QBert4Rec on Arts pretrained on Instruments and Games (docs/results/main_table): the seeds whose loss fell 1.2% and
 # 1.6% fine-tuned to test NDCG@10 .055 and .056, the one whose loss fell 3.8% to .088; again at 8322bdf
 # (docs/results/qbert4rec_ablations_arts.md): 1.2%, and validation NDCG@10 stayed at .022 for 18 fine-tuning epochs
@@ -225,7 +225,8 @@ class PretrainFineTuneTrainer(Trainer):
 
         def loss_func(interaction: Any) -> torch.Tensor:
             loss = self.model.pretrain_loss(interaction, domain=batches.domain)
-            sums[batches.domain] = loss.detach() + sums.get(batches.domain, 0)  # on the device: no wait per step
+            # summed on the device (no wait per step), in float32 whatever autocast_dtype computed the loss in
+            sums[batches.domain] = loss.detach().float() + sums.get(batches.domain, 0)
             return loss
 
         self._train_epoch(batches, epoch, loss_func=loss_func, show_progress=show_progress)
