@@ -185,10 +185,9 @@ def test_a_fixed_projection_keeps_the_content_codes_first_level_in_the_fused_emb
     """Stage 1's contrastive terms train a learned projection to tell items apart by their finest codes; kept fixed
     (with the proxy's levels weighted 0.5 ** level), the fused embeddings keep more of the first, coarse code, and
     the projection does not move while the rest trains."""
-    share = {}
+    share, (_, train, *_) = {}, load_data(subset_config(work))  # the items' content, whatever the stage settings
     for projection in ("learned", "fixed"):
         stage_config = subset_config(work, injection_projection=projection, code_proxy_level_decay=0.5)
-        _, train, *_ = load_data(stage_config)
         stage_features = load_item_features(stage_config, train._dataset)
         torch.manual_seed(0)
         module = build_injection(stage_config, stage_features)
