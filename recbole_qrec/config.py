@@ -46,7 +46,7 @@ from recbole_qrec.data.cold_start import check_cold_start
 from recbole_qrec.data.dataloader import resolve_data_path_mode
 from recbole_qrec.data.sid import check_sid_producer
 from recbole_qrec.trainer.acceleration import check_acceleration
-from recbole_qrec.trainer.pretrain_trainer import check_pretrain_sequences
+from recbole_qrec.trainer.pretrain_trainer import check_pretraining_choices
 from recbole_qrec.trainer.schedule import check_lr_schedule
 from recbole_qrec.utils import get_model
 
@@ -515,7 +515,7 @@ def build_config(
     check_optimizer(config)
     check_attention_settings(config)
     check_masked_items(config)
-    check_pretrain_sequences(config)
+    check_pretraining_choices(config)
     check_model_settings(config)
     check_acceleration(config)
     resolve_data_path_mode(config)

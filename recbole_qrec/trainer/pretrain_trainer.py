@@ -74,7 +74,7 @@ def pretrained_model_file(saved_model_file: str) -> str:
     return str(path.with_name(f"{path.stem}-pretrained{path.suffix}"))
 
 
-def check_pretrain_sequences(config: Config) -> None:
+def check_pretraining_choices(config: Config) -> None:
     """``pretrain_sequences`` and ``pretrain_domain_order``, for a model with a pretraining phase (the keys are among
     its defaults): checked with the config, before a tokenize stage writes codes."""
     for key, allowed in (("pretrain_sequences", PRETRAIN_SEQUENCES), ("pretrain_domain_order", PRETRAIN_DOMAIN_ORDERS)):
