@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 from collections.abc import Iterator, Sequence
@@ -54,6 +55,23 @@ def child_environment(parallel: int) -> dict[str, str]:
     """The environment of runs started ``parallel`` at a time: unless set, ``OMP_NUM_THREADS`` shares the CPU cores
     among them (more threads than cores slow every run down many times)."""
     return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // parallel)), **os.environ}
+
+
+def ended_by(code: int) -> str:
+    """How a run's process ended, from its exit status: ``killed by SIGKILL`` (a negative status) or ``exit status 1``."""
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+
+
+def run_outcome(code: int, output: str) -> str:
+    """One line on how a finished run ended: its ``error:`` line; else, when it failed, how it ended (a killed run,
+    e.g. out of memory, prints no error line) and its last line of output; else its last line."""
+    error = last_error(output)
+    if error is not None:
+        return f"error: {error}"
+    lines = [line for line in output.splitlines() if line.strip()]
+    if code == 0:
+        return lines[-1] if lines else "exit status 0"
+    return f"stopped ({ended_by(code)}) without an error line" + (f"; its last line: {lines[-1]}" if lines else "")
 
 
 def last_error(output: str) -> str | None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from recbole_qrec import table
-from recbole_qrec.child_runs import ChildRuns, child_environment, last_error
+from recbole_qrec.child_runs import ChildRuns, child_environment, run_outcome
 from recbole_qrec.config import build_config
 from recbole_qrec.data import check_dataset
 from recbole_qrec.errors import ConfigError, QRecError, interrupted_status, repeated, single_line
@@ -148,15 +148,12 @@ def budget_stopped(runs: list[Run]) -> list[Run]:
 
 
 def execute(run: Run, env: dict[str, str], children: ChildRuns) -> tuple[int, str, float]:
-    """Run the entry point in ``env`` (one of ``children``); its exit status, its ``error:`` line (else its last line
-    of output) and seconds."""
+    """Run the entry point in ``env`` (one of ``children``); its exit status, its ``error:`` line (else how it ended
+    and its last line of output) and seconds."""
     start = time.time()
     with children.started(run.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as process:
         _, stderr = process.communicate()
-    error = last_error(stderr)
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    outcome = f"error: {error}" if error is not None else lines[-1] if lines else f"exit status {process.returncode}"
-    return process.returncode, outcome, time.time() - start
+    return process.returncode, run_outcome(process.returncode, stderr), time.time() - start
 
 
 class Progress:

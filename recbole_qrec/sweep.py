@@ -76,7 +76,7 @@ import yaml
 from recbole.config import Config
 from tqdm import tqdm
 
-from recbole_qrec.child_runs import ChildRuns, child_environment, last_error
+from recbole_qrec.child_runs import ChildRuns, child_environment, ended_by, last_error
 from recbole_qrec.config import as_argument, build_config, check_config_values, is_number
 from recbole_qrec.errors import (ConfigError, MalformedDataError, QRecError, interrupted_status, required_module,
                                  single_line)
@@ -391,8 +391,7 @@ def error_line(log: Path, code: int) -> str:
     error = last_error(log.read_text(encoding="utf-8", errors="replace"))
     if error is not None:
         return error
-    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-    return f"the run stopped ({how}) without an error line — see {log}"
+    return f"the run stopped ({ended_by(code)}) without an error line — see {log}"
 
 
 def run_trial(spec: SweepSpec, target: Target, out: Path, number: int, params: dict[str, Any],

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from recbole_qrec.child_runs import ChildRuns
+from recbole_qrec.child_runs import ChildRuns, run_outcome
 from recbole_qrec.errors import Terminated
 
 # A run that says it started, then waits; Ctrl-C ends it with exit status 130, SIGTERM or SIGHUP kills it.
@@ -20,7 +20,7 @@ RUN = ("import signal, sys, time\n"
        "time.sleep(120)\n")
 # A parent that starts its run, then sends Ctrl-C to its whole process group, as a terminal does.
 GROUP_CTRL_C = ("import os, signal, subprocess, sys\n"
-                "from recbole_qrec.child_runs import ChildRuns\n"
+                "from recbole_qrec.child_runs import ChildRuns, run_outcome\n"
                 "children = ChildRuns()\n"
                 "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
                 "with children.started([sys.executable, '-c', sys.argv[1]], stdout=subprocess.PIPE, text=True) as run:\n"
@@ -52,3 +52,17 @@ def test_a_ctrl_c_to_the_process_group_reaches_the_run_only_when_passed_on(tmp_p
     parent = subprocess.run([sys.executable, "-c", GROUP_CTRL_C, RUN], capture_output=True, text=True, timeout=120,
                             start_new_session=True, cwd=tmp_path, check=True)
     assert parent.stdout.splitlines() == ["still running", "130"]
+
+
+
+def test_a_run_killed_without_an_error_line_is_reported_with_its_signal_and_last_line() -> None:
+    """A run the kernel kills (e.g. out of memory) prints no ``error:`` line; its outcome names the signal, not only
+    the log line it wrote last, which reads like a run still training."""
+    killed = subprocess.run([sys.executable, "-c", "import os, signal, sys\nprint('epoch 0 training', file=sys.stderr, "
+                             "flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n"], capture_output=True, text=True,
+                            timeout=60)
+    assert run_outcome(killed.returncode, killed.stderr) == ("stopped (killed by SIGKILL) without an error line; its "
+                                                             "last line: epoch 0 training")
+    failed = subprocess.run([sys.executable, "-c", "import sys\nprint('error: no such dataset', file=sys.stderr)\n"
+                             "sys.exit(2)\n"], capture_output=True, text=True, timeout=60)
+    assert run_outcome(failed.returncode, failed.stderr) == "error: no such dataset"
