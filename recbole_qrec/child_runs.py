@@ -58,7 +58,7 @@ def child_environment(parallel: int) -> dict[str, str]:
 
 
 def ended_by(code: int) -> str:
-    """How a run's process ended, from its exit status: ``killed by SIGKILL`` (a negative status) or ``exit status 1``."""
+    """How a run's process ended, from its exit status: ``killed by SIGKILL`` (negative) or ``exit status 1``."""
     return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
 
 

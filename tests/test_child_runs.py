@@ -20,7 +20,7 @@ RUN = ("import signal, sys, time\n"
        "time.sleep(120)\n")
 # A parent that starts its run, then sends Ctrl-C to its whole process group, as a terminal does.
 GROUP_CTRL_C = ("import os, signal, subprocess, sys\n"
-                "from recbole_qrec.child_runs import ChildRuns, run_outcome\n"
+                "from recbole_qrec.child_runs import ChildRuns\n"
                 "children = ChildRuns()\n"
                 "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
                 "with children.started([sys.executable, '-c', sys.argv[1]], stdout=subprocess.PIPE, text=True) as run:\n"
@@ -52,7 +52,6 @@ def test_a_ctrl_c_to_the_process_group_reaches_the_run_only_when_passed_on(tmp_p
     parent = subprocess.run([sys.executable, "-c", GROUP_CTRL_C, RUN], capture_output=True, text=True, timeout=120,
                             start_new_session=True, cwd=tmp_path, check=True)
     assert parent.stdout.splitlines() == ["still running", "130"]
-
 
 
 def test_a_run_killed_without_an_error_line_is_reported_with_its_signal_and_last_line() -> None:
