@@ -150,18 +150,22 @@ def test_pretraining_runs_on_the_sources_and_lowers_the_loss(cross, tmp_path, mo
     config, train, _, _, pretrain_data, model = cross
     monkeypatch.chdir(tmp_path)  # the trainer opens ./log_tensorboard
     trainer = harness_trainer(config, model)
-    assert [domain for domain, _ in trainer.pretraining_data(train, pretrain_data)] == SOURCES
+    data = trainer.pretraining_data(train, pretrain_data)
+    assert [domain for domain, _ in data] == SOURCES
     losses = trainer.pretrain(train, pretrain_data, verbose=False)
     assert len(losses) == config["pretrain_epochs"] and losses[-1] < losses[0]
-    steps = sum(len(loader) for _, loader in trainer.pretraining_data(train, pretrain_data))
+    steps = sum(len(loader) for _, loader in data)
     assert trainer.pretrain_loss_curve == pytest.approx([loss / steps for loss in losses])  # the record's curve
-    # each source's curve, weighted by its steps, makes up the whole one
-    source_steps = {domain: len(loader) for domain, loader in trainer.pretraining_data(train, pretrain_data)}
-    curves = trainer.pretrain_domain_loss_curves
-    assert list(curves) == SOURCES and all(len(curve) == len(losses) for curve in curves.values())
-    assert [sum(curves[d][epoch] * source_steps[d] for d in SOURCES) / steps for epoch in range(len(losses))] == \
-        pytest.approx(trainer.pretrain_loss_curve)
+    assert_source_curves_make_up_the_whole(trainer, data)
 
+
+def assert_source_curves_make_up_the_whole(trainer, data) -> None:
+    """One curve per source, epoch for epoch, whose losses per step weighted by the source's steps make up the whole
+    pretraining curve."""
+    curves, steps = trainer.pretrain_domain_loss_curves, {domain: len(loader) for domain, loader in data}
+    assert list(curves) == SOURCES and all(len(curve) == len(trainer.pretrain_loss_curve) for curve in curves.values())
+    assert [sum(curves[d][epoch] * steps[d] for d in SOURCES) / sum(steps.values())
+            for epoch in range(len(trainer.pretrain_loss_curve))] == pytest.approx(trainer.pretrain_loss_curve)
 
 
 def batch_rows(interaction, config):
@@ -194,10 +198,8 @@ def test_interleaved_pretraining_mixes_every_batch_of_every_source_once_each_und
     # pretraining in that order learns, and the sources' curves make up the whole one
     losses = trainer.pretrain(train, pretrain_data, verbose=False)
     assert losses[-1] < losses[0]
-    curves, steps = trainer.pretrain_domain_loss_curves, [len(loader) for _, loader in data]
-    assert list(curves) == SOURCES and all(curve[-1] < curve[0] for curve in curves.values())
-    assert [sum(curves[d][epoch] * n for d, n in zip(SOURCES, steps)) / sum(steps) for epoch in range(len(losses))] \
-        == pytest.approx(trainer.pretrain_loss_curve)
+    assert all(curve[-1] < curve[0] for curve in trainer.pretrain_domain_loss_curves.values())
+    assert_source_curves_make_up_the_whole(trainer, data)
 
 
 def test_an_unknown_pretrain_domain_order_is_one_config_error(work):
