@@ -29,6 +29,17 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("true", "1")
 
 
+@pytest.fixture(autouse=True)
+def anomaly_detection_stays_off():
+    """Fails a test that runs with torch's anomaly detection on, or leaves it on. RecBole's ``sine.py`` switches it on
+    when imported (``from recbole.model.sequential_recommender import ...`` imports it; ``get_model`` switches it off
+    again), and then every autograd op records a traceback: the whole suite ran about three times slower."""
+    assert not torch.is_anomaly_enabled(), ("torch's anomaly detection is on: a test module imported RecBole's sine.py "
+                                            "— take RecBole's models from recbole_qrec.utils.get_model")
+    yield
+    assert not torch.is_anomaly_enabled(), "the test left torch's anomaly detection on"
+
+
 @pytest.fixture(scope="session")
 def amazon_dir() -> Path:
     """``$QREC_DATA_DIR``, the folder with the processed Amazon datasets; skips the test (fails it in CI) without it."""

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from dataset_prep.features import code_file_features
 from recbole.data.dataset import SequentialDataset
-from recbole.model.sequential_recommender import SASRec
 
 from recbole_qrec.cli import main
 from recbole_qrec.config import build_config
@@ -24,6 +23,7 @@ from recbole_qrec.quantization.metrics import collision_rate, level_usage
 from recbole_qrec.results import build_record
 from recbole_qrec.tokenize import main as tokenize_main
 from recbole_qrec.trainer import get_trainer
+from recbole_qrec.utils import get_model
 
 TINY = {"d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
         "MAX_ITEM_LIST_LENGTH": 8, "use_gpu": False, "allow_data_mismatch": True}
@@ -102,7 +102,7 @@ def test_a_record_of_a_tiger_run_carries_the_figures_and_one_of_an_id_model_none
                                                                  "allow_data_mismatch": True, "hidden_size": 8,
                                                                  "inner_size": 8, "n_layers": 1})
     dataset = create_dataset(sasrec)
-    assert record_of_untrained_run(sasrec, dataset, SASRec(sasrec, dataset))["tokenizer"] == {}
+    assert record_of_untrained_run(sasrec, dataset, get_model("SASRec")(sasrec, dataset))["tokenizer"] == {}
 
 
 def tokenizer_record(model: str, seed: int, before: float, utilisation: list[float]) -> dict:
