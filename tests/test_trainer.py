@@ -159,3 +159,15 @@ def test_a_bad_train_time_limit_is_a_config_error(limit):
 
     with pytest.raises(ConfigError, match="train_time_limit must be"):
         build_config("GRU4Rec", "Instruments", config_dict={"train_time_limit": limit})
+
+
+def test_a_trainer_built_with_anomaly_detection_on_warns_that_training_will_be_slow(trained, caplog):
+    trainer, test = trained
+    config = trainer.config
+    build = get_trainer(config["MODEL_TYPE"], "FDSA")
+    with caplog.at_level("WARNING"):
+        build(config, get_model("FDSA")(config, test._dataset))
+        assert "anomaly detection is on" not in caplog.text
+        with torch.autograd.set_detect_anomaly(True):
+            build(config, get_model("FDSA")(config, test._dataset))
+    assert caplog.text.count("anomaly detection is on") == 1 and "set_detect_anomaly(False)" in caplog.text

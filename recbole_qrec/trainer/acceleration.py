@@ -25,6 +25,12 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 COMPILED_METHODS = ("calculate_loss", "pretrain_loss")
 # RecBole learners with a fused CUDA implementation (one kernel per step instead of one per parameter group op).
 FUSED_LEARNERS = {"adam": optim.Adam, "adamw": optim.AdamW}
+# RecBole's sine.py switches anomaly detection on when imported, e.g. by a script's own
+# ``from recbole.model.sequential_recommender import SASRec`` (this package's get_model switches it off again).
+ANOMALY_DETECTION_WARNING = ("torch's anomaly detection is on (RecBole's sine.py switches it on when imported, e.g. by "
+                             "'from recbole.model.sequential_recommender import ...'): every training step records "
+                             "tracebacks and runs several times slower — torch.autograd.set_detect_anomaly(False) "
+                             "switches it off")
 DIVERGED_FIX = "lower learning_rate, or clip gradients (e.g. --clip_grad_norm=\"{'max_norm': 5.0}\")"
 
 
@@ -61,6 +67,8 @@ class AccelerationMixin:
         check_acceleration(config)
         super().__init__(config, model)
         self.autocast_dtype = AUTOCAST_DTYPES.get(config["autocast_dtype"])
+        if torch.is_anomaly_enabled():
+            self.logger.warning(set_color(ANOMALY_DETECTION_WARNING, "yellow"))
         if config["compile_model"]:
             for name in COMPILED_METHODS:
                 if hasattr(model, name):
