@@ -11,7 +11,8 @@ Nothing here runs on ``import recbole_qrec``; the shims run where RecBole is fir
   back from the GPU, one synchronisation per user, which made a full-ranking validation of Games take
   over 6 minutes on one H200 GPU. And it silences the FutureWarning of pandas 2 on the in-place ``fillna`` of
   RecBole's ``_fill_nan`` (one screenful of stderr per feature file, also in front of a data error's one line);
-  the fill still works under the ``pandas<3`` that ``setup.py`` pins.
+  the fill still works under the ``pandas<3`` that ``setup.py`` pins. Likewise torch's FutureWarning on the
+  ``torch.cuda.amp.GradScaler(...)`` that RecBole's trainer builds at every training run (it still works).
 * :func:`undo_sine_anomaly_detection`, around a model lookup: RecBole's
   ``recbole/model/sequential_recommender/sine.py`` calls ``torch.autograd.set_detect_anomaly(True)``
   at import time, and RecBole's ``get_model`` imports it with every sequential model. Anomaly
@@ -44,12 +45,13 @@ NUMPY_REMOVED_ALIASES: dict[str, type] = {
 }
 SINE_MODULE = "recbole.model.sequential_recommender.sine"
 CHAINED_FILLNA_WARNING = "A value is trying to be set on a copy of a DataFrame or Series through chained assignment"
+GRAD_SCALER_WARNING = r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated"
 
 
 def prepare_recbole() -> None:
     """Restore the numpy 1.x aliases RecBole 1.2.1's ``Config`` reads, where numpy no longer has them, put
     :func:`bert4rec_test_sequences` in place of BERT4Rec's ``reconstruct_test_data`` and silence pandas' warning on
-    RecBole's in-place ``fillna``."""
+    RecBole's in-place ``fillna`` and torch's on the ``torch.cuda.amp.GradScaler`` its trainer builds."""
     for name, target in NUMPY_REMOVED_ALIASES.items():
         if name not in np.__dict__:
             setattr(np, name, target)
@@ -58,6 +60,7 @@ def prepare_recbole() -> None:
 
     BERT4Rec.reconstruct_test_data = bert4rec_test_sequences
     warnings.filterwarnings("ignore", CHAINED_FILLNA_WARNING, FutureWarning, r"recbole\.data\.dataset")
+    warnings.filterwarnings("ignore", GRAD_SCALER_WARNING, FutureWarning, r"recbole\.trainer\.trainer")
 
 
 def bert4rec_test_sequences(self: Any, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:

@@ -58,3 +58,4 @@ def test_the_console_shows_the_changed_settings_and_the_log_file_everything(work
     assert "learning_rate" not in console and "Hyper Parameters" not in console
     assert "General Hyper Parameters" in log and "learning_rate" in log
     assert "Train     0" in console  # RecBole's tqdm bar, asked for explicitly
+    assert "Warning" not in done.stderr, done.stderr  # e.g. torch's on the GradScaler RecBole's trainer builds
