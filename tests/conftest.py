@@ -33,7 +33,7 @@ def in_ci() -> bool:
 def anomaly_detection_stays_off():
     """Fails a test that runs with torch's anomaly detection on, or leaves it on. RecBole's ``sine.py`` switches it on
     when imported (``from recbole.model.sequential_recommender import ...`` imports it; ``get_model`` switches it off
-    again), and then every autograd op records a traceback: the whole suite ran about three times slower."""
+    again), and then every autograd op records a traceback: the training tests ran three to four times slower."""
     assert not torch.is_anomaly_enabled(), ("torch's anomaly detection is on: a test module imported RecBole's sine.py "
                                             "— take RecBole's models from recbole_qrec.utils.get_model")
     yield

@@ -25,8 +25,6 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 COMPILED_METHODS = ("calculate_loss", "pretrain_loss")
 # RecBole learners with a fused CUDA implementation (one kernel per step instead of one per parameter group op).
 FUSED_LEARNERS = {"adam": optim.Adam, "adamw": optim.AdamW}
-# RecBole's sine.py switches anomaly detection on when imported, e.g. by a script's own
-# ``from recbole.model.sequential_recommender import SASRec`` (this package's get_model switches it off again).
 ANOMALY_DETECTION_WARNING = ("torch's anomaly detection is on (RecBole's sine.py switches it on when imported, e.g. by "
                              "'from recbole.model.sequential_recommender import ...'): every training step records "
                              "tracebacks and runs several times slower — torch.autograd.set_detect_anomaly(False) "
