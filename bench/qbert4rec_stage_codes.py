@@ -89,6 +89,19 @@ def lifts(sequences: list[np.ndarray], codes: np.ndarray | None, prefix: str = "
             for depth in LIFT_DEPTHS}
 
 
+def depth_course(stage1: dict[str, dict], every: int = 5) -> str:
+    """Markdown: per variant, the union's items per injection depth in stage 1's training batches after epoch 1 and
+    every ``every``-th epoch (and the last), with the mean depth."""
+    lines = ["| variant | epoch | items per depth 1, 2, ... | mean depth |", "|---|---|---|---|"]
+    for variant, run in stage1.items():
+        epochs = run["depths_per_epoch"]
+        for epoch in sorted({1, len(epochs), *range(every, len(epochs) + 1, every)}):
+            counts = epochs[epoch - 1]
+            mean = sum(depth * count for depth, count in enumerate(counts)) / max(1, sum(counts))
+            lines.append(f"| {variant} | {epoch} | {'/'.join(map(str, counts[1:]))} | {mean:.2f} |")
+    return "\n".join(lines)
+
+
 def variant_overrides(variant: str) -> list[str]:
     """``--key=value`` arguments of a variant (none for ``default``)."""
     return [] if variant == "default" else [f"--{setting}" for setting in variant.split(",")]
@@ -128,8 +141,10 @@ def main() -> None:
             if args.rqvae_on_features:
                 fused, depths = torch.cat(union.matrices, 1), torch.zeros(len(union.present), dtype=torch.long)
             else:
-                fused, depths, losses = inject(config, union)
-                stage1[variant] = {"loss": losses, "seconds": time.perf_counter() - started}
+                fused, depths, curve = inject(config, union)
+                losses = curve.losses
+                stage1[variant] = {"loss": losses, "depths_per_epoch": curve.depths,
+                                   "seconds": time.perf_counter() - started}
                 print(f"{variant}, stage 1: loss {losses[0]:.4f} -> {losses[-1]:.4f} in "
                       f"{stage1[variant]['seconds']:.0f} s", flush=True)
             for setting in args.normalize:
@@ -159,6 +174,8 @@ def main() -> None:
               "the domain's training sequences share their first d codes than chance (1: none of the sequences' "
               "order is in the codes), of the stage's codes and (content_) of the content codes the features came from")
     table = markdown(rows, header, COLUMNS)
+    if stage1:
+        table += f"\n## Stage 1's training depths per epoch (the union's items)\n\n{depth_course(stage1)}\n"
     print(table)
     payload = {"command": command, "git_commit": commit, "git_dirty": dirty, "machine": machine_name(), "date": date,
                "dataset": args.dataset, "stage1": stage1, "settings": settings}

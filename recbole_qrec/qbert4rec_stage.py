@@ -43,7 +43,7 @@ from recbole_qrec.errors import ConfigError
 from recbole_qrec.fileio import write_json_atomic
 from recbole_qrec.model.qbert4rec_modules import contrastive, cross_attention_block, injection, injection_training
 from recbole_qrec.model.qbert4rec_modules.injection import CrossModalInjection, depth_histogram
-from recbole_qrec.model.qbert4rec_modules.injection_training import fuse_items, train_injection
+from recbole_qrec.model.qbert4rec_modules.injection_training import InjectionCurve, fuse_items, train_injection
 from recbole_qrec.quantization import TokenizerConfig, TokenizerResult, fit_tokenizer
 from recbole_qrec.quantization.metrics import level_usage
 from recbole_qrec.stage_cache import StageInputs, stage_inputs, stage_seed
@@ -103,19 +103,19 @@ def stage_identity(config: Config, inputs: StageInputs) -> dict[str, Any]:
     return stage_cache.stage_identity(config, inputs, STAGE_KEYS, files)
 
 
-def inject(config: Config, union: ItemFeatures) -> tuple[Tensor, Tensor, list[float]]:
+def inject(config: Config, union: ItemFeatures) -> tuple[Tensor, Tensor, InjectionCurve]:
     """Stage 1 over ``union``'s items, seeded by the stage seed: their fused embeddings ``[n, d]`` and depths ``[n]``
-    (on the CPU) and the injection loss per epoch."""
+    (on the CPU) and the loss and training depths per epoch."""
     device = torch.device(config["device"])
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(stage_seed(config))
         module = build_injection(config, union).to(device)
         generator = torch.Generator(device=device).manual_seed(stage_seed(config))
         on_device = union.to(device)
-        losses = train_injection(module, on_device, config["injection_epochs"], config["injection_batch_size"],
-                                 config["injection_learning_rate"], generator)
+        curve = train_injection(module, on_device, config["injection_epochs"], config["injection_batch_size"],
+                                config["injection_learning_rate"], generator)
         fused, depths = fuse_items(module, on_device, config["injection_batch_size"])
-    return fused.cpu(), depths.cpu(), losses
+    return fused.cpu(), depths.cpu(), curve
 
 
 def quantize(config: Config, fused: Tensor) -> TokenizerResult:
@@ -146,7 +146,8 @@ def domain_figures(config: Config, item_tokens: Mapping[str, Sequence[str]], fus
 def run_stage(config: Config, inputs: StageInputs, identity: Mapping[str, Any]) -> dict[str, Any]:
     """Stages 1-2 over the union of the domains' items; writes every domain's ``.sid`` and metadata."""
     logger = getLogger()
-    fused, depths, losses = inject(config, concat_features(list(inputs.features.values())))
+    fused, depths, curve = inject(config, concat_features(list(inputs.features.values())))
+    losses = curve.losses
     logger.info(f"QBert4Rec stage 1: injection loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} epochs; "
                 f"items per depth 0..{config['injection_layers']}: "
                 f"{depth_histogram(depths, config['injection_layers'])} (median {int(depths.median())})")
@@ -160,6 +161,7 @@ def run_stage(config: Config, inputs: StageInputs, identity: Mapping[str, Any]) 
     metadata = {**identity, "items": sizes,
                 **{name: report[name] for name in stage_cache.TOKENIZER_FIGURES},
                 "injection_loss": {"first": losses[0], "last": losses[-1], "epochs": len(losses)},
+                "injection_depths_per_epoch": curve.depths,
                 "domains": domains}
     for (domain, tokens), domain_codes in zip(inputs.item_tokens.items(), codes.split(list(sizes.values()))):
         write_sid_file(inputs.sid_file(domain), tokens, domain_codes.tolist())

@@ -101,13 +101,17 @@ def test_injection_loss_decreases_and_gates_give_different_depths(prepared, feat
     config = prepared[0]
     torch.manual_seed(0)
     module = build_injection(config, features)
-    losses = train_injection(module, features, epochs=4, batch_size=512, learning_rate=1e-3,
-                             generator=torch.Generator().manual_seed(0))
-    assert losses[-1] < losses[0]
+    curve = train_injection(module, features, epochs=4, batch_size=512, learning_rate=1e-3,
+                            generator=torch.Generator().manual_seed(0))
+    assert len(curve.losses) == 4 and curve.losses[-1] < curve.losses[0]
     _, depth = fuse_items(module, features, batch_size=1024)
     assert depth.unique().numel() > 1, "hard gating sent every item through the same number of blocks"
     histogram = depth_histogram(depth, config["injection_layers"])
     assert histogram[0] == 0 and sum(histogram) == len(features.present)
+    # each epoch's training depths count every item once, and move while the gates train
+    assert len(curve.depths) == 4 and all(counts[0] == 0 and sum(counts) == len(features.present)
+                                          and len(counts) == config["injection_layers"] + 1 for counts in curve.depths)
+    assert curve.depths[0] != curve.depths[-1]
 
 
 def test_static_fusion_uses_every_block(work, features):

@@ -118,6 +118,9 @@ def test_the_stage_metadata_describes_each_domains_codes(cross):
         utilisation, perplexity = level_usage(codes, config["sid_codebook_size"])
         assert figures["perplexity"] == pytest.approx(perplexity) and figures["utilisation"] == utilisation, name
         assert sum(figures["depth_histogram"]) == len(codes) == metadata["items"][name] and figures["fused_norm"] > 0
+    # the union's training depths per stage-1 epoch: every item of the three domains once
+    assert len(metadata["injection_depths_per_epoch"]) == config["injection_epochs"]
+    assert {sum(counts) for counts in metadata["injection_depths_per_epoch"]} == {sum(metadata["items"].values())}
 
 
 def test_l2_normalised_quantization_does_not_depend_on_a_domains_embedding_scale(cross):

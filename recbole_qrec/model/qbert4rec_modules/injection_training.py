@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -9,17 +11,27 @@ from recbole_qrec.model.qbert4rec_modules.injection import CrossModalInjection
 from recbole_qrec.data.item_features import ItemFeatures
 
 
+@dataclass
+class InjectionCurve:
+    """Per training epoch: the mean loss, and the items per injection depth ``0 .. layers`` that the hard gates gave in
+    its batches (every item once), i.e. how the depth distribution moved while the gates trained."""
+
+    losses: list[float]
+    depths: list[list[int]]
+
+
 def train_injection(module: CrossModalInjection, features: ItemFeatures, epochs: int, batch_size: int,
-                    learning_rate: float, generator: torch.Generator) -> list[float]:
-    """AdamW over shuffled item batches (``features`` on the module's device), steering the depth after each step;
-    mean loss per epoch. No step waits for the device: the losses are summed there and read once per epoch."""
+                    learning_rate: float, generator: torch.Generator) -> InjectionCurve:
+    """AdamW over shuffled item batches (``features`` on the module's device), steering the depth after each step.
+    No step waits for the device: losses and depth counts are summed there and read once per epoch."""
     optimizer = torch.optim.AdamW(module.parameters(), lr=learning_rate, fused=features.present.device.type == "cuda")
-    n_items = len(features.present)
+    n_items, layers = len(features.present), len(module.blocks)
     module.train()
-    history = []
+    curve = InjectionCurve([], [])
     for _ in range(epochs):
         batches = torch.randperm(n_items, generator=generator, device=generator.device).split(batch_size)
         total = torch.zeros((), device=features.present.device)
+        depths = torch.zeros(layers + 1, dtype=torch.long, device=features.present.device)
         for rows in batches:
             present = features.present[rows]
             output = module(rows, [matrix[rows] for matrix in features.matrices], present)
@@ -29,8 +41,10 @@ def train_injection(module: CrossModalInjection, features: ItemFeatures, epochs:
             optimizer.step()
             module.steer_depth(output)
             total += loss.detach()
-        history.append(float(total / len(batches)))
-    return history
+            depths += torch.bincount(output.depth, minlength=layers + 1)
+        curve.losses.append(float(total / len(batches)))
+        curve.depths.append(depths.tolist())
+    return curve
 
 
 @torch.no_grad()
