@@ -8,7 +8,8 @@ their mean fused-embedding norm, the per-level utilisation and perplexity of the
 before de-duplication and the RQ-VAE's reconstruction loss, and how much sequential signal the codes keep: the
 sequence lift (:func:`recbole_qrec.quantization.metrics.sequence_code_lift`) at depths 1 and 2 over the domain's
 training sequences (each user's items in time order without the last two, the validation and test targets), of the
-stage's codes and of the content codes the features came from. ``--rqvae-on-features`` leaves stage 1 out: the RQ-VAE
+stage's codes and of the content codes the features came from; per variant, it gives stage 1's items per injection
+depth in its training epochs. ``--rqvae-on-features`` leaves stage 1 out: the RQ-VAE
 quantizes the item features themselves (the modalities side by side), which shows what stage 1 adds or takes away.
 Writes nothing into ``--data_path``: the atomic files
 are copied to a temporary folder. Output: ``<out>.md``, ``<out>.json`` (every figure, command, commit, machine and

@@ -41,7 +41,7 @@ def train_injection(module: CrossModalInjection, features: ItemFeatures, epochs:
             optimizer.step()
             module.steer_depth(output)
             total += loss.detach()
-            depths += torch.bincount(output.depth, minlength=layers + 1)
+            depths.scatter_add_(0, output.depth, torch.ones_like(output.depth))  # bincount would wait for a CUDA device
         curve.losses.append(float(total / len(batches)))
         curve.depths.append(depths.tolist())
     return curve
