@@ -7,11 +7,11 @@ that are there), ``static_fusion``, ``no_depth_penalty`` (dynamic gates that nev
 (factorised per-level scoring), ``l2_sid_input`` (the RQ-VAE on L2-normalised fused embeddings), ``text_only``,
 ``image_only``, ``no_pretrain``, ``mlm_pretrain`` (MLM-only pretraining), ``in_domain_pretrain`` (pretrained on the
 target's own sequences), ``with_target_pretrain`` (on the sources' and then the target's sequences),
-``cross_domain_games`` (pretrained on Games alone; stages 1-2 over the union of both domains' items) and
+``cross_domain_games`` (pretrained on Games alone; stages 1-2 over the union of both domains' items),
 ``content_kept_codes`` (content-code proxy levels weighted 0.5 ** level and stage 1's modality projections fixed, which
-keep the content codes' sequential signal in the stage's codes: ``docs/results/qbert4rec_stage_codes_arts_decay.md``)
-and ``interleaved_pretrain`` (the sources' pretraining batches in one mixed order instead of one source after the
-other).
+keep the content codes' sequential signal in the stage's codes: ``docs/results/qbert4rec_stage_codes_arts_decay.md``),
+``interleaved_pretrain`` (the sources' pretraining batches in one mixed order instead of one source after the
+other) and ``halting_gates`` (stage 1's gates trained by PonderNet's halting objective instead of the ponder penalty).
 
 Each variant runs ``run_recbole_qrec.py`` in its own process (:func:`common.run_model`,
 ``--parallel`` at a time, all on the default GPU), with its own checkpoint folder (RecBole names
@@ -75,6 +75,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cross_domain_games": {"pretrain_datasets": ["Games"]},
     "content_kept_codes": {"code_proxy_level_decay": 0.5, "injection_projection": "fixed"},
     "interleaved_pretrain": {"pretrain_domain_order": "interleaved"},
+    "halting_gates": {"gate_objective": "halting"},
 }
 
 

@@ -41,8 +41,9 @@ from recbole_qrec.data.item_features import ItemFeatures, concat_features
 from recbole_qrec.data.sid import sid_metadata_path, write_sid_file
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.fileio import write_json_atomic
-from recbole_qrec.model.qbert4rec_modules import contrastive, cross_attention_block, injection, injection_training
-from recbole_qrec.model.qbert4rec_modules.injection import CrossModalInjection, depth_histogram
+from recbole_qrec.model.qbert4rec_modules import (contrastive, cross_attention_block, halting, injection,
+                                                  injection_training)
+from recbole_qrec.model.qbert4rec_modules.injection import GATE_OBJECTIVES, CrossModalInjection, depth_histogram
 from recbole_qrec.model.qbert4rec_modules.injection_training import InjectionCurve, fuse_items, train_injection
 from recbole_qrec.quantization import TokenizerConfig, TokenizerResult, fit_tokenizer
 from recbole_qrec.quantization.metrics import level_usage
@@ -54,13 +55,13 @@ PROJECTIONS = ("learned", "fixed")
 # Settings the codes depend on (besides the stage's seed and the items and feature values, in the data fingerprint).
 STAGE_KEYS = (
     "modalities", "injection_dim", "injection_layers", "injection_heads", "injection_temperature", "gate_threshold",
-    "fusion", "consistency_weight", "depth_weight", "depth_target", "depth_weight_step", "injection_projection",
-    "injection_epochs",
+    "fusion", "consistency_weight", "depth_weight", "depth_target", "depth_weight_step", "gate_objective",
+    "halting_kl_weight", "injection_projection", "injection_epochs",
     "injection_batch_size", "injection_learning_rate",
     "sid_levels", "sid_codebook_size", "sid_code_dim", "sid_epochs", "sid_l2_normalize",
 )
 # Modules whose source the codes depend on: their hash is the stage's code version.
-STAGE_MODULES = (contrastive, cross_attention_block, injection, injection_training, item_features)
+STAGE_MODULES = (contrastive, cross_attention_block, halting, injection, injection_training, item_features)
 
 
 def build_injection(config: Config, features: ItemFeatures) -> CrossModalInjection:
@@ -70,6 +71,9 @@ def build_injection(config: Config, features: ItemFeatures) -> CrossModalInjecti
     if config["injection_projection"] not in PROJECTIONS:
         raise ConfigError(f"injection_projection is {config['injection_projection']!r} — set it to one of "
                           f"{', '.join(PROJECTIONS)}")
+    if config["gate_objective"] not in GATE_OBJECTIVES:
+        raise ConfigError(f"gate_objective is {config['gate_objective']!r} — set it to one of "
+                          f"{', '.join(GATE_OBJECTIVES)}")
     if config["depth_target"] > config["injection_layers"]:
         raise ConfigError(f"depth_target is {config['depth_target']}, deeper than the {config['injection_layers']} "
                           "injection_layers — set it between 1 and injection_layers")
@@ -87,6 +91,8 @@ def build_injection(config: Config, features: ItemFeatures) -> CrossModalInjecti
         depth_target=config["depth_target"],
         depth_weight_step=config["depth_weight_step"],
         fixed_projection=config["injection_projection"] == "fixed",
+        gate_objective=config["gate_objective"],
+        halting_kl_weight=config["halting_kl_weight"],
     )
 
 

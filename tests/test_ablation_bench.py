@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from conftest import REPO_ROOT
+from recbole_qrec.config import build_config
 
 TINY = {
     "injection_dim": 32, "injection_epochs": 2, "sid_levels": 3, "sid_codebook_size": 32, "sid_code_dim": 16,
@@ -63,3 +64,16 @@ def test_a_recorded_variant_is_not_trained_again_and_a_changed_one_is(work, tmp_
     mean = statistics.fmean(result["test"]["hit@10"] for result in results)
     assert f"| no_pretrain | 2020, 2021 | {mean:.4f} ± " in merged.stdout
     assert merged.stdout == (tmp_path / "seeds.md").read_text() + "\n"
+
+
+def test_every_variant_is_a_valid_change_of_the_defaults(monkeypatch):
+    """Each variant's overrides are QBert4Rec keys with accepted values, and each changes a default (a misspelt key or
+    a value the model refuses would only show on the GPU, one run later)."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+    from qbert4rec_ablations import MODEL, VARIANTS
+
+    defaults = build_config(MODEL, "Instruments")
+    for variant, overrides in VARIANTS.items():
+        config = build_config(MODEL, "Instruments", config_dict=dict(overrides))
+        assert all(config[key] == value for key, value in overrides.items()), variant
+        assert variant == "default" or any(defaults[key] != value for key, value in overrides.items()), variant

@@ -16,6 +16,7 @@ from recbole_qrec.data.cross_domain import pretrain_dataset_names
 from recbole_qrec.data.item_features import load_item_features
 from recbole_qrec.model.qbert4rec import QBert4Rec
 from recbole_qrec.errors import ConfigError
+from recbole_qrec.model.qbert4rec_modules.halting import depth_distribution, kl_to_prior, truncated_geometric
 from recbole_qrec.model.qbert4rec_modules.injection import depth_histogram
 from recbole_qrec.model.qbert4rec_modules.injection_training import fuse_items, train_injection
 from recbole_qrec.qbert4rec_stage import build_injection
@@ -59,12 +60,16 @@ def features(work):
     return config, load_item_features(config, train._dataset)
 
 
-def trained_injection(config, features, depth_weight, depth_weight_step=0.0, depth_target=2.0, epochs=6):
-    config["depth_weight"], config["depth_weight_step"], config["depth_target"] = depth_weight, depth_weight_step, depth_target
+def trained_injection(config, features, depth_weight, depth_weight_step=0.0, depth_target=2.0, epochs=6, **settings):
+    settings = {"depth_weight": depth_weight, "depth_weight_step": depth_weight_step, "depth_target": depth_target,
+                "gate_objective": "ponder", **settings}
+    for key, value in settings.items():
+        config[key] = value
     torch.manual_seed(0)
     module = build_injection(config, features)
     train_injection(module, features, epochs=epochs, batch_size=512, learning_rate=3e-3,
                     generator=torch.Generator().manual_seed(0))
+    config["gate_objective"] = "ponder"
     return module
 
 
@@ -93,6 +98,63 @@ def test_a_depth_target_deeper_than_the_blocks_is_a_config_error(features):
     with pytest.raises(ConfigError, match="depth_target"):
         build_injection(config, features)
     config["depth_target"] = 2.0
+
+
+# Halting objective (PonderNet): each item's depth distribution, pulled towards a geometric prior
+
+def test_depth_distributions_follow_the_gates():
+    gates = torch.tensor([[0.5, 0.5, 0.5], [0.0, 0.9, 0.9], [1.0, 1.0, 0.25]])
+    expected = torch.tensor([[0.5, 0.25, 0.125, 0.125], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.75, 0.25]])
+    torch.testing.assert_close(depth_distribution(gates), expected)
+    assert kl_to_prior(expected, expected[0]).tolist()[0] == 0 and bool((kl_to_prior(expected, expected[0]) >= 0).all())
+
+
+@pytest.mark.parametrize("mean", [1.2, 2.0, 3.5])
+def test_the_prior_is_a_truncated_geometric_distribution_with_the_mean_asked_for(mean):
+    prior = truncated_geometric(4, mean)
+    assert abs(float((prior * torch.arange(1, 5)).sum()) - mean) < 1e-5 and abs(float(prior.sum()) - 1) < 1e-6
+    ratios = prior[1:3] / prior[:2]  # geometric: a constant ratio between consecutive depths before the tail
+    assert abs(float(ratios[0] - ratios[1])) < 1e-5
+
+
+def test_halting_training_depths_and_embeddings_are_the_ones_inference_gives(features):
+    """Training runs every block for every item; the depth and state it reports per item are what the hard rule gives
+    at inference, so the depths trained are the depths used."""
+    config, features = features
+    module = trained_injection(config, features, 0.0, gate_objective="halting", halting_kl_weight=0.01, epochs=2)
+    rows = torch.arange(len(features.present))
+    inputs = ([matrix[rows] for matrix in features.matrices], features.present[rows])
+    with torch.no_grad():
+        training = module.train()(rows, *inputs)
+        inference = module.eval()(rows, *inputs)
+    assert training.states is not None and inference.states is None
+    assert torch.equal(training.depth, inference.depth)
+    torch.testing.assert_close(training.fused, inference.fused, rtol=1e-5, atol=1e-5)
+    assert bool((training.depth_probabilities.sum(1) - 1).abs().lt(1e-5).all())
+
+
+def test_the_prior_term_moves_the_depths_to_the_priors_median(features):
+    """Without the prior term every item goes as deep as the blocks lower its loss; weighted strongly, the prior sets
+    the depth at its median (depth 1 for mean 1.2, the last block for mean 3.5)."""
+    config, features = features
+    layers = config["injection_layers"]
+
+    def depths(weight, mean):
+        module = trained_injection(config, features, 0.0, depth_target=mean, gate_objective="halting",
+                                   halting_kl_weight=weight, epochs=4)
+        return fuse_items(module, features, batch_size=1024)[1]
+
+    free = depths(0.0, 2.0)
+    assert float(free.float().mean()) > 2, depth_histogram(free, layers)
+    assert bool((depths(10.0, 1.2) == 1).all()) and bool((depths(10.0, 3.5) == layers).all())
+
+
+def test_an_unknown_gate_objective_is_a_config_error(features):
+    config, features = features
+    config["gate_objective"] = "act"
+    with pytest.raises(ConfigError, match="gate_objective is 'act' — set it to one of ponder, halting"):
+        build_injection(config, features)
+    config["gate_objective"] = "ponder"
 
 
 def test_dynamic_fusion_differs_from_static_exactly_for_the_items_that_stop_early(features, work):

@@ -21,13 +21,23 @@ a fixed weight that spreads the depths on one catalogue sends every item to dept
 block on another (the paper: most items stop within 1-3 blocks, median 2). With ``depth_weight_step`` 0 the
 weight stays fixed; at weight 0 nothing rewards stopping and every gate stays open.
 
+Halting objective (``gate_objective="halting"``, PonderNet's, Banino et al. 2021) instead of the ponder penalty:
+the gates give every item a distribution over its depths (:mod:`~recbole_qrec.model.qbert4rec_modules.halting`);
+training runs every block for every item and minimises each item's loss at each depth weighted by that distribution,
+plus ``halting_kl_weight`` times its KL divergence to a truncated geometric prior with mean ``depth_target``. An item
+whose loss keeps falling with depth moves its mass deeper, one that a block does not help stops earlier, so the depth
+is decided per item rather than by one weight for the whole catalogue. Inference stops an item after the first block
+at which its probability of going on (the product of its gates so far) falls below ``gate_threshold``: the median of
+its depth distribution at 0.5.
+
 ``dynamic=False`` (``fusion: static``): every item goes through all blocks, no gates.
 
 Loss: multi-view InfoNCE between the fused ID view ``h_i`` and each modality view, and between
 every two modality views, each over the items that have the views it compares; plus the
 ID-consistency term ``consistency_weight * mean(1 - cos(h_i, q_i))``, which keeps the fused
 embedding anchored to the item's own ID vector (the gates trade this against injecting content), plus the
-ponder penalty of dynamic fusion.
+ponder penalty of dynamic fusion (with the halting objective, the ID-view terms and the ID-consistency term are
+each item's expectation over its depths, plus the prior term).
 """
 
 from __future__ import annotations
@@ -40,8 +50,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recbole_qrec.model.qbert4rec_modules.contrastive import masked_info_nce
+from recbole_qrec.model.qbert4rec_modules.contrastive import item_info_nce, masked_info_nce
 from recbole_qrec.model.qbert4rec_modules.cross_attention_block import CrossAttentionBlock
+from recbole_qrec.model.qbert4rec_modules.halting import depth_distribution, kl_to_prior, truncated_geometric
+
+GATE_OBJECTIVES = ("ponder", "halting")
 
 
 @dataclass
@@ -49,13 +62,17 @@ class InjectionOutput:
     """``fused`` ``[n, d]`` item embeddings ``h``, the ``ids`` ``q`` and projected ``views`` (one
     ``[n, d]`` per modality) they came from, each item's ``depth``: blocks applied under the
     hard rule, and its ``soft_depth`` ``[n]``: the same value in the forward pass, carrying the straight-through
-    gradient the ponder penalty sends to the gates."""
+    gradient the ponder penalty sends to the gates. Training under the halting objective adds the state after every
+    block (``states``, ``[layers]`` of ``[n, d]``, every item through every block) and each item's
+    ``depth_probabilities`` ``[n, layers]``."""
 
     fused: Tensor
     ids: Tensor
     views: list[Tensor]
     depth: Tensor
     soft_depth: Tensor
+    states: list[Tensor] | None = None
+    depth_probabilities: Tensor | None = None
 
 
 class CrossModalInjection(nn.Module):
@@ -64,14 +81,19 @@ class CrossModalInjection(nn.Module):
     def __init__(self, n_items: int, modality_dims: Sequence[int], dim: int, layers: int, heads: int,
                  temperature: float, gate_threshold: float, dynamic: bool, consistency_weight: float,
                  depth_weight: float, depth_target: float = 1.0, depth_weight_step: float = 0.0,
-                 fixed_projection: bool = False) -> None:
+                 fixed_projection: bool = False, gate_objective: str = "ponder",
+                 halting_kl_weight: float = 0.0) -> None:
         super().__init__()
         self.temperature = temperature
         self.gate_threshold = gate_threshold
         self.consistency_weight = consistency_weight
         self.depth_target = depth_target
-        self.depth_weight_step = depth_weight_step if dynamic else 0.0
-        self.register_buffer("depth_weight", torch.tensor(depth_weight if dynamic else 0.0))
+        self.halting = dynamic and gate_objective == "halting"
+        self.halting_kl_weight = halting_kl_weight
+        ponder = dynamic and not self.halting
+        self.depth_weight_step = depth_weight_step if ponder else 0.0
+        self.register_buffer("depth_weight", torch.tensor(depth_weight if ponder else 0.0))
+        self.register_buffer("depth_prior", truncated_geometric(layers, depth_target), persistent=False)
         self.id_embedding = nn.Embedding(n_items, dim)
         self.projections = nn.ModuleList(nn.Linear(in_dim, dim) for in_dim in modality_dims)
         self.projections.requires_grad_(not fixed_projection)
@@ -86,6 +108,8 @@ class CrossModalInjection(nn.Module):
         ids = self.id_embedding(items)
         views = [projection(F.normalize(x, dim=-1)) for projection, x in zip(self.projections, features)]
         modalities = self.weighted_modalities(ids, torch.stack(views, 1), present)
+        if self.halting and self.training:
+            return self.fuse_every_depth(ids, views, modalities, present)
         fused, depth, soft_depth = self.fuse(ids, modalities, present)
         return InjectionOutput(fused, ids, views, depth, soft_depth)
 
@@ -102,6 +126,7 @@ class CrossModalInjection(nn.Module):
         ``(h, depth, soft depth)``."""
         state = ids
         carry = torch.ones(len(ids), 1, device=ids.device)  # 0/1: still going
+        go_on = torch.ones(len(ids), 1, device=ids.device)  # halting: the product of the gates so far
         depth = torch.zeros(len(ids), dtype=torch.long, device=ids.device)
         soft_depth = torch.zeros(len(ids), device=ids.device)
         for index, block in enumerate(self.blocks):
@@ -110,13 +135,36 @@ class CrossModalInjection(nn.Module):
             soft_depth = soft_depth + carry.squeeze(1)
             if index < len(self.gates):
                 gate = torch.sigmoid(self.gates[index](state))
-                open_gate = (gate >= self.gate_threshold).float()
-                carry = carry * (open_gate + gate - gate.detach() if self.training else open_gate)
+                if self.halting:
+                    go_on = go_on * gate
+                    carry = carry * (go_on >= self.gate_threshold).float()
+                else:
+                    open_gate = (gate >= self.gate_threshold).float()
+                    carry = carry * (open_gate + gate - gate.detach() if self.training else open_gate)
         return state, depth, soft_depth
+
+    def fuse_every_depth(self, ids: Tensor, views: list[Tensor], modalities: Tensor,
+                         present: Tensor) -> InjectionOutput:
+        """Training under the halting objective: every item through every block, its state after each, its depth
+        distribution and the depth inference would give it (``fused`` is the state at that depth)."""
+        states, gates = [], []
+        state = ids
+        for index, block in enumerate(self.blocks):
+            state = block(state, modalities, present)
+            states.append(state)
+            if index < len(self.gates):
+                gates.append(torch.sigmoid(self.gates[index](state)))
+        gates = torch.cat(gates, 1)
+        # the blocks whose probability of being reached is at least the threshold: a prefix, as the products only fall
+        depth = 1 + gates.detach().cumprod(1).ge(self.gate_threshold).sum(1)
+        fused = torch.stack(states, 1)[torch.arange(len(ids), device=ids.device), depth - 1]
+        return InjectionOutput(fused, ids, views, depth, depth.float(), states, depth_distribution(gates))
 
     def loss(self, output: InjectionOutput, present: Tensor) -> Tensor:
         """Multi-view InfoNCE (ID-modality and modality-modality pairs), the ID-consistency term and the ponder
-        penalty."""
+        penalty (or, under the halting objective, :meth:`halting_loss`)."""
+        if output.states is not None:
+            return self.halting_loss(output, present)
         everyone = torch.ones(len(present), dtype=torch.bool, device=present.device)
         views = [(output.fused, everyone)] + [(view, present[:, m]) for m, view in enumerate(output.views)]
         contrastive = sum(
@@ -126,6 +174,23 @@ class CrossModalInjection(nn.Module):
         consistency = (1 - F.cosine_similarity(output.fused, output.ids, dim=-1)).mean()
         ponder = output.soft_depth.mean()
         return contrastive + self.consistency_weight * consistency + self.depth_weight * ponder
+
+    def halting_loss(self, output: InjectionOutput, present: Tensor) -> Tensor:
+        """Each item's ID-view InfoNCE and ID-consistency terms at each depth, weighted by its depth distribution,
+        plus the modality-modality InfoNCE and ``halting_kl_weight`` times the mean KL divergence to the prior."""
+        per_depth = torch.stack([
+            sum(item_info_nce(state, view, present[:, m], self.temperature) for m, view in enumerate(output.views))
+            + self.consistency_weight * (1 - F.cosine_similarity(state, output.ids, dim=-1))
+            for state in output.states
+        ], 1)
+        modality_pairs = sum(
+            masked_info_nce(output.views[first], output.views[second], present[:, first] & present[:, second],
+                            self.temperature)
+            for first, second in combinations(range(len(output.views)), 2)
+        )
+        expected = (output.depth_probabilities * per_depth).sum(1).mean()
+        prior = kl_to_prior(output.depth_probabilities, self.depth_prior).mean()
+        return expected + modality_pairs + self.halting_kl_weight * prior
 
     @torch.no_grad()
     def steer_depth(self, output: InjectionOutput) -> None:
