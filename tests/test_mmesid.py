@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -166,7 +167,10 @@ def test_decoding_only_returns_existing_items_with_their_exact_scores(prepared, 
 
 def test_lora_trains_adapters_embeddings_and_output_layer_only(prepared, work):
     config, train, _ = prepared
-    model = MMESID(subset_config(work, lora_rank=4), train._dataset)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = MMESID(subset_config(work, lora_rank=4), train._dataset)
+    assert not [warning for warning in caught if issubclass(warning.category, FutureWarning)]
     trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     assert any("lora_" in name for name in trainable) and any("embed_tokens" in name for name in trainable)
     assert not any(name.endswith("q_proj.base_layer.weight") for name in trainable)

@@ -29,6 +29,7 @@ scoring heads (it ranks by a classifier over items; here the model generates sem
 
 from __future__ import annotations
 
+import warnings
 from logging import getLogger
 
 import torch
@@ -194,7 +195,9 @@ def with_lora(model: PreTrainedModel, config: Config) -> nn.Module:
     names = [name.rsplit(".", 1)[-1] for name, module in model.named_modules() if id(module) in trained]
     lora = LoraConfig(r=rank, lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"],
                       target_modules=config["lora_target_modules"], modules_to_save=names)
-    return get_peft_model(model, lora)
+    with warnings.catch_warnings():  # peft reads a property transformers 5 deprecates: a FutureWarning in every run
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return get_peft_model(model, lora)
 
 
 def semi_orthogonal(rows: int, columns: int, seed: int) -> Tensor:
