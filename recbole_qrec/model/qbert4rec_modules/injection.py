@@ -25,8 +25,9 @@ Halting objective (``gate_objective="halting"``, PonderNet's, Banino et al. 2021
 the gates give every item a distribution over its depths (:mod:`~recbole_qrec.model.qbert4rec_modules.halting`);
 training runs every block for every item and minimises each item's loss at each depth weighted by that distribution,
 plus ``halting_kl_weight`` times its KL divergence to a truncated geometric prior with mean ``depth_target``. An item
-whose loss keeps falling with depth moves its mass deeper, one that a block does not help stops earlier, so the depth
-is decided per item rather than by one weight for the whole catalogue. Inference stops an item after the first block
+whose loss keeps falling with depth can move its mass deeper while one that a block does not help stops earlier
+(measured on Instruments and its pretraining union, the depths follow the prior's weight instead, one depth for nearly
+every item: docs/results/qbert4rec_stage_depths/). Inference stops an item after the first block
 at which its probability of going on (the product of its gates so far) falls below ``gate_threshold``: the median of
 its depth distribution at 0.5.
 
@@ -88,7 +89,7 @@ class CrossModalInjection(nn.Module):
         self.gate_threshold = gate_threshold
         self.consistency_weight = consistency_weight
         self.depth_target = depth_target
-        self.halting = dynamic and gate_objective == "halting"
+        self.halting = dynamic and gate_objective == "halting" and layers > 1
         self.halting_kl_weight = halting_kl_weight
         ponder = dynamic and not self.halting
         self.depth_weight_step = depth_weight_step if ponder else 0.0
