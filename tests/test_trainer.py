@@ -111,6 +111,7 @@ def test_checkpoints_of_a_failed_block_are_removed_and_an_overwritten_one_restor
     assert torch.load(kept, weights_only=True)["epoch"] == 1
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # torch's note on the refused pickle
 def test_recbole_own_checkpoint_does_not_load_with_weights_only(trained, tmp_path):
     trainer, _ = trained
     Trainer._save_checkpoint(trainer, 0, saved_model_file=str(tmp_path / "recbole.pth"))
