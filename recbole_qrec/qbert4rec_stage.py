@@ -66,14 +66,10 @@ STAGE_MODULES = (contrastive, cross_attention_block, halting, injection, injecti
 
 def build_injection(config: Config, features: ItemFeatures) -> CrossModalInjection:
     """The stage-1 module for ``features``, configured by the ``injection_*`` keys and ``fusion``."""
-    if config["fusion"] not in FUSIONS:
-        raise ConfigError(f"fusion is {config['fusion']!r} — set it to one of {', '.join(FUSIONS)}")
-    if config["injection_projection"] not in PROJECTIONS:
-        raise ConfigError(f"injection_projection is {config['injection_projection']!r} — set it to one of "
-                          f"{', '.join(PROJECTIONS)}")
-    if config["gate_objective"] not in GATE_OBJECTIVES:
-        raise ConfigError(f"gate_objective is {config['gate_objective']!r} — set it to one of "
-                          f"{', '.join(GATE_OBJECTIVES)}")
+    choices_of = {"fusion": FUSIONS, "injection_projection": PROJECTIONS, "gate_objective": GATE_OBJECTIVES}
+    for key, choices in choices_of.items():
+        if config[key] not in choices:
+            raise ConfigError(f"{key} is {config[key]!r} — set it to one of {', '.join(choices)}")
     if config["depth_target"] > config["injection_layers"]:
         raise ConfigError(f"depth_target is {config['depth_target']}, deeper than the {config['injection_layers']} "
                           "injection_layers — set it between 1 and injection_layers")
