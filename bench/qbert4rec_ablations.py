@@ -10,8 +10,8 @@ target's own sequences), ``with_target_pretrain`` (on the sources' and then the 
 ``cross_domain_games`` (pretrained on Games alone; stages 1-2 over the union of both domains' items),
 ``content_kept_codes`` (content-code proxy levels weighted 0.5 ** level and stage 1's modality projections fixed, which
 keep the content codes' sequential signal in the stage's codes: ``docs/results/qbert4rec_stage_codes_arts_decay.md``),
-``interleaved_pretrain`` (the sources' pretraining batches in one mixed order instead of one source after the
-other) and ``halting_gates`` (stage 1's gates trained by PonderNet's halting objective instead of the ponder penalty).
+``sequential_pretrain`` (the sources' pretraining batches one source after the other instead of in one mixed
+order) and ``halting_gates`` (stage 1's gates trained by PonderNet's halting objective instead of the ponder penalty).
 
 Each variant runs ``run_recbole_qrec.py`` in its own process (:func:`common.run_model`,
 ``--parallel`` at a time, all on the default GPU), with its own checkpoint folder (RecBole names
@@ -74,9 +74,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "with_target_pretrain": {"pretrain_on_target": True},
     "cross_domain_games": {"pretrain_datasets": ["Games"]},
     "content_kept_codes": {"code_proxy_level_decay": 0.5, "injection_projection": "fixed"},
-    "interleaved_pretrain": {"pretrain_domain_order": "interleaved"},
+    "sequential_pretrain": {"pretrain_domain_order": "sequential"},
     "halting_gates": {"gate_objective": "halting"},
 }
+# Variants of stored grids whose setting has since become the default: ``--report`` still names their overrides.
+RETIRED_VARIANTS: dict[str, dict[str, Any]] = {"interleaved_pretrain": {"pretrain_domain_order": "interleaved"}}
 
 
 def parse_settings(items: list[str]) -> dict[str, str]:
@@ -183,7 +185,8 @@ def report(payload: dict) -> str:
     variants = dict.fromkeys(result["variant"] for result in results)
     header = (f"# {MODEL} ablations on {payload['dataset']}: test metrics (leave-one-out, full ranking)\n\n"
               + provenance + f"- commit: {', '.join(commits) or 'none finished'}\n"
-              + "".join(f"- {variant}: {VARIANTS[variant] or 'no overrides'}\n" for variant in variants)
+              + "".join(f"- {variant}: {({**RETIRED_VARIANTS, **VARIANTS})[variant] or 'no overrides'}\n"
+                        for variant in variants)
               + "- epochs and train_seconds_per_epoch count fine-tuning epochs, pretrain_epochs the pretraining epochs; "
                 "valid_ndcg@10: the best validation NDCG@10 (the checkpoint tested); injection_depths: items that went "
                 "through 1, 2, ... injection blocks")
@@ -221,11 +224,16 @@ def read_grid(path: str) -> dict:
         results = payload["results"]
         # a grid written before its payload listed its grids: one grid, its provenance at the top level
         grids = payload.get("grids") or [{key: payload[key] for key in ("command", "machine", "date", "common")}]
+        unknown = sorted({result["variant"] for result in results} - VARIANTS.keys() - RETIRED_VARIANTS.keys())
         # a grid written before its payload named the dataset: its first result's
-        return grid_payload(payload.get("dataset") or results[0]["dataset"], grids, results)
+        payload = grid_payload(payload.get("dataset") or results[0]["dataset"], grids, results)
     except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
         sys.exit(f"error: --report {path} is not the .json of a finished ablation grid ({type(err).__name__}: {err}) "
                  "— pass the <out>.json this bench wrote")
+    if unknown:
+        sys.exit(f"error: --report {path} has results of variants this bench does not know ({', '.join(unknown)}) — "
+                 "pass the <out>.json this bench wrote")
+    return payload
 
 
 def merged_grids(paths: list[str]) -> dict:

@@ -77,3 +77,25 @@ def test_every_variant_is_a_valid_change_of_the_defaults(monkeypatch):
         config = build_config(MODEL, "Instruments", config_dict=dict(overrides))
         assert all(config[key] == value for key, value in overrides.items()), variant
         assert variant == "default" or any(defaults[key] != value for key, value in overrides.items()), variant
+
+
+def test_a_stored_grid_of_a_retired_variant_still_reports_and_an_unknown_variant_is_one_line(work, tmp_path):
+    """A variant whose setting became the default leaves stored grids that ``--report`` must still describe (their
+    overrides come from the bench's retired variants); a result of a variant the bench never had is refused."""
+    run_grid(work, tmp_path)
+    stored = json.loads((tmp_path / "table.json").read_text())
+    report = [sys.executable, "bench/qbert4rec_ablations.py", "--report"]
+    for variant in ("interleaved_pretrain", "shuffled_pretrain"):
+        for result in stored["results"]:
+            result["variant"] = variant
+        (tmp_path / f"{variant}.json").write_text(json.dumps(stored))
+    subprocess.run([*report, str(tmp_path / "interleaved_pretrain.json"), "--out", str(tmp_path / "retired")],
+                   cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=True)
+    text = (tmp_path / "retired.md").read_text()
+    assert "- interleaved_pretrain: {'pretrain_domain_order': 'interleaved'}" in text
+    assert "| interleaved_pretrain | 2020 | 0 |" in text
+    unknown = subprocess.run([*report, str(tmp_path / "shuffled_pretrain.json"), "--out", str(tmp_path / "unknown")],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
+    assert unknown.stderr.strip().splitlines() == [unknown.stderr.strip()] and "shuffled_pretrain" in unknown.stderr
+    assert not (tmp_path / "unknown.md").exists()

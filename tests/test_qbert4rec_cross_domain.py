@@ -34,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 SUBSET_USERS = {"Instruments": 500, "Games": 300, "Arts": 200}
 SOURCES = ["Games", "Arts"]
-SETTINGS = {**TINY, "pretrain_epochs": 3, "pretrain_learning_rate": 0.003}  # pretraining long enough to learn
+SETTINGS = {**TINY, "pretrain_epochs": 6, "pretrain_learning_rate": 0.01}  # pretraining long enough to learn
 
 
 @pytest.fixture(scope="module")
