@@ -1,6 +1,7 @@
 """``bench/qbert4rec_ablations.py`` on the 500-user Instruments subset: a variant recorded in ``--work-dir`` with the
 same settings, data and code is not trained again; another setting is; ``--report`` rewrites the report from the
-grid's JSON, and reports grids of several seeds as one, with each variant's mean over its seeds."""
+grid's JSON, and reports grids of several seeds as one, with each variant's mean over its seeds; a stored grid of a
+variant whose setting became the default still reports, one of a variant the bench never had is one error line."""
 
 from __future__ import annotations
 
