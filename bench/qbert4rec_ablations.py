@@ -6,7 +6,7 @@ modalities, multi-mask pretraining with span + tail + multi on the other domains
 that are there), ``static_fusion``, ``no_depth_penalty`` (dynamic gates that never close), ``levels_scoring``
 (factorised per-level scoring), ``l2_sid_input`` (the RQ-VAE on L2-normalised fused embeddings), ``text_only``,
 ``image_only``, ``no_pretrain``, ``mlm_pretrain`` (MLM-only pretraining), ``in_domain_pretrain`` (pretrained on the
-target's own sequences), ``with_target_pretrain`` (on the sources' and then the target's sequences),
+target's own sequences), ``with_target_pretrain`` (on the sources' and the target's sequences),
 ``cross_domain_games`` (pretrained on Games alone; stages 1-2 over the union of both domains' items),
 ``content_kept_codes`` (content-code proxy levels weighted 0.5 ** level and stage 1's modality projections fixed, which
 keep the content codes' sequential signal in the stage's codes: ``docs/results/qbert4rec_stage_codes_arts_decay.md``),

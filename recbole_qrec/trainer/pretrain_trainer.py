@@ -167,8 +167,8 @@ class PretrainFineTuneTrainer(Trainer):
                          pretrain_data: Mapping[str, AbstractDataLoader] | None = None
                          ) -> list[tuple[str | None, AbstractDataLoader]]:
         """``(domain, loader)`` pairs of one pretraining epoch, batched by ``pretrain_batch_size`` over the rows
-        ``pretrain_sequences`` names: the sources', then with ``pretrain_on_target`` the target's ``train_data``
-        (domain ``None``); without sources the target's alone."""
+        ``pretrain_sequences`` names: the sources', and with ``pretrain_on_target`` the target's ``train_data``
+        (domain ``None``, last); without sources the target's alone."""
         pairs = list((pretrain_data or {}).items())
         if not pairs or self.config["pretrain_on_target"]:
             pairs.append((None, train_data))
