@@ -3,7 +3,7 @@
 Variants (the paper's ablation grid, each a set of config overrides on top of the harness config):
 ``default`` (the paper's model: item-level scoring, dynamic fusion with the ponder penalty, the target's
 modalities, multi-mask pretraining with span + tail + multi on the other domains of ``pretrain_domain_pool``
-that are there), ``static_fusion``, ``no_depth_penalty`` (dynamic gates that never close), ``levels_scoring``
+that are there, their batches interleaved), ``static_fusion``, ``no_depth_penalty`` (dynamic gates that never close), ``levels_scoring``
 (factorised per-level scoring), ``l2_sid_input`` (the RQ-VAE on L2-normalised fused embeddings), ``text_only``,
 ``image_only``, ``no_pretrain``, ``mlm_pretrain`` (MLM-only pretraining), ``in_domain_pretrain`` (pretrained on the
 target's own sequences), ``with_target_pretrain`` (on the sources' and the target's sequences),
