@@ -79,6 +79,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 # Variants of stored grids whose setting has since become the default: ``--report`` still names their overrides.
 RETIRED_VARIANTS: dict[str, dict[str, Any]] = {"interleaved_pretrain": {"pretrain_domain_order": "interleaved"}}
+REPORTED_VARIANTS = {**RETIRED_VARIANTS, **VARIANTS}  # every variant a stored grid may hold
 
 
 def parse_settings(items: list[str]) -> dict[str, str]:
@@ -185,8 +186,7 @@ def report(payload: dict) -> str:
     variants = dict.fromkeys(result["variant"] for result in results)
     header = (f"# {MODEL} ablations on {payload['dataset']}: test metrics (leave-one-out, full ranking)\n\n"
               + provenance + f"- commit: {', '.join(commits) or 'none finished'}\n"
-              + "".join(f"- {variant}: {({**RETIRED_VARIANTS, **VARIANTS})[variant] or 'no overrides'}\n"
-                        for variant in variants)
+              + "".join(f"- {variant}: {REPORTED_VARIANTS[variant] or 'no overrides'}\n" for variant in variants)
               + "- epochs and train_seconds_per_epoch count fine-tuning epochs, pretrain_epochs the pretraining epochs; "
                 "valid_ndcg@10: the best validation NDCG@10 (the checkpoint tested); injection_depths: items that went "
                 "through 1, 2, ... injection blocks")
@@ -224,7 +224,7 @@ def read_grid(path: str) -> dict:
         results = payload["results"]
         # a grid written before its payload listed its grids: one grid, its provenance at the top level
         grids = payload.get("grids") or [{key: payload[key] for key in ("command", "machine", "date", "common")}]
-        unknown = sorted({result["variant"] for result in results} - VARIANTS.keys() - RETIRED_VARIANTS.keys())
+        unknown = sorted({result["variant"] for result in results} - REPORTED_VARIANTS.keys())
         # a grid written before its payload named the dataset: its first result's
         payload = grid_payload(payload.get("dataset") or results[0]["dataset"], grids, results)
     except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
