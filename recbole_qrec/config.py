@@ -39,7 +39,7 @@ from recbole.utils import EvaluatorType, ModelType, argument_list
 import recbole
 from recbole_qrec.compat import prepare_recbole
 from recbole_qrec.distributed import init_distributed
-from recbole_qrec.errors import ConfigError, QRecError
+from recbole_qrec.errors import ConfigError, checked_choice, QRecError
 from recbole_qrec.fileio import check_output_folder
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.data.cold_start import check_cold_start
@@ -336,9 +336,8 @@ def check_sequential_protocol(config: Config) -> None:
         raise ConfigError(f"eval_args.order is {order!r}, but a sequential model ({config['model']}) needs the time "
                           "order 'TO' (RecBole's SequentialDataset splits each history by time) — add order: TO to "
                           "eval_args (RecBole fills the keys an eval_args leaves out with its own defaults, order RO)")
-    if config["loss_type"] not in SEQUENTIAL_LOSS_TYPES:
-        raise ConfigError(f"loss_type must be one of {', '.join(SEQUENTIAL_LOSS_TYPES)} for {config['model']}, got "
-                          f"{config['loss_type']!r} — e.g. --loss_type=CE (BPR needs train_neg_sample_args)")
+    checked_choice(f"loss_type for {config['model']}", config["loss_type"], SEQUENTIAL_LOSS_TYPES,
+                   "e.g. --loss_type=CE (BPR needs train_neg_sample_args)")
 
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")
@@ -346,10 +345,8 @@ MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 def check_matmul_precision(config: Config) -> None:
     """``float32_matmul_precision`` must be one of torch's settings."""
-    value = config["float32_matmul_precision"]
-    if value not in MATMUL_PRECISIONS:
-        raise ConfigError(f"float32_matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)} "
-                          f"(torch.set_float32_matmul_precision), got {value!r} — e.g. --float32_matmul_precision=highest")
+    checked_choice("float32_matmul_precision", config["float32_matmul_precision"], MATMUL_PRECISIONS,
+                   "e.g. --float32_matmul_precision=high (torch.set_float32_matmul_precision; high: TF32)")
 
 
 LEARNERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam")  # RecBole's Trainer._build_optimizer
@@ -388,9 +385,9 @@ def check_attention_settings(config: QRecConfig) -> None:
             raise ConfigError(f"{width_key} ({width}) is not a multiple of {heads_key} ({heads}): each attention head "
                               f"takes an equal share — e.g. --{width_key}={width - width % heads or heads} or "
                               f"--{heads_key}=1")
-    if "hidden_act" in defaults and config["hidden_act"] not in HIDDEN_ACTS:
-        raise ConfigError(f"hidden_act must be one of {', '.join(HIDDEN_ACTS)}, got {config['hidden_act']!r} — "
-                          f"e.g. --hidden_act={defaults['hidden_act']} (the default)")
+    if "hidden_act" in defaults:
+        checked_choice("hidden_act", config["hidden_act"], HIDDEN_ACTS,
+                       f"e.g. --hidden_act={defaults['hidden_act']} (the default)")
 
 
 def check_masked_items(config: Config) -> None:

@@ -84,6 +84,15 @@ def required_module(name: str, needed_by: str, install: str) -> ModuleType:
         raise MissingDependencyError(f"{needed_by} needs {name}, which is not installed — {install}") from None
 
 
+def checked_choice(key: str, value: object, choices: Sequence[object], hint: str = "") -> object:
+    """``value`` if it is one of ``choices``, else a :class:`ConfigError` ``<key> must be one of ..., got <value> —
+    <hint>`` (``hint`` says what the choices do; by default an example, the first choice)."""
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r} — "
+                          f"{hint or f'e.g. --{key}={choices[0]}'}")
+    return value
+
+
 def debug_requested(argv: list[str] | tuple[str, ...] = ()) -> bool:
     """``--debug`` among ``argv`` or ``QREC_DEBUG`` set (to anything but 0)."""
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")

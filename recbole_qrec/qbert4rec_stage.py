@@ -39,7 +39,7 @@ from recbole_qrec import stage_cache
 from recbole_qrec.data import item_features
 from recbole_qrec.data.item_features import ItemFeatures, concat_features
 from recbole_qrec.data.sid import sid_metadata_path, write_sid_file
-from recbole_qrec.errors import ConfigError
+from recbole_qrec.errors import ConfigError, checked_choice
 from recbole_qrec.fileio import write_json_atomic
 from recbole_qrec.model.qbert4rec_modules import (contrastive, cross_attention_block, halting, injection,
                                                   injection_training)
@@ -66,10 +66,8 @@ STAGE_MODULES = (contrastive, cross_attention_block, halting, injection, injecti
 
 def build_injection(config: Config, features: ItemFeatures) -> CrossModalInjection:
     """The stage-1 module for ``features``, configured by the ``injection_*`` keys and ``fusion``."""
-    choices_of = {"fusion": FUSIONS, "injection_projection": PROJECTIONS, "gate_objective": GATE_OBJECTIVES}
-    for key, choices in choices_of.items():
-        if config[key] not in choices:
-            raise ConfigError(f"{key} is {config[key]!r} — set it to one of {', '.join(choices)}")
+    for key, choices in (("fusion", FUSIONS), ("injection_projection", PROJECTIONS), ("gate_objective", GATE_OBJECTIVES)):
+        checked_choice(key, config[key], choices)
     if config["depth_target"] > config["injection_layers"]:
         raise ConfigError(f"depth_target is {config['depth_target']}, deeper than the {config['injection_layers']} "
                           "injection_layers — set it between 1 and injection_layers")

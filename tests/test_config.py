@@ -213,7 +213,7 @@ def test_an_optional_key_suggests_its_own_example():
     (["--valid_metric=foo@10"], r"^valid_metric 'foo@10' is not computed"),
     (["--metrics=['Recall']"], r"^valid_metric 'NDCG@10' is not computed .* give recall@1, recall@5, recall@10\)"),
     (["--valid_metric=10"], r"^valid_metric must be a metric name such as NDCG@10, got 10 — "),
-    (["--loss_type=FOO"], r"^loss_type must be one of CE, BPR for SASRec, got 'FOO' — e.g. --loss_type=CE"),
+    (["--loss_type=FOO"], r"^loss_type for SASRec must be one of CE, BPR, got 'FOO' — e.g. --loss_type=CE"),
     (["--eval_args={'order': 'RO'}"], r"^eval_args.order is 'RO', but a sequential model \(SASRec\) needs .* add order: TO"),
     (["--eval_args={'mode': 'full'}"], r"^eval_args.order is 'RO'"),  # a partial eval_args takes RecBole's order
 ])

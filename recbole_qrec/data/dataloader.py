@@ -16,18 +16,14 @@ from recbole.data.interaction import Interaction
 from recbole.sampler.sampler import AbstractSampler
 
 from recbole_qrec.data.transform import DEVICE_TRANSFORMS, device_transform
-from recbole_qrec.errors import ConfigError
+from recbole_qrec.errors import ConfigError, checked_choice
 
 DATA_PATH_MODES = ("auto", "recbole", "gpu")
 
 
 def check_data_path_mode(config: Config) -> str:
     """``data_path_mode`` of ``config``, after checking it is one of :data:`DATA_PATH_MODES`."""
-    mode = config["data_path_mode"]
-    if mode not in DATA_PATH_MODES:
-        raise ConfigError(f"data_path_mode must be one of {', '.join(DATA_PATH_MODES)}, got {mode!r} — "
-                          "e.g. --data_path_mode=recbole")
-    return mode
+    return checked_choice("data_path_mode", config["data_path_mode"], DATA_PATH_MODES, "e.g. --data_path_mode=recbole")
 
 
 def gpu_data_path_refusal(config: Config) -> str | None:

@@ -14,7 +14,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from recbole_qrec.errors import ConfigError
+from recbole_qrec.errors import checked_choice
 
 EVAL_MODES = ("beam", "exact")
 DECODER_ROWS = 4096  # users x items per decoder call: bounds the memory of the repeated encoder output and the logits
@@ -22,10 +22,8 @@ DECODER_ROWS = 4096  # users x items per decoder call: bounds the memory of the 
 
 def checked_eval_mode(value: object) -> str:
     """``eval_mode`` if it is one of :data:`EVAL_MODES`, else a :class:`ConfigError` saying what to set."""
-    if value not in EVAL_MODES:
-        raise ConfigError(f"eval_mode must be one of {', '.join(EVAL_MODES)}, got {value!r} — beam: the constrained "
-                          "beam search (items outside it score -inf), exact: every item's sequence log-probability")
-    return value
+    return checked_choice("eval_mode", value, EVAL_MODES, "beam: the constrained beam search (items outside it "
+                          "score -inf), exact: every item's sequence log-probability")
 
 
 @torch.no_grad()

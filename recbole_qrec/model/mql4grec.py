@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from transformers import T5ForConditionalGeneration
 
 from recbole_qrec.data.dataset import SemanticIdDataset
-from recbole_qrec.errors import ConfigError
+from recbole_qrec.errors import ConfigError, checked_choice
 from recbole_qrec.generation import (PrefixIndex, code_groups, constrained_beam_search,
                                     credit_target_group, exact_score_matrix)
 from recbole_qrec.model.abstract_recommender import PretrainableRecommender
@@ -65,8 +65,10 @@ class MQL4GRec(PretrainableRecommender):
         self.eval_mode, self.beam_size = checked_ranking(config, dataset)
         self.length_bucket_rows = checked_length_bucket_rows(config["length_bucket_rows"])
         self.full_length_inputs = checked_full_length_inputs(config["full_length_inputs"], config["device"])
-        self.eval_rule = checked_choice("eval_rule", config["eval_rule"], EVAL_RULES)
-        self.task_mix = checked_choice("task_mix", config["task_mix"], tuple(MIXES))
+        self.eval_rule = checked_choice("eval_rule", config["eval_rule"], EVAL_RULES,
+                                        f"e.g. --eval_rule={EVAL_RULES[0]} (the official code's)")
+        self.task_mix = checked_choice("task_mix", config["task_mix"], tuple(MIXES),
+                                       f"e.g. --task_mix={next(iter(MIXES))} (the official code's)")
         self.fusion = checked_fusion(config["beam_fusion"])
         self.tasks = select_tasks(config["tasks"])
         self.pretrain_tasks = select_tasks(config["pretrain_tasks"], "pretrain_tasks")
@@ -212,13 +214,6 @@ def examples_by_input_length(examples: list[TaskExample]) -> list[list[TaskExamp
 def stacked_examples(examples: list[TaskExample]) -> TaskExample:
     """Same-length ``examples`` as one batch: the rows of the first, then of the second, ..."""
     return TaskExample(*(torch.cat(parts) for parts in zip(*examples)))
-
-
-def checked_choice(key: str, value: object, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r} — e.g. --{key}={choices[0]} "
-                          f"(the official code's)")
-    return value
 
 
 def ranking_languages(tasks: list[Task], languages: tuple[str, ...]) -> list[str]:

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.data.sid import SID_FIELD
-from recbole_qrec.errors import ConfigError, MalformedDataError
+from recbole_qrec.errors import ConfigError, checked_choice, MalformedDataError
 from recbole_qrec.model.abstract_recommender import PretrainableRecommender
 from recbole_qrec.model.qbert4rec_modules.fused_encoder import FusedTransformerEncoder
 from recbole_qrec.model.qbert4rec_modules.item_output import ItemOutput
@@ -70,8 +70,7 @@ class QBert4Rec(PretrainableRecommender):
         if config["loss_type"] != "CE":
             raise ConfigError(f"QBert4Rec needs loss_type CE (per-level cross-entropy), not {config['loss_type']} "
                               "— set loss_type: CE")
-        if config["scoring"] not in SCORINGS:
-            raise ConfigError(f"scoring is {config['scoring']!r} — set it to one of {', '.join(SCORINGS)}")
+        checked_choice("scoring", config["scoring"], SCORINGS)
         if config["item_id_input"] not in (None, True, False):
             raise ConfigError(f"item_id_input is {config['item_id_input']!r} — set it to True, False or ~")
         if config["item_id_input"] and config["scoring"] != "item":

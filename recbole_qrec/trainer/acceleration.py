@@ -15,7 +15,7 @@ from torch import Tensor, nn, optim
 from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
-from recbole_qrec.errors import ConfigError, TrainingDivergedError
+from recbole_qrec.errors import ConfigError, checked_choice, TrainingDivergedError
 
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -39,9 +39,8 @@ def check_acceleration(config: Config) -> None:
     if dtype is not None and dtype not in AUTOCAST_DTYPES:
         raise ConfigError(f"autocast_dtype must be ~ (float32) or one of {', '.join(AUTOCAST_DTYPES)}, got {dtype!r} "
                           "— e.g. --autocast_dtype=bfloat16")
-    if config["compile_mode"] not in COMPILE_MODES:
-        raise ConfigError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {config['compile_mode']!r} "
-                          "— e.g. --compile_model=True --compile_mode=reduce-overhead")
+    checked_choice("compile_mode", config["compile_mode"], COMPILE_MODES,
+                   "e.g. --compile_model=True --compile_mode=reduce-overhead")
 
 
 def summed(losses: Tensor | tuple[Tensor, ...]) -> Tensor:

@@ -19,7 +19,7 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 from recbole_qrec.distributed import broadcast_from_main
-from recbole_qrec.errors import ConfigError
+from recbole_qrec.errors import checked_choice
 from recbole_qrec.model.abstract_recommender import PretrainableRecommender
 from recbole_qrec.trainer.schedule import attach_lr_schedule
 
@@ -78,8 +78,8 @@ def check_pretraining_choices(config: Config) -> None:
     """``pretrain_sequences`` and ``pretrain_domain_order``, for a model with a pretraining phase (the keys are among
     its defaults): checked with the config, before a tokenize stage writes codes."""
     for key, allowed in (("pretrain_sequences", PRETRAIN_SEQUENCES), ("pretrain_domain_order", PRETRAIN_DOMAIN_ORDERS)):
-        if key in config.internal_config_dict and config[key] not in allowed:
-            raise ConfigError(f"{key} is {config[key]!r} — set it to {' or '.join(allowed)}")
+        if key in config.internal_config_dict:
+            checked_choice(key, config[key], allowed)
 
 
 class InterleavedDomains:

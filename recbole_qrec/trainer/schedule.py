@@ -16,7 +16,7 @@ from recbole.config import Config
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from recbole_qrec.errors import ConfigError
+from recbole_qrec.errors import checked_choice
 
 # transformers.SchedulerType values that need nothing but warm-up and training steps.
 LR_SCHEDULERS = ("constant", "linear", "cosine", "inverse_sqrt", "polynomial")
@@ -25,10 +25,8 @@ LR_SCHEDULERS = ("constant", "linear", "cosine", "inverse_sqrt", "polynomial")
 def check_lr_schedule(config: Config) -> None:
     """``lr_scheduler`` must name a schedule of :data:`LR_SCHEDULERS` (``warmup_steps`` is a count, checked with the
     other numeric keys by :data:`recbole_qrec.config.VALUE_RULES`)."""
-    name = config["lr_scheduler"]
-    if name not in LR_SCHEDULERS:
-        raise ConfigError(f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {name!r} — "
-                          "e.g. --lr_scheduler=cosine --warmup_steps=1000")
+    checked_choice("lr_scheduler", config["lr_scheduler"], LR_SCHEDULERS,
+                   "e.g. --lr_scheduler=cosine --warmup_steps=1000")
 
 
 def attach_lr_schedule(optimizer: Optimizer, config: Config, base_lr: float, total_steps: int,

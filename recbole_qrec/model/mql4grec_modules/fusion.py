@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from recbole_qrec.errors import ConfigError
+from recbole_qrec.errors import checked_choice
 from recbole_qrec.generation import beam_score_matrix
 
 Beam = tuple[Tensor, Tensor]  # items, scores [B, beam_size]; empty slot: item -1, -inf
@@ -27,10 +27,8 @@ FUSIONS = ("official", "floor_sum")
 
 
 def checked_fusion(value: object) -> str:
-    if value not in FUSIONS:
-        raise ConfigError(f"beam_fusion must be one of {', '.join(FUSIONS)}, got {value!r} — official: the official "
-                          "code's ensemble, floor_sum: the sum of the beams' log-probabilities")
-    return value
+    return checked_choice("beam_fusion", value, FUSIONS, "official: the official code's ensemble, floor_sum: the "
+                          "sum of the beams' log-probabilities")
 
 
 def fuse_beams(beams: Sequence[Beam], n_items: int, levels: Sequence[int], rule: str) -> Tensor:
