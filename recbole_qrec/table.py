@@ -453,11 +453,15 @@ def provenance(table: Table) -> list[str]:
     if modes:
         lines.append("Ranking (eval_mode; beam: constrained beam search, items outside the beam rank last, exact: every "
                      "item by its semantic ID's log-probability): " + ", ".join(sorted(modes)) + ".")
-    budgeted = {f"{r['model']} on {r['dataset']} ({r['epochs']} epoch{'' if r['epochs'] == 1 else 's'})" for r in records
-                if r.get("train_time_limit_reached")}
+    budgeted: dict[str, set[int]] = {}
+    for r in records:
+        if r.get("train_time_limit_reached"):
+            budgeted.setdefault(f"{r['model']} on {r['dataset']}", set()).add(r["epochs"])
     if budgeted:
+        runs = [f"{run} ({'/'.join(map(str, sorted(epochs)))} epoch{'' if epochs == {1} else 's'})"
+                for run, epochs in sorted(budgeted.items())]
         lines.append("Stopped by their training budget (train_time_limit) before early stopping, so not converged: "
-                     + ", ".join(sorted(budgeted)) + ".")
+                     + ", ".join(runs) + ".")
     discarded = {f"{r['model']} on {r['dataset']} (seed {r['seed']})" for r in records if r.get("pretraining_discarded")}
     if discarded:
         lines.append("Pretraining stalled and was discarded (discard_stalled_pretraining), so fine-tuned from the "

@@ -259,7 +259,8 @@ def test_validation_curves(tmp_path: Path) -> None:
 
 def test_the_markdown_says_where_its_numbers_come_from(tmp_path: Path) -> None:
     records = [{**record("TIGER", "Arts", "c", seed, 0.1, 0.05), "git_commit": "0123456789abcdef", "git_dirty": False,
-                "machine": "NVIDIA H200", "content_sources": {"Arts": {"text_codes": "id-embedding:SASRec"}}}
+                "machine": "NVIDIA H200", "content_sources": {"Arts": {"text_codes": "id-embedding:SASRec"}},
+                "train_time_limit_reached": True, "epochs": 9 - 2 * seed}  # one budget, the seeds' epochs differ
                for seed in (1, 2)]
     records.append({**record("MQL4GRec", "Arts", "d", 1, 0.1, 0.05), "git_commit": "fedcba9876543210",
                     "git_dirty": True, "machine": "NVIDIA H200",
@@ -273,5 +274,6 @@ def test_the_markdown_says_where_its_numbers_come_from(tmp_path: Path) -> None:
     assert "Content: Arts: no image_codes; Arts: text_codes from id-embedding:SASRec." in md
     assert f"Command: `recbole-qrec table {path} --metrics hr@10,ndcg@10`" in md and "only the target's own ID): MQL4GRec group." in md
     assert "every item by its semantic ID's log-probability): MQL4GRec exact." in md
-    assert "(train_time_limit) before early stopping, so not converged: MQL4GRec on Arts (3 epochs)." in md
+    assert ("(train_time_limit) before early stopping, so not converged: MQL4GRec on Arts (3 epochs), TIGER on Arts "
+            "(5/7 epochs).") in md
     assert "as without pretraining: MQL4GRec on Arts (seed 1)." in md and md.count("discard_stalled_pretraining") == 1
