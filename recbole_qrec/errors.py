@@ -86,10 +86,12 @@ def required_module(name: str, needed_by: str, install: str) -> ModuleType:
 
 def checked_choice(key: str, value: object, choices: Sequence[object], hint: str = "") -> object:
     """``value`` if it is one of ``choices``, else a :class:`ConfigError` ``<key> must be one of ..., got <value> —
-    <hint>`` (``hint`` says what the choices do; by default an example, the first choice)."""
+    <hint>`` (None written ``~``, as in YAML; ``hint`` says what the choices do; by default an example, the first
+    choice)."""
     if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r} — "
-                          f"{hint or f'e.g. --{key}={choices[0]}'}")
+        written = ["~" if choice is None else str(choice) for choice in choices]
+        raise ConfigError(f"{key} must be one of {', '.join(written)}, got {value!r} — "
+                          f"{hint or f'e.g. --{key}={written[0]}'}")
     return value
 
 

@@ -168,7 +168,7 @@ def test_bad_input_is_one_line_with_status_2_and_writes_nothing(args, fragment, 
         (["--model=QBert4Rec", "--scoring=foo"], "scoring must be one of item, levels, got 'foo' — e.g. --scoring=item"),
         (["--model=QBert4Rec", "--scoring=levels", "--item_id_input=True"], "item_id_input needs the item embedding "
                                                                             "table of scoring: item"),
-        (["--model=QBert4Rec", "--item_id_input=yes"], "item_id_input is 'yes' — set it to True, False or ~"),
+        (["--model=QBert4Rec", "--item_id_input=yes"], "item_id_input must be one of True, False, ~, got 'yes' — ~: True with scoring item"),
         (["--model=QBert4Rec", "--mask_strategy=[span, bert]"], "mask_strategy ['span', 'bert'] is not a list of known "
                                                                 "strategies"),
         (["--model=MMESID", "--eval_mode=foo"], "eval_mode must be one of beam, exact, got 'foo'"),

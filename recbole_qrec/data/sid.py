@@ -32,7 +32,7 @@ from torch import Tensor
 
 from recbole_qrec.data.atomic_files import decode_text
 from recbole_qrec.data.features import format_ids
-from recbole_qrec.errors import ConfigError, MalformedDataError
+from recbole_qrec.errors import ConfigError, MalformedDataError, checked_choice
 from recbole_qrec.fileio import atomic_open
 from recbole_qrec.quantization import append_level
 
@@ -143,11 +143,9 @@ def sid_path(folder: str | Path, dataset: str, producer: str | None = None) -> P
 
 def check_sid_producer(config: Config) -> None:
     """``sid_producer`` is null (the tokenizer's codes) or one of :data:`SID_PRODUCERS`."""
-    producer = config["sid_producer"]
-    if producer is not None and producer not in SID_PRODUCERS:
-        raise ConfigError(f"sid_producer must be null (<dataset>.sid of `python -m recbole_qrec.tokenize`) or one of "
-                          f"{', '.join(SID_PRODUCERS)} (<dataset>.<Model>.sid of its tokenize stage), got "
-                          f"{producer!r} — e.g. --sid_producer={SID_PRODUCERS[0]}")
+    checked_choice("sid_producer", config["sid_producer"], (None, *SID_PRODUCERS),
+                   "~: <dataset>.sid of `python -m recbole_qrec.tokenize`, a model: <dataset>.<Model>.sid of its "
+                   f"tokenize stage; e.g. --sid_producer={SID_PRODUCERS[0]}")
 
 
 def sid_metadata_path(sid_file: Path) -> Path:

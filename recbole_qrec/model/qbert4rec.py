@@ -71,8 +71,8 @@ class QBert4Rec(PretrainableRecommender):
             raise ConfigError(f"QBert4Rec needs loss_type CE (per-level cross-entropy), not {config['loss_type']} "
                               "— set loss_type: CE")
         checked_choice("scoring", config["scoring"], SCORINGS)
-        if config["item_id_input"] not in (None, True, False):
-            raise ConfigError(f"item_id_input is {config['item_id_input']!r} — set it to True, False or ~")
+        checked_choice("item_id_input", config["item_id_input"], (True, False, None),
+                       "~: True with scoring item, False with levels")
         if config["item_id_input"] and config["scoring"] != "item":
             raise ConfigError("item_id_input needs the item embedding table of scoring: item — set scoring: item or "
                               "item_id_input: False")

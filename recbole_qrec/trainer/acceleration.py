@@ -15,7 +15,7 @@ from torch import Tensor, nn, optim
 from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
-from recbole_qrec.errors import ConfigError, checked_choice, TrainingDivergedError
+from recbole_qrec.errors import checked_choice, TrainingDivergedError
 
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -35,10 +35,8 @@ DIVERGED_FIX = "lower learning_rate, or clip gradients (e.g. --clip_grad_norm=\"
 def check_acceleration(config: Config) -> None:
     """``autocast_dtype`` must be None or one of :data:`AUTOCAST_DTYPES`, ``compile_mode`` one of
     :data:`COMPILE_MODES`."""
-    dtype = config["autocast_dtype"]
-    if dtype is not None and dtype not in AUTOCAST_DTYPES:
-        raise ConfigError(f"autocast_dtype must be ~ (float32) or one of {', '.join(AUTOCAST_DTYPES)}, got {dtype!r} "
-                          "— e.g. --autocast_dtype=bfloat16")
+    checked_choice("autocast_dtype", config["autocast_dtype"], (None, *AUTOCAST_DTYPES),
+                   "~: float32; e.g. --autocast_dtype=bfloat16")
     checked_choice("compile_mode", config["compile_mode"], COMPILE_MODES,
                    "e.g. --compile_model=True --compile_mode=reduce-overhead")
 
