@@ -39,7 +39,7 @@ from recbole.utils import EvaluatorType, ModelType, argument_list
 import recbole
 from recbole_qrec.compat import prepare_recbole
 from recbole_qrec.distributed import init_distributed
-from recbole_qrec.errors import ConfigError, checked_choice, QRecError
+from recbole_qrec.errors import ConfigError, QRecError, checked_choice
 from recbole_qrec.fileio import check_output_folder
 from recbole_qrec.resources import PROPERTIES_DIR
 from recbole_qrec.data.cold_start import check_cold_start

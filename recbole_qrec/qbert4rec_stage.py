@@ -66,8 +66,9 @@ STAGE_MODULES = (contrastive, cross_attention_block, halting, injection, injecti
 
 def build_injection(config: Config, features: ItemFeatures) -> CrossModalInjection:
     """The stage-1 module for ``features``, configured by the ``injection_*`` keys and ``fusion``."""
-    for key, choices in (("fusion", FUSIONS), ("injection_projection", PROJECTIONS), ("gate_objective", GATE_OBJECTIVES)):
-        checked_choice(key, config[key], choices)
+    checked_choice("fusion", config["fusion"], FUSIONS)
+    checked_choice("injection_projection", config["injection_projection"], PROJECTIONS)
+    checked_choice("gate_objective", config["gate_objective"], GATE_OBJECTIVES)
     if config["depth_target"] > config["injection_layers"]:
         raise ConfigError(f"depth_target is {config['depth_target']}, deeper than the {config['injection_layers']} "
                           "injection_layers — set it between 1 and injection_layers")

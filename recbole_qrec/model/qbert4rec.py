@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.data.sid import SID_FIELD
-from recbole_qrec.errors import ConfigError, checked_choice, MalformedDataError
+from recbole_qrec.errors import ConfigError, MalformedDataError, checked_choice
 from recbole_qrec.model.abstract_recommender import PretrainableRecommender
 from recbole_qrec.model.qbert4rec_modules.fused_encoder import FusedTransformerEncoder
 from recbole_qrec.model.qbert4rec_modules.item_output import ItemOutput

@@ -15,7 +15,7 @@ from torch import Tensor, nn, optim
 from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
-from recbole_qrec.errors import checked_choice, TrainingDivergedError
+from recbole_qrec.errors import TrainingDivergedError, checked_choice
 
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
