@@ -1,17 +1,17 @@
 """Q-Bert4Rec ablations: each variant trained and tested through the real entry point, several at once on one GPU.
 
 Variants (the paper's ablation grid, each a set of config overrides on top of the harness config):
-``default`` (the paper's model: item-level scoring, dynamic fusion with the ponder penalty, the target's
-modalities, multi-mask pretraining with span + tail + multi on the other domains of ``pretrain_domain_pool``
-that are there, their batches interleaved), ``static_fusion``, ``no_depth_penalty`` (dynamic gates that never close), ``levels_scoring``
+``default`` (the paper's model: item-level scoring, dynamic fusion with the ponder penalty, the target's modalities,
+multi-mask pretraining with span + tail + multi on the other domains of ``pretrain_domain_pool`` that are there, their
+batches interleaved), ``static_fusion``, ``no_depth_penalty`` (dynamic gates that never close), ``levels_scoring``
 (factorised per-level scoring), ``l2_sid_input`` (the RQ-VAE on L2-normalised fused embeddings), ``text_only``,
 ``image_only``, ``no_pretrain``, ``mlm_pretrain`` (MLM-only pretraining), ``in_domain_pretrain`` (pretrained on the
-target's own sequences), ``with_target_pretrain`` (on the sources' and the target's sequences),
-``cross_domain_games`` (pretrained on Games alone; stages 1-2 over the union of both domains' items),
-``content_kept_codes`` (content-code proxy levels weighted 0.5 ** level and stage 1's modality projections fixed, which
-keep the content codes' sequential signal in the stage's codes: ``docs/results/qbert4rec_stage_codes_arts_decay.md``),
-``sequential_pretrain`` (the sources' pretraining batches one source after the other instead of in one mixed
-order) and ``halting_gates`` (stage 1's gates trained by PonderNet's halting objective instead of the ponder penalty).
+target's own sequences), ``with_target_pretrain`` (on the sources' and the target's sequences), ``cross_domain_games``
+(pretrained on Games alone; stages 1-2 over the union of both domains' items), ``content_kept_codes`` (content-code
+proxy levels weighted 0.5 ** level and stage 1's modality projections fixed, which keep the content codes' sequential
+signal in the stage's codes: ``docs/results/qbert4rec_stage_codes_arts_decay.md``), ``sequential_pretrain`` (the
+sources' pretraining batches one source after the other instead of in one mixed order) and ``halting_gates`` (stage
+1's gates trained by PonderNet's halting objective instead of the ponder penalty).
 
 Each variant runs ``run_recbole_qrec.py`` in its own process (:func:`common.run_model`,
 ``--parallel`` at a time, all on the default GPU), with its own checkpoint folder (RecBole names

@@ -165,14 +165,17 @@ def test_bad_input_is_one_line_with_status_2_and_writes_nothing(args, fragment, 
         (["--model=SASRec", "--allow_data_mismatch", "--resume_checkpoint=absent.pth"],
          "resume_checkpoint 'absent.pth' does not exist"),
         # settings the model reads, refused before its tokenize stage writes the dataset's semantic IDs
-        (["--model=QBert4Rec", "--scoring=foo"], "scoring must be one of item, levels, got 'foo' — e.g. --scoring=item"),
+        (["--model=QBert4Rec", "--scoring=foo"], "scoring must be one of item, levels, got 'foo' — "
+                                                 "e.g. --scoring=item"),
         (["--model=QBert4Rec", "--scoring=levels", "--item_id_input=True"], "item_id_input needs the item embedding "
                                                                             "table of scoring: item"),
-        (["--model=QBert4Rec", "--item_id_input=yes"], "item_id_input must be one of True, False, ~, got 'yes' — ~: True with scoring item"),
+        (["--model=QBert4Rec", "--item_id_input=yes"], "item_id_input must be one of True, False, ~, got 'yes' — "
+                                                       "~: True with scoring item"),
         (["--model=QBert4Rec", "--mask_strategy=[span, bert]"], "mask_strategy ['span', 'bert'] is not a list of known "
                                                                 "strategies"),
         (["--model=MMESID", "--eval_mode=foo"], "eval_mode must be one of beam, exact, got 'foo'"),
-        (["--model=QBert4Rec", "--pretrain_sequences=users"], "pretrain_sequences must be one of prefix, user, got 'users' — e.g. --pretrain_sequences=prefix"),
+        (["--model=QBert4Rec", "--pretrain_sequences=users"], "pretrain_sequences must be one of prefix, user, got "
+                                                              "'users' — e.g. --pretrain_sequences=prefix"),
         (["--model=QBert4Rec", "--pretrain_domain_pool=Instruments", "--epochs=1", "--injection_epochs=1",
           "--sid_epochs=1", "--pretrain_epochs=1", "--use_gpu=False", "--allow_data_mismatch=True"],
          "pretrain_domain_pool must be a list of dataset names, got 'Instruments' — write e.g. [Arts, Games]"),

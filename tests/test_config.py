@@ -103,7 +103,8 @@ def test_matmul_precision_is_checked_and_the_t5_models_use_tf32():
 def test_sid_producer_is_the_tokenizer_or_a_model_with_a_stage():
     assert build_config("TIGER", "Instruments")["sid_producer"] is None  # <dataset>.sid
     assert build_config("QBert4Rec", "Instruments")["sid_producer"] == "QBert4Rec"  # <dataset>.QBert4Rec.sid
-    with pytest.raises(ConfigError, match=r"^sid_producer must be one of ~, QBert4Rec, MMESID, got 'TIGER' — ~: .* e.g. --sid_producer=QBert4Rec$"):
+    with pytest.raises(ConfigError, match=r"^sid_producer must be one of ~, QBert4Rec, MMESID, got 'TIGER' — ~: .* "
+                                          r"e.g. --sid_producer=QBert4Rec$"):
         build_config("TIGER", "Instruments", cmd_args=["--sid_producer=TIGER"])
 
 

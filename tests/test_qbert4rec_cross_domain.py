@@ -206,7 +206,8 @@ def test_interleaved_pretraining_mixes_every_batch_of_every_source_once_each_und
 
 
 def test_an_unknown_pretrain_domain_order_is_one_config_error(work):
-    with pytest.raises(ConfigError, match="^pretrain_domain_order must be one of sequential, interleaved, got 'mixed' — e.g. --pretrain_domain_order=sequential$"):
+    with pytest.raises(ConfigError, match="^pretrain_domain_order must be one of sequential, interleaved, got 'mixed' "
+                                          "— e.g. --pretrain_domain_order=sequential$"):
         make_config(work, pretrain_datasets=SOURCES, pretrain_domain_order="mixed")
 
 
@@ -254,7 +255,8 @@ def test_user_sequences_pretrain_once_on_each_users_whole_training_sequence(work
 
 def test_an_unknown_pretrain_sequences_value_is_one_config_error(work):
     """Checked with the config, before the tokenize stage writes codes (the trainer checked it, after the stage)."""
-    with pytest.raises(ConfigError, match="^pretrain_sequences must be one of prefix, user, got 'users' — e.g. --pretrain_sequences=prefix$"):
+    with pytest.raises(ConfigError, match="^pretrain_sequences must be one of prefix, user, got 'users' — "
+                                          "e.g. --pretrain_sequences=prefix$"):
         make_config(work, pretrain_datasets=SOURCES, pretrain_sequences="users")
 
 def test_fine_tuned_checkpoint_reloads_weights_only_to_identical_scores(cross, tmp_path, monkeypatch):

@@ -152,7 +152,8 @@ def test_the_prior_term_moves_the_depths_to_the_priors_median(features):
 def test_an_unknown_gate_objective_is_a_config_error(features):
     config, features = features
     config["gate_objective"] = "act"
-    with pytest.raises(ConfigError, match="gate_objective must be one of ponder, halting, got 'act' — e.g. --gate_objective=ponder"):
+    with pytest.raises(ConfigError, match="gate_objective must be one of ponder, halting, got 'act' — "
+                                          "e.g. --gate_objective=ponder"):
         build_injection(config, features)
     config["gate_objective"] = "ponder"
 
@@ -231,7 +232,8 @@ def test_a_trained_qbert4rec_beats_popularity(work, tmp_path, monkeypatch):
 
 
 def test_an_unknown_injection_projection_is_a_config_error(features, work):
-    with pytest.raises(ConfigError, match="^injection_projection must be one of learned, fixed, got 'frozen' — e.g. --injection_projection=learned$"):
+    with pytest.raises(ConfigError, match="^injection_projection must be one of learned, fixed, got 'frozen' — "
+                                          "e.g. --injection_projection=learned$"):
         build_injection(subset_config(work, injection_projection="frozen"), features[1])
 
 
