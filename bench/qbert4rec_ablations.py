@@ -10,8 +10,9 @@ target's own sequences), ``with_target_pretrain`` (on the sources' and the targe
 (pretrained on Games alone; stages 1-2 over the union of both domains' items), ``content_kept_codes`` (content-code
 proxy levels weighted 0.5 ** level and stage 1's modality projections fixed, which keep the content codes' sequential
 signal in the stage's codes: ``docs/results/qbert4rec_stage_codes_arts_decay.md``), ``sequential_pretrain`` (the
-sources' pretraining batches one source after the other instead of in one mixed order) and ``halting_gates`` (stage
-1's gates trained by PonderNet's halting objective instead of the ponder penalty).
+sources' pretraining batches one source after the other instead of in one mixed order), ``halting_gates`` (stage
+1's gates trained by PonderNet's halting objective instead of the ponder penalty) and ``capacity_gates`` (stage 1's
+gates rank the items, as many going deeper as a geometric prior of mean depth 2 lets reach each block).
 
 Each variant runs ``run_recbole_qrec.py`` in its own process (:func:`common.run_model`,
 ``--parallel`` at a time, all on the default GPU), with its own checkpoint folder (RecBole names
@@ -76,6 +77,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "content_kept_codes": {"code_proxy_level_decay": 0.5, "injection_projection": "fixed"},
     "sequential_pretrain": {"pretrain_domain_order": "sequential"},
     "halting_gates": {"gate_objective": "halting"},
+    "capacity_gates": {"gate_objective": "capacity"},
 }
 # Variants of stored grids whose setting has since become the default: ``--report`` still names their overrides.
 RETIRED_VARIANTS: dict[str, dict[str, Any]] = {"interleaved_pretrain": {"pretrain_domain_order": "interleaved"}}

@@ -149,10 +149,45 @@ def test_the_prior_term_moves_the_depths_to_the_priors_median(features):
     assert bool((depths(10.0, 1.2) == 1).all()) and bool((depths(10.0, 3.5) == layers).all())
 
 
+# Capacity objective (Mixture-of-Depths): the gates rank the items, the prior sets how many go deeper
+
+def test_a_capacity_training_batch_sends_the_priors_share_of_its_items_deeper(features):
+    """In a training batch exactly the prior's share of the items reaches each block after the first, and the
+    straight-through gradient reaches every gate."""
+    config, features = features
+    config["gate_objective"] = "capacity"
+    torch.manual_seed(0)
+    module = build_injection(config, features).train()
+    config["gate_objective"] = "ponder"
+    layers = config["injection_layers"]
+    rows = torch.arange(400)
+    output = module(rows, [matrix[rows] for matrix in features.matrices], features.present[rows])
+    reach = 1 - truncated_geometric(layers, config["depth_target"]).cumsum(0)[:-1]
+    assert [int((output.depth > block).sum()) for block in range(1, layers)] == [round(float(share) * 400)
+                                                                                for share in reach]
+    module.loss(output, features.present[rows]).backward()
+    assert all(float(gate[-1].weight.grad.abs().sum()) > 0 for gate in module.gates)
+
+
+def test_capacity_gates_spread_the_depths_as_the_prior_by_the_item_alone(features):
+    """After training, inference gives the catalogue the prior's share of items at each depth (median 2 at mean 2,
+    where the ponder penalty steered to the same mean gives nearly every item one depth), and an item's depth does not
+    depend on the items it is fused with."""
+    config, features = features
+    layers = config["injection_layers"]
+    module = trained_injection(config, features, 0.0, gate_objective="capacity", epochs=6)
+    _, depth = fuse_items(module, features, batch_size=1024)
+    reach = 1 - truncated_geometric(layers, 2.0).cumsum(0)[:-1]
+    for block, share in enumerate(reach.tolist(), start=1):  # at most an item at each threshold off (rounding)
+        assert abs(int((depth > block).sum()) - share * len(depth)) <= 1, depth_histogram(depth, layers)
+    assert float(depth.float().median()) == 2
+    assert torch.equal(fuse_items(module, features, batch_size=97)[1], depth)
+
+
 def test_an_unknown_gate_objective_is_a_config_error(features):
     config, features = features
     config["gate_objective"] = "act"
-    with pytest.raises(ConfigError, match="gate_objective must be one of ponder, halting, got 'act' — "
+    with pytest.raises(ConfigError, match="gate_objective must be one of ponder, halting, capacity, got 'act' — "
                                           "e.g. --gate_objective=ponder"):
         build_injection(config, features)
     config["gate_objective"] = "ponder"

@@ -31,6 +31,15 @@ every item: docs/results/qbert4rec_stage_depths/). Inference stops an item after
 at which its probability of going on (the product of its gates so far) falls below ``gate_threshold``: the median of
 its depth distribution at 0.5.
 
+Capacity objective (``gate_objective="capacity"``, after Mixture-of-Depths, Raposo et al. 2024): the gates rank the
+items instead of each deciding alone. After block ``l`` the items still going whose gates are highest go on, as many
+as the truncated geometric prior with mean ``depth_target`` lets reach block ``l + 1`` (at mean 2 over 4 blocks: 54%,
+30% and 16% of the items reach blocks 2, 3 and 4; the median depth is 2). So the depths always spread as the prior
+does, and the gates only choose which items go deeper, by the same straight-through gradient as the ponder penalty's
+(which is off). A training batch ranks its own items; after training, :meth:`CrossModalInjection.calibrate_capacity`
+ranks the whole catalogue once and keeps the gate values it ranked at as inference's thresholds, so inference gives
+the catalogue the prior's shares and an item's depth depends on its own gates alone.
+
 ``dynamic=False`` (``fusion: static``): every item goes through all blocks, no gates.
 
 Loss: multi-view InfoNCE between the fused ID view ``h_i`` and each modality view, and between
@@ -55,7 +64,7 @@ from recbole_qrec.model.qbert4rec_modules.contrastive import item_info_nce, mask
 from recbole_qrec.model.qbert4rec_modules.cross_attention_block import CrossAttentionBlock
 from recbole_qrec.model.qbert4rec_modules.halting import depth_distribution, kl_to_prior, truncated_geometric
 
-GATE_OBJECTIVES = ("ponder", "halting")
+GATE_OBJECTIVES = ("ponder", "halting", "capacity")
 
 
 @dataclass
@@ -90,11 +99,17 @@ class CrossModalInjection(nn.Module):
         self.consistency_weight = consistency_weight
         self.depth_target = depth_target
         self.halting = dynamic and gate_objective == "halting" and layers > 1
+        self.capacity = dynamic and gate_objective == "capacity" and layers > 1
         self.halting_kl_weight = halting_kl_weight
-        ponder = dynamic and not self.halting
+        ponder = dynamic and not self.halting and not self.capacity
         self.depth_weight_step = depth_weight_step if ponder else 0.0
         self.register_buffer("depth_weight", torch.tensor(depth_weight if ponder else 0.0))
         self.register_buffer("depth_prior", truncated_geometric(layers, depth_target), persistent=False)
+        # capacity objective: the share of the items that goes on after each gate, and the gate values the catalogue
+        # was ranked at (inference's thresholds, see calibrate_capacity); ranking: rank the batch outside training too
+        self.reach = (1 - self.depth_prior.cumsum(0)[:-1]).tolist()
+        self.ranking = False
+        self.register_buffer("capacity_thresholds", torch.full((max(layers - 1, 0),), gate_threshold))
         self.id_embedding = nn.Embedding(n_items, dim)
         self.projections = nn.ModuleList(nn.Linear(in_dim, dim) for in_dim in modality_dims)
         self.projections.requires_grad_(not fixed_projection)
@@ -136,13 +151,39 @@ class CrossModalInjection(nn.Module):
             soft_depth = soft_depth + carry.squeeze(1)
             if index < len(self.gates):
                 gate = torch.sigmoid(self.gates[index](state))
-                if self.halting:
+                if self.capacity:
+                    open_gate = (gate >= self.capacity_threshold(index, gate, carry)).float()
+                    carry = carry * (open_gate + gate - gate.detach() if self.training else open_gate)
+                elif self.halting:
                     go_on = go_on * gate
                     carry = carry * (go_on >= self.gate_threshold).float()
                 else:
                     open_gate = (gate >= self.gate_threshold).float()
                     carry = carry * (open_gate + gate - gate.detach() if self.training else open_gate)
         return state, depth, soft_depth
+
+    def capacity_threshold(self, index: int, gate: Tensor, carry: Tensor) -> Tensor:
+        """The gate value at or above which an item goes on after block ``index``: when ranking (training,
+        calibration) the ``k``-th highest gate of the batch's items still going (``k``: the prior's share of the batch
+        reaching the next block), kept as inference's threshold; else that kept threshold."""
+        if not (self.training or self.ranking):
+            return self.capacity_thresholds[index]
+        going = gate.detach().squeeze(1).masked_fill(carry.detach().squeeze(1) <= 0, -1.0)
+        k = round(self.reach[index] * len(going))
+        threshold = going.topk(k).values[-1] if k else going.new_tensor(2.0)  # k = 0: above every gate
+        self.capacity_thresholds[index] = threshold
+        return threshold
+
+    @torch.no_grad()
+    def calibrate_capacity(self, items: Tensor, features: Sequence[Tensor], present: Tensor) -> None:
+        """Capacity objective: rank ``items`` (the whole catalogue, in one batch) without dropout and keep the gate
+        values they were ranked at as inference's thresholds."""
+        self.eval()
+        self.ranking = True
+        try:
+            self(items, features, present)
+        finally:
+            self.ranking = False
 
     def fuse_every_depth(self, ids: Tensor, views: list[Tensor], modalities: Tensor,
                          present: Tensor) -> InjectionOutput:

@@ -22,7 +22,8 @@ class InjectionCurve:
 
 def train_injection(module: CrossModalInjection, features: ItemFeatures, epochs: int, batch_size: int,
                     learning_rate: float, generator: torch.Generator) -> InjectionCurve:
-    """AdamW over shuffled item batches (``features`` on the module's device), steering the depth after each step.
+    """AdamW over shuffled item batches (``features`` on the module's device), steering the depth after each step;
+    under the capacity objective, inference's thresholds from a ranking of every item at the end.
     No step waits for the device: losses and depth counts are summed there and read once per epoch."""
     optimizer = torch.optim.AdamW(module.parameters(), lr=learning_rate, fused=features.present.device.type == "cuda")
     n_items, layers = len(features.present), len(module.blocks)
@@ -44,6 +45,9 @@ def train_injection(module: CrossModalInjection, features: ItemFeatures, epochs:
             depths.scatter_add_(0, output.depth, torch.ones_like(output.depth))  # bincount would wait for a CUDA device
         curve.losses.append(float(total / len(batches)))
         curve.depths.append(depths.tolist())
+    if module.capacity:
+        module.calibrate_capacity(torch.arange(n_items, device=features.present.device), features.matrices,
+                                  features.present)
     return curve
 
 
