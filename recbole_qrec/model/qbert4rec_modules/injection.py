@@ -151,14 +151,12 @@ class CrossModalInjection(nn.Module):
             soft_depth = soft_depth + carry.squeeze(1)
             if index < len(self.gates):
                 gate = torch.sigmoid(self.gates[index](state))
-                if self.capacity:
-                    open_gate = (gate >= self.capacity_threshold(index, gate, carry)).float()
-                    carry = carry * (open_gate + gate - gate.detach() if self.training else open_gate)
-                elif self.halting:
+                if self.halting:
                     go_on = go_on * gate
                     carry = carry * (go_on >= self.gate_threshold).float()
                 else:
-                    open_gate = (gate >= self.gate_threshold).float()
+                    threshold = self.capacity_threshold(index, gate, carry) if self.capacity else self.gate_threshold
+                    open_gate = (gate >= threshold).float()
                     carry = carry * (open_gate + gate - gate.detach() if self.training else open_gate)
         return state, depth, soft_depth
 
