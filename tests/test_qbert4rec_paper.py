@@ -151,22 +151,28 @@ def test_the_prior_term_moves_the_depths_to_the_priors_median(features):
 
 # Capacity objective (Mixture-of-Depths): the gates rank the items, the prior sets how many go deeper
 
-def test_a_capacity_training_batch_sends_the_priors_share_of_its_items_deeper(features):
-    """In a training batch exactly the prior's share of the items reaches each block after the first, and the
-    straight-through gradient reaches every gate."""
+@pytest.mark.parametrize("gate_bias", [0.0, 40.0])
+def test_a_capacity_training_batch_sends_the_priors_share_of_its_items_deeper(features, gate_bias):
+    """In a training batch exactly the prior's share of the items reaches each block after the first, also where every
+    gate is saturated (1.0 in float32: the logits still rank the items), and the straight-through gradient reaches
+    every unsaturated gate."""
     config, features = features
     config["gate_objective"] = "capacity"
     torch.manual_seed(0)
     module = build_injection(config, features).train()
     config["gate_objective"] = "ponder"
+    with torch.no_grad():
+        for gate in module.gates:
+            gate[-1].bias += gate_bias
     layers = config["injection_layers"]
     rows = torch.arange(400)
     output = module(rows, [matrix[rows] for matrix in features.matrices], features.present[rows])
     reach = 1 - truncated_geometric(layers, config["depth_target"]).cumsum(0)[:-1]
     assert [int((output.depth > block).sum()) for block in range(1, layers)] == [round(float(share) * 400)
                                                                                 for share in reach]
-    module.loss(output, features.present[rows]).backward()
-    assert all(float(gate[-1].weight.grad.abs().sum()) > 0 for gate in module.gates)
+    if not gate_bias:  # a saturated gate passes no gradient through its sigmoid
+        module.loss(output, features.present[rows]).backward()
+        assert all(float(gate[-1].weight.grad.abs().sum()) > 0 for gate in module.gates)
 
 
 def test_capacity_gates_spread_the_depths_as_the_prior_by_the_item_alone(features):

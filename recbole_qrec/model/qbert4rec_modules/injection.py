@@ -37,8 +37,9 @@ as the truncated geometric prior with mean ``depth_target`` lets reach block ``l
 30% and 16% of the items reach blocks 2, 3 and 4; the median depth is 2). So the depths always spread as the prior
 does, and the gates only choose which items go deeper, by the same straight-through gradient as the ponder penalty's
 (which is off). A training batch ranks its own items; after training, :meth:`CrossModalInjection.calibrate_capacity`
-ranks the whole catalogue once and keeps the gate values it ranked at as inference's thresholds, so inference gives
-the catalogue the prior's shares and an item's depth depends on its own gates alone.
+ranks the whole catalogue once and keeps the gate logits it ranked at as inference's thresholds, so inference gives
+the catalogue the prior's shares and an item's depth depends on its own gates alone. Items are ranked by the gates'
+logits, which do not saturate: many gates reach exactly 1.0 in float32 and would all tie at the threshold.
 
 ``dynamic=False`` (``fusion: static``): every item goes through all blocks, no gates.
 
@@ -105,11 +106,12 @@ class CrossModalInjection(nn.Module):
         self.depth_weight_step = depth_weight_step if ponder else 0.0
         self.register_buffer("depth_weight", torch.tensor(depth_weight if ponder else 0.0))
         self.register_buffer("depth_prior", truncated_geometric(layers, depth_target), persistent=False)
-        # capacity objective: the share of the items that goes on after each gate, and the gate values the catalogue
-        # was ranked at (inference's thresholds, see calibrate_capacity); ranking: rank the batch outside training too
+        # capacity objective: the share of the items that goes on after each gate, and the gate logits the catalogue
+        # was ranked at (inference's thresholds, see calibrate_capacity; 0, a gate of 0.5, until then); ranking: rank
+        # the batch outside training too
         self.reach = (1 - self.depth_prior.cumsum(0)[:-1]).tolist()
         self.ranking = False
-        self.register_buffer("capacity_thresholds", torch.full((max(layers - 1, 0),), gate_threshold))
+        self.register_buffer("capacity_thresholds", torch.zeros(max(layers - 1, 0)))
         self.id_embedding = nn.Embedding(n_items, dim)
         self.projections = nn.ModuleList(nn.Linear(in_dim, dim) for in_dim in modality_dims)
         self.projections.requires_grad_(not fixed_projection)
@@ -150,32 +152,34 @@ class CrossModalInjection(nn.Module):
             depth += carry.squeeze(1).gt(0).long()
             soft_depth = soft_depth + carry.squeeze(1)
             if index < len(self.gates):
-                gate = torch.sigmoid(self.gates[index](state))
+                logit = self.gates[index](state)
+                gate = torch.sigmoid(logit)
                 if self.halting:
                     go_on = go_on * gate
                     carry = carry * (go_on >= self.gate_threshold).float()
                 else:
-                    threshold = self.capacity_threshold(index, gate, carry) if self.capacity else self.gate_threshold
-                    open_gate = (gate >= threshold).float()
+                    # capacity ranks logits: saturated gates (exactly 1.0 in float32) would tie at the threshold
+                    open_gate = (logit >= self.capacity_threshold(index, logit, carry) if self.capacity
+                                 else gate >= self.gate_threshold).float()
                     carry = carry * (open_gate + gate - gate.detach() if self.training else open_gate)
         return state, depth, soft_depth
 
-    def capacity_threshold(self, index: int, gate: Tensor, carry: Tensor) -> Tensor:
-        """The gate value at or above which an item goes on after block ``index``: when ranking (training,
-        calibration) the ``k``-th highest gate of the batch's items still going (``k``: the prior's share of the batch
+    def capacity_threshold(self, index: int, logit: Tensor, carry: Tensor) -> Tensor:
+        """The gate logit at or above which an item goes on after block ``index``: when ranking (training,
+        calibration) the ``k``-th highest logit of the batch's items still going (``k``: the prior's share of the batch
         reaching the next block), kept as inference's threshold; else that kept threshold."""
         if not (self.training or self.ranking):
             return self.capacity_thresholds[index]
-        going = gate.detach().squeeze(1).masked_fill(carry.detach().squeeze(1) <= 0, -1.0)
+        going = logit.detach().squeeze(1).masked_fill(carry.detach().squeeze(1) <= 0, float("-inf"))
         k = round(self.reach[index] * len(going))
-        threshold = going.topk(k).values[-1] if k else going.new_tensor(2.0)  # k = 0: above every gate
+        threshold = going.topk(k).values[-1] if k else going.new_tensor(float("inf"))  # k = 0: nobody goes on
         self.capacity_thresholds[index] = threshold
         return threshold
 
     @torch.no_grad()
     def calibrate_capacity(self, items: Tensor, features: Sequence[Tensor], present: Tensor) -> None:
         """Capacity objective: rank ``items`` (the whole catalogue, in one batch) without dropout and keep the gate
-        values they were ranked at as inference's thresholds."""
+        logits they were ranked at as inference's thresholds."""
         self.eval()
         self.ranking = True
         try:
