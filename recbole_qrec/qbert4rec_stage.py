@@ -39,19 +39,17 @@ from recbole_qrec import stage_cache
 from recbole_qrec.data import item_features
 from recbole_qrec.data.item_features import ItemFeatures, concat_features
 from recbole_qrec.data.sid import sid_metadata_path, write_sid_file
-from recbole_qrec.errors import ConfigError, checked_choice
 from recbole_qrec.fileio import write_json_atomic
 from recbole_qrec.model.qbert4rec_modules import (contrastive, cross_attention_block, halting, injection,
                                                   injection_training)
-from recbole_qrec.model.qbert4rec_modules.injection import GATE_OBJECTIVES, CrossModalInjection, depth_histogram
+from recbole_qrec.model.qbert4rec_modules.injection import CrossModalInjection, depth_histogram
+from recbole_qrec.model.qbert4rec_modules.injection_settings import check_injection_settings
 from recbole_qrec.model.qbert4rec_modules.injection_training import InjectionCurve, fuse_items, train_injection
 from recbole_qrec.quantization import TokenizerConfig, TokenizerResult, fit_tokenizer
 from recbole_qrec.quantization.metrics import level_usage
 from recbole_qrec.stage_cache import StageInputs, stage_inputs, stage_seed
 
 STAGE = "QBert4Rec"
-FUSIONS = ("dynamic", "static")
-PROJECTIONS = ("learned", "fixed")
 # Settings the codes depend on (besides the stage's seed and the items and feature values, in the data fingerprint).
 STAGE_KEYS = (
     "modalities", "injection_dim", "injection_layers", "injection_heads", "injection_temperature", "gate_threshold",
@@ -66,12 +64,7 @@ STAGE_MODULES = (contrastive, cross_attention_block, halting, injection, injecti
 
 def build_injection(config: Config, features: ItemFeatures) -> CrossModalInjection:
     """The stage-1 module for ``features``, configured by the ``injection_*`` keys and ``fusion``."""
-    checked_choice("fusion", config["fusion"], FUSIONS)
-    checked_choice("injection_projection", config["injection_projection"], PROJECTIONS)
-    checked_choice("gate_objective", config["gate_objective"], GATE_OBJECTIVES)
-    if config["depth_target"] > config["injection_layers"]:
-        raise ConfigError(f"depth_target is {config['depth_target']}, deeper than the {config['injection_layers']} "
-                          "injection_layers — set it between 1 and injection_layers")
+    check_injection_settings(config)
     return CrossModalInjection(
         n_items=len(features.present),
         modality_dims=[matrix.shape[1] for matrix in features.matrices],

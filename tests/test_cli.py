@@ -174,6 +174,10 @@ def test_bad_input_is_one_line_with_status_2_and_writes_nothing(args, fragment, 
         (["--model=QBert4Rec", "--mask_strategy=[span, bert]"], "mask_strategy ['span', 'bert'] is not a list of known "
                                                                 "strategies"),
         (["--model=MMESID", "--eval_mode=foo"], "eval_mode must be one of beam, exact, got 'foo'"),
+        (["--model=QBert4Rec", "--gate_objective=act"], "gate_objective must be one of ponder, halting, capacity, got "
+                                                        "'act' — e.g. --gate_objective=ponder"),
+        (["--model=QBert4Rec", "--fusion=gated"], "fusion must be one of dynamic, static, got 'gated'"),
+        (["--model=QBert4Rec", "--depth_target=9"], "depth_target is 9, deeper than the 4 injection_layers"),
         (["--model=QBert4Rec", "--pretrain_sequences=users"], "pretrain_sequences must be one of prefix, user, got "
                                                               "'users' — e.g. --pretrain_sequences=prefix"),
         (["--model=QBert4Rec", "--pretrain_domain_pool=Instruments", "--epochs=1", "--injection_epochs=1",

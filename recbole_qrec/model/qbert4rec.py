@@ -50,6 +50,7 @@ from recbole_qrec.data.sid import SID_FIELD
 from recbole_qrec.errors import ConfigError, MalformedDataError, checked_choice
 from recbole_qrec.model.abstract_recommender import PretrainableRecommender
 from recbole_qrec.model.qbert4rec_modules.fused_encoder import FusedTransformerEncoder
+from recbole_qrec.model.qbert4rec_modules.injection_settings import check_injection_settings
 from recbole_qrec.model.qbert4rec_modules.item_output import ItemOutput
 from recbole_qrec.model.qbert4rec_modules.level_heads import LevelHeads
 from recbole_qrec.model.qbert4rec_modules.masking import MultiMask, checked_strategies
@@ -77,6 +78,7 @@ class QBert4Rec(PretrainableRecommender):
             raise ConfigError("item_id_input needs the item embedding table of scoring: item — set scoring: item or "
                               "item_id_input: False")
         checked_strategies(config["mask_strategy"], config["mask_prob"], config["mask_regions"])
+        check_injection_settings(config)
 
     def __init__(self, config: Config, dataset: SemanticIdDataset) -> None:
         super().__init__(config, dataset)
