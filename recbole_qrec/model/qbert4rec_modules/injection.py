@@ -167,13 +167,14 @@ class CrossModalInjection(nn.Module):
     def capacity_threshold(self, index: int, logit: Tensor, carry: Tensor) -> Tensor:
         """The gate logit at or above which an item goes on after block ``index``: when ranking (training,
         calibration) the ``k``-th highest logit of the batch's items still going (``k``: the prior's share of the batch
-        reaching the next block), kept as inference's threshold; else that kept threshold."""
+        reaching the next block), which calibration keeps as inference's threshold; else that kept threshold."""
         if not (self.training or self.ranking):
             return self.capacity_thresholds[index]
         going = logit.detach().squeeze(1).masked_fill(carry.detach().squeeze(1) <= 0, float("-inf"))
         k = round(self.reach[index] * len(going))
         threshold = going.topk(k).values[-1] if k else going.new_tensor(float("inf"))  # k = 0: nobody goes on
-        self.capacity_thresholds[index] = threshold
+        if self.ranking:
+            self.capacity_thresholds[index] = threshold
         return threshold
 
     @torch.no_grad()
