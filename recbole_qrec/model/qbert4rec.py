@@ -164,9 +164,11 @@ class QBert4Rec(PretrainableRecommender):
         return self.forward(tokens, items)[rows, lengths]
 
     def code_embeddings(self) -> Tensor:
-        """Every item's mean code-token embedding ``[n_items, H]`` (the padding item's is zero)."""
+        """Every item's mean code-token embedding ``[n_items, H]`` (the padding item's is zero), pooled by one
+        ``embedding_bag``: no ``[n_items, L, H]`` intermediate (4 GB at a million items)."""
         items = torch.arange(self.n_items, device=self.item_codes.device)
-        return self.token_embedding(self.item_tokens(items, self.item_codes)).mean(1)
+        tokens = self.item_tokens(items, self.item_codes)
+        return F.embedding_bag(tokens, self.token_embedding.weight, mode="mean", padding_idx=PAD_TOKEN)
 
     def pretrain_loss(self, interaction: Interaction, domain: str | None = None) -> Tensor:
         """Multi-mask pretraining: mean cross-entropy over the masked tokens of history + target item.
