@@ -9,6 +9,7 @@ and none of the checkpoints it wrote (a checkpoint it was resuming is restored a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from recbole.config import Config
 from recbole.data.dataloader import AbstractDataLoader
 from recbole.trainer import Trainer
 from recbole.utils import init_logger, init_seed, set_color
@@ -40,36 +42,47 @@ from recbole_qrec.utils import get_model
 
 # Where RecBole's init_logger writes, relative to the working folder: log/<model>/<run>.log and the
 # TensorBoard folder log_tensorboard/<run>/ (recbole.utils.logger.init_logger, recbole.utils.get_tensorboard).
-RECBOLE_LOG_DIRS = (Path("log"), Path("log_tensorboard"))
+LOG_DIR, TENSORBOARD_DIR = Path("log"), Path("log_tensorboard")
 
 
-def run_log_entries() -> set[Path]:
-    """The files and folders now in RecBole's log folders (two levels deep)."""
-    return {path for root in RECBOLE_LOG_DIRS if root.is_dir() for path in [*root.glob("*"), *root.glob("*/*")]}
+def own_log_entries(config: Config) -> set[Path]:
+    """This run's entries in RecBole's log folders: the log files init_logger names ``<model>-<dataset>-<time>-<hash
+    of the settings>.log``, and the TensorBoard folders get_tensorboard names after the file of the root logger's first
+    file handler (init_logger's, or one set up before it). Other runs in the same working folder (other settings,
+    models or datasets, other processes) have other names."""
+    settings = "".join(str(value) for value in config.final_config_dict.values())  # init_logger's hash
+    run = f"{config['model']}-{config['dataset']}-*-{hashlib.md5(settings.encode('utf-8')).hexdigest()[:6]}"
+    log_files = set((LOG_DIR / config["model"]).glob(f"{run}.log"))
+    first_file = next((Path(handler.baseFilename) for handler in logging.getLogger().handlers
+                       if hasattr(handler, "baseFilename")), None)
+    names = {path.name.split(".")[0] for path in [*log_files, *([first_file] if first_file else [])]}
+    return log_files | {TENSORBOARD_DIR / name for name in names if (TENSORBOARD_DIR / name).is_dir()}
 
 
 @contextmanager
-def logs_removed_on_user_error() -> Iterator[None]:
+def logs_removed_on_user_error(config: Config) -> Iterator[None]:
     """A user error found once RecBole's logger has started leaves none of the log entries this run created: the
-    one error line says all there is to say, and a failed run writes nothing. Only what appeared in ``log/`` and
-    ``log_tensorboard/`` during the block is removed."""
-    existed, before = {root for root in RECBOLE_LOG_DIRS if root.is_dir()}, run_log_entries()
+    one error line says all there is to say, and a failed run writes nothing. Only this run's own log file and
+    TensorBoard folder go (:func:`own_log_entries`), then the log folders it created if nothing else is in them:
+    runs started beside it in the same working folder keep theirs."""
+    folders = (LOG_DIR, LOG_DIR / config["model"], TENSORBOARD_DIR)
+    existed, before = {folder for folder in folders if folder.is_dir()}, own_log_entries(config)
     try:
         yield
     except QRecError:
-        created = run_log_entries() - before
+        created = own_log_entries(config) - before
         created_files = {path.resolve() for path in created}
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) in created_files:
                 handler.close()
-        for path in sorted(created, key=lambda p: len(p.parts), reverse=True):
+        for path in created:
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-        for root in RECBOLE_LOG_DIRS:
-            if root not in existed and root.is_dir() and not any(root.iterdir()):
-                root.rmdir()
+        for folder in reversed(folders):
+            if folder not in existed and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         raise
 
 
@@ -113,7 +126,7 @@ def run_recbole_qrec(
 
     init_seed(config["seed"], config["reproducibility"])
     torch.set_float32_matmul_precision(config["float32_matmul_precision"])
-    with logs_removed_on_user_error():  # e.g. a resume checkpoint that does not fit the built model
+    with logs_removed_on_user_error(config):  # e.g. a resume checkpoint that does not fit the built model
         if is_main_process(config):  # the other processes of a distributed run log errors only, to stderr
             init_logger(config)
         logger = getLogger()

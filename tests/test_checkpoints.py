@@ -23,11 +23,15 @@ from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.trainer import Trainer
 from recbole.utils import get_model as get_recbole_model
+from recbole.utils import init_logger
+from torch.utils.tensorboard import SummaryWriter
 
+from conftest import work_config
 from dataset_prep.subset import convert_user_subsets
 from recbole_qrec.cli import main
 from recbole_qrec.compat import prepare_recbole
-from recbole_qrec.quick_start import run_recbole_qrec
+from recbole_qrec.errors import ConfigError
+from recbole_qrec.quick_start import logs_removed_on_user_error, run_recbole_qrec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SASREC = {"hidden_size": 32, "inner_size": 64, "epochs": 1, "train_batch_size": 256, "eval_batch_size": 256,
@@ -199,6 +203,24 @@ def test_a_checkpoint_with_other_shapes_names_the_differing_settings(sasrec, wor
     assert "resume with the checkpoint's settings (--hidden_size=32)" in err
     assert files_in(tmp_path) == before, "the run's log entries were left"
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode), "a log handler outside log/ was deleted"  # e.g. pytest's own
+
+
+def test_a_failed_run_removes_its_own_log_entries_and_no_other_runs(work, tmp_path, monkeypatch):
+    """Runs started together in one working folder: the one that fails with a user error once its logger has started
+    removes its log file and TensorBoard folder, and keeps the entries another run created meanwhile."""
+    monkeypatch.chdir(tmp_path)
+    config = work_config("SASRec", work, **SASREC)
+    other_run = "SASRec-Instruments-Dec-06-2026_05-39-04-092afb"
+    with pytest.raises(ConfigError), logs_removed_on_user_error(config):
+        init_logger(config)
+        (own_log,) = (tmp_path / "log" / "SASRec").glob("*.log")
+        SummaryWriter(tmp_path / "log_tensorboard" / own_log.stem).close()
+        (tmp_path / "log" / "SASRec" / f"{other_run}.log").write_text("another run\n")
+        SummaryWriter(tmp_path / "log_tensorboard" / other_run).close()
+        raise ConfigError("a setting found wrong after the logger started")
+    assert [path.name for path in (tmp_path / "log" / "SASRec").iterdir()] == [f"{other_run}.log"]
+    assert [path.name for path in (tmp_path / "log_tensorboard").iterdir()] == [other_run]
+    assert list((tmp_path / "log_tensorboard" / other_run).iterdir()), "the other run's TensorBoard events were removed"
 
 
 def test_a_checkpoint_that_has_trained_all_epochs(sasrec, work, tmp_path, capsys, monkeypatch):
