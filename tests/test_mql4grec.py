@@ -16,9 +16,11 @@ from dataset_prep.subset import convert_user_subsets
 from recbole_qrec.config import build_config
 from recbole_qrec.data import create_dataset, data_preparation
 from recbole_qrec.data.cross_domain import pretrain_dataset_names, source_settings
+from recbole_qrec.data.item_features import run_content_sources
 from recbole_qrec.data.sid import load_code_table
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.generation import constrained_beam_search, credit_target_group
+from recbole_qrec.model.macrec import MACRec
 from recbole_qrec.model.mql4grec import MQL4GRec
 from recbole_qrec.model.mql4grec_modules.fusion import fuse_beams
 from recbole_qrec.model.mql4grec_modules.mixes import one_direction_per_row
@@ -446,6 +448,36 @@ def level_wise_greedy(model: MQL4GRec, tokens: torch.Tensor, mask: torch.Tensor,
 def test_bad_settings_are_config_errors(prepared, work, overrides, message):
     with pytest.raises(ConfigError, match=message):
         MQL4GRec(subset_config(work, **overrides), prepared[1]._dataset)
+
+
+def test_a_target_without_image_codes_runs_text_only_at_the_defaults(work, caplog):
+    """Games has text codes only: at its default image source MQL4GRec leaves the image language out, says so (a
+    warning, and the run's content sources name the field missing) and is the model of ``image_sid_source: None``;
+    the same field named by the user, or MACRec, whose alignment needs both languages, is a ConfigError."""
+    settings = {**TINY, "data_path": str(work / "dataset"), "checkpoint_dir": str(work / "saved"), **STRICT}
+    config = build_config("MQL4GRec", "Games", config_dict=settings)
+    init_seed(config["seed"], True)
+    train, _, test, _ = data_preparation(config, create_dataset(config))
+    with caplog.at_level("WARNING"):
+        sources = run_content_sources(config)["Games"]
+    assert sources["image_codes"] == "missing" and sources["text_codes"] != "missing", sources
+    assert "MQL4GRec on Games: no image_codes in the dataset — it runs without that content" in caplog.text
+    text_only = build_config("MQL4GRec", "Games", config_dict={**settings, "image_sid_source": None})
+    models = []
+    for model_config in (config, text_only):
+        torch.manual_seed(0)
+        models.append(MQL4GRec(model_config, train._dataset).eval())
+    assert models[0].target_codes.languages == ("text",) and models[0].ranking_languages == ["text"]
+    assert models[0].t5.config.vocab_size == models[1].t5.config.vocab_size
+    interaction = first_batch(test)[:8]
+    with torch.no_grad():
+        torch.testing.assert_close(models[0].full_sort_predict(interaction), models[1].full_sort_predict(interaction))
+    assert torch.isfinite(models[0].calculate_loss(first_batch(train)))
+    named = build_config("MQL4GRec", "Games", config_dict={**settings, "image_sid_source": "image_codes"})
+    with pytest.raises(ConfigError, match="image_sid_source is 'image_codes', which dataset Games does not provide"):
+        MQL4GRec(named, train._dataset)
+    with pytest.raises(ConfigError, match="image_sid_source is 'image_codes', which dataset Games does not provide"):
+        MACRec(build_config("MACRec", "Games", config_dict=settings), train._dataset)
 
 
 def test_sources_that_cannot_work_are_config_errors(cross_domain, work):

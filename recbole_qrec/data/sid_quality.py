@@ -81,8 +81,12 @@ def code_table_quality(config: Config, dataset: SemanticIdDataset) -> dict[str, 
     folder, name = Path(dataset.dataset_path), dataset.dataset_name
     content = read_content_metadata(folder, name)
     recorded_sources = content_sources(folder, name)
-    # The keys naming the model's code sources, None for QBert4Rec's, which always reads field sid.
-    keys = [key for key in dataset.sid_source_keys if config[key] is not None] if dataset.sid_source_keys else [None]
+    # The keys naming the model's code sources that the dataset has (MQL4GRec leaves out a default language the
+    # dataset lacks), None for QBert4Rec's, which always reads field sid.
+    keys: list[str | None] = [None]
+    if dataset.sid_source_keys:
+        keys = [key for key in dataset.sid_source_keys if config[key] is not None
+                and (SID_FIELD if config[key] == SID_FILE else config[key]) in dataset.code_tables]
     quality: dict[str, dict[str, Any]] = {}
     for index, key in enumerate(keys):
         field = SID_FIELD if key is None or config[key] == SID_FILE else config[key]

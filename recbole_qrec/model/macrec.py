@@ -30,6 +30,8 @@ from recbole_qrec.quantization.alignment import info_nce
 class MACRec(MQL4GRec):
     """MQL4GRec plus an implicit (encoder-space InfoNCE) alignment of each item's text and image IDs."""
 
+    needs_every_language = True  # the alignment pairs the two languages: a dataset without one is an error
+
     def __init__(self, config: Config, dataset: SemanticIdDataset) -> None:
         super().__init__(config, dataset)
         # Numbers the config has checked (``*_weight`` >= 0, ``*temperature`` > 0).

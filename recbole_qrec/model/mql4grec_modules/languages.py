@@ -50,20 +50,33 @@ class DomainCodes(nn.Module):
         return code_tokens(self.codes(language), items, vocab)
 
 
-def target_codes(config: Config, code_tables: Mapping[str, Tensor], disambiguate: bool) -> DomainCodes:
-    """The target's tables of every enabled language (a field it lacks is a ``ConfigError``), saved with the model;
-    content codes with TIGER's extra level when ``disambiguate``, else as they are (items may share an ID)."""
+def absent_default(config: Config, code_tables: Mapping[str, Tensor], language: str) -> bool:
+    """Whether ``language``'s source is the model's default, not a user's setting, and names a content field the
+    dataset lacks (e.g. ``image_codes`` on a dataset without images)."""
+    key = source_key(language)
+    return key not in config.external_config_dict and config[key] != SID_FILE and config[key] not in code_tables
+
+
+def target_codes(config: Config, code_tables: Mapping[str, Tensor], disambiguate: bool,
+                 every_language: bool) -> DomainCodes:
+    """The target's tables of every enabled language, saved with the model; content codes with TIGER's extra level
+    when ``disambiguate``, else as they are (items may share an ID). A language whose default source the dataset lacks
+    is left out (the run's content sources record that field missing), unless ``every_language``; any other source
+    the dataset lacks is a ``ConfigError``."""
+    languages = [language for language in enabled_languages(config)
+                 if every_language or not absent_default(config, code_tables, language)]
     return DomainCodes({language: item_code_table(config, code_tables, source_key(language), disambiguate=disambiguate)
-                        for language in enabled_languages(config)}, persistent=True)
+                        for language in languages}, persistent=True)
 
 
-def source_codes(config: Config, code_tables: Mapping[str, Tensor], disambiguate: bool) -> DomainCodes:
-    """A source domain's tables of the target's languages whose content field it has (not saved: training only),
+def source_codes(config: Config, code_tables: Mapping[str, Tensor], languages: tuple[str, ...],
+                 disambiguate: bool) -> DomainCodes:
+    """A source domain's tables of the target's ``languages`` whose content field it has (not saved: training only),
     with TIGER's extra level when ``disambiguate``.
 
     A language the target reads from the tokenizer's ``.sid`` file (``file``) is not looked up in sources.
     """
-    fields = {language: config[source_key(language)] for language in enabled_languages(config)}
+    fields = {language: config[source_key(language)] for language in languages}
     return DomainCodes({language: content_code_table(code_tables[field]) if disambiguate else code_tables[field]
                         for language, field in fields.items() if field != SID_FILE and field in code_tables},
                        persistent=False)
