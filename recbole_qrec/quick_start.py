@@ -45,14 +45,19 @@ from recbole_qrec.utils import get_model
 LOG_DIR, TENSORBOARD_DIR = Path("log"), Path("log_tensorboard")
 
 
-def own_log_entries(config: Config) -> set[Path]:
-    """This run's entries in RecBole's log folders: the log files init_logger names ``<model>-<dataset>-<time>-<hash
-    of the settings>.log``, and the TensorBoard folders get_tensorboard names after the file of the root logger's first
-    file handler (init_logger's, or one set up before it). Other runs in the same working folder (other settings,
-    models or datasets, other processes) have other names."""
+def run_log_name(config: Config) -> str:
+    """The glob of the names init_logger gives this run's log file, ``<model>-<dataset>-<time>-<hash of the
+    settings>``; taken before the run changes any setting."""
     settings = "".join(str(value) for value in config.final_config_dict.values())  # init_logger's hash
-    run = f"{config['model']}-{config['dataset']}-*-{hashlib.md5(settings.encode('utf-8')).hexdigest()[:6]}"
-    log_files = set((LOG_DIR / config["model"]).glob(f"{run}.log"))
+    return f"{config['model']}-{config['dataset']}-*-{hashlib.md5(settings.encode('utf-8')).hexdigest()[:6]}"
+
+
+def own_log_entries(model: str, run: str) -> set[Path]:
+    """This run's entries in RecBole's log folders: its log files (``run``: :func:`run_log_name`) and the TensorBoard
+    folders get_tensorboard names after the file of the root logger's first file handler (init_logger's, or one set
+    up before it). Other runs in the same working folder (other settings, models or datasets, other processes) have
+    other names."""
+    log_files = set((LOG_DIR / model).glob(f"{run}.log"))
     first_file = next((Path(handler.baseFilename) for handler in logging.getLogger().handlers
                        if hasattr(handler, "baseFilename")), None)
     names = {path.name.split(".")[0] for path in [*log_files, *([first_file] if first_file else [])]}
@@ -65,12 +70,13 @@ def logs_removed_on_user_error(config: Config) -> Iterator[None]:
     one error line says all there is to say, and a failed run writes nothing. Only this run's own log file and
     TensorBoard folder go (:func:`own_log_entries`), then the log folders it created if nothing else is in them:
     runs started beside it in the same working folder keep theirs."""
-    folders = (LOG_DIR, LOG_DIR / config["model"], TENSORBOARD_DIR)
-    existed, before = {folder for folder in folders if folder.is_dir()}, own_log_entries(config)
+    model, run = config["model"], run_log_name(config)
+    folders = (LOG_DIR, LOG_DIR / model, TENSORBOARD_DIR)
+    existed, before = {folder for folder in folders if folder.is_dir()}, own_log_entries(model, run)
     try:
         yield
     except QRecError:
-        created = own_log_entries(config) - before
+        created = own_log_entries(model, run) - before
         created_files = {path.resolve() for path in created}
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) in created_files:
