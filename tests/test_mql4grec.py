@@ -476,7 +476,8 @@ def test_a_target_without_image_codes_runs_text_only_at_the_defaults(work, caplo
     named = build_config("MQL4GRec", "Games", config_dict={**settings, "image_sid_source": "image_codes"})
     with pytest.raises(ConfigError, match="image_sid_source is 'image_codes', which dataset Games does not provide"):
         MQL4GRec(named, train._dataset)
-    with pytest.raises(ConfigError, match="image_sid_source is 'image_codes', which dataset Games does not provide"):
+    with pytest.raises(ConfigError, match="MACRec aligns the text and image languages, but dataset Games has no "
+                                          "image_codes .* or MQL4GRec, which runs without a language the dataset lacks"):
         MACRec(build_config("MACRec", "Games", config_dict=settings), train._dataset)
 
 

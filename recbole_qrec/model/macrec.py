@@ -23,6 +23,7 @@ from torch import Tensor
 from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.errors import ConfigError
 from recbole_qrec.model.mql4grec import MQL4GRec
+from recbole_qrec.model.mql4grec_modules.languages import absent_default, source_key
 from recbole_qrec.model.mql4grec_modules.tasks import LANGUAGES, Task
 from recbole_qrec.quantization.alignment import info_nce
 
@@ -30,9 +31,14 @@ from recbole_qrec.quantization.alignment import info_nce
 class MACRec(MQL4GRec):
     """MQL4GRec plus an implicit (encoder-space InfoNCE) alignment of each item's text and image IDs."""
 
-    needs_every_language = True  # the alignment pairs the two languages: a dataset without one is an error
-
     def __init__(self, config: Config, dataset: SemanticIdDataset) -> None:
+        lacking = [config[source_key(language)] for language in LANGUAGES
+                   if absent_default(config, dataset.code_tables, language)]
+        if lacking:  # MQL4GRec would leave the language out; the alignment pairs the two
+            raise ConfigError(f"MACRec aligns the text and image languages, but dataset {config['dataset']} has no "
+                              f"{', '.join(lacking)} (its item_content_fields: {config['item_content_fields'] or []})"
+                              " — run MACRec on a dataset with both, or MQL4GRec, which runs without a language the "
+                              "dataset lacks")
         super().__init__(config, dataset)
         # Numbers the config has checked (``*_weight`` >= 0, ``*temperature`` > 0).
         self.implicit_align_weight = float(config["implicit_align_weight"])

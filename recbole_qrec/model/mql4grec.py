@@ -59,8 +59,6 @@ class MQL4GRec(PretrainableRecommender):
     """T5 over text and image code tokens, trained on a task mixture; ranks by the fused beams of both languages."""
 
     check_settings = staticmethod(check_t5_settings)
-    # Whether a language whose default source the dataset lacks is an error (MACRec) or left out (MQL4GRec).
-    needs_every_language = False
 
     def __init__(self, config: Config, dataset: SemanticIdDataset) -> None:
         super().__init__(config, dataset)
@@ -75,8 +73,7 @@ class MQL4GRec(PretrainableRecommender):
         self.tasks = select_tasks(config["tasks"])
         self.pretrain_tasks = select_tasks(config["pretrain_tasks"], "pretrain_tasks")
         unique = self.eval_rule == "strict"
-        self.target_codes = target_codes(config, dataset.code_tables, disambiguate=unique,
-                                         every_language=self.needs_every_language)
+        self.target_codes = target_codes(config, dataset.code_tables, disambiguate=unique)
         self.ranking_languages = ranking_languages(self.tasks, self.target_codes.languages)
         sources = dataset.source_code_tables()
         self.source_codes = nn.ModuleDict({name: source_codes(config, tables, self.target_codes.languages, unique)

@@ -57,14 +57,13 @@ def absent_default(config: Config, code_tables: Mapping[str, Tensor], language: 
     return key not in config.external_config_dict and config[key] != SID_FILE and config[key] not in code_tables
 
 
-def target_codes(config: Config, code_tables: Mapping[str, Tensor], disambiguate: bool,
-                 every_language: bool) -> DomainCodes:
+def target_codes(config: Config, code_tables: Mapping[str, Tensor], disambiguate: bool) -> DomainCodes:
     """The target's tables of every enabled language, saved with the model; content codes with TIGER's extra level
     when ``disambiguate``, else as they are (items may share an ID). A language whose default source the dataset lacks
-    is left out (the run's content sources record that field missing), unless ``every_language``; any other source
-    the dataset lacks is a ``ConfigError``."""
+    is left out (the run's content sources record that field missing); a source the user names and the dataset lacks
+    is a ``ConfigError``."""
     languages = [language for language in enabled_languages(config)
-                 if every_language or not absent_default(config, code_tables, language)]
+                 if not absent_default(config, code_tables, language)]
     return DomainCodes({language: item_code_table(config, code_tables, source_key(language), disambiguate=disambiguate)
                         for language in languages}, persistent=True)
 
