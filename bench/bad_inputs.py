@@ -90,6 +90,16 @@ def item_file(work: Path) -> Path:
     return work / "dataset" / DATASET / f"{DATASET}.item"
 
 
+def drop_item_column(name: str) -> Callable[[Path], None]:
+    """Remove the column of field ``name`` (e.g. ``image_codes``) from the subset's ``.item``: a dataset without it."""
+    def prepare(work: Path) -> None:
+        rows = [line.rstrip("\n").split("\t") for line in item_file(work).read_text(encoding="utf-8").splitlines()]
+        column = next(index for index, header in enumerate(rows[0]) if header.split(":")[0] == name)
+        item_file(work).write_text("".join("\t".join(row[:column] + row[column + 1:]) + "\n" for row in rows),
+                                   encoding="utf-8")
+    return prepare
+
+
 def edit_codes(change: Callable[[list[str]], None]) -> Callable[[str], str]:
     """A line transform of ``<dataset>.item``: ``change`` edits the code tokens of the row's last column in place."""
     def transform(line: str) -> str:
@@ -203,6 +213,8 @@ def cases() -> list[Case]:
         Case("injection depth target deeper than the blocks", ["--model=QBert4Rec", f"--dataset={DATASET}",
                                                                "--depth_target=6"]),
         Case("unknown MQL4GRec evaluation rule", ["--model=MQL4GRec", f"--dataset={DATASET}", "--eval_rule=loose"]),
+        Case("MACRec on a dataset without image codes", ["--model=MACRec", f"--dataset={DATASET}", *FAST],
+             drop_item_column("image_codes")),
         Case("QBert4Rec ID input without an item table", ["--model=QBert4Rec", f"--dataset={DATASET}",
                                                             "--scoring=levels", "--item_id_input=True"]),
         Case("beam wider than the catalogue", ["--model=TIGER", f"--dataset={DATASET}", *FAST, "--beam_size=100000"]),
