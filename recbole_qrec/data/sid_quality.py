@@ -81,15 +81,12 @@ def code_table_quality(config: Config, dataset: SemanticIdDataset) -> dict[str, 
     folder, name = Path(dataset.dataset_path), dataset.dataset_name
     content = read_content_metadata(folder, name)
     recorded_sources = content_sources(folder, name)
-    # The keys naming the model's code sources that the dataset has (MQL4GRec leaves out a default language the
-    # dataset lacks), None for QBert4Rec's, which always reads field sid.
-    keys: list[str | None] = [None]
-    if dataset.sid_source_keys:
-        keys = [key for key in dataset.sid_source_keys if config[key] is not None
-                and (SID_FIELD if config[key] == SID_FILE else config[key]) in dataset.code_tables]
+    # The keys naming the model's code sources (None for QBert4Rec's, which always reads field sid) with their fields,
+    # those the dataset has: MQL4GRec leaves out a default language the dataset lacks.
+    keys = [key for key in dataset.sid_source_keys if config[key] is not None] if dataset.sid_source_keys else [None]
+    fields = [(key, SID_FIELD if key is None or config[key] == SID_FILE else config[key]) for key in keys]
     quality: dict[str, dict[str, Any]] = {}
-    for index, key in enumerate(keys):
-        field = SID_FIELD if key is None or config[key] == SID_FILE else config[key]
+    for index, (key, field) in enumerate([(key, field) for key, field in fields if field in dataset.code_tables]):
         if field == SID_FIELD:  # the report read with the codes (another run's stage may have rewritten it since)
             report = dataset.sid_report
             source = report_source(report) if report else MISSING_SOURCE
