@@ -35,6 +35,7 @@ from recbole_qrec.errors import ConfigError, TrainingDivergedError
 from recbole_qrec.quick_start import run_recbole_qrec
 from recbole_qrec.tokenize import ensure_semantic_ids
 from recbole_qrec.trainer import get_trainer
+from recbole_qrec.trainer.acceleration import check_acceleration
 from recbole_qrec.utils import get_model
 
 from conftest import work_config
@@ -152,6 +153,22 @@ def test_a_transform_without_a_device_version_is_refused_in_one_line(work, tmp_p
 def test_a_wrong_data_path_or_acceleration_setting_is_a_config_error(work, tmp_path, settings, message):
     with pytest.raises(ConfigError, match=message):
         run("SASRec", tmp_path / "run", work / "dataset", {**SASREC, **settings})
+
+
+def test_compile_model_is_refused_for_bert4rec_on_a_cuda_device_only(work):
+    """BERT4Rec's compiled training diverged on a CUDA device (docs/results/compile_check/): there ``compile_model``
+    stops with one line; on a CPU, where its compiled training follows the eager one, it is taken."""
+    config = build_config("BERT4Rec", "Instruments", config_dict={"data_path": str(work / "dataset"), **SASREC,
+                                                                  "compile_model": True})
+    check_acceleration(config)
+    config["device"] = torch.device("cuda")
+    with pytest.raises(ConfigError) as error:
+        check_acceleration(config)
+    assert str(error.value) == (
+        "compile_model is not available for BERT4Rec on a CUDA device: its compiled training diverges there "
+        "(docs/results/compile_check/ in the recbole-qrec repository) — run it without --compile_model")
+    config["compile_model"] = False
+    check_acceleration(config)
 
 
 # BERT4Rec's masking (RecBole's ``mask_itemseq`` transform) on the device

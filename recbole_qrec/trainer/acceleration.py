@@ -15,7 +15,7 @@ from torch import Tensor, nn, optim
 from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
-from recbole_qrec.errors import TrainingDivergedError, checked_choice
+from recbole_qrec.errors import ConfigError, TrainingDivergedError, checked_choice
 
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -23,6 +23,10 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 # stays eager: compiled, it recompiled for its batch shapes and ran slower on one H200 (BERT4Rec 6.3 s per validation
 # against 0.25 s, QBert4Rec 2.1 s against 0.13 s), and TIGER's beam search did not finish (docs/results/README.md).
 COMPILED_METHODS = ("calculate_loss", "pretrain_loss")
+# Models whose training under compile_model diverged on a CUDA device where eager training did not, on both data paths
+# (BERT4Rec, one H100 GPU: first-epoch training loss 4,117-30,526 against 2,598 eager, NaN under CUDA graphs;
+# docs/results/compile_check/). On a CPU their compiled training follows the eager one.
+COMPILE_DIVERGES_ON_CUDA = ("BERT4Rec",)
 # RecBole learners with a fused CUDA implementation (one kernel per step instead of one per parameter group op).
 FUSED_LEARNERS = {"adam": optim.Adam, "adamw": optim.AdamW}
 ANOMALY_DETECTION_WARNING = ("torch's anomaly detection is on (RecBole's sine.py switches it on when imported, e.g. by "
@@ -34,11 +38,17 @@ DIVERGED_FIX = "lower learning_rate, or clip gradients (e.g. --clip_grad_norm=\"
 
 def check_acceleration(config: Config) -> None:
     """``autocast_dtype`` must be None or one of :data:`AUTOCAST_DTYPES`, ``compile_mode`` one of
-    :data:`COMPILE_MODES`."""
+    :data:`COMPILE_MODES`; ``compile_model`` is refused for a model of :data:`COMPILE_DIVERGES_ON_CUDA` on a CUDA
+    device."""
     checked_choice("autocast_dtype", config["autocast_dtype"], (None, *AUTOCAST_DTYPES),
                    "~: float32; e.g. --autocast_dtype=bfloat16")
     checked_choice("compile_mode", config["compile_mode"], COMPILE_MODES,
                    "e.g. --compile_model=True --compile_mode=reduce-overhead")
+    model = config["model"]
+    if config["compile_model"] and model in COMPILE_DIVERGES_ON_CUDA and torch.device(config["device"]).type == "cuda":
+        raise ConfigError(f"compile_model is not available for {model} on a CUDA device: its compiled training "
+                          "diverges there (docs/results/compile_check/ in the recbole-qrec repository) — run it "
+                          "without --compile_model")
 
 
 def summed(losses: Tensor | tuple[Tensor, ...]) -> Tensor:
