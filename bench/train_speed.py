@@ -45,8 +45,6 @@ COLUMNS = ["model", "data_path_mode", "seed", "epochs", "train_s_per_epoch", "tr
            "wall_time_s", "hit@10", "ndcg@10", "gpu_busy"]
 MEANS = ["train_s_per_epoch", "train_s_after_first", "pretrain_s_per_epoch", "eval_s", "time_to_best_s", "wall_time_s",
          "hit@10", "ndcg@10", "gpu_busy"]
-# RecBole's Trainer.fit log lines (colour codes removed) and the pretraining trainer's.
-
 
 
 class GpuBusy:

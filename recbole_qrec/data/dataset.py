@@ -32,7 +32,7 @@ from torch import Tensor
 
 from recbole_qrec.data.cold_start import hold_out_cold_items, log_held_out
 from recbole_qrec.data.sid import (SID_FIELD, SID_FILE, load_code_table, load_sid_embeddings, sid_embeddings_path,
-                                   sid_metadata_path, sid_path)
+                                   sid_metadata_path, sid_path, source_field)
 from recbole_qrec.errors import ConfigError
 
 
@@ -115,7 +115,7 @@ class SemanticIdDataset(QRecSequentialDataset):
         """
         names = [self.config[key] for key in self.sid_source_keys if self.config[key] is not None]
         content = self.config["item_content_fields"] or []
-        return [SID_FIELD if name == SID_FILE else name for name in names if name == SID_FILE or name in content]
+        return [source_field(name) for name in names if name == SID_FILE or name in content]
 
     def read_code_table(self, field: str) -> Tensor:
         """``LongTensor[n_items, L]`` of ``field``, padding row 0 all zeros."""

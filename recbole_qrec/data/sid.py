@@ -50,6 +50,12 @@ TOKEN_FORM = "'a_12 b_7 c_201 d_3' (level letter, underscore, code)"
 MAX_PLAUSIBLE_CODE = 1023
 
 
+def source_field(source: str) -> str:
+    """The dataset field a semantic-ID source names: ``sid`` for :data:`SID_FILE` (the code file of ``sid_producer``),
+    else the content-code field of that name."""
+    return SID_FIELD if source == SID_FILE else source
+
+
 def parse_code_tokens(tokens: str) -> list[int]:
     """``"a_12 b_7"`` -> ``[12, 7]``; ValueError naming the first token of another form or out of level order (the
     i-th token's letter is the i-th of the alphabet, either case)."""
@@ -221,7 +227,7 @@ def item_code_table(config: Config, code_tables: Mapping[str, Tensor], key: str 
     level is added, and ``disambiguate=False`` returns the content codes as they are (items may share a tuple).
     """
     source = config[key]
-    field = SID_FIELD if source == SID_FILE else source
+    field = source_field(source)
     if field not in code_tables:
         raise ConfigError(
             f"{key} is {source!r}, which dataset {config['dataset']} does not provide (its item_content_fields: "

@@ -36,7 +36,7 @@ from recbole.config import Config
 from recbole_qrec.data.dataset import SemanticIdDataset
 from recbole_qrec.data.features import DEFAULT_CODEBOOK_SIZE, UNKNOWN_SOURCE, content_sources, read_content_metadata
 from recbole_qrec.data.item_features import MISSING_SOURCE, report_source
-from recbole_qrec.data.sid import SID_FIELD, SID_FILE, item_code_table
+from recbole_qrec.data.sid import SID_FIELD, item_code_table, source_field
 from recbole_qrec.quantization.metrics import collision_rate, level_usage
 
 
@@ -84,7 +84,7 @@ def code_table_quality(config: Config, dataset: SemanticIdDataset) -> dict[str, 
     # The keys naming the model's code sources (None for QBert4Rec's, which always reads field sid) with their fields,
     # those the dataset has: MQL4GRec leaves out a default language the dataset lacks.
     keys = [key for key in dataset.sid_source_keys if config[key] is not None] if dataset.sid_source_keys else [None]
-    fields = [(key, SID_FIELD if key is None or config[key] == SID_FILE else config[key]) for key in keys]
+    fields = [(key, SID_FIELD if key is None else source_field(config[key])) for key in keys]
     quality: dict[str, dict[str, Any]] = {}
     for index, (key, field) in enumerate([(key, field) for key, field in fields if field in dataset.code_tables]):
         if field == SID_FIELD:  # the report read with the codes (another run's stage may have rewritten it since)
