@@ -1,12 +1,15 @@
 """Whether ``compile_model`` trains the model that eager mode trains: one model's training steps eager and under
-``torch.compile`` with each given backend, from the same initial weights on the same batches, dropout off.
+``torch.compile`` with each given backend, from the same initial weights on the same batches, dropout off (or on).
 
 Dynamo's ``eager`` backend checks the tracing alone, ``aot_eager`` adds AOT autograd's joint graph and
 decompositions, ``inductor`` (what ``compile_model`` runs) adds the generated kernels: the first backend whose losses
 leave eager's names the layer at fault. For each backend, the loss of every step (Adam at the config's learning
 rate) and, at the first step (same weights, same batch), the relative difference of the loss and of each parameter's
 gradient to eager's. The batches are the first ``--steps`` of the config's training loader (``data_path_mode``
-decides which), drawn once. Written to ``<out>.md`` and ``<out>.json``:
+decides which), drawn once. With ``--dropout`` the steps run in training mode: compiled code draws other dropout
+masks than eager mode, so the losses differ by sampling noise, but a fault in the compiled dropout (its mask
+regenerated for the backward pass) shows as a trajectory that leaves eager's. Written to ``<out>.md`` and
+``<out>.json``:
 
     python bench/compile_agreement.py --model BERT4Rec --device cuda --steps 100 --set hidden_size=256 \\
         inner_size=256 n_layers=4 n_heads=4 train_batch_size=256 --out docs/results/compile_check/gpu/agreement
@@ -34,10 +37,11 @@ LOSS_POINTS = 6  # steps whose losses the table shows, evenly spaced from the fi
 
 
 def train_steps(model: nn.Module, loss_of: Callable, batches: list, learning_rate: float, seed: int,
-                cuda_graphs: bool) -> tuple[list[float], dict[str, Tensor]]:
-    """The losses of Adam steps on ``batches`` and the gradients of the first step (eval mode: no dropout)."""
+                cuda_graphs: bool, dropout: bool) -> tuple[list[float], dict[str, Tensor]]:
+    """The losses of Adam steps on ``batches`` and the gradients of the first step (in eval mode, no dropout,
+    unless ``dropout``)."""
     torch.manual_seed(seed)
-    model.eval()
+    model.train(dropout)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     losses, first_gradients = [], {}
     for batch in batches:
@@ -68,11 +72,11 @@ def gradient_differences(gradients: dict[str, Tensor], reference: dict[str, Tens
 
 
 def compare(model: nn.Module, batches: list, backends: list[str], learning_rate: float, seed: int,
-            inductor_mode: str) -> dict:
+            inductor_mode: str, dropout: bool = False) -> dict:
     """Each backend's losses and first-step gradients against eager mode's, from ``model``'s current weights."""
     initial = copy.deepcopy(model.state_dict())
     eager_method = model.calculate_loss
-    eager_losses, eager_gradients = train_steps(model, eager_method, batches, learning_rate, seed, False)
+    eager_losses, eager_gradients = train_steps(model, eager_method, batches, learning_rate, seed, False, dropout)
     runs = {}
     for backend in backends:
         model.load_state_dict(initial)
@@ -80,7 +84,7 @@ def compare(model: nn.Module, batches: list, backends: list[str], learning_rate:
         cuda_graphs = backend == "inductor" and inductor_mode == "reduce-overhead"
         compiled = torch.compile(eager_method, backend=backend,
                                  **({"mode": inductor_mode} if backend == "inductor" else {}))
-        losses, gradients = train_steps(model, compiled, batches, learning_rate, seed, cuda_graphs)
+        losses, gradients = train_steps(model, compiled, batches, learning_rate, seed, cuda_graphs, dropout)
         runs[backend] = {
             "losses": losses,
             "first_loss_difference": abs(losses[0] - eager_losses[0]) / abs(eager_losses[0]),
@@ -131,6 +135,7 @@ def main() -> None:
     parser.add_argument("--inductor-mode", default="default", choices=["default", "reduce-overhead"],
                         help="compile_mode of the inductor backend")
     parser.add_argument("--steps", type=int, default=50, help="training batches, the same for every backend")
+    parser.add_argument("--dropout", action="store_true", help="training mode: dropout on (see above)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--out", type=Path, required=True, help="output prefix: writes <out>.md and <out>.json")
     args = parser.parse_args()
@@ -142,7 +147,8 @@ def main() -> None:
         _, train_data, _, _ = load_data(config)
         batches = [batch.to(config["device"]) for _, batch in zip(range(args.steps), train_data)]
         model = build_model(config, train_data)
-        result = compare(model, batches, args.backends, config["learning_rate"], config["seed"], args.inductor_mode)
+        result = compare(model, batches, args.backends, config["learning_rate"], config["seed"], args.inductor_mode,
+                         args.dropout)
     commit, dirty = git_state()
     header = [f"# `compile_model` against eager mode: {args.model} on {args.dataset}", "",
               f"- command: `python bench/compile_agreement.py {' '.join(sys.argv[1:])}`",
@@ -150,7 +156,8 @@ def main() -> None:
               f"- machine: {machine_name()}",
               f"- date: {datetime.now(timezone.utc).isoformat(timespec='minutes')}",
               f"- {len(batches)} training batches of the `{config['data_path_mode']}` data path, the same for every "
-              f"backend; Adam at learning rate {config['learning_rate']}; dropout off; inductor mode "
+              f"backend; Adam at learning rate {config['learning_rate']}; dropout {'on' if args.dropout else 'off'}; "
+              "inductor mode "
               f"`{args.inductor_mode}`; float32 matmul precision `{config['float32_matmul_precision']}`",
               "- differences are relative to eager mode: |compiled - eager| / |eager| (a gradient's against at least "
               f"{GRADIENT_FLOOR:g} of the largest eager gradient norm)"]
@@ -159,7 +166,7 @@ def main() -> None:
     write_json_atomic(args.out.with_suffix(".json"), {
         "command": " ".join(sys.argv), "commit": commit, "dirty": dirty, "machine": machine_name(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": args.model,
-        "dataset": args.dataset, "steps": len(batches), "settings": args.set, **result})
+        "dataset": args.dataset, "steps": len(batches), "dropout": args.dropout, "settings": args.set, **result})
     print(report(result, header, len(batches)))
 
 
