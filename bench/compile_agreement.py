@@ -34,6 +34,7 @@ from recbole_qrec.results import git_state
 
 BACKENDS = ("eager", "aot_eager", "inductor")
 LOSS_POINTS = 6  # steps whose losses the table shows, evenly spaced from the first to the last
+GRADIENT_FLOOR = 1e-4  # of the largest gradient norm: below it a gradient counts as zero (an attention key bias's is)
 
 
 def train_steps(model: nn.Module, loss_of: Callable, batches: list, learning_rate: float, seed: int,
@@ -56,9 +57,6 @@ def train_steps(model: nn.Module, loss_of: Callable, batches: list, learning_rat
                                if parameter.grad is not None}
         optimizer.step()
     return losses, first_gradients
-
-
-GRADIENT_FLOOR = 1e-4  # of the largest gradient norm: below it a gradient counts as zero (an attention key bias's is)
 
 
 def gradient_differences(gradients: dict[str, Tensor], reference: dict[str, Tensor]) -> dict[str, float]:
@@ -157,8 +155,8 @@ def main() -> None:
               f"- date: {datetime.now(timezone.utc).isoformat(timespec='minutes')}",
               f"- {len(batches)} training batches of the `{config['data_path_mode']}` data path, the same for every "
               f"backend; Adam at learning rate {config['learning_rate']}; dropout {'on' if args.dropout else 'off'}; "
-              "inductor mode "
-              f"`{args.inductor_mode}`; float32 matmul precision `{config['float32_matmul_precision']}`",
+              f"inductor mode `{args.inductor_mode}`; float32 matmul precision "
+              f"`{config['float32_matmul_precision']}`",
               "- differences are relative to eager mode: |compiled - eager| / |eager| (a gradient's against at least "
               f"{GRADIENT_FLOOR:g} of the largest eager gradient norm)"]
     with atomic_open(args.out.with_suffix(".md")) as file:

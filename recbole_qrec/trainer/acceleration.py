@@ -24,7 +24,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 # against 0.25 s, QBert4Rec 2.1 s against 0.13 s), and TIGER's beam search did not finish (docs/results/README.md).
 COMPILED_METHODS = ("calculate_loss", "pretrain_loss")
 # Models whose training under compile_model diverged on a CUDA device where eager training did not, on both data paths
-# (BERT4Rec, one H100 GPU: first-epoch training loss 4,117-30,526 against 2,598 eager, NaN under CUDA graphs;
+# (BERT4Rec, one H100 GPU: first-epoch training loss 4,118-30,526 against 2,598 eager, NaN under CUDA graphs;
 # docs/results/compile_check/). On a CPU their compiled training follows the eager one.
 COMPILE_DIVERGES_ON_CUDA = ("BERT4Rec",)
 # RecBole learners with a fused CUDA implementation (one kernel per step instead of one per parameter group op).
