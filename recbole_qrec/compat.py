@@ -7,15 +7,17 @@ Nothing here runs on ``import recbole_qrec``; the shims run where RecBole is fir
   np.float_`` ...) but reads ``np.float_``, ``np.complex_`` and ``np.unicode_``, which numpy 2 removed
   as well. Restoring those three names (to the types they always aliased) is enough for RecBole's
   config, data and evaluator code to run. It also replaces BERT4Rec's ``reconstruct_test_data``
-  (:func:`bert4rec_test_sequences`, same result): its loop over the users reads each user's length
-  back from the GPU, one synchronisation per user, which made a full-ranking validation of Games take
-  over 6 minutes on one H200 GPU. And it silences the FutureWarning of pandas 2 on the in-place ``fillna`` of
-  RecBole's ``_fill_nan`` (one screenful of stderr per feature file, also in front of a data error's one line);
-  the fill still works under the ``pandas<3`` that ``setup.py`` pins. Likewise torch's FutureWarning on the
-  ``torch.cuda.amp.GradScaler(...)`` that RecBole's trainer builds at every training run (it still works).
-  And RecBole's dataset module gets :class:`CEngineCsvPandas` for pandas: its ``_load_feat`` asks pandas for the
-  Python parser, which multi-character separators need, but a one-character separator (the default tab) parses to
-  the same frame with the C parser, several times faster.
+  (:func:`bert4rec_test_sequences`, same result): its loop over the users reads each user's length back from the GPU,
+  one synchronisation per user, which made a full-ranking validation of Games take over 6 minutes on one H200 GPU.
+  Likewise the feature layers' ``embed_token_seq_fields`` (:func:`pooled_token_seq_embeddings`, same values): its mean
+  pooling copies a 1e-8 from the host to the device at every call, a copy that waits for the GPU, so every training
+  step of FDSA (which pools the content codes) did. And it silences the FutureWarning of pandas 2 on the in-place
+  ``fillna`` of RecBole's ``_fill_nan`` (one screenful of stderr per feature file, also in front of a data error's one
+  line); the fill still works under the ``pandas<3`` that ``setup.py`` pins. Likewise torch's FutureWarning on the
+  ``torch.cuda.amp.GradScaler(...)`` that RecBole's trainer builds at every training run (it still works). And
+  RecBole's dataset module gets :class:`CEngineCsvPandas` for pandas: its ``_load_feat`` asks pandas for the Python
+  parser, which multi-character separators need, but a one-character separator (the default tab) parses to the same
+  frame with the C parser, several times faster.
 * :func:`undo_sine_anomaly_detection`, around a model lookup: RecBole's
   ``recbole/model/sequential_recommender/sine.py`` calls ``torch.autograd.set_detect_anomaly(True)``
   at import time, and RecBole's ``get_model`` imports it with every sequential model. Anomaly
@@ -54,9 +56,10 @@ GRAD_SCALER_WARNING = r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecat
 
 def prepare_recbole() -> None:
     """Restore the numpy 1.x aliases RecBole 1.2.1's ``Config`` reads, where numpy no longer has them, put
-    :func:`bert4rec_test_sequences` in place of BERT4Rec's ``reconstruct_test_data``, :class:`CEngineCsvPandas` in
-    place of its dataset module's pandas, and silence pandas' warning on RecBole's in-place ``fillna`` and torch's on
-    the ``torch.cuda.amp.GradScaler`` its trainer builds."""
+    :func:`bert4rec_test_sequences` in place of BERT4Rec's ``reconstruct_test_data``,
+    :func:`pooled_token_seq_embeddings` in place of the feature layers' ``embed_token_seq_fields``,
+    :class:`CEngineCsvPandas` in place of its dataset module's pandas, and silence pandas' warning on RecBole's in-place
+    ``fillna`` and torch's on the ``torch.cuda.amp.GradScaler`` its trainer builds."""
     for name, target in NUMPY_REMOVED_ALIASES.items():
         if name not in np.__dict__:
             setattr(np, name, target)
@@ -64,6 +67,9 @@ def prepare_recbole() -> None:
         from recbole.model.sequential_recommender.bert4rec import BERT4Rec
 
     BERT4Rec.reconstruct_test_data = bert4rec_test_sequences
+    from recbole.model.layers import ContextSeqEmbAbstractLayer
+
+    ContextSeqEmbAbstractLayer.embed_token_seq_fields = pooled_token_seq_embeddings
     from recbole.data.dataset import dataset
 
     dataset.pd = CEngineCsvPandas()
@@ -76,6 +82,23 @@ def bert4rec_test_sequences(self: Any, item_seq: torch.Tensor, item_seq_len: tor
     (at column ``item_seq_len`` of the sequences padded by one column), then the first column dropped."""
     padded = torch.cat((item_seq, item_seq.new_zeros(item_seq.size(0), 1)), dim=-1)
     return padded.scatter(1, item_seq_len.long().unsqueeze(1), self.mask_token)[:, 1:]
+
+
+def pooled_token_seq_embeddings(self: Any, token_seq_fields: list[torch.Tensor], kind: str) -> torch.Tensor | None:
+    """RecBole's ``ContextSeqEmbAbstractLayer.embed_token_seq_fields`` (the same values): each token-sequence field's
+    tokens embedded and pooled (``pooling_mode`` mean, max or sum; token 0 is padding) into
+    ``[batch, length, fields, dim]``, the mean's 1e-8 a Python number instead of a tensor copied to the device."""
+    pooled = []
+    for table, field in zip(self.token_seq_embedding_table[kind], token_seq_fields):
+        mask = (field != 0).float().unsqueeze(-1)  # [batch, length, tokens, 1]
+        embedded = table(field)  # [batch, length, tokens, dim]
+        if self.pooling_mode == "max":
+            pooled.append(torch.max(embedded - (1 - mask) * 1e9, dim=-2, keepdim=True).values)
+        elif self.pooling_mode == "sum":
+            pooled.append(torch.sum(embedded * mask, dim=-2, keepdim=True))
+        else:
+            pooled.append((torch.sum(embedded * mask, dim=-2) / (mask.sum(dim=-2) + 1e-8)).unsqueeze(-2))
+    return torch.cat(pooled, dim=-2) if pooled else None
 
 
 class CEngineCsvPandas:

@@ -391,6 +391,33 @@ def test_semantic_id_models_pretrain_train_and_evaluate_on_device_loaders(two_do
     assert set(trainer.evaluate(valid, load_best_model=False)) >= {"hit@10", "ndcg@10"}
 
 
+@pytest.mark.parametrize("pooling_mode", ["mean", "max", "sum"])
+def test_pooled_token_seq_embeddings_equal_recbole_own_pooling(pooling_mode):
+    """The token-sequence pooling without a host-to-device copy (recbole_qrec.compat) gives RecBole's values bit for
+    bit, run from RecBole's source, in each pooling mode."""
+    import importlib.util
+
+    import recbole.model.layers as patched_module
+    from recbole_qrec.compat import pooled_token_seq_embeddings, prepare_recbole
+
+    prepare_recbole()
+    assert patched_module.ContextSeqEmbAbstractLayer.embed_token_seq_fields is pooled_token_seq_embeddings
+    spec = importlib.util.spec_from_file_location("recbole_layers_as_shipped", patched_module.__file__)
+    shipped = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shipped)
+    generator = torch.Generator().manual_seed(0)
+    tables = {"item": torch.nn.ModuleList([torch.nn.Embedding(50, 8), torch.nn.Embedding(30, 8)])}
+    holder = type("Holder", (), {"pooling_mode": pooling_mode, "device": torch.device("cpu"),
+                                 "token_seq_embedding_table": tables})()
+    fields = [torch.randint(0, 50, (4, 6, 5), generator=generator),
+              torch.randint(0, 30, (4, 6, 3), generator=generator)]
+    fields[0][0, 0] = 0  # an item without tokens (the padding item)
+    expected = shipped.ContextSeqEmbAbstractLayer.embed_token_seq_fields(holder, fields, "item")
+    pooled = pooled_token_seq_embeddings(holder, fields, "item")
+    assert pooled.shape == (4, 6, 2, 8) and torch.equal(pooled, expected)
+    assert pooled_token_seq_embeddings(holder, [], "item") is None
+
+
 def test_bert4rec_test_sequences_equal_recbole_own_reconstruction():
     """The vectorised reconstruction (recbole_qrec.compat) against RecBole's own loop, run from RecBole's source."""
     import importlib.util
