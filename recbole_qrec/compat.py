@@ -9,15 +9,16 @@ Nothing here runs on ``import recbole_qrec``; the shims run where RecBole is fir
   config, data and evaluator code to run. It also replaces BERT4Rec's ``reconstruct_test_data``
   (:func:`bert4rec_test_sequences`, same result): its loop over the users reads each user's length back from the GPU,
   one synchronisation per user, which made a full-ranking validation of Games take over 6 minutes on one H200 GPU.
-  Likewise the feature layers' ``embed_token_seq_fields`` (:func:`pooled_token_seq_embeddings`, same values): its mean
-  pooling copies a 1e-8 from the host to the device at every call, a copy that waits for the GPU, so every training
-  step of FDSA (which pools the content codes) did. And it silences the FutureWarning of pandas 2 on the in-place
-  ``fillna`` of RecBole's ``_fill_nan`` (one screenful of stderr per feature file, also in front of a data error's one
-  line); the fill still works under the ``pandas<3`` that ``setup.py`` pins. Likewise torch's FutureWarning on the
-  ``torch.cuda.amp.GradScaler(...)`` that RecBole's trainer builds at every training run (it still works). And
-  RecBole's dataset module gets :class:`CEngineCsvPandas` for pandas: its ``_load_feat`` asks pandas for the Python
-  parser, which multi-character separators need, but a one-character separator (the default tab) parses to the same
-  frame with the C parser, several times faster.
+  Likewise BERT4Rec's ``multi_hot_embed`` (:func:`bert4rec_multi_hot`) and the feature layers'
+  ``embed_token_seq_fields`` (:func:`pooled_token_seq_embeddings`), same values: each copies a tensor made on the host
+  (a row index, the mean's 1e-8) to the device at every call, a copy that waits for the GPU, so every training step of
+  BERT4Rec and of FDSA (which pools the content codes) did. And it silences the FutureWarning of pandas 2 on the
+  in-place ``fillna`` of RecBole's ``_fill_nan`` (one screenful of stderr per feature file, also in front of a data
+  error's one line); the fill still works under the ``pandas<3`` that ``setup.py`` pins. Likewise torch's
+  FutureWarning on the ``torch.cuda.amp.GradScaler(...)`` that RecBole's trainer builds at every training run (it
+  still works). And RecBole's dataset module gets :class:`CEngineCsvPandas` for pandas: its ``_load_feat`` asks pandas
+  for the Python parser, which multi-character separators need, but a one-character separator (the default tab) parses
+  to the same frame with the C parser, several times faster.
 * :func:`undo_sine_anomaly_detection`, around a model lookup: RecBole's
   ``recbole/model/sequential_recommender/sine.py`` calls ``torch.autograd.set_detect_anomaly(True)``
   at import time, and RecBole's ``get_model`` imports it with every sequential model. Anomaly
@@ -56,8 +57,8 @@ GRAD_SCALER_WARNING = r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecat
 
 def prepare_recbole() -> None:
     """Restore the numpy 1.x aliases RecBole 1.2.1's ``Config`` reads, where numpy no longer has them, put
-    :func:`bert4rec_test_sequences` in place of BERT4Rec's ``reconstruct_test_data``,
-    :func:`pooled_token_seq_embeddings` in place of the feature layers' ``embed_token_seq_fields``,
+    :func:`bert4rec_test_sequences` and :func:`bert4rec_multi_hot` in place of BERT4Rec's ``reconstruct_test_data`` and
+    ``multi_hot_embed``, :func:`pooled_token_seq_embeddings` in place of the feature layers' ``embed_token_seq_fields``,
     :class:`CEngineCsvPandas` in place of its dataset module's pandas, and silence pandas' warning on RecBole's in-place
     ``fillna`` and torch's on the ``torch.cuda.amp.GradScaler`` its trainer builds."""
     for name, target in NUMPY_REMOVED_ALIASES.items():
@@ -67,6 +68,7 @@ def prepare_recbole() -> None:
         from recbole.model.sequential_recommender.bert4rec import BERT4Rec
 
     BERT4Rec.reconstruct_test_data = bert4rec_test_sequences
+    BERT4Rec.multi_hot_embed = bert4rec_multi_hot
     from recbole.model.layers import ContextSeqEmbAbstractLayer
 
     ContextSeqEmbAbstractLayer.embed_token_seq_fields = pooled_token_seq_embeddings
@@ -82,6 +84,15 @@ def bert4rec_test_sequences(self: Any, item_seq: torch.Tensor, item_seq_len: tor
     (at column ``item_seq_len`` of the sequences padded by one column), then the first column dropped."""
     padded = torch.cat((item_seq, item_seq.new_zeros(item_seq.size(0), 1)), dim=-1)
     return padded.scatter(1, item_seq_len.long().unsqueeze(1), self.mask_token)[:, 1:]
+
+
+def bert4rec_multi_hot(self: Any, masked_index: torch.Tensor, max_length: int) -> torch.Tensor:
+    """RecBole's ``BERT4Rec.multi_hot_embed``: ``[batch * masked, max_length]`` with a 1 at each masked position, its
+    row index made on the device of ``masked_index`` (RecBole's is made on the host and copied over)."""
+    positions = masked_index.view(-1)
+    multi_hot = torch.zeros(positions.size(0), max_length, device=positions.device)
+    multi_hot[torch.arange(positions.size(0), device=positions.device), positions] = 1
+    return multi_hot
 
 
 def pooled_token_seq_embeddings(self: Any, token_seq_fields: list[torch.Tensor], kind: str) -> torch.Tensor | None:

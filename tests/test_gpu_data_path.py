@@ -418,15 +418,17 @@ def test_pooled_token_seq_embeddings_equal_recbole_own_pooling(pooling_mode):
     assert pooled_token_seq_embeddings(holder, [], "item") is None
 
 
-def test_bert4rec_test_sequences_equal_recbole_own_reconstruction():
-    """The vectorised reconstruction (recbole_qrec.compat) against RecBole's own loop, run from RecBole's source."""
+def test_bert4rec_replacements_equal_recbole_own_methods():
+    """The vectorised test reconstruction and the multi-hot of the masked positions built on their device
+    (recbole_qrec.compat) against RecBole's own methods, run from RecBole's source."""
     import importlib.util
 
     import recbole.model.sequential_recommender.bert4rec as patched_module
-    from recbole_qrec.compat import bert4rec_test_sequences, prepare_recbole
+    from recbole_qrec.compat import bert4rec_multi_hot, bert4rec_test_sequences, prepare_recbole
 
     prepare_recbole()
     assert patched_module.BERT4Rec.reconstruct_test_data is bert4rec_test_sequences
+    assert patched_module.BERT4Rec.multi_hot_embed is bert4rec_multi_hot
     spec = importlib.util.spec_from_file_location("recbole_bert4rec_as_shipped", patched_module.__file__)
     shipped = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(shipped)
@@ -438,3 +440,8 @@ def test_bert4rec_test_sequences_equal_recbole_own_reconstruction():
     item_seq[torch.arange(max_len) >= lengths.unsqueeze(1)] = 0  # histories left-aligned, zero padded
     expected = shipped.BERT4Rec.reconstruct_test_data(holder, item_seq.clone(), lengths)
     assert torch.equal(bert4rec_test_sequences(holder, item_seq, lengths), expected)
+    masked_index = torch.randint(0, max_len, (len(lengths), 4), generator=generator)
+    masked_index[:, -1] = 0  # RecBole pads the masked positions with 0
+    multi_hot = bert4rec_multi_hot(holder, masked_index, max_len)
+    assert multi_hot.shape == (len(lengths) * 4, max_len) and (multi_hot.sum(dim=1) == 1).all()
+    assert torch.equal(multi_hot, shipped.BERT4Rec.multi_hot_embed(holder, masked_index, max_len))
