@@ -21,6 +21,7 @@ from recbole.data.dataset import SequentialDataset
 from recbole.data.transform import MaskItemSequence
 from recbole.trainer import Trainer
 from recbole.utils import init_seed
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dataset_prep.subset import convert_user_subsets
 
@@ -389,6 +390,39 @@ def test_semantic_id_models_pretrain_train_and_evaluate_on_device_loaders(two_do
         batch = next(iter(loader))
         assert len(batch) == min(loader.step, len(loader._dataset)) and torch.isfinite(loss(batch))
     assert set(trainer.evaluate(valid, load_best_model=False)) >= {"hit@10", "ndcg@10"}
+
+
+class HostTensors(TorchDispatchMode):
+    """The aten ops that return a tensor on the host while a step runs on another device: on a GPU each such tensor
+    is copied to the device, a copy that waits for the GPU, so the step could not run ahead of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        results = result if isinstance(result, (tuple, list)) else [result]
+        if any(isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu" for tensor in results):
+            self.ops.append(str(func))
+        return result
+
+
+@pytest.mark.parametrize("model_name", ["GRU4Rec", "SASRec", "BERT4Rec", "FDSA"])
+def test_a_device_path_training_step_makes_no_tensor_on_the_host(work, model_name):
+    """RecBole's ID models' training loss on a device-path batch, run on the "meta" device (shapes without data), makes
+    every tensor on that device: nothing is made on the host and copied over, so on a GPU the step never waits for
+    it. RecBole's own BERT4Rec.multi_hot_embed and FDSA's token-sequence pooling did (recbole_qrec.compat replaces
+    them), and a data-dependent read (``.item()``, a boolean on a tensor) fails on "meta" as well."""
+    config = build_config(model_name, "Instruments", config_dict={"data_path": str(work / "dataset"), **SASREC,
+                                                                   "data_path_mode": "gpu"})
+    train_data = data_preparation(config, create_dataset(config))[0]
+    batch = next(iter(train_data)).to("meta")
+    config["device"] = torch.device("meta")  # where the model puts the tensors it holds besides its parameters
+    model = get_model(model_name)(config, train_data._dataset).to("meta")
+    with HostTensors() as host:
+        loss = model.calculate_loss(batch)
+    assert loss.device.type == "meta" and host.ops == []
 
 
 @pytest.mark.parametrize("pooling_mode", ["mean", "max", "sum"])
