@@ -425,6 +425,23 @@ def test_a_device_path_training_step_makes_no_tensor_on_the_host(work, model_nam
     assert loss.device.type == "meta" and host.ops == []
 
 
+def test_qbert4rec_training_and_pretraining_steps_make_no_tensor_on_the_host(two_domains, tmp_path):
+    """The same for QBert4Rec's fine-tuning loss and its multi-mask pretraining loss (span, tail and multi-region
+    masks drawn on the device). TIGER and MQL4GRec are not checked: transformers' T5 reads its padding mask back
+    (``padding_mask.all()``) to decide whether to build the attention mask, unless compiled."""
+    config = build_config("QBert4Rec", "Instruments", config_dict={
+        "data_path": str(two_domains / "dataset"), **SEMANTIC_ID, "checkpoint_dir": str(tmp_path), **QBERT4REC,
+        "pretrain_datasets": [], "pretrain_epochs": 1})
+    ensure_semantic_ids(config, [])
+    train = data_preparation(config, create_dataset(config))[0]
+    batch = next(iter(train)).to("meta")
+    config["device"] = torch.device("meta")
+    model = get_model("QBert4Rec")(config, train._dataset).to("meta")
+    with HostTensors() as host:
+        losses = [model.calculate_loss(batch), model.pretrain_loss(batch)]  # the target's own sequences
+    assert all(loss.device.type == "meta" for loss in losses) and host.ops == []
+
+
 @pytest.mark.parametrize("pooling_mode", ["mean", "max", "sum"])
 def test_pooled_token_seq_embeddings_equal_recbole_own_pooling(pooling_mode):
     """The token-sequence pooling without a host-to-device copy (recbole_qrec.compat) gives RecBole's values bit for
