@@ -11,6 +11,7 @@ from recbole_qrec.generation import (
     PrefixIndex,
     SemanticIdVocab,
     TokenTrie,
+    additive_padding_mask,
     constrained_beam_search,
     generate_with_trie,
 )
@@ -126,3 +127,22 @@ def test_vocab_round_trip_and_level_check():
     assert torch.equal(vocab.decode(vocab.encode(codes)), codes)
     with pytest.raises(ValueError, match="token 7 at level 0 is not a code token"):
         vocab.decode(torch.tensor([7, 7, 12]))
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_the_additive_padding_mask_gives_t5_the_logits_of_its_padding_mask(implementation):
+    """T5 with the 4D additive mask (which transformers takes as given, reading nothing back from the device) gives
+    bit for bit the logits of the same T5 given the 2D padding mask, in float32 and under bfloat16 autocast."""
+    table = random_table(40, 3, 8, seed=3)
+    vocab = SemanticIdVocab(codebook_size=8, levels=3)
+    model = tiny_t5(vocab, seed=3)
+    model.config._attn_implementation = implementation
+    tokens, mask = histories(table, vocab, users=12, seed=3)
+    assert (mask == 0).any() and (mask == 1).any()  # some rows padded, some tokens kept
+    labels = vocab.encode(table[:12])
+    for dtype in (None, torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            given_2d = model(input_ids=tokens, attention_mask=mask, labels=labels).logits
+            given_4d = model(input_ids=tokens, attention_mask=additive_padding_mask(mask), labels=labels).logits
+        assert torch.equal(given_4d, given_2d), (implementation, dtype)
+    assert additive_padding_mask(None) is None

@@ -408,13 +408,20 @@ class HostTensors(TorchDispatchMode):
         return result
 
 
-@pytest.mark.parametrize("model_name", ["GRU4Rec", "SASRec", "BERT4Rec", "FDSA"])
-def test_a_device_path_training_step_makes_no_tensor_on_the_host(work, model_name):
-    """RecBole's ID models' training loss on a device-path batch, run on the "meta" device (shapes without data), makes
-    every tensor on that device: nothing is made on the host and copied over, so on a GPU the step never waits for
-    it. RecBole's own BERT4Rec.multi_hot_embed and FDSA's token-sequence pooling did (recbole_qrec.compat replaces
-    them), and a data-dependent read (``.item()``, a boolean on a tensor) fails on "meta" as well."""
-    config = build_config(model_name, "Instruments", config_dict={"data_path": str(work / "dataset"), **SASREC,
+FULL_LENGTH_T5 = {**SEMANTIC_ID, **TRANSFORMER, "full_length_inputs": True}  # as on a CUDA device
+
+
+@pytest.mark.parametrize("model_name, settings", [
+    ("GRU4Rec", SASREC), ("SASRec", SASREC), ("BERT4Rec", SASREC), ("FDSA", SASREC),
+    ("TIGER", FULL_LENGTH_T5), ("MQL4GRec", FULL_LENGTH_T5), ("MACRec", FULL_LENGTH_T5),
+])
+def test_a_device_path_training_step_makes_no_tensor_on_the_host(work, model_name, settings):
+    """A model's training loss on a device-path batch, run on the "meta" device (shapes without data), makes every
+    tensor on that device: nothing is made on the host and copied over, so on a GPU the step never waits for it. A
+    data-dependent read (``.item()``, a tensor's truth value) fails on "meta" as well. RecBole's own
+    BERT4Rec.multi_hot_embed and FDSA's token-sequence pooling made such tensors (recbole_qrec.compat replaces them),
+    and transformers' T5 read a 2D padding mask back (the models pass it as a 4D additive mask)."""
+    config = build_config(model_name, "Instruments", config_dict={"data_path": str(work / "dataset"), **settings,
                                                                    "data_path_mode": "gpu"})
     train_data = data_preparation(config, create_dataset(config))[0]
     batch = next(iter(train_data)).to("meta")
@@ -427,8 +434,7 @@ def test_a_device_path_training_step_makes_no_tensor_on_the_host(work, model_nam
 
 def test_qbert4rec_training_and_pretraining_steps_make_no_tensor_on_the_host(two_domains, tmp_path):
     """The same for QBert4Rec's fine-tuning loss and its multi-mask pretraining loss (span, tail and multi-region
-    masks drawn on the device). TIGER and MQL4GRec are not checked: transformers' T5 reads its padding mask back
-    (``padding_mask.all()``) to decide whether to build the attention mask, unless compiled."""
+    masks drawn on the device)."""
     config = build_config("QBert4Rec", "Instruments", config_dict={
         "data_path": str(two_domains / "dataset"), **SEMANTIC_ID, "checkpoint_dir": str(tmp_path), **QBERT4REC,
         "pretrain_datasets": [], "pretrain_epochs": 1})

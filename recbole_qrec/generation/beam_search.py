@@ -19,6 +19,7 @@ from torch import nn
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
+from recbole_qrec.generation.masks import additive_padding_mask
 from recbole_qrec.generation.prefix_index import PrefixIndex
 from recbole_qrec.generation.vocab import SemanticIdVocab
 
@@ -47,6 +48,7 @@ def constrained_beam_search(
     check_arguments(index, vocab, beam_size)
     batch, codebook = len(encoder_input_ids), vocab.codebook_size
     device = encoder_input_ids.device
+    attention_mask = additive_padding_mask(attention_mask)
     hidden = model.get_encoder()(input_ids=encoder_input_ids, attention_mask=attention_mask).last_hidden_state
     cache = EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
     cache_argument = {cache_argument_name(model): cache}  # each decoder call appends to it in place

@@ -15,6 +15,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
 from recbole_qrec.errors import checked_choice
+from recbole_qrec.generation.masks import additive_padding_mask
 
 EVAL_MODES = ("beam", "exact")
 DECODER_ROWS = 4096  # users x items per decoder call: bounds the memory of the repeated encoder output and the logits
@@ -36,7 +37,7 @@ def exact_score_matrix(model: PreTrainedModel, encoder_input_ids: Tensor, attent
     keeps, the score of :func:`~recbole_qrec.generation.constrained_beam_search`. Items are scored in chunks of
     ``max(1, decoder_rows // B)``, one decoder call per chunk for all ``B`` users.
     """
-    batch = len(encoder_input_ids)
+    batch, attention_mask = len(encoder_input_ids), additive_padding_mask(attention_mask)
     hidden = model.get_encoder()(input_ids=encoder_input_ids, attention_mask=attention_mask).last_hidden_state
     decoder_inputs = model.prepare_decoder_input_ids_from_labels(labels=item_tokens)
     chunk = max(1, decoder_rows // batch)

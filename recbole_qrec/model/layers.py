@@ -14,7 +14,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 from transformers.activations import ACT2FN
 
 from recbole_qrec.errors import ConfigError
-from recbole_qrec.generation import SemanticIdVocab, checked_eval_mode
+from recbole_qrec.generation import SemanticIdVocab, additive_padding_mask, checked_eval_mode
 
 
 def t5_config(config: Config, vocab: SemanticIdVocab, extra_tokens: int = 0) -> T5Config:
@@ -73,7 +73,8 @@ def code_tokens(codes: Tensor, items: Tensor, vocab: SemanticIdVocab) -> Tensor:
 def teacher_forced_log_prob(t5: T5ForConditionalGeneration, tokens: Tensor, mask: Tensor, labels: Tensor) -> Tensor:
     """Sequence log-probability ``[B]`` of ``labels`` ``[B, L]`` given the encoder input: a beam search's score."""
     decoder_input_ids = t5.prepare_decoder_input_ids_from_labels(labels=labels)
-    logits = t5(input_ids=tokens, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
+    logits = t5(input_ids=tokens, attention_mask=additive_padding_mask(mask),
+                decoder_input_ids=decoder_input_ids).logits
     return logits.float().log_softmax(-1).gather(2, labels.unsqueeze(-1)).sum((1, 2))
 
 
@@ -92,10 +93,11 @@ def length_bucketed_loss(t5: T5ForConditionalGeneration, tokens: Tensor, mask: T
         sorted_lengths, order = mask.sum(1).sort()
         if bool(sorted_lengths[0] < sorted_lengths[-1]):
             widths = torch.stack([part[-1] for part in sorted_lengths.tensor_split(parts)]).tolist()
-            losses = [t5(input_ids=tokens[rows, :width], attention_mask=mask[rows, :width], labels=labels[rows]).loss
-                      * len(rows) for rows, width in zip(order.tensor_split(parts), widths)]
+            losses = [t5(input_ids=tokens[rows, :width], attention_mask=additive_padding_mask(mask[rows, :width]),
+                         labels=labels[rows]).loss * len(rows)
+                      for rows, width in zip(order.tensor_split(parts), widths)]
             return torch.stack(losses).sum() / len(tokens)
-    return t5(input_ids=tokens, attention_mask=mask, labels=labels).loss
+    return t5(input_ids=tokens, attention_mask=additive_padding_mask(mask), labels=labels).loss
 
 
 def checked_ranking(config: Config, dataset: Dataset | None = None) -> tuple[str, int]:
