@@ -10,7 +10,7 @@ import copy
 import math
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -408,6 +408,17 @@ class HostTensors(TorchDispatchMode):
         return result
 
 
+def losses_on_meta(config, train_data, losses_of: Callable) -> tuple[list[torch.Tensor], list[str]]:
+    """``losses_of(model, batch)`` with the config's model and the loader's first batch on the "meta" device, and the
+    aten ops that returned a host tensor meanwhile."""
+    batch = next(iter(train_data)).to("meta")
+    config["device"] = torch.device("meta")  # where the model puts the tensors it holds besides its parameters
+    model = get_model(config["model"])(config, train_data._dataset).to("meta")
+    with HostTensors() as host:
+        losses = losses_of(model, batch)
+    return losses, host.ops
+
+
 FULL_LENGTH_T5 = {**SEMANTIC_ID, **TRANSFORMER, "full_length_inputs": True}  # as on a CUDA device
 
 
@@ -424,12 +435,8 @@ def test_a_device_path_training_step_makes_no_tensor_on_the_host(work, model_nam
     config = build_config(model_name, "Instruments", config_dict={"data_path": str(work / "dataset"), **settings,
                                                                    "data_path_mode": "gpu"})
     train_data = data_preparation(config, create_dataset(config))[0]
-    batch = next(iter(train_data)).to("meta")
-    config["device"] = torch.device("meta")  # where the model puts the tensors it holds besides its parameters
-    model = get_model(model_name)(config, train_data._dataset).to("meta")
-    with HostTensors() as host:
-        loss = model.calculate_loss(batch)
-    assert loss.device.type == "meta" and host.ops == []
+    (loss,), host_ops = losses_on_meta(config, train_data, lambda model, batch: [model.calculate_loss(batch)])
+    assert loss.device.type == "meta" and host_ops == []
 
 
 def test_qbert4rec_training_and_pretraining_steps_make_no_tensor_on_the_host(two_domains, tmp_path):
@@ -439,13 +446,10 @@ def test_qbert4rec_training_and_pretraining_steps_make_no_tensor_on_the_host(two
         "data_path": str(two_domains / "dataset"), **SEMANTIC_ID, "checkpoint_dir": str(tmp_path), **QBERT4REC,
         "pretrain_datasets": [], "pretrain_epochs": 1})
     ensure_semantic_ids(config, [])
-    train = data_preparation(config, create_dataset(config))[0]
-    batch = next(iter(train)).to("meta")
-    config["device"] = torch.device("meta")
-    model = get_model("QBert4Rec")(config, train._dataset).to("meta")
-    with HostTensors() as host:
-        losses = [model.calculate_loss(batch), model.pretrain_loss(batch)]  # the target's own sequences
-    assert all(loss.device.type == "meta" for loss in losses) and host.ops == []
+    train_data = data_preparation(config, create_dataset(config))[0]
+    losses, host_ops = losses_on_meta(config, train_data, lambda model, batch: [
+        model.calculate_loss(batch), model.pretrain_loss(batch)])  # pretraining on the target's own sequences
+    assert len(losses) == 2 and all(loss.device.type == "meta" for loss in losses) and host_ops == []
 
 
 @pytest.mark.parametrize("pooling_mode", ["mean", "max", "sum"])
