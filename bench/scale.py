@@ -47,6 +47,7 @@ def measure(model: str, mode: str, data: Path, work: Path, settings: list[str]) 
             "--show_progress=False", *(f"--{item}" for item in settings)]
     config = build_config(model, SYNTHETIC, cmd_args=args)
     device = torch.device(config["device"])
+    torch.set_float32_matmul_precision(config["float32_matmul_precision"])  # as the entry point sets it
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
