@@ -452,6 +452,32 @@ def test_qbert4rec_training_and_pretraining_steps_make_no_tensor_on_the_host(two
     assert len(losses) == 2 and all(loss.device.type == "meta" for loss in losses) and host_ops == []
 
 
+LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+         "num_attention_heads": 2, "num_key_value_heads": 1}
+MMESID_SETTINGS = {"llm_config": LLAMA, "sid_levels": 2, "sid_codebook_size": 32, "sid_code_dim": 16,
+                   "sid_hidden_dims": [64], "sid_epochs": 1, "beam_size": 10,
+                   "full_length_inputs": True}  # as on a CUDA device
+
+
+def test_mmesid_training_step_and_ranking_make_no_tensor_on_the_host(two_domains, tmp_path):
+    """The same for MMESID's training loss and its ranking of a batch, by beam search and exact scores: transformers'
+    LLaMA read a 2D padding mask back at every call (the model passes it as a 4D additive causal mask)."""
+    config = build_config("MMESID", "Instruments", config_dict={
+        "data_path": str(two_domains / "dataset"), **SEMANTIC_ID, "checkpoint_dir": str(tmp_path), **MMESID_SETTINGS})
+    ensure_semantic_ids(config)
+    train_data = data_preparation(config, create_dataset(config))[0]
+
+    def loss_and_rankings(model, batch) -> list[torch.Tensor]:
+        loss = model.calculate_loss(batch)
+        model.eval()
+        beam = model.full_sort_predict(batch)
+        model.eval_mode = "exact"
+        return [loss, beam, model.full_sort_predict(batch)]
+
+    outputs, host_ops = losses_on_meta(config, train_data, loss_and_rankings)
+    assert len(outputs) == 3 and all(output.device.type == "meta" for output in outputs) and host_ops == []
+
+
 @pytest.mark.parametrize("pooling_mode", ["mean", "max", "sum"])
 def test_pooled_token_seq_embeddings_equal_recbole_own_pooling(pooling_mode):
     """The token-sequence pooling without a host-to-device copy (recbole_qrec.compat) gives RecBole's values bit for

@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 import torch
 from recbole.utils import init_seed
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 from dataset_prep.features import code_file_features
 from recbole_qrec.data import create_dataset, data_preparation
 from recbole_qrec.data.dataset import MMESIDDataset
 from recbole_qrec.errors import ConfigError
-from recbole_qrec.generation import causal_beam_search, causal_exact_scores
+from recbole_qrec.generation import additive_causal_mask, causal_beam_search, causal_exact_scores, prompt_positions
+from recbole_qrec.generation.beam_search import cache_argument_name
+from recbole_qrec.model.layers import checked_full_length_inputs
 from recbole_qrec.model.mmesid import MMESID
 from recbole_qrec.quantization import TokenizerConfig, build_rqvae
 from recbole_qrec.tokenize import ensure_semantic_ids, integer_item_ids, tokenize_dataset
@@ -165,6 +167,55 @@ def test_decoding_only_returns_existing_items_with_their_exact_scores(prepared, 
     assert torch.allclose(model.predict(interaction), scores[:, 0], atol=1e-4)  # teacher forcing: the same score
 
 
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_the_additive_causal_mask_gives_the_lm_the_logits_of_its_padding_mask(implementation):
+    """The LM with the 4D additive causal mask (which transformers takes as given, reading nothing back from the
+    device) gives bit for bit the logits of the same LM given the 2D padding mask at every token of left-padded
+    prompts and of the tokens appended after their cache (3, then 1), in float32 and under bfloat16 autocast. At
+    padding, which no token sees, rows differ: sdpa gives a row that sees nothing zeros, the additive mask (as eager
+    attention's own) spreads it evenly."""
+    torch.manual_seed(0)
+    settings = {**TINY_LM, "num_key_value_heads": 1}  # grouped-query attention, as Llama 3's
+    lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(vocab_size=40, **settings),
+                                          attn_implementation=implementation).eval()
+    mask = (torch.arange(9) >= 9 - torch.tensor([9, 1, 4, 7, 2, 5])[:, None]).long()  # left-padded prompts
+    prompt, tokens = torch.randn(6, 9, 32), torch.randint(0, 40, (6, 4))
+
+    def logits(attention_mask) -> list[torch.Tensor]:
+        """The prompt's logits at its tokens, then those of ``tokens`` appended 3 and 1 at a time."""
+        cache = {cache_argument_name(lm): DynamicCache(config=lm.config)}
+        found = [lm(inputs_embeds=prompt, attention_mask=attention_mask(mask, 9), position_ids=prompt_positions(mask),
+                    use_cache=True, **cache).logits[mask.bool()]]
+        for start, end in ((0, 3), (3, 4)):
+            whole = torch.cat([mask, mask.new_ones(6, end)], 1)
+            found.append(lm(input_ids=tokens[:, start:end], attention_mask=attention_mask(whole, end - start),
+                            position_ids=prompt_positions(whole)[:, -(end - start):], use_cache=True, **cache).logits)
+        return found
+
+    for dtype in (None, torch.bfloat16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            given_2d = logits(lambda padding, queries: padding)
+            given_4d = logits(lambda padding, queries: additive_causal_mask(padding, queries, torch.float32))
+        assert all(map(torch.equal, given_4d, given_2d)), (implementation, dtype)
+
+
+def test_full_length_inputs_give_the_same_loss_and_scores(prepared, work):
+    """Prompts of MAX_ITEM_LIST_LENGTH history items or of the batch's longest (the default on a CPU): more left
+    padding, masked, and the same positions."""
+    config, train, valid = prepared
+    model = MMESID(config, train._dataset).eval()
+    padded = MMESID(subset_config(work, full_length_inputs=True), train._dataset).eval()
+    padded.load_state_dict(model.state_dict())
+    assert checked_full_length_inputs(None, "cuda") and not checked_full_length_inputs(None, "cpu")
+    batch = next(iter(valid))[0]
+    batch = batch[batch["item_length"].argsort()[:16]]  # the shortest histories
+    assert padded.prompt(batch)[0].shape[1] > model.prompt(batch)[0].shape[1], "the longest history must be shorter"
+    with torch.no_grad():
+        torch.testing.assert_close(padded.calculate_loss(batch), model.calculate_loss(batch), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(padded.full_sort_predict(batch), model.full_sort_predict(batch),
+                                   rtol=1e-4, atol=1e-5)
+
+
 def test_lora_trains_adapters_embeddings_and_output_layer_only(prepared, work):
     config, train, _ = prepared
     with warnings.catch_warnings(record=True) as caught:
@@ -202,6 +253,8 @@ def test_bad_settings_are_config_errors(prepared, work):
         MMESID(subset_config(work, lora_rank=-1), dataset)
     with pytest.raises(ConfigError, match="beam_size"):
         MMESID(subset_config(work, beam_size=5), dataset)
+    with pytest.raises(ConfigError, match="full_length_inputs must be"):
+        MMESID(subset_config(work, full_length_inputs="yes"), dataset)
 
 
 # The tokenize stage (sid_producer: MMESID, the default)

@@ -4,8 +4,10 @@ The encoder-decoder versions (:mod:`~recbole_qrec.generation.beam_search`, :mod:
 run an encoder once and a decoder per level; here the prompt (``inputs_embeds`` ``[B, T, H]``, left-padded, its last
 position the one that predicts the first code) fills a key/value cache once, and each level appends one token.
 Positions count the prompt's unpadded tokens (``attention_mask.cumsum - 1``), so a row's positions do not depend on
-how far it was padded; the model's training must use the same (:func:`prompt_positions`). Scores are the same sums
-of per-token log-probabilities (log-softmax over the whole vocabulary) as the encoder-decoder versions'.
+how far it was padded; the model's training must use the same (:func:`prompt_positions`). The model gets its
+attention mask as a 4D additive mask (:func:`~recbole_qrec.generation.masks.additive_causal_mask`), which it takes
+as given, reading nothing back from the device. Scores are the same sums of per-token log-probabilities (log-softmax
+over the whole vocabulary) as the encoder-decoder versions'.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from transformers import DynamicCache, PreTrainedModel
 from recbole_qrec.generation.beam_search import (NEG_INF, cache_argument_name, check_arguments,
                                                  padded_top_k)
 from recbole_qrec.generation.exact_scores import DECODER_ROWS
+from recbole_qrec.generation.masks import additive_causal_mask
 from recbole_qrec.generation.prefix_index import PrefixIndex
 from recbole_qrec.generation.vocab import SemanticIdVocab
 
@@ -31,7 +34,8 @@ def prompt_positions(attention_mask: Tensor) -> Tensor:
 def fill_cache(model: PreTrainedModel, inputs_embeds: Tensor, attention_mask: Tensor) -> tuple[Tensor, DynamicCache]:
     """Run the prompt once: the log-probabilities ``[B, V]`` of its next token and the filled cache."""
     cache = DynamicCache(config=model.config)
-    output = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+    output = model(inputs_embeds=inputs_embeds,
+                   attention_mask=additive_causal_mask(attention_mask, inputs_embeds.shape[1], inputs_embeds.dtype),
                    position_ids=prompt_positions(attention_mask), use_cache=True, **{cache_argument_name(model): cache})
     return nn.functional.log_softmax(output.logits[:, -1].float(), dim=-1), cache
 
@@ -41,8 +45,8 @@ def continue_cache(model: PreTrainedModel, tokens: Tensor, attention_mask: Tenso
     ``[R, t, V]`` in float32."""
     mask = torch.cat([attention_mask, attention_mask.new_ones(tokens.shape)], dim=1)
     positions = attention_mask.long().sum(1, keepdim=True) + torch.arange(tokens.shape[1], device=tokens.device)
-    return model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
-                 **{cache_argument_name(model): cache}).logits.float()
+    return model(input_ids=tokens, attention_mask=additive_causal_mask(mask, tokens.shape[1], model.dtype),
+                 position_ids=positions, use_cache=True, **{cache_argument_name(model): cache}).logits.float()
 
 
 @torch.no_grad()

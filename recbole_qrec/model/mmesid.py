@@ -44,9 +44,9 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from recbole_qrec.data.dataset import MMESIDDataset
 from recbole_qrec.data.sid import SID_FIELD
 from recbole_qrec.errors import ConfigError, MalformedDataError
-from recbole_qrec.generation import (PrefixIndex, SemanticIdVocab, beam_score_matrix, causal_beam_search,
-                                    causal_exact_scores, prompt_positions)
-from recbole_qrec.model.layers import checked_ranking, code_tokens
+from recbole_qrec.generation import (PrefixIndex, SemanticIdVocab, additive_causal_mask, beam_score_matrix,
+                                    causal_beam_search, causal_exact_scores, prompt_positions)
+from recbole_qrec.model.layers import batch_histories, checked_full_length_inputs, checked_ranking, code_tokens
 
 
 class MMESID(SequentialRecommender):
@@ -71,6 +71,7 @@ class MMESID(SequentialRecommender):
     def __init__(self, config: Config, dataset: MMESIDDataset) -> None:
         super().__init__(config, dataset)
         self.eval_mode, self.beam_size = checked_ranking(config, dataset)
+        self.full_length_inputs = checked_full_length_inputs(config["full_length_inputs"], config["device"])
         codes, codebooks = dataset.code_tables[SID_FIELD], dataset.sid_codebooks
         modalities, levels, codebook_size, code_dim = codebooks.shape
         if codes.shape[1] != modalities * levels + 1:
@@ -109,8 +110,9 @@ class MMESID(SequentialRecommender):
 
     def prompt(self, interaction: Interaction) -> tuple[Tensor, Tensor]:
         """Left-padded prompt embeddings ``[B, S' * (T + 1) + 1, H]`` and mask: per history item its projected
-        latents and its ``T`` code tokens, then the item-start token; ``S'`` the longest history of the batch."""
-        history = interaction[self.ITEM_SEQ][:, : int(interaction[self.ITEM_SEQ_LEN].max())]
+        latents and its ``T`` code tokens, then the item-start token; ``S'`` the longest history of the batch, or
+        ``MAX_ITEM_LIST_LENGTH`` with ``full_length_inputs``."""
+        history = batch_histories(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], self.full_length_inputs)
         embed = self.lm.get_input_embeddings()
         items = torch.cat([self.latent_projection(self.item_latents[history]).unsqueeze(2),
                            embed(self.item_tokens(history))], dim=2)  # [B, S', T + 1, H]
@@ -128,7 +130,8 @@ class MMESID(SequentialRecommender):
         prompt, mask = self.prompt(interaction)
         inputs = torch.cat([prompt, self.lm.get_input_embeddings()(labels[:, :-1])], 1)
         mask = torch.cat([mask, mask.new_ones(len(mask), labels.shape[1] - 1)], 1)
-        logits = self.lm(inputs_embeds=inputs, attention_mask=mask, position_ids=prompt_positions(mask)).logits
+        logits = self.lm(inputs_embeds=inputs, attention_mask=additive_causal_mask(mask, inputs.shape[1], inputs.dtype),
+                         position_ids=prompt_positions(mask)).logits
         return logits[:, -labels.shape[1]:].float().log_softmax(-1).gather(2, labels.unsqueeze(-1)).squeeze(-1)
 
     def calculate_loss(self, interaction: Interaction) -> Tensor:
