@@ -25,6 +25,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
+
 from recbole_qrec import compare, sweep, table
 from recbole_qrec.config import RECBOLE_PROPERTIES_DIR, QRecConfig, as_argument, build_config
 from recbole_qrec.data import available_datasets, check_dataset
@@ -329,6 +331,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "recbole-qrec") -> None:
     except Exception as err:  # noqa: BLE001  (the one line for a bug; --debug shows the traceback)
         if debug:
             raise
-        print(f"error: unexpected {type(err).__name__}: {single_line(err)} — rerun with --debug for the traceback",
-              file=sys.stderr)
+        print(unexpected_error_line(err), file=sys.stderr)
         sys.exit(1)
+
+
+def unexpected_error_line(err: Exception) -> str:
+    """The one line for an exception that is not a user error: what the GPU lacked and which keys lower it for an
+    out-of-memory error, else the exception itself."""
+    if isinstance(err, torch.OutOfMemoryError):
+        allocation = ". ".join(str(err).split(". ")[:2])  # "CUDA out of memory. Tried to allocate 29.36 GiB"
+        return (f"error: {allocation}: the run needs more GPU memory than is free — lower train_batch_size (training) "
+                "or eval_batch_size (evaluation scores each of its rows against every item), e.g. "
+                "--eval_batch_size=1024, or free the GPU of other processes")
+    return f"error: unexpected {type(err).__name__}: {single_line(err)} — rerun with --debug for the traceback"

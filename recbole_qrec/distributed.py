@@ -39,7 +39,6 @@ import torch
 import torch.distributed as dist
 from recbole.config import Config
 from recbole.data.dataloader import AbstractDataLoader
-from recbole.evaluator import Collector
 from recbole.trainer import Trainer
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -47,6 +46,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 
 from recbole_qrec.errors import ConfigError, Terminated, interrupted_status
+from recbole_qrec.evaluator import TopkCollector
 
 # torchrun's environment (https://pytorch.org/docs/stable/elastic/run.html), which launch() sets as well.
 LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -184,9 +184,9 @@ def evaluation_shard(loader: AbstractDataLoader) -> AbstractDataLoader:
                         dataset.copy(dataset.inter_feat[torch.from_numpy(rows)]), loader._sampler, shuffle=False)
 
 
-class GatheringCollector(Collector):
-    """RecBole's evaluation collector whose collected per-user results are those of all ranks, in rank order;
-    ``users`` counts the users of the last evaluation."""
+class GatheringCollector(TopkCollector):
+    """The evaluation collector (:class:`~recbole_qrec.evaluator.TopkCollector`) whose collected per-user results
+    are those of all ranks, in rank order; ``users`` counts the users of the last evaluation."""
 
     def get_data_struct(self):
         struct = super().get_data_struct()

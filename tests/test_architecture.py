@@ -36,6 +36,7 @@ PACKAGES = ("recbole_qrec", "dataset_prep", "bench")
 # top-level module or package). The package itself (recbole_qrec/__init__.py) imports none of them.
 LAYERS = (
     ("errors",),
+    ("evaluator",),
     ("fileio", "resources", "compat", "console", "distributed", "devices"),
     ("quantization", "generation"),
     ("data",),

@@ -15,6 +15,7 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
+import torch
 
 from dataset_prep.convert import convert
 from recbole_qrec.cli import main
@@ -217,6 +218,20 @@ def test_an_unexpected_exception_is_one_line_with_status_1(cwd):
     message = done.stderr.strip()
     assert "\n" not in message and message.startswith("error: unexpected AttributeError: 'int' object")
     assert message.endswith(" — rerun with --debug for the traceback")
+
+
+def test_out_of_gpu_memory_is_one_line_naming_the_batch_sizes():
+    """torch's out-of-memory error (its message as a CUDA allocator raises it) is one line that keeps the allocation
+    and says which keys lower the memory a run needs."""
+    from recbole_qrec.cli import unexpected_error_line
+
+    err = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 29.36 GiB. GPU 0 has a total capacity of 79.18 "
+                                 "GiB of which 18.60 GiB is free. Including non-PyTorch memory, this process has 60.57 "
+                                 "GiB memory in use.\nSee documentation for Memory Management")
+    line = unexpected_error_line(err)
+    assert "\n" not in line and line.startswith("error: CUDA out of memory. Tried to allocate 29.36 GiB: ")
+    assert "--eval_batch_size=" in line and "train_batch_size" in line
+    assert unexpected_error_line(ValueError("x")).startswith("error: unexpected ValueError: x")
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

@@ -16,6 +16,7 @@ from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
 from recbole_qrec.errors import ConfigError, TrainingDivergedError, checked_choice
+from recbole_qrec.evaluator import TopkCollector
 
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -71,6 +72,7 @@ class AccelerationMixin:
     def __init__(self, config: Config, model: nn.Module) -> None:
         check_acceleration(config)
         super().__init__(config, model)
+        self.eval_collector = TopkCollector(config)  # RecBole's results in memory of the top-k size (evaluator.py)
         self.autocast_dtype = AUTOCAST_DTYPES.get(config["autocast_dtype"])
         if torch.is_anomaly_enabled():
             self.logger.warning(set_color(ANOMALY_DETECTION_WARNING, "yellow"))
