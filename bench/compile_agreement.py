@@ -2,8 +2,9 @@
 ``torch.compile`` with each given backend, from the same initial weights on the same batches, dropout off (or on).
 
 Dynamo's ``eager`` backend checks the tracing alone, ``aot_eager`` adds AOT autograd's joint graph and
-decompositions, ``inductor`` (what ``compile_model`` runs) adds the generated kernels: the first backend whose losses
-leave eager's names the layer at fault. For each backend, the loss of every step (Adam at the config's learning
+decompositions, ``cudagraphs`` (``compile_backend: cudagraphs``, on a CUDA device) replays that graph's own kernels
+as CUDA graphs, ``inductor`` (``compile_model``'s default backend) adds the generated kernels: the first backend whose
+losses leave eager's names the layer at fault. For each backend, the loss of every step (Adam at the config's learning
 rate) and, at the first step (same weights, same batch), the relative difference of the loss and of each parameter's
 gradient to eager's. The batches are the first ``--steps`` of the config's training loader (``data_path_mode``
 decides which), drawn once. With ``--dropout`` the steps run in training mode: compiled code draws other dropout
@@ -32,7 +33,7 @@ from common import build_model, load_data, machine_name, make_config, prepare_da
 from recbole_qrec.fileio import atomic_open, write_json_atomic
 from recbole_qrec.results import git_state
 
-BACKENDS = ("eager", "aot_eager", "inductor")
+BACKENDS = ("eager", "aot_eager", "cudagraphs", "inductor")  # cudagraphs: on a CUDA device only
 LOSS_POINTS = 6  # steps whose losses the table shows, evenly spaced from the first to the last
 GRADIENT_FLOOR = 1e-4  # of the largest gradient norm: below it a gradient counts as zero (an attention key bias's is)
 
@@ -79,7 +80,7 @@ def compare(model: nn.Module, batches: list, backends: list[str], learning_rate:
     for backend in backends:
         model.load_state_dict(initial)
         torch._dynamo.reset()
-        cuda_graphs = backend == "inductor" and inductor_mode == "reduce-overhead"
+        cuda_graphs = backend == "cudagraphs" or (backend == "inductor" and inductor_mode == "reduce-overhead")
         compiled = torch.compile(eager_method, backend=backend,
                                  **({"mode": inductor_mode} if backend == "inductor" else {}))
         losses, gradients = train_steps(model, compiled, batches, learning_rate, seed, cuda_graphs, dropout)
@@ -129,7 +130,8 @@ def main() -> None:
     parser.add_argument("--data_path", help="folder of the processed datasets (default: $QREC_DATA_DIR)")
     parser.add_argument("--users", type=int, help="only the dataset's first USERS users (a quick check)")
     parser.add_argument("--device", default="cuda", help="cpu, cuda or cuda:N")
-    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS,
+                        help="default: all of them that run on --device (cudagraphs on a CUDA device only)")
     parser.add_argument("--inductor-mode", default="default", choices=["default", "reduce-overhead"],
                         help="compile_mode of the inductor backend")
     parser.add_argument("--steps", type=int, default=50, help="training batches, the same for every backend")
@@ -145,7 +147,9 @@ def main() -> None:
         _, train_data, _, _ = load_data(config)
         batches = [batch.to(config["device"]) for _, batch in zip(range(args.steps), train_data)]
         model = build_model(config, train_data)
-        result = compare(model, batches, args.backends, config["learning_rate"], config["seed"], args.inductor_mode,
+        backends = args.backends or [backend for backend in BACKENDS
+                                     if backend != "cudagraphs" or torch.device(config["device"]).type == "cuda"]
+        result = compare(model, batches, backends, config["learning_rate"], config["seed"], args.inductor_mode,
                          args.dropout)
     commit, dirty = git_state()
     header = [f"# `compile_model` against eager mode: {args.model} on {args.dataset}", "",

@@ -150,6 +150,12 @@ def test_a_transform_without_a_device_version_is_refused_in_one_line(work, tmp_p
     ({"valid_sample_users": 0}, r"valid_sample_users must be an integer >= 1 or ~, got 0 — e.g. --valid_sample_users=10000"),
     ({"autocast_dtype": "float16"}, r"autocast_dtype must be one of ~, bfloat16, got 'float16' — ~: float32; e.g."),
     ({"compile_model": True, "compile_mode": "fast"}, "compile_mode must be one of default, reduce-overhead, max-autotune"),
+    ({"compile_model": True, "compile_backend": "tvm"},
+     r"compile_backend must be one of inductor, cudagraphs, aot_eager, got 'tvm' — e.g. --compile_model=True"),
+    ({"compile_model": True, "compile_backend": "cudagraphs"},
+     "compile_backend cudagraphs needs a CUDA device, the run's is cpu — use --compile_backend=inductor on a CPU"),
+    ({"compile_model": True, "compile_backend": "aot_eager", "compile_mode": "reduce-overhead"},
+     "compile_mode reduce-overhead is an inductor mode; compile_backend aot_eager takes none — set"),
 ])
 def test_a_wrong_data_path_or_acceleration_setting_is_a_config_error(work, tmp_path, settings, message):
     with pytest.raises(ConfigError, match=message):
@@ -157,8 +163,9 @@ def test_a_wrong_data_path_or_acceleration_setting_is_a_config_error(work, tmp_p
 
 
 def test_compile_model_is_refused_for_bert4rec_on_a_cuda_device_only(work):
-    """BERT4Rec's compiled training diverged on a CUDA device (docs/results/compile_check/): there ``compile_model``
-    stops with one line; on a CPU, where its compiled training follows the eager one, it is taken."""
+    """BERT4Rec's training compiled by inductor diverged on a CUDA device (docs/results/compile_check/): there
+    ``compile_model`` with that backend stops with one line; on a CPU, where its compiled training follows the eager
+    one, it is taken, and so is the cudagraphs backend, which runs no generated kernel."""
     config = build_config("BERT4Rec", "Instruments", config_dict={"data_path": str(work / "dataset"), **SASREC,
                                                                   "compile_model": True})
     check_acceleration(config)
@@ -166,10 +173,22 @@ def test_compile_model_is_refused_for_bert4rec_on_a_cuda_device_only(work):
     with pytest.raises(ConfigError) as error:
         check_acceleration(config)
     assert str(error.value) == (
-        "compile_model is not available for BERT4Rec on a CUDA device: its compiled training diverges there "
-        "(docs/results/compile_check/ in the recbole-qrec repository) — run it without --compile_model")
-    config["compile_model"] = False
+        "compile_model with the inductor backend is not available for BERT4Rec on a CUDA device: its compiled training "
+        "diverges there (docs/results/compile_check/ in the recbole-qrec repository) — run it without --compile_model")
+    config["compile_backend"] = "cudagraphs"
     check_acceleration(config)
+    config["compile_backend"], config["compile_model"] = "inductor", False
+    check_acceleration(config)
+
+
+def test_a_run_compiled_by_the_aot_eager_backend_trains_as_the_eager_run(work, tmp_path):
+    """``compile_backend: aot_eager`` (the forward and backward AOTAutograd traces, which the cudagraphs backend
+    replays) trains SASRec, dropout on, to the eager run's validation and test metrics."""
+    data = work / "dataset"
+    eager = run("SASRec", tmp_path / "eager", data, {**SASREC, "data_path_mode": "gpu"})
+    traced = run("SASRec", tmp_path / "traced", data, {**SASREC, "data_path_mode": "gpu", "compile_model": True,
+                                                       "compile_backend": "aot_eager"})
+    assert traced["test"] == eager["test"] and traced["valid_curve"] == eager["valid_curve"]
 
 
 # BERT4Rec's masking (RecBole's ``mask_itemseq`` transform) on the device

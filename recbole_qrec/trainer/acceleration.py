@@ -20,12 +20,18 @@ from recbole_qrec.evaluator import TopkCollector
 
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# torch.compile backends: inductor generates kernels (compile_mode applies); cudagraphs replays the model's own kernels,
+# forward and backward traced by AOTAutograd, as CUDA graphs; aot_eager runs that traced graph eagerly.
+COMPILE_BACKENDS = ("inductor", "cudagraphs", "aot_eager")
+# inductor modes that replay the compiled steps as CUDA graphs
+GRAPH_MODES = ("reduce-overhead", "max-autotune")
 # The training losses RecBole's trainers (and the pretraining trainer) call; those a model has are compiled. Evaluation
 # stays eager: compiled, it recompiled for its batch shapes and ran slower on one H200 (BERT4Rec 6.3 s per validation
 # against 0.25 s, QBert4Rec 2.1 s against 0.13 s), and TIGER's beam search did not finish (docs/results/README.md).
 COMPILED_METHODS = ("calculate_loss", "pretrain_loss")
-# Models whose training under compile_model diverged on a CUDA device where eager training did not, on both data paths
-# (BERT4Rec, one H100 GPU: first-epoch training loss 4,118-30,526 against 2,598 eager, NaN under CUDA graphs;
+# Models whose training under compile_model's inductor backend diverged on a CUDA device where eager training did not,
+# on both data paths (BERT4Rec, one H100 GPU: first-epoch training loss 4,118-30,526 against 2,598 eager, NaN under
+# CUDA graphs; every first-step gradient off by 1.3-1.7 of its size where the aot_eager backend's were exact;
 # docs/results/compile_check/). On a CPU their compiled training follows the eager one.
 COMPILE_DIVERGES_ON_CUDA = ("BERT4Rec",)
 # RecBole learners with a fused CUDA implementation (one kernel per step instead of one per parameter group op).
@@ -39,17 +45,42 @@ DIVERGED_FIX = "lower learning_rate, or clip gradients (e.g. --clip_grad_norm=\"
 
 def check_acceleration(config: Config) -> None:
     """``autocast_dtype`` must be None or one of :data:`AUTOCAST_DTYPES`, ``compile_mode`` one of
-    :data:`COMPILE_MODES`; ``compile_model`` is refused for a model of :data:`COMPILE_DIVERGES_ON_CUDA` on a CUDA
-    device."""
+    :data:`COMPILE_MODES` (other than default with the inductor backend only), ``compile_backend`` one of
+    :data:`COMPILE_BACKENDS` (cudagraphs on a CUDA device only); inductor is refused for a model of
+    :data:`COMPILE_DIVERGES_ON_CUDA` on a CUDA device."""
     checked_choice("autocast_dtype", config["autocast_dtype"], (None, *AUTOCAST_DTYPES),
                    "~: float32; e.g. --autocast_dtype=bfloat16")
     checked_choice("compile_mode", config["compile_mode"], COMPILE_MODES,
                    "e.g. --compile_model=True --compile_mode=reduce-overhead")
+    backend = checked_choice("compile_backend", config["compile_backend"], COMPILE_BACKENDS,
+                             "e.g. --compile_model=True --compile_backend=cudagraphs")
+    if not config["compile_model"]:
+        return
+    on_cuda = torch.device(config["device"]).type == "cuda"
+    if backend != "inductor" and config["compile_mode"] != "default":
+        raise ConfigError(f"compile_mode {config['compile_mode']} is an inductor mode; compile_backend {backend} "
+                          "takes none — set --compile_mode=default, or --compile_backend=inductor")
+    if backend == "cudagraphs" and not on_cuda:
+        raise ConfigError(f"compile_backend cudagraphs needs a CUDA device, the run's is {config['device']} — use "
+                          "--compile_backend=inductor on a CPU")
     model = config["model"]
-    if config["compile_model"] and model in COMPILE_DIVERGES_ON_CUDA and torch.device(config["device"]).type == "cuda":
-        raise ConfigError(f"compile_model is not available for {model} on a CUDA device: its compiled training "
-                          "diverges there (docs/results/compile_check/ in the recbole-qrec repository) — run it "
-                          "without --compile_model")
+    if backend == "inductor" and model in COMPILE_DIVERGES_ON_CUDA and on_cuda:
+        raise ConfigError(f"compile_model with the inductor backend is not available for {model} on a CUDA device: its "
+                          "compiled training diverges there (docs/results/compile_check/ in the recbole-qrec "
+                          "repository) — run it without --compile_model")
+
+
+def replays_cuda_graphs(config: Config) -> bool:
+    """Whether ``compile_model`` replays the training steps as CUDA graphs (whose outputs the next replay
+    overwrites)."""
+    return bool(config["compile_model"]) and (config["compile_backend"] == "cudagraphs"
+                                              or config["compile_mode"] in GRAPH_MODES)
+
+
+def compiled(method: Callable, config: Config) -> Callable:
+    """``method`` under ``torch.compile`` with the config's ``compile_backend`` (and ``compile_mode`` for inductor)."""
+    backend = config["compile_backend"]
+    return torch.compile(method, backend=backend, **({"mode": config["compile_mode"]} if backend == "inductor" else {}))
 
 
 def summed(losses: Tensor | tuple[Tensor, ...]) -> Tensor:
@@ -61,7 +92,8 @@ class AccelerationMixin:
     """Mixed in before a RecBole trainer. With ``autocast_dtype`` every loss of a training step and every evaluation
     run under ``torch.autocast`` with that dtype (weights, gradients and optimizer state stay float32; bfloat16 needs
     no gradient scaling). With ``compile_model`` the model's :data:`COMPILED_METHODS` are replaced, on the model
-    object, by their ``torch.compile`` versions (``compile_mode``): its parameters and state dict (checkpoints) are
+    object, by their ``torch.compile`` versions (``compile_backend``, ``compile_mode``): its parameters and state dict
+    (checkpoints) are
     unchanged.
 
     With ``data_path_mode: gpu`` an epoch is RecBole's training loop without its two waits per step (the loss read
@@ -79,7 +111,7 @@ class AccelerationMixin:
         if config["compile_model"]:
             for name in COMPILED_METHODS:
                 if hasattr(model, name):
-                    setattr(model, name, torch.compile(getattr(model, name), mode=config["compile_mode"]))
+                    setattr(model, name, compiled(getattr(model, name), config))
 
     def device_steps(self) -> bool:
         """Whether epochs run without per-step waits (the device-resident data path)."""
@@ -132,7 +164,7 @@ class AccelerationMixin:
         total: Tensor | None = None
         scaler = torch.amp.GradScaler(enabled=self.enable_scaler)  # RecBole's enable_amp / enable_scaler keys
         device_type = torch.device(self.device).type
-        replayed = self.config["compile_model"] and self.config["compile_mode"] == "reduce-overhead"
+        replayed = replays_cuda_graphs(self.config)
         for interaction in batches:
             if replayed:  # a new step: the CUDA graphs' outputs of the last one are no longer read
                 torch.compiler.cudagraph_mark_step_begin()
