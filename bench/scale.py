@@ -62,13 +62,20 @@ def measure(model: str, mode: str, data: Path, work: Path, settings: list[str]) 
     synchronize(device)
     trained = time.perf_counter()
     print(f"{model} {mode}: one training epoch in {trained - prepared:.1f} s", flush=True)
-    result = trainer.evaluate(test, load_best_model=False)
+    row = {"model": model, "data_path_mode": mode, "train_batch_size": config["train_batch_size"],
+           "prepare_s": round(prepared - start, 1), "train_epoch_s": round(trained - prepared, 2),
+           "users": test._dataset.user_num - 1, "items": train._dataset.item_num - 1,
+           "training_rows": len(train._dataset)}
+    try:
+        result = trainer.evaluate(test, load_best_model=False)
+    except torch.OutOfMemoryError as err:  # the row keeps the phases measured before
+        error = str(err).split("\n")[0]
+        print(f"{model} {mode}: evaluation failed: {error}", flush=True)
+        return {**row, "full_eval_s": None, "ndcg@10": None, "peak_gpu_gib": peak_gib(device),
+                "evaluation_error": error}
     synchronize(device)
-    return {"model": model, "data_path_mode": mode, "train_batch_size": config["train_batch_size"],
-            "prepare_s": round(prepared - start, 1),
-            "train_epoch_s": round(trained - prepared, 2), "full_eval_s": round(time.perf_counter() - trained, 2),
-            "peak_gpu_gib": peak_gib(device), "ndcg@10": float(result["ndcg@10"]), "users": test._dataset.user_num - 1,
-            "items": train._dataset.item_num - 1, "training_rows": len(train._dataset)}
+    return {**row, "full_eval_s": round(time.perf_counter() - trained, 2), "peak_gpu_gib": peak_gib(device),
+            "ndcg@10": float(result["ndcg@10"])}
 
 
 def write_report(args: argparse.Namespace, rows: list[dict]) -> None:
