@@ -35,12 +35,17 @@ from recbole_qrec.resources import PACKAGE_DIR
 from recbole_qrec.trainer.checkpoint import RUN_LOCATION_KEYS, plain_config, resume_state_file
 
 
+def run_settings(config: Config) -> dict[str, Any]:
+    """Every setting that can change a run's result but the seed (paths and verbosity left out), as plain values:
+    what a record's ``settings`` holds and its ``config_hash`` hashes."""
+    return {key: value for key, value in plain_config(config.final_config_dict).items()
+            if key not in RUN_LOCATION_KEYS and key != "seed"}
+
+
 def config_hash(config: Config) -> str:
-    """Short stable hash of every setting that can change a result, but for the seed (paths and verbosity left
-    out): records of one configuration under several seeds share it, and each record carries its ``seed``."""
-    settings = {k: v for k, v in plain_config(config.final_config_dict).items()
-                if k not in RUN_LOCATION_KEYS and k != "seed"}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    """Short stable hash of :func:`run_settings`: records of one configuration under several seeds share it, and each
+    record carries its ``seed``."""
+    return hashlib.sha256(json.dumps(run_settings(config), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def git_state(directory: Path = PACKAGE_DIR) -> tuple[str, bool | None]:
@@ -107,6 +112,7 @@ def build_record(config: Config, trainer: Trainer, best_valid_score: float, best
         "data_counts_match": config["data_fingerprint"]["expected_counts_match"],
         "content_sources": content_sources or {},
         "config_hash": config_hash(config),
+        "settings": run_settings(config),  # what the hash is of: tables label configurations by their differences
         "seed": config["seed"],
         "git_commit": commit,
         "git_dirty": dirty,

@@ -11,7 +11,9 @@ columns from the records' ``tokenizer`` figures (:mod:`recbole_qrec.data.sid_qua
 its collision rate before and after de-duplication and its mean codebook utilisation over the levels (mean over the
 seeds; empty for models of item IDs). With ``--split warm`` or ``cold`` the cells are the test metrics of the users
 whose target is a warm or a cold item (``test_warm`` / ``test_cold`` of the records of cold-start runs,
-``cold_start_share``; records without them are left out).
+``cold_start_share``; records without them are left out). With ``--configurations`` a model that ran in several
+configurations (an ablation, a sweep's candidates) gets a row per configuration, named by the settings in which they
+differ (the records' ``settings``).
 """
 
 from __future__ import annotations
@@ -249,6 +251,41 @@ def chosen_runs(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int
         if len(seeds) >= len(chosen.get((model, dataset), {})):
             chosen[(model, dataset)] = seeds
     return chosen
+
+
+def setting_text(value: Any) -> str:
+    """A setting's value as a label shows it: strings bare, other values as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def per_configuration(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` with each model that ran in several configurations renamed per configuration, ``Model (key=value,
+    ...)``: the settings (records' ``settings``) in which that model's configurations on one dataset differ, so that
+    one configuration keeps one row across the datasets; a configuration recorded without its settings is named by its
+    ``config_hash``."""
+    settings: dict[tuple[str, str, str], dict[str, Any] | None] = {}
+    for record in records:
+        key = (record["model"], record["dataset"], str(record.get("config_hash")))
+        settings.setdefault(key, record.get("settings"))
+    differing: dict[str, set[str]] = {}  # per model
+    for model, dataset in {(model, dataset) for model, dataset, _ in settings}:
+        known = [value for (m, d, _), value in settings.items() if (m, d) == (model, dataset) and value is not None]
+        keys = {key for value in known for key in value}
+        differing.setdefault(model, set()).update(
+            key for key in keys if len({json.dumps(value.get(key), sort_keys=True) for value in known}) > 1)
+    several = {model for model in differing
+               if len({key[2] for key in settings if key[0] == model}) > 1}
+
+    def label(record: dict[str, Any]) -> str:
+        model, known = record["model"], record.get("settings")
+        if model not in several:
+            return model
+        if known is None:
+            return f"{model} (config {record.get('config_hash')})"
+        shown = ", ".join(f"{key}={setting_text(known.get(key))}" for key in sorted(differing[model]))
+        return f"{model} ({shown})" if shown else model
+
+    return [{**record, "model": label(record)} for record in records]
 
 
 def configuration_cells(runs: dict[tuple[str, str], dict[int, dict[str, Any]]], metrics: list[str],
@@ -687,6 +724,9 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
                         "the users whose target is a warm or a cold item (records of runs with cold_start_share)")
     parser.add_argument("--tokenizer", action="store_true", help="add per dataset the collision rate before and after "
                         "de-duplication and the mean codebook utilisation of each semantic-ID model's main code table")
+    parser.add_argument("--configurations", action="store_true", help="a row per configuration of a model that ran "
+                        "in several (e.g. an ablation), named by the settings in which they differ; without it a model "
+                        "shows its configuration with the most seeds")
 
 
 @dataclass(frozen=True)
@@ -703,6 +743,7 @@ class TableRequest:
     command: str | None = None  # the command line, shown under the table
     split: str = "all"
     layout: str = "wide"  # LAYOUTS
+    configurations: bool = False  # a row per configuration (per_configuration)
 
 
 def table_request(args: argparse.Namespace) -> TableRequest:
@@ -731,11 +772,13 @@ def table_request(args: argparse.Namespace) -> TableRequest:
         raise ConfigError(f"--metrics {args.metrics} names {', '.join(twice)} more than once (hr is hit) — name each "
                           "metric once")
     return TableRequest(metrics, metric_key(args.metric), formats, args.out, paper, args.baseline, args.tokenizer,
-                        getattr(args, "command", None), args.split, LAYOUTS[args.by])
+                        getattr(args, "command", None), args.split, LAYOUTS[args.by], args.configurations)
 
 
 def publish(records: list[dict[str, Any]], request: TableRequest) -> Table:
     """Build the table of ``records``, print it as markdown and write the files of ``request``."""
+    if request.configurations:
+        records = per_configuration(records)
     built = build_table(records, request.metrics, request.key_metric, request.baseline, request.paper,
                         request.tokenizer, request.split)
     built.command, built.layout = request.command, request.layout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -40,6 +41,10 @@ def test_baseline_trains_one_epoch_and_records_its_metrics(model, instruments_su
     assert all(0.0 <= value <= 1.0 for value in record["test"].values())
     assert record["test"]["hit@1"] <= record["test"]["hit@5"] <= record["test"]["hit@10"]
     assert len(record["config_hash"]) == 12 and record["seed"] == 2020 and record["wall_time_s"] > 0
+    # the settings the hash is of, as the record keeps them (tables name configurations by them)
+    settings = record["settings"]
+    assert hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12] == record["config_hash"]
+    assert settings["epochs"] == 1 and "seed" not in settings and "data_path" not in settings
     assert Path(tmp_path / record["checkpoint"]).is_file()
 
 

@@ -153,6 +153,27 @@ def test_long_layout_beside_the_papers(results: Path, tmp_path: Path) -> None:
     assert "\\begin{tabular}{llrrrrrrrrrr}" in prefix.with_suffix(".tex").read_text(encoding="utf-8")
 
 
+def test_configurations_get_a_row_each_named_by_their_differences(tmp_path: Path) -> None:
+    """With ``--configurations`` an ablation's configurations of one model are rows of their own, named by the
+    settings that differ between them (not by those the datasets set), one row per configuration across datasets;
+    without it the model shows its configuration with the most seeds."""
+    def ablation(config_hash: str, seed: int, dataset: str, buckets: int, ndcg: float) -> dict:
+        settings = {"user_buckets": buckets, "learning_rate": 0.001, "dataset": dataset, "epochs": 300}
+        return {**record("TIGER", dataset, config_hash, seed, 0.1, ndcg), "settings": settings}
+
+    path = tmp_path / "results.jsonl"
+    records = [ablation("t-user", 1, "Instruments", 2000, 0.09), ablation("t-user", 2, "Instruments", 2000, 0.10),
+               ablation("t-none", 1, "Instruments", 0, 0.08), ablation("a-user", 1, "Arts", 2000, 0.07),
+               ablation("a-none", 1, "Arts", 0, 0.06), record("SASRec", "Instruments", "s", 1, 0.1, 0.05),
+               {**record("TIGER", "Instruments", "t-old", 1, 0.1, 0.01)}]  # recorded before records held settings
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    rows = md_rows(run_table([str(path), "--configurations", "--metrics", "ndcg@10"])[0])
+    assert set(rows) == {"TIGER (user_buckets=2000)", "TIGER (user_buckets=0)", "TIGER (config t-old)", "SASRec"}
+    assert rows["TIGER (user_buckets=2000)"]["Instruments NDCG@10"] == "**0.0950 ± 0.0071**"  # its two seeds
+    assert rows["TIGER (user_buckets=0)"]["Arts NDCG@10"] == "<u>0.0600</u>"
+    assert set(md_rows(run_table([str(path), "--metrics", "ndcg@10"])[0])) == {"TIGER", "SASRec"}
+
+
 def test_shipped_paper_yaml() -> None:
     values, sources = table.load_paper(table.PAPER_FILE)
     assert values[("QBert4Rec", "Arts")] == {"hit@10": 0.1419, "ndcg@10": 0.1039}
