@@ -74,9 +74,9 @@ class LargestOutput(TorchDispatchMode):
 
 
 def test_topk_collection_makes_no_tensor_of_the_scores_size(config):
-    """Collecting a batch makes no tensor with as many elements as its scores (RecBole's collector makes three: the
-    positive matrix, its int64 copy in the sum, and the matrix it gathers from), so evaluation memory is the scores'
-    plus the top-k size."""
+    """Collecting a batch makes no tensor with as many elements as its scores (RecBole's collector makes two: the
+    int32 positive matrix and the int64 copy its sum makes), so evaluation memory is the scores' plus the top-k
+    size."""
     scores, positive_u, positive_i = batches(0, rows=64, items=5000)[0]
     for collector, makes_scores_sized in ((TopkCollector(config), False), (Collector(config), True)):
         with LargestOutput() as largest:
