@@ -251,12 +251,39 @@ def test_full_length_inputs_give_the_loss_of_batch_padded_inputs(prepared, work)
 
 
 @pytest.mark.parametrize("mix", ["official", "per_row"])
-def test_compile_model_traces_the_loss_of_either_task_mix_as_one_graph(prepared, work, mix):
+def test_one_t5_call_gives_the_loss_and_gradients_of_one_call_per_input_length(prepared, work, mix):
+    """``t5_calls: one`` runs the history and the translation tasks through T5 once, the translation inputs padded
+    and masked, where ``per_length`` runs it once per input length: the same loss and gradients, in half the calls."""
+    train, model = prepared[1], prepared[4]
+    one = MQL4GRec(subset_config(work, task_mix=mix, t5_calls="one"), train._dataset).eval()
+    per_length = MQL4GRec(subset_config(work, task_mix=mix), train._dataset).eval()
+    per_length.load_state_dict(model.state_dict())
+    one.load_state_dict(model.state_dict())
+    batch = first_batch(train)
+    results = {}
+    for name, variant in (("one", one), ("per_length", per_length)):
+        calls = []
+        hook = variant.t5.register_forward_hook(lambda module, args, output: calls.append(1))
+        torch.manual_seed(0)  # the same task draws
+        loss = variant.calculate_loss(batch)
+        loss.backward()
+        hook.remove()
+        results[name] = loss.detach(), {key: p.grad for key, p in variant.named_parameters() if p.grad is not None}, calls
+    (loss_one, grads_one, calls_one), (loss_per_length, grads_per_length, calls_per_length) = results.values()
+    assert (len(calls_one), len(calls_per_length)) == (1, 2)
+    torch.testing.assert_close(loss_one, loss_per_length, rtol=1e-5, atol=1e-6)
+    assert grads_one.keys() == grads_per_length.keys()
+    for key, grad in grads_per_length.items():
+        torch.testing.assert_close(grads_one[key], grad, rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("mix, calls", [("official", "per_length"), ("per_row", "per_length"), ("official", "one")])
+def test_compile_model_traces_the_loss_of_either_task_mix_as_one_graph(prepared, work, mix, calls):
     """``compile_model`` traces either task mix with full-length histories as one graph (the shapes of a step known
     before it runs: no row count read back from the device, which once split the official mix's step in six graphs)
     and gives the eager loss; a frozen dataclass of a task once made tracing fail at the first step."""
     config, train, _, _, _ = prepared
-    model = MQL4GRec(subset_config(work, task_mix=mix, full_length_inputs=True), train._dataset).eval()
+    model = MQL4GRec(subset_config(work, task_mix=mix, full_length_inputs=True, t5_calls=calls), train._dataset).eval()
     assert_compiled_loss_is_eager_loss(model, first_batch(train), fullgraph=True)
 
 
@@ -443,6 +470,7 @@ def level_wise_greedy(model: MQL4GRec, tokens: torch.Tensor, mask: torch.Tensor,
     ({"pretrain_tasks": []}, "pretrain_tasks must be a non-empty list"),
     ({"eval_rule": "loose"}, "eval_rule must be one of group, strict"),
     ({"task_mix": "uniform"}, "task_mix must be one of official, per_row"),
+    ({"t5_calls": "two"}, "t5_calls must be one of per_length, one, got .two. — e.g. --t5_calls=one"),
     ({"beam_fusion": "max"}, "beam_fusion must be one of official, floor_sum"),
 ])
 def test_bad_settings_are_config_errors(prepared, work, overrides, message):

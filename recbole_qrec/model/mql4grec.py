@@ -53,6 +53,7 @@ from recbole_qrec.model.mql4grec_modules.tasks import (Task, TaskExample, encode
                                                        select_tasks, usable_tasks)
 
 EVAL_RULES = ("group", "strict")
+T5_CALLS = ("per_length", "one")  # how a step's examples go through T5 (task_mixture_loss)
 
 
 class MQL4GRec(PretrainableRecommender):
@@ -64,6 +65,7 @@ class MQL4GRec(PretrainableRecommender):
         super().__init__(config, dataset)
         self.eval_mode, self.beam_size = checked_ranking(config, dataset)
         self.length_bucket_rows = checked_length_bucket_rows(config["length_bucket_rows"])
+        self.t5_calls = checked_choice("t5_calls", config["t5_calls"], T5_CALLS, "e.g. --t5_calls=one")
         self.full_length_inputs = checked_full_length_inputs(config["full_length_inputs"], config["device"])
         self.eval_rule = checked_choice("eval_rule", config["eval_rule"], EVAL_RULES,
                                         f"e.g. --eval_rule={EVAL_RULES[0]} (the official code's)")
@@ -133,14 +135,16 @@ class MQL4GRec(PretrainableRecommender):
     def task_mixture_loss(self, interaction: Interaction, domain: str | None, tasks: list[Task]) -> Tensor:
         """T5's token cross-entropy over all examples of the batch (each has ``L`` label tokens).
 
-        Examples whose encoder inputs have the same length (the history tasks; the translation tasks) go
-        through T5 as one batch (or in parts of ``length_bucket_rows`` rows,
-        :func:`~recbole_qrec.model.layers.length_bucketed_loss`); the groups' means weighted by their rows give
-        the mean over all examples. With ``task_mix: per_row`` every task has the batch's rows, so this is the
-        mean of the per-task losses.
+        ``t5_calls: per_length``: examples whose encoder inputs have the same length (the history tasks; the
+        translation tasks) go through T5 as one batch; ``one``: all examples of the same label length as one batch,
+        the shorter inputs right-padded and masked. Each batch runs whole or in parts of ``length_bucket_rows`` rows
+        (:func:`~recbole_qrec.model.layers.length_bucketed_loss`); the batches' means weighted by their rows give the
+        mean over all examples. With ``task_mix: per_row`` every task has the batch's rows, so this is the mean of
+        the per-task losses.
         """
         examples = list(self.task_examples(interaction, domain, tasks).values())
-        groups = [stacked_examples(group) for group in examples_by_input_length(examples)]
+        field = 2 if self.t5_calls == "one" else 0  # one batch per label length, or per encoder input length
+        groups = [padded_examples(group) for group in examples_by_width(examples, field)]
         losses = [length_bucketed_loss(self.t5, *group, self.length_bucket_rows) * len(group.labels) for group in groups]
         return sum(losses) / sum(len(group.labels) for group in groups)
 
@@ -203,17 +207,26 @@ class MQL4GRec(PretrainableRecommender):
         return fuse_scores(scores, self.levels(), self.fusion)
 
 
-def examples_by_input_length(examples: list[TaskExample]) -> list[list[TaskExample]]:
-    """``examples`` grouped by encoder input length, in order of first appearance."""
+def examples_by_width(examples: list[TaskExample], field: int) -> list[list[TaskExample]]:
+    """``examples`` grouped by the width of their ``field`` (0: the encoder input, 2: the labels), in order of first
+    appearance."""
     groups: dict[int, list[TaskExample]] = {}
     for example in examples:
-        groups.setdefault(example.input_ids.shape[1], []).append(example)
+        groups.setdefault(example[field].shape[1], []).append(example)
     return list(groups.values())
 
 
-def stacked_examples(examples: list[TaskExample]) -> TaskExample:
-    """Same-length ``examples`` as one batch: the rows of the first, then of the second, ..."""
-    return TaskExample(*(torch.cat(parts) for parts in zip(*examples)))
+def padded_examples(examples: list[TaskExample]) -> TaskExample:
+    """``examples`` of one label length as one batch (the rows of the first, then of the second, ...), encoder inputs
+    right-padded to the longest (pad token 0, masked)."""
+    width = max(example.input_ids.shape[1] for example in examples)
+
+    def padded(tensor: Tensor) -> Tensor:
+        return nn.functional.pad(tensor, (0, width - tensor.shape[1]))
+
+    return TaskExample(torch.cat([padded(example.input_ids) for example in examples]),
+                       torch.cat([padded(example.attention_mask) for example in examples]),
+                       torch.cat([example.labels for example in examples]))
 
 
 def ranking_languages(tasks: list[Task], languages: tuple[str, ...]) -> list[str]:
