@@ -74,11 +74,12 @@ def test_the_loss_is_the_task_mixture_plus_the_weighted_implicit_alignment(prepa
     torch.testing.assert_close(full, task_loss + 0.01 * align)
 
 
-def test_compile_model_traces_the_loss_as_one_graph(prepared, work):
+@pytest.mark.parametrize("calls", ["per_length", "one"])
+def test_compile_model_traces_the_loss_as_one_graph(prepared, work, calls):
     """``compile_model`` traces MACRec's loss (task mixture plus implicit alignment) with full-length histories as one
-    graph and gives the eager loss."""
+    graph and gives the eager loss, with one T5 call per input length or one in all."""
     _, train, _, _ = prepared
-    model = MACRec(subset_config(work, full_length_inputs=True), train._dataset).eval()
+    model = MACRec(subset_config(work, full_length_inputs=True, t5_calls=calls), train._dataset).eval()
     assert_compiled_loss_is_eager_loss(model, first_batch(train), fullgraph=True)
 
 
