@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from common import build_model, load_data, machine_name, make_config, prepare_data
 from recbole_qrec.fileio import atomic_open, write_json_atomic
 from recbole_qrec.results import git_state
+from recbole_qrec.trainer.acceleration import compiled, replays_cuda_graphs
 
 BACKENDS = ("eager", "aot_eager", "cudagraphs", "inductor")  # cudagraphs: on a CUDA device only
 LOSS_POINTS = 6  # steps whose losses the table shows, evenly spaced from the first to the last
@@ -80,10 +81,9 @@ def compare(model: nn.Module, batches: list, backends: list[str], learning_rate:
     for backend in backends:
         model.load_state_dict(initial)
         torch._dynamo.reset()
-        cuda_graphs = backend == "cudagraphs" or (backend == "inductor" and inductor_mode == "reduce-overhead")
-        compiled = torch.compile(eager_method, backend=backend,
-                                 **({"mode": inductor_mode} if backend == "inductor" else {}))
-        losses, gradients = train_steps(model, compiled, batches, learning_rate, seed, cuda_graphs, dropout)
+        settings = {"compile_model": True, "compile_backend": backend, "compile_mode": inductor_mode}  # as a run's
+        losses, gradients = train_steps(model, compiled(eager_method, settings), batches, learning_rate, seed,
+                                        replays_cuda_graphs(settings), dropout)
         runs[backend] = {
             "losses": losses,
             "first_loss_difference": abs(losses[0] - eager_losses[0]) / abs(eager_losses[0]),

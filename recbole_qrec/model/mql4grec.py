@@ -143,7 +143,7 @@ class MQL4GRec(PretrainableRecommender):
         the per-task losses.
         """
         examples = list(self.task_examples(interaction, domain, tasks).values())
-        field = 2 if self.t5_calls == "one" else 0  # one batch per label length, or per encoder input length
+        field = "labels" if self.t5_calls == "one" else "input_ids"  # one batch per label or per input length
         groups = [padded_examples(group) for group in examples_by_width(examples, field)]
         losses = [length_bucketed_loss(self.t5, *group, self.length_bucket_rows) * len(group.labels) for group in groups]
         return sum(losses) / sum(len(group.labels) for group in groups)
@@ -207,12 +207,12 @@ class MQL4GRec(PretrainableRecommender):
         return fuse_scores(scores, self.levels(), self.fusion)
 
 
-def examples_by_width(examples: list[TaskExample], field: int) -> list[list[TaskExample]]:
-    """``examples`` grouped by the width of their ``field`` (0: the encoder input, 2: the labels), in order of first
+def examples_by_width(examples: list[TaskExample], field: str) -> list[list[TaskExample]]:
+    """``examples`` grouped by the width of their ``field`` (``input_ids`` or ``labels``), in order of first
     appearance."""
     groups: dict[int, list[TaskExample]] = {}
     for example in examples:
-        groups.setdefault(example[field].shape[1], []).append(example)
+        groups.setdefault(getattr(example, field).shape[1], []).append(example)
     return list(groups.values())
 
 

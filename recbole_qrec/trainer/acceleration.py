@@ -70,14 +70,14 @@ def check_acceleration(config: Config) -> None:
                           "repository) — run it without --compile_model")
 
 
-def replays_cuda_graphs(config: Config) -> bool:
+def replays_cuda_graphs(config: Config | dict[str, Any]) -> bool:
     """Whether ``compile_model`` replays the training steps as CUDA graphs (whose outputs the next replay
     overwrites)."""
     return bool(config["compile_model"]) and (config["compile_backend"] == "cudagraphs"
                                               or config["compile_mode"] in GRAPH_MODES)
 
 
-def compiled(method: Callable, config: Config) -> Callable:
+def compiled(method: Callable, config: Config | dict[str, Any]) -> Callable:
     """``method`` under ``torch.compile`` with the config's ``compile_backend`` (and ``compile_mode`` for inductor)."""
     backend = config["compile_backend"]
     return torch.compile(method, backend=backend, **({"mode": config["compile_mode"]} if backend == "inductor" else {}))
