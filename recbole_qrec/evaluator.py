@@ -21,7 +21,7 @@ def topk_hits(scores: Tensor, positive_u: Tensor, positive_i: Tensor, k: int) ->
     items (``torch.topk`` order) is a positive ``(positive_u, positive_i)``, then its number of distinct positives."""
     rows, items = scores.shape
     top = torch.topk(scores, k, dim=-1).indices
-    keys = (positive_u.long() * items + positive_i.long()).sort().values
+    keys = (positive_u.to(scores.device, torch.long) * items + positive_i.to(scores.device, torch.long)).sort().values
     counts = torch.zeros(rows, dtype=torch.long, device=scores.device)
     if len(keys) == 0:
         return torch.cat((torch.zeros_like(top), counts[:, None]), dim=1)

@@ -256,7 +256,7 @@ def test_one_t5_call_gives_the_loss_and_gradients_of_one_call_per_input_length(p
     and masked, where ``per_length`` runs it once per input length: the same loss and gradients, in half the calls."""
     train, model = prepared[1], prepared[4]
     one = MQL4GRec(subset_config(work, task_mix=mix, t5_calls="one"), train._dataset).eval()
-    per_length = MQL4GRec(subset_config(work, task_mix=mix), train._dataset).eval()
+    per_length = MQL4GRec(subset_config(work, task_mix=mix, t5_calls="per_length"), train._dataset).eval()
     per_length.load_state_dict(model.state_dict())
     one.load_state_dict(model.state_dict())
     batch = first_batch(train)
