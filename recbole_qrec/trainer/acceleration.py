@@ -30,11 +30,6 @@ GRAPH_MODES = ("reduce-overhead", "max-autotune")
 # stays eager: compiled, it recompiled for its batch shapes and ran slower on one H200 (BERT4Rec 6.3 s per validation
 # against 0.25 s, QBert4Rec 2.1 s against 0.13 s), and TIGER's beam search did not finish (docs/results/README.md).
 COMPILED_METHODS = ("calculate_loss", "pretrain_loss")
-# Models whose training under compile_model's inductor backend diverged on a CUDA device where eager training did not,
-# on both data paths (BERT4Rec, one H100 GPU: first-epoch training loss 4,118-30,526 against 2,598 eager, NaN under
-# CUDA graphs; every first-step gradient off by 1.3-1.7 of its size where the aot_eager backend's were exact;
-# docs/results/compile_check/). On a CPU their compiled training follows the eager one.
-COMPILE_DIVERGES_ON_CUDA = ("BERT4Rec",)
 # RecBole learners with a fused CUDA implementation (one kernel per step instead of one per parameter group op).
 FUSED_LEARNERS = {"adam": optim.Adam, "adamw": optim.AdamW}
 ANOMALY_DETECTION_WARNING = ("torch's anomaly detection is on (RecBole's sine.py switches it on when imported, e.g. by "
@@ -47,8 +42,7 @@ DIVERGED_FIX = "lower learning_rate, or clip gradients (e.g. --clip_grad_norm=\"
 def check_acceleration(config: Config) -> None:
     """``autocast_dtype`` must be None or one of :data:`AUTOCAST_DTYPES`, ``compile_mode`` one of
     :data:`COMPILE_MODES` (other than default with the inductor backend only), ``compile_backend`` one of
-    :data:`COMPILE_BACKENDS` (cudagraphs on a CUDA device only); inductor is refused for a model of
-    :data:`COMPILE_DIVERGES_ON_CUDA` on a CUDA device."""
+    :data:`COMPILE_BACKENDS` (cudagraphs on a CUDA device only)."""
     checked_choice("autocast_dtype", config["autocast_dtype"], (None, *AUTOCAST_DTYPES),
                    "~: float32; e.g. --autocast_dtype=bfloat16")
     checked_choice("compile_mode", config["compile_mode"], COMPILE_MODES,
@@ -64,11 +58,6 @@ def check_acceleration(config: Config) -> None:
     if backend == "cudagraphs" and not on_cuda:
         raise ConfigError(f"compile_backend cudagraphs needs a CUDA device, the run's is {config['device']} — use "
                           "--compile_backend=inductor on a CPU")
-    model = config["model"]
-    if backend == "inductor" and model in COMPILE_DIVERGES_ON_CUDA and on_cuda:
-        raise ConfigError(f"compile_model with the inductor backend is not available for {model} on a CUDA device: its "
-                          "compiled training diverges there (docs/results/compile_check/ in the recbole-qrec "
-                          "repository) — run it without --compile_model")
 
 
 def replays_cuda_graphs(config: Config | dict[str, Any]) -> bool:
