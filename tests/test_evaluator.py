@@ -9,7 +9,7 @@ from recbole.evaluator import Collector, Evaluator
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from recbole_qrec.compat import prepare_recbole
-from recbole_qrec.evaluator import TopkCollector
+from recbole_qrec.evaluator import TopkCollector, topk_hits
 
 METRICS = ["Recall", "MRR", "NDCG", "Hit", "Precision", "MAP"]
 
@@ -82,3 +82,11 @@ def test_topk_collection_makes_no_tensor_of_the_scores_size(config):
         with LargestOutput() as largest:
             collector.eval_batch_collect(scores, None, positive_u, positive_i)
         assert (largest.numel >= scores.numel()) == makes_scores_sized
+
+
+def test_topk_hits_takes_positives_on_another_device_than_the_scores():
+    """RecBole's evaluation loader gives the positives on the host while the scores are on the model's device: the
+    positives are moved to the scores' device (the meta device stands in for a GPU here)."""
+    scores, positive_u, positive_i = batches(0)[0]
+    hits = topk_hits(scores.to("meta"), positive_u, positive_i, 10)
+    assert hits.device.type == "meta" and hits.shape == (scores.shape[0], 11)

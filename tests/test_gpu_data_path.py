@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch._functorch.config
 import torch._inductor.config
+import torch._inductor.metrics
 from recbole.data.dataloader import FullSortEvalDataLoader, TrainDataLoader
 from recbole.data.dataset import SequentialDataset
 from recbole.data.transform import MaskItemSequence
@@ -163,19 +165,6 @@ def test_a_wrong_data_path_or_acceleration_setting_is_a_config_error(work, tmp_p
         run("SASRec", tmp_path / "run", work / "dataset", {**SASREC, **settings})
 
 
-def test_compile_model_takes_bert4rec_on_a_cuda_device_without_inductors_scatter_rewrite(work):
-    """BERT4Rec's training compiled by inductor diverged on a CUDA device until inductor's rewrite of a scatter into a
-    constant tensor was turned off (docs/results/compile_check/): ``compile_model`` takes it there, and compiling
-    turns that rewrite off."""
-    config = build_config("BERT4Rec", "Instruments", config_dict={"data_path": str(work / "dataset"), **SASREC,
-                                                                  "compile_model": True})
-    config["device"] = torch.device("cuda")
-    check_acceleration(config)
-    torch._inductor.config.optimize_scatter_upon_const_tensor = True
-    compiled(torch.sin, config)
-    assert torch._inductor.config.optimize_scatter_upon_const_tensor is False
-
-
 def test_a_run_compiled_by_the_aot_eager_backend_trains_as_the_eager_run(work, tmp_path):
     """``compile_backend: aot_eager`` (the forward and backward AOTAutograd traces, which the cudagraphs backend
     replays) trains SASRec, dropout on, to the eager run's validation and test metrics."""
@@ -194,6 +183,31 @@ def bert4rec(work: Path) -> tuple:
     config = build_config("BERT4Rec", "Instruments", config_dict={"data_path": str(work / "dataset"), **SASREC,
                                                                   "data_path_mode": "gpu"})
     return config, data_preparation(config, create_dataset(config))[0]
+
+
+def scatter_rewrites(loss_of: Callable, batch) -> int:
+    """How many scatters into a constant tensor inductor rewrote while compiling ``loss_of``'s forward and backward
+    (its caches off: a graph loaded from them is not rewritten again)."""
+    torch._dynamo.reset()
+    torch._inductor.metrics.reset()
+    with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(enable_autograd_cache=False):
+        loss_of(batch).backward()
+    return torch._inductor.metrics.num_matches_for_scatter_upon_const_tensor
+
+
+def test_compile_model_compiles_bert4rec_without_inductors_scatter_rewrite(bert4rec):
+    """Inductor rewrites the scatter into a constant tensor in BERT4Rec's loss (the one-hot of the masked positions),
+    which gave wrong gradients on a CUDA device (docs/results/compile_check/); ``compile_model`` compiles it without
+    that rewrite, and takes BERT4Rec on a CUDA device."""
+    config, gpu_train = bert4rec
+    model, batch = get_model("BERT4Rec")(config, gpu_train._dataset), next(iter(gpu_train))
+    with torch._inductor.config.patch(optimize_scatter_upon_const_tensor=True):
+        assert scatter_rewrites(torch.compile(model.calculate_loss), batch) > 0
+        assert scatter_rewrites(compiled(model.calculate_loss, {**config.final_config_dict, "compile_model": True}),
+                                batch) == 0
+    cuda_config = copy.deepcopy(config)
+    cuda_config["compile_model"], cuda_config["device"] = True, torch.device("cuda")
+    check_acceleration(cuda_config)
 
 
 def masked(transform, loader: TensorTrainDataLoader, ft_ratio: float):
