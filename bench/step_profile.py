@@ -1,10 +1,11 @@
-"""Where one training step's time goes: QBert4Rec (its defaults) or BERT4Rec at QBert4Rec's width and batch size
-(hidden 256, inner 256, 4 layers, 4 heads, batch 256) on Instruments, with the trainer's optimizer (fused on CUDA);
-needs a CUDA device.
+"""Where one training step's time goes: a model on Instruments (BERT4Rec at QBert4Rec's width and batch size: hidden
+256, inner 256, 4 layers, 4 heads, batch 256; any other model at its defaults), with the trainer's optimizer (fused
+on CUDA) and, under ``compile_model``, the trainer's compiled loss; needs a CUDA device.
 Prints milliseconds per step (50 steps after 10 of warm-up, synchronised), per batch drawn from the training loader
 and per forward pass, then torch.profiler's tables of 10 steps by self CUDA time and by self CPU time:
 
     python bench/step_profile.py QBert4Rec --data_path dataset/ > docs/results/step_profile/QBert4Rec.log
+    python bench/step_profile.py SASRec --data_path dataset/ --set compile_model=True compile_backend=cudagraphs
 
 QBert4Rec's stages 1-2 run shortened (1 epoch each) and it does not pretrain: the step of stage 3 is what is timed.
 """
@@ -19,18 +20,24 @@ from recbole_qrec.config import build_config
 from recbole_qrec.data import create_dataset, data_preparation
 from recbole_qrec.tokenize import ensure_semantic_ids
 from recbole_qrec.trainer import get_trainer
+from recbole_qrec.trainer.acceleration import replays_cuda_graphs
 from recbole_qrec.utils import get_model
 
 parser = argparse.ArgumentParser(prog="python bench/step_profile.py", description=__doc__.split("\n\n")[0])
-parser.add_argument("model", choices=["QBert4Rec", "BERT4Rec"])
+parser.add_argument("model")
 parser.add_argument("--data_path", required=True, help="atomic files folder holding Instruments/")
 parser.add_argument("--checkpoint_dir", default="saved")
+parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
 args = parser.parse_args()
 EQUAL_WIDTH = {"hidden_size": 256, "inner_size": 256, "n_layers": 4, "n_heads": 4, "train_batch_size": 256}
 config = build_config(args.model, "Instruments", config_dict={
     "data_path": args.data_path, "checkpoint_dir": args.checkpoint_dir, "injection_epochs": 1, "sid_epochs": 1,
-    "pretrain_epochs": 0, "pretrain_datasets": [], **(EQUAL_WIDTH if args.model == "BERT4Rec" else {})})
-print(config["data_path_mode"], config["device"])
+    "pretrain_epochs": 0, "pretrain_datasets": [], **(EQUAL_WIDTH if args.model == "BERT4Rec" else {})},
+    cmd_args=[f"--{item}" for item in args.set])
+torch.set_float32_matmul_precision(config["float32_matmul_precision"])  # as the entry point sets it
+replayed = replays_cuda_graphs(config)
+print(config["data_path_mode"], config["device"], "compiled" if config["compile_model"] else "eager",
+      "CUDA graphs" if replayed else "")
 if args.model == "QBert4Rec":
     ensure_semantic_ids(config, [])
 train = data_preparation(config, create_dataset(config))[0]
@@ -38,11 +45,13 @@ model = get_model(args.model)(config, train._dataset).to(config["device"])
 trainer = get_trainer(config["MODEL_TYPE"], args.model)(config, model)
 optimizer = trainer.optimizer
 print(type(optimizer), optimizer.defaults.get("fused"))
-batches = [batch for _, batch in zip(range(60), train)]
+batches = [batch.to(config["device"]) for _, batch in zip(range(60), train)]
 
 
 def step(batch) -> None:
     """One training step as the trainer takes it."""
+    if replayed:
+        torch.compiler.cudagraph_mark_step_begin()
     optimizer.zero_grad()
     model.calculate_loss(batch).backward()
     if trainer.clip_grad_norm:
@@ -67,6 +76,8 @@ print("ms/batch load", milliseconds_each(lambda: [batch for _, batch in zip(rang
 
 def forwards() -> None:
     for batch in batches[10:60]:
+        if replayed:
+            torch.compiler.cudagraph_mark_step_begin()
         optimizer.zero_grad()
         model.calculate_loss(batch)
 
