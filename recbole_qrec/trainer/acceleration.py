@@ -73,9 +73,9 @@ def compiled(method: Callable, config: Config | dict[str, Any]) -> Callable:
     epoch's last, smaller batch recompiles it, replayed the next epoch's full batches against the last one's recorded
     size ("size of tensor a (2048) must match the size of tensor b (922)", SASRec on one H100 GPU)."""
     backend = config["compile_backend"]
-    # inductor's rewrite of a scatter into a constant tensor gave BERT4Rec's loss (its one-hot of the masked
-    # positions) wrong gradients on CUDA, every first-step gradient off by 1.3-1.7 of its size; with it off, 60 steps
-    # agree with eager mode to 6e-7 (one H100 GPU, docs/results/compile_check/)
+    # inductor's rewrite of a scatter into a constant tensor (cross-entropy's backward) gave BERT4Rec's loss wrong
+    # gradients on CUDA, every first-step gradient off by 1.3-1.7 of its size; with it off, 60 steps agree with eager
+    # mode to 6e-7 (one H100 GPU, docs/results/compile_check/)
     torch._inductor.config.optimize_scatter_upon_const_tensor = False
     if backend == "cudagraphs":
         return torch.compile(method, backend=backend, dynamic=False)
