@@ -77,9 +77,8 @@ def compiled(method: Callable, config: Config | dict[str, Any]) -> Callable:
     # gradients on CUDA, every first-step gradient off by 1.3-1.7 of its size; with it off, 60 steps agree with eager
     # mode to 6e-7 (one H100 GPU, docs/results/compile_check/)
     torch._inductor.config.optimize_scatter_upon_const_tensor = False
-    if backend == "cudagraphs":
-        return torch.compile(method, backend=backend, dynamic=False)
-    return torch.compile(method, backend=backend, **({"mode": config["compile_mode"]} if backend == "inductor" else {}))
+    options = {"inductor": {"mode": config["compile_mode"]}, "cudagraphs": {"dynamic": False}}.get(backend, {})
+    return torch.compile(method, backend=backend, **options)
 
 
 def summed(losses: Tensor | tuple[Tensor, ...]) -> Tensor:
@@ -92,8 +91,7 @@ class AccelerationMixin:
     run under ``torch.autocast`` with that dtype (weights, gradients and optimizer state stay float32; bfloat16 needs
     no gradient scaling). With ``compile_model`` the model's :data:`COMPILED_METHODS` are replaced, on the model
     object, by their ``torch.compile`` versions (``compile_backend``, ``compile_mode``): its parameters and state dict
-    (checkpoints) are
-    unchanged.
+    (checkpoints) are unchanged.
 
     With ``data_path_mode: gpu`` an epoch is RecBole's training loop without its two waits per step (the loss read
     back with ``.item()`` and checked for NaN): the losses are summed on the device and read once per epoch, so the
