@@ -45,7 +45,22 @@ model = get_model(args.model)(config, train._dataset).to(config["device"])
 trainer = get_trainer(config["MODEL_TYPE"], args.model)(config, model)
 optimizer = trainer.optimizer
 print(type(optimizer), optimizer.defaults.get("fused"))
-batches = [batch.to(config["device"]) for _, batch in zip(range(60), train)]
+
+
+def drawn(count: int) -> list:
+    """``count`` batches of the full batch size from the training loader, over as many epochs as that takes (each
+    epoch's last, smaller batch is left out: a step of another shape would recompile a compiled loss)."""
+    batches: list = []
+    while len(batches) < count:
+        full = [batch for batch in train if len(batch) == config["train_batch_size"]]
+        if not full:
+            raise SystemExit(f"{args.model}'s training split has no batch of {config['train_batch_size']} rows — set "
+                             "a smaller --set train_batch_size=N")
+        batches += full
+    return batches[:count]
+
+
+batches = [batch.to(config["device"]) for batch in drawn(60)]
 
 
 def step(batch) -> None:
@@ -71,7 +86,7 @@ def milliseconds_each(run, count: int) -> float:
 for batch in batches[:10]:
     step(batch)
 print("ms/step", milliseconds_each(lambda: [step(batch) for batch in batches[10:60]], 50))
-print("ms/batch load", milliseconds_each(lambda: [batch for _, batch in zip(range(50), train)], 50))
+print("ms/batch load", milliseconds_each(lambda: drawn(50), 50))
 
 
 def forwards() -> None:
