@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 import torch
+from recbole.data.interaction import Interaction
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from dataset_prep.convert import convert
 from dataset_prep.locate import ENV_VAR
@@ -117,6 +120,41 @@ def assert_compiled_loss_is_eager_loss(model: torch.nn.Module, interaction, full
     torch.manual_seed(0)
     eager = model.calculate_loss(interaction)
     assert torch.isfinite(eager) and torch.allclose(traced, eager), (traced, eager)
+
+
+class TrainingLoss(torch.nn.Module):
+    """``model.calculate_loss`` as a module's forward (what ``torch.func.functional_call`` calls)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, interaction) -> torch.Tensor:
+        return self.model.calculate_loss(interaction)
+
+
+def host_nodes_of_cuda_loss(model: torch.nn.Module, interaction) -> list[str]:
+    """The nodes of ``model.calculate_loss(interaction)``'s traced graph (``make_fx``: the aten graph AOTAutograd
+    hands a ``torch.compile`` backend) that hold a host tensor when the model and the batch are on a CUDA device;
+    traced with fake CUDA tensors, so no GPU is needed. The cudagraphs backend runs a step with such a node without
+    CUDA graphs ("skipping cudagraphs due to cpu device")."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+
+    def on_cuda(tensor: torch.Tensor) -> FakeTensor:
+        return FakeTensor(mode, tensor.to("meta"), torch.device("cuda", 0))
+
+    tensors = [*model.named_parameters(), *model.named_buffers()]  # tied weights once: functional_call ties them
+    state = {f"model.{name}": on_cuda(tensor) for name, tensor in tensors}
+    fields = {name: on_cuda(value) for name, value in interaction.interaction.items()}
+
+    training_loss = TrainingLoss(model)
+
+    def loss(state: dict, fields: dict) -> torch.Tensor:
+        return torch.func.functional_call(training_loss, state, (Interaction(fields),))
+
+    with mode:
+        graph = make_fx(loss)(state, fields).graph
+    return [node.name for node in graph.nodes if getattr(node.meta.get("val"), "device", None) == torch.device("cpu")]
 
 
 @pytest.fixture(scope="module")

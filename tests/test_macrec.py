@@ -19,7 +19,8 @@ from recbole_qrec.errors import ConfigError
 from recbole_qrec.model.macrec import MACRec
 from recbole_qrec.model.mql4grec import MQL4GRec
 from recbole_qrec.tokenize import main as tokenize_main
-from conftest import assert_compiled_loss_is_eager_loss, first_batch, losses_over_steps, run_entry_point, work_config
+from conftest import (assert_compiled_loss_is_eager_loss, first_batch, host_nodes_of_cuda_loss, losses_over_steps,
+                      run_entry_point, work_config)
 
 TINY = {
     "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
@@ -81,6 +82,7 @@ def test_compile_model_traces_the_loss_as_one_graph(prepared, work, calls):
     _, train, _, _ = prepared
     model = MACRec(subset_config(work, full_length_inputs=True, t5_calls=calls), train._dataset).eval()
     assert_compiled_loss_is_eager_loss(model, first_batch(train), fullgraph=True)
+    assert host_nodes_of_cuda_loss(model, first_batch(train)) == []  # (test_tiger.py: the cudagraphs backend)
 
 
 def test_without_explicit_tasks_only_the_next_item_tasks_train(prepared, work):

@@ -27,7 +27,8 @@ from recbole_qrec.model.mql4grec_modules.mixes import one_direction_per_row
 from recbole_qrec.model.mql4grec_modules.tasks import N_SPECIAL
 from recbole_qrec.results import config_hash
 from recbole_qrec.trainer import PretrainFineTuneTrainer
-from conftest import assert_compiled_loss_is_eager_loss, first_batch, run_entry_point, work_config
+from conftest import (assert_compiled_loss_is_eager_loss, first_batch, host_nodes_of_cuda_loss, run_entry_point,
+                      work_config)
 
 TINY = {
     "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
@@ -285,6 +286,7 @@ def test_compile_model_traces_the_loss_of_either_task_mix_as_one_graph(prepared,
     config, train, _, _, _ = prepared
     model = MQL4GRec(subset_config(work, task_mix=mix, full_length_inputs=True, t5_calls=calls), train._dataset).eval()
     assert_compiled_loss_is_eager_loss(model, first_batch(train), fullgraph=True)
+    assert host_nodes_of_cuda_loss(model, first_batch(train)) == []  # (test_tiger.py: the cudagraphs backend)
 
 
 @pytest.mark.parametrize("domain", ["Games", "fine-tune"])

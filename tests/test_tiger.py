@@ -20,12 +20,13 @@ from recbole_qrec.data import create_dataset, data_preparation
 from recbole_qrec.data.sid import load_code_table, sid_path
 from recbole_qrec.errors import ConfigError, MalformedDataError
 from recbole_qrec.generation import constrained_beam_search
-from recbole_qrec.model.layers import checked_full_length_inputs, length_bucketed_loss
+from recbole_qrec.model.layers import checked_full_length_inputs, length_bucketed_loss, t5_loss
 from recbole_qrec.model.tiger import TIGER
 from recbole_qrec.quantization import append_level
 from recbole_qrec.tokenize import main as tokenize_main
 from recbole_qrec.trainer import get_trainer
-from conftest import assert_compiled_loss_is_eager_loss, first_batch, losses_over_steps, run_entry_point
+from conftest import (assert_compiled_loss_is_eager_loss, first_batch, host_nodes_of_cuda_loss, losses_over_steps,
+                      run_entry_point)
 
 TINY = {
     "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
@@ -148,10 +149,13 @@ def test_a_beam_wider_than_the_catalogue_is_refused_in_beam_mode(prepared, work)
 
 def test_compile_model_traces_the_loss_in_one_graph(prepared, work):
     """With ``full_length_inputs`` (the CUDA default) ``compile_model`` traces TIGER's loss without a graph break, as
-    CUDA graphs (``compile_mode: reduce-overhead``) need, and gives the eager loss."""
+    CUDA graphs (``compile_mode: reduce-overhead``) need, and gives the eager loss; on a CUDA device the traced step
+    holds no host tensor, which would make the cudagraphs backend skip its graphs (transformers' own decoder inputs
+    put one there)."""
     _, train, _, _, _ = prepared
     model = TIGER(subset_config(work / "dataset", full_length_inputs=True), train._dataset).eval()
     assert_compiled_loss_is_eager_loss(model, first_batch(train), fullgraph=True)
+    assert host_nodes_of_cuda_loss(model, first_batch(train)) == []
 
 
 # Training and ranking
@@ -175,6 +179,18 @@ def test_length_buckets_give_the_loss_of_one_call_on_the_padded_batch(prepared, 
         one_call = model.t5(input_ids=tokens, attention_mask=mask, labels=labels).loss
         bucketed = length_bucketed_loss(model.t5, tokens, mask, labels, part_rows)
     torch.testing.assert_close(bucketed, one_call, rtol=1e-5, atol=1e-6)
+
+
+def test_t5_loss_is_transformers_loss_of_the_labels(prepared):
+    """The training loss with decoder inputs built on the device equals transformers' loss from the labels alone (its
+    ``_shift_right``), label padding (-100) included."""
+    model, batch = prepared[4].eval(), first_batch(prepared[1])[:32]
+    tokens, mask = model.encoder_inputs(batch)
+    labels = model.item_tokens(batch["item_id"])
+    labels[::3, -1] = -100
+    with torch.no_grad():
+        expected = model.t5(input_ids=tokens, attention_mask=mask, labels=labels).loss
+        torch.testing.assert_close(t5_loss(model.t5, tokens, mask, labels), expected, rtol=0, atol=0)
 
 
 def test_full_length_inputs_give_the_same_loss_and_scores(prepared, work):

@@ -78,6 +78,23 @@ def teacher_forced_log_prob(t5: T5ForConditionalGeneration, tokens: Tensor, mask
     return logits.float().log_softmax(-1).gather(2, labels.unsqueeze(-1)).sum((1, 2))
 
 
+def decoder_inputs(t5: T5ForConditionalGeneration, labels: Tensor) -> Tensor:
+    """T5's teacher-forcing decoder inputs for ``labels`` ``[B, L]``, as its ``_shift_right`` builds them (the start
+    token, then the labels but the last, label padding -100 as the pad token), from tensor operations alone:
+    transformers writes the start token by assigning a Python number, which puts a host tensor constant into a
+    compiled training step, and the cudagraphs backend then runs that step without CUDA graphs."""
+    start = labels.new_full((len(labels), 1), t5.config.decoder_start_token_id)
+    shifted = torch.cat([start, labels[:, :-1]], dim=1)
+    return shifted.masked_fill(shifted == -100, t5.config.pad_token_id)
+
+
+def t5_loss(t5: T5ForConditionalGeneration, tokens: Tensor, mask: Tensor, labels: Tensor) -> Tensor:
+    """T5's mean token cross-entropy of ``labels`` given the encoder input, without the decoder's key/value cache
+    (training reads it nowhere)."""
+    return t5(input_ids=tokens, attention_mask=additive_padding_mask(mask),
+              decoder_input_ids=decoder_inputs(t5, labels), labels=labels, use_cache=False).loss
+
+
 def length_bucketed_loss(t5: T5ForConditionalGeneration, tokens: Tensor, mask: Tensor, labels: Tensor,
                          part_rows: int) -> Tensor:
     """T5's mean token cross-entropy of a batch, run in parts of at least ``part_rows`` rows of similar input length.
@@ -93,11 +110,10 @@ def length_bucketed_loss(t5: T5ForConditionalGeneration, tokens: Tensor, mask: T
         sorted_lengths, order = mask.sum(1).sort()
         if bool(sorted_lengths[0] < sorted_lengths[-1]):
             widths = torch.stack([part[-1] for part in sorted_lengths.tensor_split(parts)]).tolist()
-            losses = [t5(input_ids=tokens[rows, :width], attention_mask=additive_padding_mask(mask[rows, :width]),
-                         labels=labels[rows]).loss * len(rows)
+            losses = [t5_loss(t5, tokens[rows, :width], mask[rows, :width], labels[rows]) * len(rows)
                       for rows, width in zip(order.tensor_split(parts), widths)]
             return torch.stack(losses).sum() / len(tokens)
-    return t5(input_ids=tokens, attention_mask=additive_padding_mask(mask), labels=labels).loss
+    return t5_loss(t5, tokens, mask, labels)
 
 
 def checked_ranking(config: Config, dataset: Dataset | None = None) -> tuple[str, int]:
