@@ -175,6 +175,21 @@ def test_a_run_compiled_by_the_aot_eager_backend_trains_as_the_eager_run(work, t
     assert traced["test"] == eager["test"] and traced["valid_curve"] == eager["valid_curve"]
 
 
+def test_an_epochs_last_smaller_batch_runs_eagerly_instead_of_compiling_its_shape(work, tmp_path):
+    """Under ``compile_model`` the training loss is compiled once, for the full batches: two epochs, each ending with
+    a smaller batch, trace one graph, and (the ``aot_eager`` backend computes as eager mode) train exactly as the
+    uncompiled epochs, that last batch included."""
+    losses = {}
+    for name, settings in {"eager": {}, "compiled": {"compile_model": True, "compile_backend": "aot_eager"}}.items():
+        trainer, train, _ = sasrec_trainer(work, tmp_path, **settings)
+        assert len(train.rows) % train.step, "the subset must end each epoch with a smaller batch"
+        torch._dynamo.reset()
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        losses[name] = [trainer.device_epoch(train, epoch, trainer.model.calculate_loss) for epoch in range(2)]
+        losses[name].append(torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs)
+    assert losses["compiled"] == [*losses["eager"][:2], 1]
+
+
 # BERT4Rec's masking (RecBole's ``mask_itemseq`` transform) on the device
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,23 @@ def compiled(method: Callable, config: Config | dict[str, Any]) -> Callable:
     return torch.compile(method, backend=backend, **options)
 
 
+class CompiledForFullBatches:
+    """A training loss (``method``, its first argument the batch) under :func:`compiled` for the largest batch it has
+    been given; a smaller batch, an epoch's last, runs eagerly. Compiling and capturing a second shape, once per
+    phase, would cost more than running that one batch per epoch eagerly: a compile of its own under the cudagraphs
+    backend, a dynamic-shape recompile under inductor."""
+
+    def __init__(self, method: Callable, config: Config | dict[str, Any]) -> None:
+        self.eager = method
+        self.compiled = compiled(method, config)
+        self.largest = 0
+
+    def __call__(self, interaction: Any, *args: Any, **kwargs: Any) -> Any:
+        rows = len(interaction)
+        self.largest = max(self.largest, rows)
+        return (self.compiled if rows == self.largest else self.eager)(interaction, *args, **kwargs)
+
+
 def summed(losses: Tensor | tuple[Tensor, ...]) -> Tensor:
     """A model's loss, or the sum of its parts when it returns several (RecBole's convention)."""
     return sum(losses) if isinstance(losses, tuple) else losses
@@ -90,8 +107,8 @@ class AccelerationMixin:
     """Mixed in before a RecBole trainer. With ``autocast_dtype`` every loss of a training step and every evaluation
     run under ``torch.autocast`` with that dtype (weights, gradients and optimizer state stay float32; bfloat16 needs
     no gradient scaling). With ``compile_model`` the model's :data:`COMPILED_METHODS` are replaced, on the model
-    object, by their ``torch.compile`` versions (``compile_backend``, ``compile_mode``): its parameters and state dict
-    (checkpoints) are unchanged.
+    object, by their ``torch.compile`` versions (``compile_backend``, ``compile_mode``) for full batches
+    (:class:`CompiledForFullBatches`): its parameters and state dict (checkpoints) are unchanged.
 
     With ``data_path_mode: gpu`` an epoch is RecBole's training loop without its two waits per step (the loss read
     back with ``.item()`` and checked for NaN): the losses are summed on the device and read once per epoch, so the
@@ -108,7 +125,7 @@ class AccelerationMixin:
         if config["compile_model"]:
             for name in COMPILED_METHODS:
                 if hasattr(model, name):
-                    setattr(model, name, compiled(getattr(model, name), config))
+                    setattr(model, name, CompiledForFullBatches(getattr(model, name), config))
 
     def device_steps(self) -> bool:
         """Whether epochs run without per-step waits (the device-resident data path)."""
