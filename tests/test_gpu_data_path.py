@@ -190,6 +190,18 @@ def test_an_epochs_last_smaller_batch_runs_eagerly_instead_of_compiling_its_shap
     assert losses["compiled"] == [*losses["eager"][:2], 1]
 
 
+def test_training_steps_compiled_without_the_cuda_graphs_asked_for_are_one_warning_line(work, tmp_path, caplog):
+    """``compile_mode: reduce-overhead`` asks for CUDA graphs; where torch.compile runs the step without them (here a
+    CPU device) the trainer says so once, in one line, and training goes on."""
+    torch._dynamo.reset()
+    trainer, train, _ = sasrec_trainer(work, tmp_path, compile_model=True, compile_mode="reduce-overhead")
+    with caplog.at_level("WARNING"):
+        losses = [trainer._train_epoch(train, epoch) for epoch in range(2)]
+    assert all(math.isfinite(loss) for loss in losses)
+    warnings = [record.getMessage() for record in caplog.records if "without CUDA graphs" in record.getMessage()]
+    assert len(warnings) == 1 and "TORCH_LOGS=cudagraphs prints why" in warnings[0], caplog.text
+
+
 # BERT4Rec's masking (RecBole's ``mask_itemseq`` transform) on the device
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from recbole.config import Config
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 from torch import Tensor, nn, optim
+from torch._dynamo.utils import counters
 from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
@@ -36,6 +37,9 @@ ANOMALY_DETECTION_WARNING = ("torch's anomaly detection is on (RecBole's sine.py
                              "'from recbole.model.sequential_recommender import ...'): every training step records "
                              "tracebacks and runs several times slower — torch.autograd.set_detect_anomaly(False) "
                              "switches it off")
+SKIPPED_GRAPHS_WARNING = ("compile_model: {count} compiled graph(s) of the training step run without CUDA graphs "
+                          "(torch.compile skipped them; TORCH_LOGS=cudagraphs prints why) — the steps are right, only "
+                          "not replayed as graphs")
 DIVERGED_FIX = "lower learning_rate, or clip gradients (e.g. --clip_grad_norm=\"{'max_norm': 5.0}\")"
 
 
@@ -98,6 +102,11 @@ class CompiledForFullBatches:
         return (self.compiled if rows == self.largest else self.eager)(interaction, *args, **kwargs)
 
 
+def skipped_cuda_graphs() -> int:
+    """Graphs this process compiled for CUDA-graph replay and ran without it (torch's own count)."""
+    return counters["inductor"]["cudagraph_skips"]
+
+
 def summed(losses: Tensor | tuple[Tensor, ...]) -> Tensor:
     """A model's loss, or the sum of its parts when it returns several (RecBole's convention)."""
     return sum(losses) if isinstance(losses, tuple) else losses
@@ -108,7 +117,8 @@ class AccelerationMixin:
     run under ``torch.autocast`` with that dtype (weights, gradients and optimizer state stay float32; bfloat16 needs
     no gradient scaling). With ``compile_model`` the model's :data:`COMPILED_METHODS` are replaced, on the model
     object, by their ``torch.compile`` versions (``compile_backend``, ``compile_mode``) for full batches
-    (:class:`CompiledForFullBatches`): its parameters and state dict (checkpoints) are unchanged.
+    (:class:`CompiledForFullBatches`): its parameters and state dict (checkpoints) are unchanged. Steps that should
+    replay as CUDA graphs but were compiled without them are one warning line after the epoch.
 
     With ``data_path_mode: gpu`` an epoch is RecBole's training loop without its two waits per step (the loss read
     back with ``.item()`` and checked for NaN): the losses are summed on the device and read once per epoch, so the
@@ -126,6 +136,15 @@ class AccelerationMixin:
             for name in COMPILED_METHODS:
                 if hasattr(model, name):
                     setattr(model, name, CompiledForFullBatches(getattr(model, name), config))
+        self.graph_skips_seen = skipped_cuda_graphs()
+
+    def warn_of_skipped_cuda_graphs(self) -> None:
+        """One warning line when graphs that ``compile_model`` should replay as CUDA graphs were compiled without them
+        since the last check (torch.compile tells it only in a log that is off by default)."""
+        skipped = skipped_cuda_graphs() - self.graph_skips_seen
+        if skipped and replays_cuda_graphs(self.config):
+            self.logger.warning(set_color(SKIPPED_GRAPHS_WARNING.format(count=skipped), "yellow"))
+        self.graph_skips_seen += skipped
 
     def device_steps(self) -> bool:
         """Whether epochs run without per-step waits (the device-resident data path)."""
@@ -158,8 +177,11 @@ class AccelerationMixin:
                 return loss_func(interaction)
 
         if self.device_steps() and super()._train_epoch.__func__ is Trainer._train_epoch:
-            return self.device_epoch(train_data, epoch_idx, autocast_loss, show_progress)
-        return super()._train_epoch(train_data, epoch_idx, loss_func=autocast_loss, show_progress=show_progress)
+            loss = self.device_epoch(train_data, epoch_idx, autocast_loss, show_progress)
+        else:
+            loss = super()._train_epoch(train_data, epoch_idx, loss_func=autocast_loss, show_progress=show_progress)
+        self.warn_of_skipped_cuda_graphs()
+        return loss
 
     def evaluate(self, *args: Any, **kwargs: Any) -> Any:
         with self.autocast():
