@@ -2,7 +2,8 @@
 256, inner 256, 4 layers, 4 heads, batch 256; any other model at its defaults), with the trainer's optimizer (fused
 on CUDA) and, under ``compile_model``, the trainer's compiled loss; needs a CUDA device.
 Prints milliseconds per step (50 steps after 10 of warm-up, synchronised), per batch drawn from the training loader
-and per forward pass, then torch.profiler's tables of 10 steps by self CUDA time and by self CPU time:
+and per forward pass; over 10 profiled steps, the GPU's kernel time and the launches per step, then torch.profiler's
+tables by self CUDA time and by self CPU time:
 
     python bench/step_profile.py QBert4Rec --data_path dataset/ > docs/results/step_profile/QBert4Rec.log
     python bench/step_profile.py SASRec --data_path dataset/ --set compile_model=True compile_backend=cudagraphs
@@ -98,9 +99,17 @@ def forwards() -> None:
 
 
 print("ms/forward", milliseconds_each(forwards, 50))
+PROFILED_STEPS = 10
+# the CUDA runtime calls that start work on the GPU: a kernel each, or a whole captured graph
+LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cudaGraphLaunch")
 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiled:
-    for batch in batches[10:20]:
+    for batch in batches[10:10 + PROFILED_STEPS]:
         step(batch)
     torch.cuda.synchronize()
+events = profiled.key_averages()
+launches = sum(event.count for event in events if event.key in LAUNCH_CALLS)
+device_ms = sum(event.self_device_time_total for event in events) / 1000
+print(f"per profiled step: {device_ms / PROFILED_STEPS:.2f} ms of GPU kernels, {launches / PROFILED_STEPS:.0f} "
+      f"launches ({', '.join(LAUNCH_CALLS)})")
 print(profiled.key_averages().table(sort_by="self_cuda_time_total", row_limit=22, max_name_column_width=60))
 print(profiled.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
