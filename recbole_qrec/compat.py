@@ -88,10 +88,13 @@ def bert4rec_test_sequences(self: Any, item_seq: torch.Tensor, item_seq_len: tor
 
 def bert4rec_multi_hot(self: Any, masked_index: torch.Tensor, max_length: int) -> torch.Tensor:
     """RecBole's ``BERT4Rec.multi_hot_embed``: ``[batch * masked, max_length]`` with a 1 at each masked position, its
-    row index made on the device of ``masked_index`` (RecBole's is made on the host and copied over)."""
+    row index made on the device of ``masked_index`` (RecBole's is made on the host and copied over), and its ones
+    too (a Python 1 would put a host tensor into a compiled step, which the cudagraphs backend then runs without
+    CUDA graphs)."""
     positions = masked_index.view(-1)
     multi_hot = torch.zeros(positions.size(0), max_length, device=positions.device)
-    multi_hot[torch.arange(positions.size(0), device=positions.device), positions] = 1
+    multi_hot[torch.arange(positions.size(0), device=positions.device), positions] = torch.ones_like(
+        positions, dtype=multi_hot.dtype)
     return multi_hot
 
 

@@ -42,7 +42,7 @@ from recbole_qrec.trainer import get_trainer
 from recbole_qrec.trainer.acceleration import check_acceleration, compiled
 from recbole_qrec.utils import get_model
 
-from conftest import work_config
+from conftest import host_nodes_of_cuda_loss, work_config
 
 SUBSET_USERS = 500  # conftest.SUBSET_USERS: the subset's users, one test interaction each
 TRANSFORMER = {"d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2}
@@ -235,6 +235,16 @@ def test_compile_model_compiles_bert4rec_without_inductors_scatter_rewrite(bert4
     cuda_config = copy.deepcopy(config)
     cuda_config["compile_model"], cuda_config["device"] = True, torch.device("cuda")
     check_acceleration(cuda_config)
+
+
+def test_a_compiled_training_step_holds_no_host_tensor_on_a_cuda_device(bert4rec, work, tmp_path):
+    """On a CUDA device the traced training step of BERT4Rec (its multi-hot of the masked positions once set a Python
+    1, a host tensor constant) and of SASRec holds no host tensor, which would make the cudagraphs backend skip its
+    CUDA graphs."""
+    config, gpu_train = bert4rec
+    assert host_nodes_of_cuda_loss(get_model("BERT4Rec")(config, gpu_train._dataset), next(iter(gpu_train))) == []
+    trainer, train, _ = sasrec_trainer(work, tmp_path)
+    assert host_nodes_of_cuda_loss(trainer.model, next(iter(train))) == []
 
 
 def masked(transform, loader: TensorTrainDataLoader, ft_ratio: float):
