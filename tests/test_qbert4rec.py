@@ -29,7 +29,8 @@ from recbole_qrec.qbert4rec_stage import build_injection
 from recbole_qrec.tokenize import ensure_semantic_ids
 from recbole_qrec.trainer import QBert4RecTrainer
 from recbole_qrec.trainer.pretrain_trainer import MIN_PRETRAIN_LOSS_DROP
-from conftest import assert_compiled_loss_is_eager_loss, first_batch, run_entry_point, work_config
+from conftest import (assert_compiled_loss_is_eager_loss, first_batch, host_nodes_of_cuda_loss, run_entry_point,
+                      work_config)
 
 TINY = {
     "injection_dim": 32, "injection_epochs": 2, "injection_batch_size": 512,
@@ -248,6 +249,7 @@ def test_compile_model_traces_the_fine_tuning_loss(prepared):
     config, train, *_ = prepared
     model = QBert4Rec(config, train._dataset).eval()
     assert_compiled_loss_is_eager_loss(model, first_batch(train)[:64])
+    assert host_nodes_of_cuda_loss(model, first_batch(train)[:64]) == []  # (test_tiger.py: the cudagraphs backend)
 
 
 def slow_scores(model, item_seq, length, items):

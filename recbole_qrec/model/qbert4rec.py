@@ -160,7 +160,7 @@ class QBert4Rec(PretrainableRecommender):
         items = F.pad(interaction[self.ITEM_SEQ], (0, 1))  # the slot after the last item is padding: no ID
         tokens = self.item_tokens(items, self.item_codes)
         rows = torch.arange(len(tokens), device=tokens.device)
-        tokens[rows, lengths] = MASK_TOKEN
+        tokens[rows, lengths] = tokens.new_full((), MASK_TOKEN)  # a Python number would be a host tensor in a graph
         return self.forward(tokens, items)[rows, lengths]
 
     def code_embeddings(self) -> Tensor:
