@@ -3,6 +3,7 @@ tokenize stage, item tokens initialised from its codebooks, training, constraine
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import warnings
@@ -24,7 +25,8 @@ from recbole_qrec.model.mmesid import MMESID
 from recbole_qrec.quantization import TokenizerConfig, build_rqvae
 from recbole_qrec.tokenize import ensure_semantic_ids, integer_item_ids, tokenize_dataset
 from recbole_qrec.trainer import get_trainer
-from conftest import assert_compiled_loss_is_eager_loss, losses_over_steps, run_entry_point, work_config
+from conftest import (assert_compiled_loss_is_eager_loss, host_nodes_of_cuda_loss, losses_over_steps, run_entry_point,
+                      work_config)
 from test_architecture import no_file_access_or_training
 
 TINY_LM = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
@@ -134,6 +136,10 @@ def test_compile_model_traces_the_loss_as_one_graph(prepared):
     config, train, _ = prepared
     model = MMESID(config, train._dataset).eval()
     assert_compiled_loss_is_eager_loss(model, next(iter(train)), fullgraph=True)
+    full_length = copy.deepcopy(config)
+    full_length["full_length_inputs"] = True  # the CUDA default: one shape per batch size
+    model = MMESID(full_length, train._dataset).eval()
+    assert host_nodes_of_cuda_loss(model, next(iter(train))) == []  # (test_tiger.py: the cudagraphs backend)
 
 
 def test_training_beats_the_untrained_model_on_validation_ndcg(prepared):

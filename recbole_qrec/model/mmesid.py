@@ -131,7 +131,7 @@ class MMESID(SequentialRecommender):
         inputs = torch.cat([prompt, self.lm.get_input_embeddings()(labels[:, :-1])], 1)
         mask = torch.cat([mask, mask.new_ones(len(mask), labels.shape[1] - 1)], 1)
         logits = self.lm(inputs_embeds=inputs, attention_mask=additive_causal_mask(mask, inputs.shape[1], inputs.dtype),
-                         position_ids=prompt_positions(mask)).logits
+                         position_ids=prompt_positions(mask), use_cache=False).logits  # one pass: no cache to fill
         return logits[:, -labels.shape[1]:].float().log_softmax(-1).gather(2, labels.unsqueeze(-1)).squeeze(-1)
 
     def calculate_loss(self, interaction: Interaction) -> Tensor:
