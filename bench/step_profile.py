@@ -50,15 +50,20 @@ print(type(optimizer), optimizer.defaults.get("fused"))
 
 def drawn(count: int) -> list:
     """``count`` batches of the full batch size from the training loader, over as many epochs as that takes (each
-    epoch's last, smaller batch is left out: a step of another shape would recompile a compiled loss)."""
+    epoch's last, smaller batch is left out: a step of another shape would recompile a compiled loss); no batch
+    beyond the ``count``-th is drawn, so that timing this times ``count`` batches."""
     batches: list = []
     while len(batches) < count:
-        full = [batch for batch in train if len(batch) == config["train_batch_size"]]
-        if not full:
+        before = len(batches)
+        for batch in train:
+            if len(batch) == config["train_batch_size"]:
+                batches.append(batch)
+            if len(batches) == count:
+                break
+        if len(batches) == before:
             raise SystemExit(f"{args.model}'s training split has no batch of {config['train_batch_size']} rows — set "
                              "a smaller --set train_batch_size=N")
-        batches += full
-    return batches[:count]
+    return batches
 
 
 batches = [batch.to(config["device"]) for batch in drawn(60)]
