@@ -72,9 +72,8 @@ def code_tokens(codes: Tensor, items: Tensor, vocab: SemanticIdVocab) -> Tensor:
 
 def teacher_forced_log_prob(t5: T5ForConditionalGeneration, tokens: Tensor, mask: Tensor, labels: Tensor) -> Tensor:
     """Sequence log-probability ``[B]`` of ``labels`` ``[B, L]`` given the encoder input: a beam search's score."""
-    decoder_input_ids = t5.prepare_decoder_input_ids_from_labels(labels=labels)
     logits = t5(input_ids=tokens, attention_mask=additive_padding_mask(mask),
-                decoder_input_ids=decoder_input_ids).logits
+                decoder_input_ids=decoder_inputs(t5, labels)).logits
     return logits.float().log_softmax(-1).gather(2, labels.unsqueeze(-1)).sum((1, 2))
 
 
