@@ -5,12 +5,14 @@ Without the data a test that needs it is skipped with the reason, except in CI (
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -41,6 +43,21 @@ def anomaly_detection_stays_off():
                                             "— take RecBole's models from recbole_qrec.utils.get_model")
     yield
     assert not torch.is_anomaly_enabled(), "the test left torch's anomaly detection on"
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[], Any]) -> Any:
+    """``build()``'s result: under pytest-xdist built by the first worker that asks and read by the others from its
+    pickle in the session's folder (they wait on a lock meanwhile); in a single process simply built."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build()
+    shared = tmp_path_factory.getbasetemp().parent / name  # above every worker's folder, one per session
+    with shared.with_suffix(".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if shared.with_suffix(".pickle").is_file():
+            return pickle.loads(shared.with_suffix(".pickle").read_bytes())
+        value = build()
+        shared.with_suffix(".pickle").write_bytes(pickle.dumps(value))
+        return value
 
 
 @pytest.fixture(scope="session")

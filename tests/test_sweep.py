@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import built_once
 
 from recbole_qrec.cli import main
 from recbole_qrec.sweep import find_spec_file, load_spec, plan_targets
@@ -63,9 +64,15 @@ def child_pids(pid: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def sweep_run(work: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def sweep_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The grid swept once, interrupted (SIGINT to its process group, as Ctrl-C) as trial 1 starts, then resumed
-    with two workers spread over GPUs 0 and 1 (``--gpus``; the runs stay on the CPU: use_gpu is False)."""
+    with two workers spread over GPUs 0 and 1 (``--gpus``; the runs stay on the CPU: use_gpu is False). One sweep per
+    test session: the tests only read it (or copy it first)."""
+    return built_once(tmp_path_factory, "sweep_run",
+                      lambda: sweep_once(request.getfixturevalue("work"), tmp_path_factory))
+
+
+def sweep_once(work: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("sweep")
     spec, out = write_spec(folder / "grid.yaml", work / "dataset"), folder / "out"
     out.mkdir()
@@ -82,8 +89,9 @@ def sweep_run(work: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     resumed = sweep_process(spec, out, "--parallel", "2", "--gpus", "0,1")
     stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr
-    return {"spec": spec, "out": out, "interrupted_out": folder / "interrupted", "before": before, "after": records(out), "interrupted": (first.returncode,
-            interrupted, report),
+    return {"spec": spec, "out": out, "interrupted_out": folder / "interrupted", "before": before,
+            "after": records(out),
+            "interrupted": (first.returncode, interrupted, report),
             "resumed_lines": [line for line in stdout.splitlines() if line.startswith("[")]}
 
 
