@@ -15,7 +15,8 @@ A mode may carry settings of its own after a colon, joined by ``+``: ``--modes g
 The first mode is the reference: for each other mode, model and seed the report adds the speed-up per training epoch
 and to the same metric: the time the run took (pretraining, training and validations) to first validate at or above
 the reference run's best validation score (``valid_metric``, NDCG@10 by default), against the reference's time to that
-best. A run that never reached it counts as not reached.
+best. A run that never reached it counts as not reached. ``--logs DIR`` keeps every run's log (its warnings, e.g.
+of compiled steps run without CUDA graphs); the runs' other files go with the bench's temporary folder.
 """
 
 from __future__ import annotations
@@ -123,7 +124,11 @@ def run_group(models: list[str], mode: str, seed: int, args: argparse.Namespace,
             return None
 
     def finished(record: dict, busy: GpuBusy) -> dict:
-        timings = log_timings((folder / f"{record['model']}.log").read_text(encoding="utf-8"))
+        log = folder / f"{record['model']}.log"
+        timings = log_timings(log.read_text(encoding="utf-8"))
+        if args.logs:
+            (args.logs / folder.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(log, args.logs / folder.name / log.name)
         done = {**row(record, mode, timings, busy.fraction), "record": record}
         print(f"{record['model']} {mode} seed {seed}: {done['train_s_per_epoch']} s/epoch, {done['eval_s']} "
               f"s/validation, {done['time_to_best_s']} s to the best epoch, ndcg@10 {done['ndcg@10']:.4f}", flush=True)
@@ -225,6 +230,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="settings of every run")
     parser.add_argument("--commit", help="this checkout's commit, where git cannot tell (a copied tree)")
     parser.add_argument("--out", type=Path, required=True, help="output prefix")
+    parser.add_argument("--logs", type=Path, help="keep each run's RecBole log here, as MODE-SEED/MODEL.log")
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
