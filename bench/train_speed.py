@@ -234,6 +234,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
+    if args.logs and args.logs.exists() and not args.logs.is_dir():
+        parser.error(f"--logs {args.logs} is a file — give a folder (made if missing)")
     commit = args.commit or git_state()[0]
     command = "python bench/train_speed.py " + " ".join(sys.argv[1:])
     header = ["# Training and evaluation speed by data path", "", f"- command: `{command}`", f"- commit: {commit}",

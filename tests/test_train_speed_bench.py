@@ -44,3 +44,13 @@ def test_the_speedup_to_the_same_metric_follows_the_runs_records(amazon_dir, tmp
         assert f"valid_score: {record['best_valid_score']:.6f}" in log
     report = out.with_suffix(".md").read_text()
     assert "## Speed-up over `recbole`" in report and "\n| SASRec | gpu | 1 | " in report
+
+
+def test_logs_that_is_a_file_is_one_error_line(tmp_path):
+    taken = tmp_path / "logs"
+    taken.write_text("")
+    command = [sys.executable, "bench/train_speed.py", "--out", str(tmp_path / "speed"), "--logs", str(taken)]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith(f"--logs {taken} is a file — give a folder (made if missing)")
+    assert not (tmp_path / "speed.json").exists()
