@@ -211,6 +211,7 @@ PROBABILITY = ValueRule(float, 0, 1)
 VALUE_RULES: tuple[tuple[str, ValueRule], ...] = (
     ("train_time_limit", ValueRule(float, 0, above_minimum=True, optional=True, example=600)),  # seconds; ~: none
     ("valid_sample_users", ValueRule(int, 1, optional=True, example=10000)),  # ~: every user
+    ("length_buckets", ValueRule(int, 1, listed=True, optional=True, example=[3, 8])),  # ~: no buckets
     ("cold_start_share", ValueRule(float, 0, 1, above_minimum=True, below_maximum=True, optional=True, example=0.1)),
     ("unseen_prefix_levels", ValueRule(int, 1, optional=True, example=3)),  # ~: all levels but the last
     ("sid_seed", ValueRule(int, 0, optional=True, example=2020)),  # ~: the run's seed

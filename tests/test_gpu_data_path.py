@@ -115,6 +115,84 @@ def test_epochs_are_shuffled_differently_and_the_same_seed_repeats_the_batches(l
             assert all(torch.equal(batch[name], repeated[name]) for name in batch.columns)
 
 
+BUCKETS = {"MAX_ITEM_LIST_LENGTH": 20, "length_buckets": [3, 8]}  # widths 3, 8 and 20
+
+
+def device_loader(config) -> TensorTrainDataLoader:
+    return data_preparation(config, create_dataset(config))[0]
+
+
+def test_length_buckets_visit_every_row_once_in_batches_of_one_bucket_cut_to_its_width(work):
+    config = work_config("SASRec", work, **SASREC, **BUCKETS, data_path_mode="gpu")
+    buckets = device_loader(config)
+    plain = device_loader(work_config("SASRec", work, **SASREC, MAX_ITEM_LIST_LENGTH=20, data_path_mode="gpu"))
+    epoch = list(buckets)
+    assert len(epoch) == len(buckets) > len(plain)  # a smaller last batch per bucket
+    assert Counter(rows(epoch)) == Counter(rows(plain))  # every row once
+    shortest = {3: 1, 8: 4, 20: 9}  # the histories of each width's bucket
+    for batch in epoch:
+        width, lengths = batch["item_id_list"].size(1), batch["item_length"]
+        assert len(batch) <= buckets.step and bool(((lengths >= shortest[width]) & (lengths <= width)).all())
+    widths = [batch["item_id_list"].size(1) for batch in epoch]
+    assert set(widths) == {3, 8, 20} and widths != sorted(widths)  # the buckets' batches interleaved
+    again = device_loader(config)  # the same seed: the same batches; the next epoch: another order
+    assert all(torch.equal(one["item_id_list"], other["item_id_list"]) for one, other in zip(epoch, again, strict=True))
+    assert rows(list(buckets)) != rows(epoch)
+
+
+def cut_and_full_length_losses(model, loader: TensorTrainDataLoader) -> list[tuple[float, float]]:
+    """For a batch of each bucket: the loss of its rows with the item lists cut to the bucket's width, and at full
+    length (dropout off)."""
+    model.eval()
+    order = loader.order(0)
+    in_bucket = loader.buckets[order]
+    with torch.no_grad():
+        return [(float(model.calculate_loss(loader.batch(index, width))), float(model.calculate_loss(loader.batch(index))))
+                for bucket, width in enumerate(loader.widths) for index in [order[in_bucket == bucket][:loader.step]]]
+
+
+@pytest.mark.parametrize("model_name", ["SASRec", "GRU4Rec"])
+def test_cut_item_lists_leave_the_training_loss_unchanged(work, model_name):
+    config = work_config(model_name, work, **SASREC, **BUCKETS, data_path_mode="gpu")
+    loader = device_loader(config)
+    pairs = cut_and_full_length_losses(get_model(model_name)(config, loader._dataset), loader)
+    assert len(pairs) == 3 and all(cut == pytest.approx(full, rel=1e-5) for cut, full in pairs)
+
+
+def test_cut_item_lists_leave_qbert4recs_fine_tuning_loss_unchanged(two_domains, tmp_path):
+    config = build_config("QBert4Rec", "Instruments", config_dict={
+        "data_path": str(two_domains / "dataset"), **SEMANTIC_ID, "checkpoint_dir": str(tmp_path), **QBERT4REC,
+        "pretrain_datasets": [], "length_buckets": [2, 4]})  # widths 2, 4 and MAX_ITEM_LIST_LENGTH 8
+    ensure_semantic_ids(config, [])
+    loader = device_loader(config)
+    pairs = cut_and_full_length_losses(get_model("QBert4Rec")(config, loader._dataset), loader)
+    assert len(pairs) == 3 and all(cut == pytest.approx(full, rel=1e-5) for cut, full in pairs)
+
+
+def test_sasrec_trained_on_length_buckets_beats_popularity(work, tmp_path):
+    data = work / "dataset"
+    buckets = run("SASRec", tmp_path / "buckets", data, {**SASREC, **BUCKETS, "data_path_mode": "gpu"})["test"]
+    popularity = run("Pop", tmp_path / "pop", data, {"epochs": 1, "use_gpu": False, "allow_data_mismatch": True})["test"]
+    assert all(buckets[metric] > popularity[metric] for metric in ("hit@10", "ndcg@10"))
+
+
+@pytest.mark.parametrize("model_name, settings, message", [
+    ("SASRec", {"data_path_mode": "recbole", "length_buckets": [3]},
+     "length_buckets batches the device-resident loader's rows, but this run uses data_path_mode recbole — set "
+     "data_path_mode: gpu"),
+    ("SASRec", {"length_buckets": [8, 3]}, r"length_buckets must be increasing history lengths below "
+     r"MAX_ITEM_LIST_LENGTH \(20\), got \[8, 3\] — e.g. --length_buckets=\[3,8\]"),
+    ("SASRec", {"length_buckets": [20]}, r"below MAX_ITEM_LIST_LENGTH \(20\), got \[20\]"),
+    ("SASRec", {"length_buckets": [0]}, r"length_buckets must be a non-empty list of integers >= 1"),
+    ("BERT4Rec", {"length_buckets": [3]}, "length_buckets cuts the item lists of SASRec, GRU4Rec, QBert4Rec only, "
+     "and BERT4Rec reads them at full length — unset length_buckets"),
+])
+def test_a_length_bucket_setting_it_cannot_apply_is_one_error_line(work, model_name, settings, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        work_config(model_name, work, **{**SASREC, "MAX_ITEM_LIST_LENGTH": 20, "data_path_mode": "gpu", **settings})
+    assert "\n" not in str(error.value)
+
+
 def run(model: str, folder: Path, data_path: Path, settings: dict) -> dict:
     """The record of an in-process run of ``model`` on the subset, with its files under ``folder``."""
     folder.mkdir(parents=True)

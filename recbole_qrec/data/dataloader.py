@@ -19,6 +19,9 @@ from recbole_qrec.data.transform import DEVICE_TRANSFORMS, device_transform
 from recbole_qrec.errors import ConfigError, checked_choice
 
 DATA_PATH_MODES = ("auto", "recbole", "gpu")
+# Models whose training losses do not change when the trailing padding of their item lists is cut (a batch's lists
+# kept as long as its longest history): the cut-off columns are padding that every position ignores.
+LENGTH_BUCKET_MODELS = ("SASRec", "GRU4Rec", "QBert4Rec")
 
 
 def check_data_path_mode(config: Config) -> str:
@@ -54,7 +57,32 @@ def resolve_data_path_mode(config: Config) -> str:
         mode = config["data_path_mode"] = "gpu" if on_cuda and gpu_data_path_refusal(config) is None else "recbole"
     elif mode == "gpu":
         check_gpu_data_path(config)
+    if length_bucket_widths(config) is not None and mode != "gpu":
+        raise ConfigError(f"length_buckets batches the device-resident loader's rows, but this run uses data_path_mode "
+                          f"{mode} — set data_path_mode: gpu (it also runs on a CPU) or length_buckets: ~")
     return mode
+
+
+def length_bucket_widths(config: Config) -> list[int] | None:
+    """The item-list width of each length bucket: the bounds of ``length_buckets``, then ``MAX_ITEM_LIST_LENGTH``
+    (None when it is ~). Raises :class:`ConfigError` for bounds or a model it does not apply to."""
+    bounds = config["length_buckets"]
+    if bounds is None:
+        return None
+    bounds, longest = (bounds if isinstance(bounds, list) else [bounds]), config["MAX_ITEM_LIST_LENGTH"]
+    if config["model"] not in LENGTH_BUCKET_MODELS:
+        raise ConfigError(f"length_buckets cuts the item lists of {', '.join(LENGTH_BUCKET_MODELS)} only, and "
+                          f"{config['model']} reads them at full length — unset length_buckets")
+    if bounds != sorted(set(bounds)) or bounds[-1] >= longest:
+        raise ConfigError(f"length_buckets must be increasing history lengths below MAX_ITEM_LIST_LENGTH ({longest}), "
+                          f"got {bounds} — e.g. --length_buckets=[3,8]")
+    return [*bounds, longest]
+
+
+def seeded_generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded from ``keys`` (e.g. the run's seed and an epoch) through numpy's ``SeedSequence``."""
+    seed = np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(seed))
 
 
 def _fields_on(features: Interaction | None, device: torch.device) -> dict[str, torch.Tensor]:
@@ -87,7 +115,11 @@ class TensorTrainDataLoader(TrainDataLoader):
     """RecBole's :class:`TrainDataLoader` (same constructor, same batch fields: the training rows of ``inter_feat``
     joined with the user and item features) whose data live on ``config["device"]``. Epoch ``e`` (counted from 0
     by this loader) visits the rows in a permutation drawn from a generator seeded with ``(seed, e)``, in batches
-    of ``train_batch_size``, the last one smaller; without ``shuffle`` in row order."""
+    of ``train_batch_size``, the last one smaller; without ``shuffle`` in row order.
+
+    With ``length_buckets`` a batch holds the rows of one bucket of history lengths, in that permutation's order,
+    its item lists (``*_list`` fields) cut to the bucket's width; each bucket's last batch is smaller, and the
+    batches of all buckets come in an order drawn with ``(seed, e, 1)``."""
 
     def __init__(self, config: Config, dataset: Dataset, sampler: AbstractSampler | None, shuffle: bool = False):
         check_gpu_data_path(config)
@@ -96,8 +128,17 @@ class TensorTrainDataLoader(TrainDataLoader):
         self._device = torch.device(config["device"])
         self.rows = DeviceRows(dataset.inter_feat, self._device, dataset)
         self.epoch = 0
+        self.widths = length_bucket_widths(config)
+        if self.widths is not None:
+            if not config["single_spec"]:
+                raise ConfigError("length_buckets batches the rows of one process — unset it for a run on several")
+            lengths = self.rows.rows[config["ITEM_LIST_LENGTH_FIELD"]]
+            self.buckets = torch.bucketize(lengths, torch.tensor(self.widths[:-1], device=lengths.device))
+            self.bucket_rows = torch.bincount(self.buckets, minlength=len(self.widths)).tolist()
 
     def __len__(self) -> int:
+        if self.widths is not None:
+            return sum(math.ceil(rows / self.step) for rows in self.bucket_rows)
         return math.ceil(self.process_rows() / self.step)
 
     # Distributed runs (recbole_qrec.distributed; ``step`` is already this process's part of the batch): each process
@@ -120,17 +161,29 @@ class TensorTrainDataLoader(TrainDataLoader):
         """The row order of ``epoch``: a seeded permutation (the same for the same seed and epoch), or row order."""
         if not self.shuffle:
             return torch.arange(self.sample_size, device=self._device)
-        seed = np.random.SeedSequence([self.config["seed"], epoch]).generate_state(1, np.uint64)[0]
-        generator = torch.Generator().manual_seed(int(seed))
-        return torch.randperm(self.sample_size, generator=generator).to(self._device)
+        return torch.randperm(self.sample_size, generator=seeded_generator(self.config["seed"], epoch)).to(self._device)
 
-    def batch(self, index: torch.Tensor) -> Interaction:
+    def batch(self, index: torch.Tensor, width: int | None = None) -> Interaction:
         """The rows ``index`` of the training split, with their users' and items' features (RecBole's ``join``),
-        through the dataset transform (:func:`~recbole_qrec.data.transform.device_transform`)."""
-        return self.transform(self._dataset, self.rows[index])
+        their item lists cut to ``width`` when given, through the dataset transform
+        (:func:`~recbole_qrec.data.transform.device_transform`)."""
+        rows = self.rows[index]
+        if width is not None:
+            longest, suffix = self.config["MAX_ITEM_LIST_LENGTH"], self.config["LIST_SUFFIX"]
+            rows = Interaction({name: value[:, :width] if name.endswith(suffix) and value.dim() > 1
+                                and value.size(1) == longest else value for name, value in rows.interaction.items()})
+        return self.transform(self._dataset, rows)
 
     def __iter__(self) -> Iterator[Interaction]:
-        order = self.process_order(self.epoch)
+        epoch, order = self.epoch, self.process_order(self.epoch)
         self.epoch += 1
-        for start in range(0, len(order), self.step):
-            yield self.batch(order[start:start + self.step])
+        if self.widths is None:
+            for start in range(0, len(order), self.step):
+                yield self.batch(order[start:start + self.step])
+            return
+        in_bucket = self.buckets[order]
+        batches = [(rows[start:start + self.step], width) for bucket, width in enumerate(self.widths)
+                   for rows in [order[in_bucket == bucket]] for start in range(0, len(rows), self.step)]
+        shuffled = torch.randperm(len(batches), generator=seeded_generator(self.config["seed"], epoch, 1)).tolist()
+        for index in shuffled if self.shuffle else range(len(batches)):
+            yield self.batch(*batches[index])
