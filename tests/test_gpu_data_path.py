@@ -53,6 +53,12 @@ QBERT4REC = {"injection_dim": 32, "injection_epochs": 1, "injection_batch_size":
              "n_layers": 1, "n_heads": 2}
 SASREC = {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "n_heads": 2, "epochs": 1, "learning_rate": 0.005,
           "train_batch_size": 128, "eval_batch_size": 256, "use_gpu": False, "allow_data_mismatch": True}
+FULL_LENGTH_T5 = {**SEMANTIC_ID, **TRANSFORMER, "full_length_inputs": True}  # as on a CUDA device
+LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+         "num_attention_heads": 2, "num_key_value_heads": 1}
+MMESID_SETTINGS = {"llm_config": LLAMA, "sid_levels": 2, "sid_codebook_size": 32, "sid_code_dim": 16,
+                   "sid_hidden_dims": [64], "sid_epochs": 1, "beam_size": 10,
+                   "full_length_inputs": True}  # as on a CUDA device
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -142,16 +148,21 @@ def test_length_buckets_visit_every_row_once_in_batches_of_one_bucket_cut_to_its
 
 def cut_and_full_length_losses(model, loader: TensorTrainDataLoader) -> list[tuple[float, float]]:
     """For a batch of each bucket: the loss of its rows with the item lists cut to the bucket's width, and at full
-    length (dropout off)."""
+    length (dropout off; the same random draws for both, e.g. MQL4GRec's task mix)."""
     model.eval()
     order = loader.order(0)
     in_bucket = loader.buckets[order]
-    with torch.no_grad():
-        return [(float(model.calculate_loss(loader.batch(index, width))), float(model.calculate_loss(loader.batch(index))))
-                for bucket, width in enumerate(loader.widths) for index in [order[in_bucket == bucket][:loader.step]]]
+    losses = []
+    for bucket, width in enumerate(loader.widths):
+        index = order[in_bucket == bucket][:loader.step]
+        with torch.no_grad():
+            for cut in (width, None):
+                torch.manual_seed(0)
+                losses.append(float(model.calculate_loss(loader.batch(index, cut))))
+    return list(zip(losses[::2], losses[1::2]))
 
 
-@pytest.mark.parametrize("model_name", ["SASRec", "GRU4Rec"])
+@pytest.mark.parametrize("model_name", ["SASRec", "GRU4Rec", "FDSA"])
 def test_cut_item_lists_leave_the_training_loss_unchanged(work, model_name):
     config = work_config(model_name, work, **SASREC, **BUCKETS, data_path_mode="gpu")
     loader = device_loader(config)
@@ -159,13 +170,16 @@ def test_cut_item_lists_leave_the_training_loss_unchanged(work, model_name):
     assert len(pairs) == 3 and all(cut == pytest.approx(full, rel=1e-5) for cut, full in pairs)
 
 
-def test_cut_item_lists_leave_qbert4recs_fine_tuning_loss_unchanged(two_domains, tmp_path):
-    config = build_config("QBert4Rec", "Instruments", config_dict={
-        "data_path": str(two_domains / "dataset"), **SEMANTIC_ID, "checkpoint_dir": str(tmp_path), **QBERT4REC,
-        "pretrain_datasets": [], "length_buckets": [2, 4]})  # widths 2, 4 and MAX_ITEM_LIST_LENGTH 8
+@pytest.mark.parametrize("model_name, settings", [
+    ("QBert4Rec", QBERT4REC), ("TIGER", FULL_LENGTH_T5), ("MQL4GRec", FULL_LENGTH_T5), ("MACRec", FULL_LENGTH_T5),
+    ("MMESID", MMESID_SETTINGS)])
+def test_cut_item_lists_leave_the_semantic_id_models_training_loss_unchanged(work, tmp_path, model_name, settings):
+    """Full-length inputs (as on a CUDA device) are padded to the batch's item lists: cut, to the bucket's width."""
+    config = work_config(model_name, work, **{**SEMANTIC_ID, **settings, "checkpoint_dir": str(tmp_path),
+                                              "pretrain_datasets": [], "length_buckets": [2, 4]})  # widths 2, 4, 8
     ensure_semantic_ids(config, [])
     loader = device_loader(config)
-    pairs = cut_and_full_length_losses(get_model("QBert4Rec")(config, loader._dataset), loader)
+    pairs = cut_and_full_length_losses(get_model(model_name)(config, loader._dataset), loader)
     assert len(pairs) == 3 and all(cut == pytest.approx(full, rel=1e-5) for cut, full in pairs)
 
 
@@ -184,8 +198,8 @@ def test_sasrec_trained_on_length_buckets_beats_popularity(work, tmp_path):
      r"MAX_ITEM_LIST_LENGTH \(20\), got \[8, 3\] — e.g. --length_buckets=\[3,8\]"),
     ("SASRec", {"length_buckets": [20]}, r"below MAX_ITEM_LIST_LENGTH \(20\), got \[20\]"),
     ("SASRec", {"length_buckets": [0]}, r"length_buckets must be a non-empty list of integers >= 1"),
-    ("BERT4Rec", {"length_buckets": [3]}, "length_buckets cuts the item lists of SASRec, GRU4Rec, QBert4Rec only, "
-     "and BERT4Rec reads them at full length — unset length_buckets"),
+    ("BERT4Rec", {"length_buckets": [3]}, "length_buckets cuts the item lists of SASRec, GRU4Rec, FDSA, QBert4Rec, "
+     "TIGER, MQL4GRec, MACRec, MMESID only, and BERT4Rec reads them at full length — unset length_buckets"),
 ])
 def test_a_length_bucket_setting_it_cannot_apply_is_one_error_line(work, model_name, settings, message):
     with pytest.raises(ConfigError, match=message) as error:
@@ -562,9 +576,6 @@ def losses_on_meta(config, train_data, losses_of: Callable) -> tuple[list[torch.
     return losses, host.ops
 
 
-FULL_LENGTH_T5 = {**SEMANTIC_ID, **TRANSFORMER, "full_length_inputs": True}  # as on a CUDA device
-
-
 @pytest.mark.parametrize("model_name, settings", [
     ("GRU4Rec", SASREC), ("SASRec", SASREC), ("BERT4Rec", SASREC), ("FDSA", SASREC),
     ("TIGER", FULL_LENGTH_T5), ("MQL4GRec", FULL_LENGTH_T5), ("MACRec", FULL_LENGTH_T5),
@@ -595,11 +606,6 @@ def test_qbert4rec_training_and_pretraining_steps_make_no_tensor_on_the_host(two
     assert len(losses) == 2 and all(loss.device.type == "meta" for loss in losses) and host_ops == []
 
 
-LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-         "num_attention_heads": 2, "num_key_value_heads": 1}
-MMESID_SETTINGS = {"llm_config": LLAMA, "sid_levels": 2, "sid_codebook_size": 32, "sid_code_dim": 16,
-                   "sid_hidden_dims": [64], "sid_epochs": 1, "beam_size": 10,
-                   "full_length_inputs": True}  # as on a CUDA device
 
 
 def test_mmesid_training_step_and_ranking_make_no_tensor_on_the_host(two_domains, tmp_path):
