@@ -15,6 +15,7 @@ import re
 import statistics
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,12 @@ COLUMNS = ["model", "pretrain_epochs", "epochs", "budget_stopped", "train_second
 def machine_name() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{gpu}; {platform.processor() or platform.machine()}; torch {torch.__version__}"
+
+
+def provenance_lines(command: str, commit: str) -> list[str]:
+    """A results file's ``- command``, ``- commit``, ``- machine`` and ``- date`` (now, UTC) lines."""
+    return [f"- command: `{command}`", f"- commit: {commit}", f"- machine: {machine_name()}",
+            f"- date: {datetime.now(timezone.utc).isoformat(timespec='minutes')}"]
 
 
 def synchronize(device: torch.device) -> None:

@@ -14,11 +14,10 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from common import machine_name, markdown, prepare_data, write_outputs
+from common import machine_name, markdown, prepare_data, provenance_lines, write_outputs
 from recbole.data.dataset import Dataset, SequentialDataset
 
 from recbole_qrec.config import build_config
@@ -72,8 +71,7 @@ def main() -> None:
     command = "python bench/dataset_build.py " + " ".join(sys.argv[1:])
     header = "\n".join([
         "# Building a sequential dataset's splits: RecBole's SequentialDataset vs QRecSequentialDataset", "",
-        f"- command: `{command}`", f"- commit: {git_state()[0]}", f"- machine: {machine_name()}",
-        f"- date: {datetime.now(timezone.utc).isoformat(timespec='minutes')}",
+        *provenance_lines(command, git_state()[0]),
         f"- seconds of `Dataset.build()` (augmentation and leave-one-out split, files already read), median of "
         f"{args.repeats}; identical: every field of the train/valid/test splits equal"])
     payload = {"command": command, "commit": git_state()[0], "machine": machine_name(), "rows": rows}

@@ -14,10 +14,9 @@ import argparse
 import sys
 import tempfile
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
-from common import machine_name, markdown, prepare_data, write_outputs
+from common import machine_name, markdown, prepare_data, provenance_lines, write_outputs
 
 from recbole_qrec.config import build_config
 from recbole_qrec.data import create_dataset, data_preparation
@@ -63,8 +62,7 @@ def main() -> None:
     command = "python bench/length_buckets.py " + " ".join(sys.argv[1:])
     header = "\n".join([
         "# Item-list positions per training epoch with length buckets", "",
-        f"- command: `{command}`", f"- commit: {git_state()[0]}", f"- machine: {machine_name()}",
-        f"- date: {datetime.now(timezone.utc).isoformat(timespec='minutes')}",
+        *provenance_lines(command, git_state()[0]),
         f"- SASRec's device training loader at its defaults (MAX_ITEM_LIST_LENGTH {rows[0]['max_length']}, "
         f"train_batch_size {rows[0]['batch_size']}), one epoch; positions_kept: the epoch's batches' item-list "
         "positions (padding included) over training_rows x MAX_ITEM_LIST_LENGTH; batch_widths: the item-list widths "

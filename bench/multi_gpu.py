@@ -22,13 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import yaml
-from common import (COLOUR, REPO_ROOT, SYNTHETIC, load_data, log_timings, machine_name, make_config, prepare_data, row,
-                    run_model, split_records, write_outputs, write_synthetic)
+from common import (COLOUR, REPO_ROOT, SYNTHETIC, load_data, log_timings, machine_name, make_config, prepare_data,
+                    provenance_lines, row, run_model, split_records, write_outputs, write_synthetic)
 
 from recbole_qrec.data import check_dataset
 from recbole_qrec.results import git_state
@@ -167,8 +166,7 @@ def main() -> None:
     add_speedups(sweeps, {"wall_time_s": "speedup"}, ("dataset",))  # the same trials: throughput ratio
     commit = args.commit or git_state()[0]
     command = "python bench/multi_gpu.py " + " ".join(sys.argv[1:])
-    lines = ["# Multi-GPU training (DistributedDataParallel)", "", f"- command: `{command}`", f"- commit: {commit}",
-             f"- machine: {machine_name()}", f"- date: {datetime.now(timezone.utc).isoformat(timespec='minutes')}",
+    lines = ["# Multi-GPU training (DistributedDataParallel)", "", *provenance_lines(command, commit),
              f"- {'GPUs' if args.device == 'cuda' else 'gloo processes on the CPU'} per run; the same global batch "
              f"(train_batch_size split over the processes), seed {SEED} and settings; synthetic: "
              f"{args.synthetic_items} items, about {args.synthetic_interactions} interactions",

@@ -18,11 +18,10 @@ import gc
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from common import SYNTHETIC, machine_name, synchronize, write_synthetic
+from common import SYNTHETIC, machine_name, provenance_lines, synchronize, write_synthetic
 from recbole.utils import init_seed
 
 from recbole_qrec.config import build_config
@@ -83,8 +82,7 @@ def write_report(args: argparse.Namespace, rows: list[dict]) -> None:
     commit = args.commit or git_state()[0]
     command = "python bench/scale.py " + " ".join(sys.argv[1:])
     lines = ["# Scale: one epoch and one full-ranking evaluation on a synthetic catalogue", "",
-             f"- command: `{command}`", f"- commit: {commit}", f"- machine: {machine_name()}",
-             f"- date: {datetime.now(timezone.utc).isoformat(timespec='minutes')}",
+             *provenance_lines(command, commit),
              f"- data: {rows[0]['items']} items, {rows[0]['users']} users, about {args.interactions} interactions "
              "(Zipf popularity, histories of 5-35 items, random codes)",
              "- prepare_s: tokenize stage (QBert4Rec), dataset, loaders and model; peak_gpu_gib: "

@@ -32,10 +32,10 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
-from common import log_timings, machine_name, prepare_data, row, run_model, split_records, write_outputs
+from common import (log_timings, machine_name, prepare_data, provenance_lines, row, run_model, split_records,
+                    write_outputs)
 
 from recbole_qrec.results import git_state
 
@@ -238,8 +238,7 @@ def main() -> None:
         parser.error(f"--logs {args.logs} is a file — give a folder (made if missing)")
     commit = args.commit or git_state()[0]
     command = "python bench/train_speed.py " + " ".join(sys.argv[1:])
-    header = ["# Training and evaluation speed by data path", "", f"- command: `{command}`", f"- commit: {commit}",
-              f"- machine: {machine_name()}", f"- date: {datetime.now(timezone.utc).isoformat(timespec='minutes')}",
+    header = ["# Training and evaluation speed by data path", "", *provenance_lines(command, commit),
               f"- {'the models of a mode and seed at once on one GPU' if args.parallel else 'one run at a time'}; "
               "mean ± std over seeds; train_s_per_epoch excludes validation (train_s_after_first: without the first epoch, "
               "which compiles a compiled model); pretrain_s_per_epoch: a pretraining epoch; eval_s: seconds per validation; "
