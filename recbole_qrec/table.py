@@ -1,7 +1,8 @@
 """Side-by-side tables and plots of result records: ``recbole-qrec table [results files ...]``.
 
 Records (``results/results.jsonl`` lines, or a JSON file holding a list of them or ``{"results": [...]}``) that
-share model, dataset and ``config_hash`` are seeds of one configuration; a model's cell on a dataset is the mean
+share model, dataset and configuration (the settings they set, or without recorded settings their ``config_hash``)
+are seeds of one configuration; a model's cell on a dataset is the mean
 ± std of its test metrics over those seeds (the configuration with the most seeds, then the latest, when a model
 has several). Rows are models, datasets sit side by side; the best value of each column is marked, the second
 too, and each model's relative improvement over the best baseline is given per dataset, with a paired t-test
@@ -239,12 +240,22 @@ def load_records(paths: list[Path]) -> list[dict[str, Any]]:
     return records
 
 
+def configuration(record: dict[str, Any]) -> str:
+    """The configuration a record ran: its settings that are set, so that a key added later with ~ (unset) as its
+    default leaves the records made before it in the configuration of those made after; the record's ``config_hash``
+    when it was recorded without its settings."""
+    settings = record.get("settings")
+    if not isinstance(settings, dict):
+        return f"config_hash {record.get('config_hash')}"
+    return json.dumps({key: value for key, value in settings.items() if value is not None}, sort_keys=True)
+
+
 def chosen_runs(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
     """Per ``(model, dataset)``: the records by seed of its configuration with the most seeds (a tie: the one run
     later; a repeated seed: the later record)."""
     groups: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = {}
     for record in sorted(records, key=lambda r: str(r.get("finished_at", ""))):
-        key = (record["model"], record["dataset"], str(record.get("config_hash")))
+        key = (record["model"], record["dataset"], configuration(record))
         groups.setdefault(key, {})[record.get("seed")] = record
     chosen: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
     for (model, dataset, _), seeds in groups.items():
@@ -265,8 +276,7 @@ def per_configuration(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ``config_hash``."""
     settings: dict[tuple[str, str, str], dict[str, Any] | None] = {}
     for record in records:
-        key = (record["model"], record["dataset"], str(record.get("config_hash")))
-        settings.setdefault(key, record.get("settings"))
+        settings.setdefault((record["model"], record["dataset"], configuration(record)), record.get("settings"))
     differing: dict[str, set[str]] = {}  # per model
     for model, dataset in {(model, dataset) for model, dataset, _ in settings}:
         known = [value for (m, d, _), value in settings.items() if (m, d) == (model, dataset) and value is not None]

@@ -174,6 +174,25 @@ def test_configurations_get_a_row_each_named_by_their_differences(tmp_path: Path
     assert set(md_rows(run_table([str(path), "--metrics", "ndcg@10"])[0])) == {"TIGER", "SASRec"}
 
 
+def test_a_key_added_unset_later_keeps_the_seeds_in_one_configuration(tmp_path: Path) -> None:
+    """Seeds recorded before and after a new setting joined the defaults as ~ are one configuration (their
+    config_hash differs, as it hashes every key); a setting that is set, or set differently, is another."""
+    def run(config_hash: str, seed: int, ndcg: float, **added) -> dict:
+        settings = {"epochs": 36, "learning_rate": 0.0005, "valid_sample_users": None, **added}
+        return {**record("MQL4GRec", "Instruments", config_hash, seed, 0.1, ndcg), "settings": settings}
+
+    path = tmp_path / "results.jsonl"
+    records = [run("before", 1, 0.09), run("after", 2, 0.10, length_buckets=None),
+               run("after", 3, 0.11, length_buckets=None), *(run("buckets", seed, 0.05, length_buckets=[3, 8])
+                                                             for seed in (4, 5))]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    rows = md_rows(run_table([str(path), "--metrics", "ndcg@10"])[0])
+    cell = rows["MQL4GRec"]
+    assert cell["Instruments n"] == "3" and cell["Instruments NDCG@10"] == "**0.1000 ± 0.0100**"
+    named = md_rows(run_table([str(path), "--configurations", "--metrics", "ndcg@10"])[0])
+    assert set(named) == {"MQL4GRec (length_buckets=null)", "MQL4GRec (length_buckets=[3, 8])"}
+
+
 def test_shipped_paper_yaml() -> None:
     values, sources = table.load_paper(table.PAPER_FILE)
     assert values[("QBert4Rec", "Arts")] == {"hit@10": 0.1419, "ndcg@10": 0.1039}
