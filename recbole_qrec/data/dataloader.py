@@ -21,8 +21,9 @@ from recbole_qrec.errors import ConfigError, checked_choice
 DATA_PATH_MODES = ("auto", "recbole", "gpu")
 # Models whose training losses do not change when the trailing padding of their item lists is cut (a batch's lists
 # kept as long as its longest history): the cut-off columns are padding that every position ignores, and the models
-# that pad histories to full length pad them to the lists they are given. BERT4Rec's masking draws over the full width.
-LENGTH_BUCKET_MODELS = ("SASRec", "GRU4Rec", "FDSA", "QBert4Rec", "TIGER", "MQL4GRec", "MACRec", "MMESID")
+# that pad histories to full length pad them to the lists they are given. BERT4Rec's masking draws its random numbers
+# over the batch's width: the same distribution over the items, other draws.
+LENGTH_BUCKET_MODELS = ("SASRec", "GRU4Rec", "BERT4Rec", "FDSA", "QBert4Rec", "TIGER", "MQL4GRec", "MACRec", "MMESID")
 
 
 def check_data_path_mode(config: Config) -> str:
