@@ -116,5 +116,5 @@ launches = sum(event.count for event in events if event.key in LAUNCH_CALLS)
 device_ms = sum(event.self_device_time_total for event in events) / 1000
 print(f"per profiled step: {device_ms / PROFILED_STEPS:.2f} ms of GPU kernels, {launches / PROFILED_STEPS:.0f} "
       f"launches ({', '.join(LAUNCH_CALLS)})")
-print(profiled.key_averages().table(sort_by="self_cuda_time_total", row_limit=22, max_name_column_width=60))
-print(profiled.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
+print(events.table(sort_by="self_cuda_time_total", row_limit=22, max_name_column_width=60))
+print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))

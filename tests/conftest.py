@@ -51,12 +51,13 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return build()
     shared = tmp_path_factory.getbasetemp().parent / name  # above every worker's folder, one per session
+    pickled = shared.with_suffix(".pickle")
     with shared.with_suffix(".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if shared.with_suffix(".pickle").is_file():
-            return pickle.loads(shared.with_suffix(".pickle").read_bytes())
+        if pickled.is_file():
+            return pickle.loads(pickled.read_bytes())
         value = build()
-        shared.with_suffix(".pickle").write_bytes(pickle.dumps(value))
+        pickled.write_bytes(pickle.dumps(value))
         return value
 
 
