@@ -72,17 +72,18 @@ def replays_cuda_graphs(config: Config | dict[str, Any]) -> bool:
 
 
 def compiled(method: Callable, config: Config | dict[str, Any]) -> Callable:
-    """``method`` under ``torch.compile`` with the config's ``compile_backend`` (and ``compile_mode`` for inductor).
-    The cudagraphs backend gets one graph per batch shape (``dynamic=False``): a graph of dynamic shapes, made when an
-    epoch's last, smaller batch recompiles it, replayed the next epoch's full batches against the last one's recorded
-    size ("size of tensor a (2048) must match the size of tensor b (922)", SASRec on one H100 GPU)."""
+    """``method`` under ``torch.compile`` with the config's ``compile_backend`` (and ``compile_mode`` for inductor),
+    one graph per batch shape (``dynamic=False``). A graph of dynamic shapes, made when a second shape recompiles it,
+    replayed CUDA graphs against another shape's recorded sizes: under the cudagraphs backend an epoch's last batch
+    ("size of tensor a (2048) must match the size of tensor b (922)", SASRec), under reduce-overhead the widths of
+    ``length_buckets`` ("shape '[1344, 256]' is invalid for input of size 64", QBert4Rec; both on one H100 GPU)."""
     backend = config["compile_backend"]
     # inductor's rewrite of a scatter into a constant tensor (cross-entropy's backward) gave BERT4Rec's loss wrong
     # gradients on CUDA, every first-step gradient off by 1.3-1.7 of its size; with it off, 60 steps agree with eager
     # mode to 6e-7 (one H100 GPU, docs/results/compile_check/)
     torch._inductor.config.optimize_scatter_upon_const_tensor = False
-    options = {"inductor": {"mode": config["compile_mode"]}, "cudagraphs": {"dynamic": False}}.get(backend, {})
-    return torch.compile(method, backend=backend, **options)
+    options = {"mode": config["compile_mode"]} if backend == "inductor" else {}
+    return torch.compile(method, backend=backend, dynamic=False, **options)
 
 
 class CompiledForFullBatches:
