@@ -15,8 +15,9 @@ A mode may carry settings of its own after a colon, joined by ``+``: ``--modes g
 The first mode is the reference: for each other mode, model and seed the report adds the speed-up per training epoch
 and to the same metric: the time the run took (pretraining, training and validations) to first validate at or above
 the reference run's best validation score (``valid_metric``, NDCG@10 by default), against the reference's time to that
-best. A run that never reached it counts as not reached. ``--logs DIR`` keeps every run's log (its warnings, e.g.
-of compiled steps run without CUDA graphs); the runs' other files go with the bench's temporary folder.
+best. A run that never reached it counts as not reached. ``--logs DIR`` keeps every run's log, a failed run's too
+(its warnings, e.g. of compiled steps run without CUDA graphs); the runs' other files go with the bench's temporary
+folder.
 """
 
 from __future__ import annotations
@@ -116,19 +117,23 @@ def run_group(models: list[str], mode: str, seed: int, args: argparse.Namespace,
                  f"--checkpoint_dir={folder / 'saved'}", *(["--allow_data_mismatch=True"] if args.users else []),
                  *(f"--{item}" for item in args.set)]
 
+    def kept_log(model: str) -> Path:
+        log = folder / f"{model}.log"
+        if args.logs:
+            (args.logs / folder.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(log, args.logs / folder.name / log.name)
+        return log
+
     def run(model: str) -> dict | None:
         try:
             return run_model(model, args.dataset, overrides, folder, folder)
         except RuntimeError as err:
+            kept_log(model)  # it says why
             print(f"{model} {mode} seed {seed}: {err}", flush=True)
             return None
 
     def finished(record: dict, busy: GpuBusy) -> dict:
-        log = folder / f"{record['model']}.log"
-        timings = log_timings(log.read_text(encoding="utf-8"))
-        if args.logs:
-            (args.logs / folder.name).mkdir(parents=True, exist_ok=True)
-            shutil.copy(log, args.logs / folder.name / log.name)
+        timings = log_timings(kept_log(record["model"]).read_text(encoding="utf-8"))
         done = {**row(record, mode, timings, busy.fraction), "record": record}
         print(f"{record['model']} {mode} seed {seed}: {done['train_s_per_epoch']} s/epoch, {done['eval_s']} "
               f"s/validation, {done['time_to_best_s']} s to the best epoch, ndcg@10 {done['ndcg@10']:.4f}", flush=True)

@@ -1,7 +1,7 @@
 """``bench/train_speed.py`` on 300 Instruments users, SASRec, the RecBole path against the device-resident one (on
 the CPU): its report's per-validation times agree with the runs' own records, and the speed-up to the RecBole run's
 best validation score is taken at the first validation of the other path that reaches it; ``--logs`` keeps each
-run's log."""
+run's log, a failed run's too."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from conftest import REPO_ROOT
 def test_the_speedup_to_the_same_metric_follows_the_runs_records(amazon_dir, tmp_path):
     out = tmp_path / "speed"
     command = [sys.executable, "bench/train_speed.py", "--dataset", "Instruments", "--models", "SASRec",
-               "--modes", "recbole", "gpu", "--users", "300", "--data_path", str(amazon_dir),
+               "--modes", "recbole", "gpu", "gpu:length_buckets=[30]", "--users", "300", "--data_path", str(amazon_dir),
                "--set", "epochs=4", "eval_step=1", "use_gpu=False", "--out", str(out),
                "--logs", str(tmp_path / "logs")]
     done = subprocess.run(command, cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
@@ -42,6 +42,8 @@ def test_the_speedup_to_the_same_metric_follows_the_runs_records(amazon_dir, tmp
     for mode, record in records.items():  # the kept log is the run's: the best validation score it reports
         log = (tmp_path / "logs" / f"{mode}-2020" / "SASRec.log").read_text(encoding="utf-8")
         assert f"valid_score: {record['best_valid_score']:.6f}" in log
+    failed = (tmp_path / "logs" / "gpu_length_buckets__30_-2020" / "SASRec.log").read_text(encoding="utf-8")
+    assert set(rows) == {"recbole", "gpu"} and "length_buckets must be increasing history lengths" in failed
     report = out.with_suffix(".md").read_text()
     assert "## Speed-up over `recbole`" in report and "\n| SASRec | gpu | 1 | " in report
 
