@@ -285,6 +285,21 @@ def test_an_epochs_last_smaller_batch_runs_eagerly_instead_of_compiling_its_shap
     assert losses["compiled"] == losses["eager"] and graphs["compiled"] == 1
 
 
+def test_each_length_bucket_width_compiles_a_graph_of_its_own(work, tmp_path):
+    """With ``length_buckets`` the full batches come in three widths: each is traced as a graph of static shapes (a
+    graph of dynamic shapes, made by the second width, replayed CUDA graphs against another width's sizes on one H100
+    GPU), and the compiled epochs train exactly as the uncompiled ones."""
+    losses, graphs = {}, {}
+    for name, settings in {"eager": {}, "compiled": {"compile_model": True, "compile_backend": "aot_eager"}}.items():
+        trainer, train, _ = sasrec_trainer(work, tmp_path, **BUCKETS, **settings)
+        torch._dynamo.reset()
+        before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        losses[name] = [trainer.device_epoch(train, epoch, trainer.model.calculate_loss) for epoch in range(2)]
+        graphs[name] = torch._dynamo.utils.counters["stats"]["unique_graphs"] - before
+    full_widths = {batch["item_id_list"].size(1) for batch in train if len(batch) == train.step}
+    assert full_widths == {3, 8, 20} and graphs["compiled"] == 3 and losses["compiled"] == losses["eager"]
+
+
 def test_training_steps_compiled_without_the_cuda_graphs_asked_for_are_one_warning_line(work, tmp_path, caplog):
     """``compile_mode: reduce-overhead`` asks for CUDA graphs; where torch.compile runs the step without them (here a
     CPU device) the trainer says so once, in one line, and training goes on."""
