@@ -270,34 +270,34 @@ def test_a_run_compiled_by_the_aot_eager_backend_trains_as_the_eager_run(work, t
     assert traced["test"] == eager["test"] and traced["valid_curve"] == eager["valid_curve"]
 
 
-def test_an_epochs_last_smaller_batch_runs_eagerly_instead_of_compiling_its_shape(work, tmp_path):
-    """Under ``compile_model`` the training loss is compiled once, for the full batches: two epochs, each ending with
-    a smaller batch, trace one graph, and (the ``aot_eager`` backend computes as eager mode) train exactly as the
-    uncompiled epochs, that last batch included."""
+def two_epochs_eager_and_compiled(work: Path, tmp_path: Path, **settings) -> tuple[dict, int, TensorTrainDataLoader]:
+    """Two SASRec training epochs' losses, eager and under ``compile_model`` with the ``aot_eager`` backend (which
+    computes as eager mode), from the same seed; the graphs the compiled epochs traced; the training loader."""
     losses, graphs = {}, {}
-    for name, settings in {"eager": {}, "compiled": {"compile_model": True, "compile_backend": "aot_eager"}}.items():
-        trainer, train, _ = sasrec_trainer(work, tmp_path, **settings)
-        assert len(train.rows) % train.step, "the subset must end each epoch with a smaller batch"
+    for name, compiling in {"eager": {}, "compiled": {"compile_model": True, "compile_backend": "aot_eager"}}.items():
+        trainer, train, _ = sasrec_trainer(work, tmp_path, **settings, **compiling)
         torch._dynamo.reset()
         before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         losses[name] = [trainer.device_epoch(train, epoch, trainer.model.calculate_loss) for epoch in range(2)]
         graphs[name] = torch._dynamo.utils.counters["stats"]["unique_graphs"] - before
-    assert losses["compiled"] == losses["eager"] and graphs["compiled"] == 1
+    return losses, graphs["compiled"], train
+
+
+def test_an_epochs_last_smaller_batch_runs_eagerly_instead_of_compiling_its_shape(work, tmp_path):
+    """Under ``compile_model`` the training loss is compiled once, for the full batches: two epochs, each ending with
+    a smaller batch, trace one graph, and train exactly as the uncompiled epochs, that last batch included."""
+    losses, graphs, train = two_epochs_eager_and_compiled(work, tmp_path)
+    assert len(train.rows) % train.step, "the subset must end each epoch with a smaller batch"
+    assert losses["compiled"] == losses["eager"] and graphs == 1
 
 
 def test_each_length_bucket_width_compiles_a_graph_of_its_own(work, tmp_path):
     """With ``length_buckets`` the full batches come in three widths: each is traced as a graph of static shapes (a
     graph of dynamic shapes, made by the second width, replayed CUDA graphs against another width's sizes on one H100
     GPU), and the compiled epochs train exactly as the uncompiled ones."""
-    losses, graphs = {}, {}
-    for name, settings in {"eager": {}, "compiled": {"compile_model": True, "compile_backend": "aot_eager"}}.items():
-        trainer, train, _ = sasrec_trainer(work, tmp_path, **BUCKETS, **settings)
-        torch._dynamo.reset()
-        before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        losses[name] = [trainer.device_epoch(train, epoch, trainer.model.calculate_loss) for epoch in range(2)]
-        graphs[name] = torch._dynamo.utils.counters["stats"]["unique_graphs"] - before
+    losses, graphs, train = two_epochs_eager_and_compiled(work, tmp_path, **BUCKETS)
     full_widths = {batch["item_id_list"].size(1) for batch in train if len(batch) == train.step}
-    assert full_widths == {3, 8, 20} and graphs["compiled"] == 3 and losses["compiled"] == losses["eager"]
+    assert full_widths == {3, 8, 20} and graphs == 3 and losses["compiled"] == losses["eager"]
 
 
 def test_training_steps_compiled_without_the_cuda_graphs_asked_for_are_one_warning_line(work, tmp_path, caplog):
