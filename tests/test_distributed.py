@@ -3,7 +3,8 @@ global batch, on the 500-user Instruments subset.
 
 Both runs train full-batch (``train_batch_size`` above the number of training rows, dropout off): one process
 takes one step on all rows, two processes each a step on half of them with their gradients averaged, from the
-same initial weights (DDP copies rank 0's). The updates therefore agree up to the order of floating-point sums
+same initial weights (DDP copies rank 0's); with ``length_buckets`` a step per bucket, in the same order in every
+process. The updates therefore agree up to the order of floating-point sums
 (and, with an odd number of rows, the one row the second process repeats to fill its half, as torch's
 DistributedSampler does), so the two runs rank the items alike except where two scores tie within rounding.
 Tolerance: every metric within ``FLIPS / n`` of the one-process run, ``n`` the number of evaluated users, i.e.
@@ -66,7 +67,10 @@ def run_two_processes(work: Path, model: str, model_settings: dict) -> subproces
                            *overrides], cwd=work, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
-@pytest.mark.parametrize("model, model_settings", [("SASRec", SASREC), ("MQL4GRec", MQL4GREC)])
+@pytest.mark.parametrize("model, model_settings", [
+    ("SASRec", SASREC), ("MQL4GRec", MQL4GREC),
+    ("SASRec", {**SASREC, "data_path_mode": "gpu", "length_buckets": [3, 8]}),  # per step a bucket, a share per process
+])
 def test_two_processes_evaluate_every_user_once_and_match_one_process(model, model_settings, work, monkeypatch):
     monkeypatch.chdir(work)
     users = count_test_users(work, model, model_settings)

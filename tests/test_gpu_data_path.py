@@ -31,7 +31,7 @@ from dataset_prep.subset import convert_user_subsets
 from recbole_qrec.config import build_config
 from recbole_qrec.data import create_dataset, data_preparation
 from recbole_qrec.data.cross_domain import pretrain_dataset_names, source_settings
-from recbole_qrec.data.dataloader import TensorTrainDataLoader, resolve_data_path_mode
+from recbole_qrec.data.dataloader import TensorTrainDataLoader, rank_share, resolve_data_path_mode
 from recbole_qrec.data.dataset import QRecSequentialDataset
 from recbole_qrec.data.eval_dataloader import TensorFullSortEvalDataLoader
 from recbole_qrec.data.transform import DeviceMaskItemSequence, items_not_in
@@ -144,6 +144,16 @@ def test_length_buckets_visit_every_row_once_in_batches_of_one_bucket_cut_to_its
     again = device_loader(config)  # the same seed: the same batches; the next epoch: another order
     assert all(torch.equal(one["item_id_list"], other["item_id_list"]) for one, other in zip(epoch, again, strict=True))
     assert rows(list(buckets)) != rows(epoch)
+
+
+@pytest.mark.parametrize("rows, world_size", [(1, 2), (7, 2), (10, 3), (11, 4)])
+def test_a_process_share_of_rows_is_the_one_torch_distributed_sampler_gives(rows, world_size):
+    """A distributed run's share of an epoch's order, or of one length bucket's part of it: torch's sampler without
+    shuffling, over the rows in that order (padded with the first rows, so every process gets as many)."""
+    order = torch.randperm(rows, generator=torch.Generator().manual_seed(rows)) + 100
+    for rank in range(world_size):
+        sampler = torch.utils.data.DistributedSampler(range(rows), world_size, rank, shuffle=False)
+        assert rank_share(order, rank, world_size).tolist() == order[list(sampler)].tolist()
 
 
 def cut_and_full_length_losses(model, loader: TensorTrainDataLoader) -> list[tuple[float, float]]:

@@ -113,6 +113,16 @@ class DeviceRows:
         return Interaction(fields)
 
 
+def rank_share(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Process ``rank``'s share of ``order`` in a run of ``world_size`` processes: every ``world_size``-th row from
+    its ``rank``-th, ``order`` first repeated as torch's ``DistributedSampler`` pads, so that every process gets
+    ``ceil(len(order) / world_size)`` rows."""
+    if not len(order):
+        return order
+    rows = math.ceil(len(order) / world_size)
+    return order.repeat(math.ceil(rows * world_size / len(order)))[rank:rows * world_size:world_size]
+
+
 class TensorTrainDataLoader(TrainDataLoader):
     """RecBole's :class:`TrainDataLoader` (same constructor, same batch fields: the training rows of ``inter_feat``
     joined with the user and item features) whose data live on ``config["device"]``. Epoch ``e`` (counted from 0
@@ -121,7 +131,8 @@ class TensorTrainDataLoader(TrainDataLoader):
 
     With ``length_buckets`` a batch holds the rows of one bucket of history lengths, in that permutation's order,
     its item lists (``*_list`` fields) cut to the bucket's width; each bucket's last batch is smaller, and the
-    batches of all buckets come in an order drawn with ``(seed, e, 1)``."""
+    batches of all buckets come in an order drawn with ``(seed, e, 1)``, the same in every process of a distributed
+    run (each takes its share of every bucket, so their steps cut to the same width)."""
 
     def __init__(self, config: Config, dataset: Dataset, sampler: AbstractSampler | None, shuffle: bool = False):
         check_gpu_data_path(config)
@@ -132,32 +143,27 @@ class TensorTrainDataLoader(TrainDataLoader):
         self.epoch = 0
         self.widths = length_bucket_widths(config)
         if self.widths is not None:
-            if not config["single_spec"]:
-                raise ConfigError("length_buckets batches the rows of one process — unset it for a run on several")
             lengths = self.rows.rows[config["ITEM_LIST_LENGTH_FIELD"]]
             self.buckets = torch.bucketize(lengths, torch.tensor(self.widths[:-1], device=lengths.device))
             self.bucket_rows = torch.bincount(self.buckets, minlength=len(self.widths)).tolist()
 
     def __len__(self) -> int:
         if self.widths is not None:
-            return sum(math.ceil(rows / self.step) for rows in self.bucket_rows)
-        return math.ceil(self.process_rows() / self.step)
+            return sum(math.ceil(self.process_rows(rows) / self.step) for rows in self.bucket_rows)
+        return math.ceil(self.process_rows(self.sample_size) / self.step)
 
     # Distributed runs (recbole_qrec.distributed; ``step`` is already this process's part of the batch): each process
-    # takes every world_size-th row of the epoch's order, padded with its first rows as torch's DistributedSampler
-    # pads, so that every process trains as many batches.
-    def process_rows(self) -> int:
-        """Rows this process visits per epoch."""
-        return self.sample_size if self.config["single_spec"] else math.ceil(self.sample_size / self.config["world_size"])
+    # takes every world_size-th row of the epoch's order (of each bucket's part of it), padded with its first rows as
+    # torch's DistributedSampler pads, so that every process trains as many batches.
+    def process_rows(self, rows: int) -> int:
+        """How many of ``rows`` rows this process visits."""
+        return rows if self.config["single_spec"] else math.ceil(rows / self.config["world_size"])
 
-    def process_order(self, epoch: int) -> torch.Tensor:
-        """This process's rows of :meth:`order` for ``epoch``."""
-        order = self.order(epoch)
+    def process_share(self, order: torch.Tensor) -> torch.Tensor:
+        """This process's rows of ``order`` (an epoch's :meth:`order`, or a bucket's part of it)."""
         if self.config["single_spec"]:
             return order
-        world_size = self.config["world_size"]
-        padded = order.repeat(math.ceil(self.process_rows() * world_size / self.sample_size))
-        return padded[torch.distributed.get_rank():self.process_rows() * world_size:world_size]
+        return rank_share(order, torch.distributed.get_rank(), self.config["world_size"])
 
     def order(self, epoch: int) -> torch.Tensor:
         """The row order of ``epoch``: a seeded permutation (the same for the same seed and epoch), or row order."""
@@ -177,15 +183,17 @@ class TensorTrainDataLoader(TrainDataLoader):
         return self.transform(self._dataset, rows)
 
     def __iter__(self) -> Iterator[Interaction]:
-        epoch, order = self.epoch, self.process_order(self.epoch)
+        epoch, order = self.epoch, self.order(self.epoch)
         self.epoch += 1
         if self.widths is None:
+            order = self.process_share(order)
             for start in range(0, len(order), self.step):
                 yield self.batch(order[start:start + self.step])
             return
         in_bucket = self.buckets[order]
         batches = [(rows[start:start + self.step], width) for bucket, width in enumerate(self.widths)
-                   for rows in [order[in_bucket == bucket]] for start in range(0, len(rows), self.step)]
+                   for rows in [self.process_share(order[in_bucket == bucket])]
+                   for start in range(0, len(rows), self.step)]
         shuffled = torch.randperm(len(batches), generator=seeded_generator(self.config["seed"], epoch, 1)).tolist()
         for index in shuffled if self.shuffle else range(len(batches)):
             yield self.batch(*batches[index])
