@@ -42,59 +42,62 @@ MQL4GREC = {**COMMON, "epochs": 1, "pretrain_epochs": 1, "pretrain_learning_rate
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def settings(work: Path, model_settings: dict) -> dict:
-    return {"data_path": str(work / "dataset"), "checkpoint_dir": str(work / "saved"),
-            "results_dir": str(work / "results"), **model_settings}
+def settings(work: Path, model_settings: dict, out: Path) -> dict:
+    """The subset's atomic files in ``work``; checkpoints and records in ``out``."""
+    return {"data_path": str(work / "dataset"), "checkpoint_dir": str(out / "saved"),
+            "results_dir": str(out / "results"), **model_settings}
 
 
 def count_test_users(work: Path, model: str, model_settings: dict) -> int:
     """Users of the test split (one row each in leave-one-out)."""
-    config = build_config(model, "Instruments", config_dict=settings(work, model_settings))
+    config = build_config(model, "Instruments", config_dict=settings(work, model_settings, work))
     return len(data_preparation(config, create_dataset(config))[2]._dataset)
 
 
-def log_entries(work: Path) -> set[Path]:
-    """RecBole's log files and TensorBoard folders in ``work``."""
-    return {*(work / "log").glob("*/*.log"), *(work / "log_tensorboard").glob("*")}
+def log_entries(folder: Path) -> set[Path]:
+    """RecBole's log files and TensorBoard folders in ``folder``."""
+    return {*(folder / "log").glob("*/*.log"), *(folder / "log_tensorboard").glob("*")}
 
 
-def run_two_processes(work: Path, model: str, model_settings: dict) -> subprocess.CompletedProcess:
-    """``python run_recbole_qrec.py --nproc=2`` in ``work`` (one thread per process)."""
+def run_two_processes(work: Path, model: str, model_settings: dict, out: Path) -> subprocess.CompletedProcess:
+    """``python run_recbole_qrec.py --nproc=2`` in ``out`` (one thread per process)."""
     overrides = [f"--{key}={json.dumps(value) if isinstance(value, list) else value}"
-                 for key, value in settings(work, model_settings).items()]
+                 for key, value in settings(work, model_settings, out).items()]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(ENTRY_POINT), f"--model={model}", "--dataset=Instruments", "--nproc=2",
-                           *overrides], cwd=work, env=env, capture_output=True, text=True, timeout=300, check=False)
+                           *overrides], cwd=out, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 @pytest.mark.parametrize("model, model_settings", [
     ("SASRec", SASREC), ("MQL4GRec", MQL4GREC),
     ("SASRec", {**SASREC, "data_path_mode": "gpu", "length_buckets": [3, 8]}),  # per step a bucket, a share per process
 ])
-def test_two_processes_evaluate_every_user_once_and_match_one_process(model, model_settings, work, monkeypatch):
-    monkeypatch.chdir(work)
+def test_two_processes_evaluate_every_user_once_and_match_one_process(model, model_settings, work, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.chdir(tmp_path)
     users = count_test_users(work, model, model_settings)
-    one = run_recbole_qrec(model, "Instruments", config_dict=settings(work, model_settings))
+    one = run_recbole_qrec(model, "Instruments", config_dict=settings(work, model_settings, tmp_path))
 
-    logs_before = log_entries(work)
-    done = run_two_processes(work, model, model_settings)
+    logs_before = log_entries(tmp_path)
+    done = run_two_processes(work, model, model_settings, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    records = [json.loads(line) for line in (work / "results" / "results.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "results" / "results.jsonl").read_text().splitlines()]
     two = records[-1]
-    assert [record["model"] for record in records].count(model) == 2  # one record per run, whatever its processes
+    assert [record["model"] for record in records] == [model, model]  # one record per run, whatever its processes
     assert two["epochs"] == one["epochs"] and two["pretrain_epochs"] == one["pretrain_epochs"]
     for split in ("valid", "test"):
         for metric, value in one[split].items():
             assert abs(two[split][metric] - value) <= FLIPS / users + 1e-9, (split, metric, one[split], two[split])
 
-    log_file, tensorboard = sorted(log_entries(work) - logs_before)  # rank 1 writes no log or TensorBoard files
+    log_file, tensorboard = sorted(log_entries(tmp_path) - logs_before)  # rank 1 writes no log or TensorBoard files
     assert log_file.parent.name == model and tensorboard.name == log_file.stem
     evaluated = re.findall(r"evaluated (\d+) users on 2 processes", log_file.read_text())
     assert evaluated and {int(count) for count in evaluated} == {users}
     if model == "SASRec":
         assert users % 2 == 1  # RecBole's DistributedSampler would have evaluated one user twice
     checkpoints = {Path(record["checkpoint"]).name for record in (one, two)}
-    assert {path.name for path in (work / "saved").glob(f"{model}-*") if "pretrained" not in path.name} == checkpoints
+    saved = {path.name for path in (tmp_path / "saved").glob(f"{model}-*") if "pretrained" not in path.name}
+    assert saved == checkpoints
 
 
 @pytest.mark.parametrize("setting, message", [
