@@ -68,13 +68,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [measure(name, prepare_data(name, Path(tmp) / name, None, args.data_path), args.repeats)
                 for name in args.datasets]
+    commit = git_state()[0]
     command = "python bench/dataset_build.py " + " ".join(sys.argv[1:])
     header = "\n".join([
         "# Building a sequential dataset's splits: RecBole's SequentialDataset vs QRecSequentialDataset", "",
-        *provenance_lines(command, git_state()[0]),
+        *provenance_lines(command, commit),
         f"- seconds of `Dataset.build()` (augmentation and leave-one-out split, files already read), median of "
         f"{args.repeats}; identical: every field of the train/valid/test splits equal"])
-    payload = {"command": command, "commit": git_state()[0], "machine": machine_name(), "rows": rows}
+    payload = {"command": command, "commit": commit, "machine": machine_name(), "rows": rows}
     write_outputs(args.out, payload, rows, markdown(rows, header, COLUMNS), COLUMNS)
 
 

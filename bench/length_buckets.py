@@ -59,15 +59,16 @@ def main() -> None:
         for name in args.datasets:
             data = prepare_data(name, Path(tmp) / name, None, args.data_path)
             rows += [epoch_positions(name, data, bounds) for bounds in choices]
+    commit = git_state()[0]
     command = "python bench/length_buckets.py " + " ".join(sys.argv[1:])
     header = "\n".join([
         "# Item-list positions per training epoch with length buckets", "",
-        *provenance_lines(command, git_state()[0]),
+        *provenance_lines(command, commit),
         f"- SASRec's device training loader at its defaults (MAX_ITEM_LIST_LENGTH {rows[0]['max_length']}, "
         f"train_batch_size {rows[0]['batch_size']}), one epoch; positions_kept: the epoch's batches' item-list "
         "positions (padding included) over training_rows x MAX_ITEM_LIST_LENGTH; batch_widths: the item-list widths "
         "of its batches"])
-    payload = {"command": command, "commit": git_state()[0], "machine": machine_name(), "rows": rows}
+    payload = {"command": command, "commit": commit, "machine": machine_name(), "rows": rows}
     write_outputs(args.out, payload, rows, markdown(rows, header, COLUMNS), COLUMNS)
 
 
