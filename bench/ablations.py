@@ -316,6 +316,8 @@ def parse_args() -> argparse.Namespace:
     unknown = [variant for variant in args.variants if variant not in known]
     if unknown:
         parser.exit(2, f"error: {args.model} has no variant {', '.join(unknown)} — choose among {', '.join(known)}\n")
+    if args.parallel is not None and args.parallel < 1:
+        parser.exit(2, f"error: --parallel {args.parallel} must be at least 1 (variants trained at once)\n")
     args.parallel = args.parallel or len(args.variants)
     return args
 

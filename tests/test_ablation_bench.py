@@ -141,3 +141,8 @@ def test_a_mql4grec_grid_trains_each_variant_with_its_overrides_and_reports_it(w
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr and not (tmp_path / "wrong.md").exists()
     assert wrong.stderr.strip() == ("error: TIGER has no variant static_fusion — choose among default, no_user_token, "
                                     "paper_levels, paper_schedule, constant_lr")
+    none_at_once = subprocess.run([sys.executable, "bench/ablations.py", "--model", "TIGER", "--parallel", "0",
+                                   "--out", str(tmp_path / "wrong")], cwd=REPO_ROOT, capture_output=True, text=True,
+                                  timeout=120, check=False)
+    assert none_at_once.returncode == 2 and none_at_once.stderr.strip().splitlines() == [
+        "error: --parallel 0 must be at least 1 (variants trained at once)"]
