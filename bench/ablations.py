@@ -109,9 +109,9 @@ ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {  # model -> variant -> confi
         "batch_1024": {"train_batch_size": 1024},
         # the settings of docs/results/generative.md's 56-epoch run (.1189 / .0946 on Instruments), all at once
         "earlier_run": {"task_mix": "per_row", "beam_fusion": "floor_sum", "eval_rule": "strict",
-                             "learning_rate": 0.001, "lr_scheduler": "constant", "warmup_steps": 0,
-                             "clip_grad_norm": None, "train_batch_size": 1024, "pretrain_datasets": ["Games"],
-                             "pretrain_epochs": 3, "pretrain_batch_size": 1024, "epochs": 56},
+                        "learning_rate": 0.001, "lr_scheduler": "constant", "warmup_steps": 0, "clip_grad_norm": None,
+                        "train_batch_size": 1024, "pretrain_datasets": ["Games"], "pretrain_epochs": 3,
+                        "pretrain_batch_size": 1024, "epochs": 56},
     },
 }
 # Variants of stored grids whose setting has since become the default: ``--report`` still names their overrides.
@@ -190,6 +190,8 @@ DEPTH_COLUMN = "injection_depths"
 def ablation_columns(model: str) -> list[str]:
     """The columns of ``model``'s table."""
     return [*ABLATION_COLUMNS, DEPTH_COLUMN] if model == "QBert4Rec" else ABLATION_COLUMNS
+
+
 # The summary's metrics over seeds: test HR@10 and NDCG@10, and the validation NDCG@10 that selects among variants.
 SUMMARY_METRICS = [("hit@10", "test"), ("ndcg@10", "test"), ("ndcg@10", "valid")]
 
@@ -233,7 +235,8 @@ def report(payload: dict) -> str:
         f"- common settings: {grid['common'] or 'harness defaults'}\n" for grid in grids)
     variants = dict.fromkeys(result["variant"] for result in results)
     model = payload["model"]
-    depths = "; injection_depths: items that went through 1, 2, ... injection blocks" if model == "QBert4Rec" else ""
+    depths = ("; injection_depths: items that went through 1, 2, ... injection blocks"
+              if DEPTH_COLUMN in ablation_columns(model) else "")
     header = (f"# {model} ablations on {payload['dataset']}: test metrics (leave-one-out, full ranking)\n\n"
               + provenance + f"- commit: {', '.join(commits) or 'none finished'}\n"
               + "".join(f"- {variant}: {reported_variants(model)[variant] or 'no overrides'}\n" for variant in variants)
