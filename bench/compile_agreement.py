@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from common import build_model, load_data, machine_name, make_config, prepare_data
+from common import build_model, load_data, machine_name, make_config, prepare_data, provenance_lines
 from recbole_qrec.fileio import atomic_open, write_json_atomic
 from recbole_qrec.results import git_state
 from recbole_qrec.trainer.acceleration import compiled, replays_cuda_graphs
@@ -153,23 +153,22 @@ def main() -> None:
                          args.dropout)
     commit, dirty = git_state()
     header = [f"# `compile_model` against eager mode: {args.model} on {args.dataset}", "",
-              f"- command: `python bench/compile_agreement.py {' '.join(sys.argv[1:])}`",
-              f"- commit: {commit}{' (with uncommitted changes)' if dirty else ''}",
-              f"- machine: {machine_name()}",
-              f"- date: {datetime.now(timezone.utc).isoformat(timespec='minutes')}",
+              *provenance_lines(f"python bench/compile_agreement.py {' '.join(sys.argv[1:])}",
+                                f"{commit}{' (with uncommitted changes)' if dirty else ''}"),
               f"- {len(batches)} training batches of the `{config['data_path_mode']}` data path, the same for every "
               f"backend; Adam at learning rate {config['learning_rate']}; dropout {'on' if args.dropout else 'off'}; "
               f"inductor mode `{args.inductor_mode}`; float32 matmul precision "
               f"`{config['float32_matmul_precision']}`",
               "- differences are relative to eager mode: |compiled - eager| / |eager| (a gradient's against at least "
               f"{GRADIENT_FLOOR:g} of the largest eager gradient norm)"]
+    text = report(result, header, len(batches))
     with atomic_open(args.out.with_suffix(".md")) as file:
-        file.write(report(result, header, len(batches)))
+        file.write(text)
     write_json_atomic(args.out.with_suffix(".json"), {
         "command": " ".join(sys.argv), "commit": commit, "dirty": dirty, "machine": machine_name(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": args.model,
         "dataset": args.dataset, "steps": len(batches), "dropout": args.dropout, "settings": args.set, **result})
-    print(report(result, header, len(batches)))
+    print(text)
 
 
 if __name__ == "__main__":
