@@ -634,8 +634,6 @@ def test_qbert4rec_training_and_pretraining_steps_make_no_tensor_on_the_host(two
     assert len(losses) == 2 and all(loss.device.type == "meta" for loss in losses) and host_ops == []
 
 
-
-
 def test_mmesid_training_step_and_ranking_make_no_tensor_on_the_host(two_domains, tmp_path):
     """The same for MMESID's training loss and its ranking of a batch, by beam search and exact scores: transformers'
     LLaMA read a 2D padding mask back at every call (the model passes it as a 4D additive causal mask)."""
