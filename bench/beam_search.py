@@ -4,9 +4,12 @@ A TIGER-sized T5 (random weights) decodes the top-20 items for users with 20-ite
 (a) Instruments' semantic IDs (``Instruments.index_lemb.json`` under ``--data_path`` or ``$QREC_DATA_DIR``,
 made unique by a 5th level = index within each duplicate group; random codes when the file is absent) and (b) 1,000,000 random unique
 4 x 256 code tuples. ``generate`` is timed on fewer users; on those users both result lists are
-compared. Writes ``<out>.json`` and ``<out>.csv`` with the exact command, machine and date.
+compared. With several ``--batch-size`` values our search runs at each (one row each, with its peak GPU memory), and
+every batch size's top lists are compared with the first's over all users: the batch size of a validation changes its
+speed and memory, not its result. Writes ``<out>.json`` and ``<out>.csv`` with the exact command, commit, machine and
+date.
 
-    python bench/beam_search.py --device cuda --out docs/results/beam_search
+    python bench/beam_search.py --device cuda --batch-size 256 1024 --out docs/results/beam_search
 """
 
 from __future__ import annotations
@@ -32,12 +35,13 @@ from recbole_qrec.generation import (
     constrained_beam_search,
     generate_with_trie,
 )
+from recbole_qrec.results import git_state
 
 CODEBOOK = 256
 HISTORY_ITEMS = 20
-COLUMNS = ["table", "items", "levels", "beam", "batch", "users", "seconds", "users_per_s", "generate_batch",
-           "generate_users", "generate_seconds", "generate_users_per_s", "speedup", "identical_lists",
-           "same_item_sets", "max_abs_score_diff", "index_build_s"]
+COLUMNS = ["table", "items", "levels", "beam", "batch", "users", "seconds", "users_per_s", "peak_gpu_mb",
+           "same_lists_as_first_batch", "generate_batch", "generate_users", "generate_seconds", "generate_users_per_s",
+           "speedup", "identical_lists", "same_item_sets", "max_abs_score_diff", "index_build_s"]
 
 
 def instruments_codes(seed: int, data_path: str | None) -> tuple[str, torch.Tensor]:
@@ -94,7 +98,13 @@ def timed_batches(decode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Ten
     return torch.cat([items.cpu() for items, _ in results]), torch.cat([scores.cpu() for _, scores in results]), seconds
 
 
-def bench_table(name: str, codes: torch.Tensor, args: argparse.Namespace) -> dict:
+def peak_memory_mb(device: torch.device) -> float | str:
+    """The most GPU memory allocated since the last reset, in MiB ('' on a CPU)."""
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else ""
+
+
+def bench_table(name: str, codes: torch.Tensor, args: argparse.Namespace) -> list[dict]:
+    """One row per ``--batch-size`` of our search over ``codes``, each against ``generate`` on its first users."""
     vocab = SemanticIdVocab(codes.shape[1], CODEBOOK)
     device = torch.device(args.device)
     model = tiger_t5(vocab, args.seed).to(device)
@@ -105,32 +115,41 @@ def bench_table(name: str, codes: torch.Tensor, args: argparse.Namespace) -> dic
     build_seconds = time.perf_counter() - start
     inputs = user_histories(codes, vocab, args.users, args.seed).to(device)
     ones = torch.ones_like(inputs)
-    items, scores, seconds = timed_batches(
-        lambda batch: constrained_beam_search(model, batch, ones[: len(batch)], index, vocab, args.beam),
-        inputs, args.batch_size)
     trie = TokenTrie(codes, vocab)
     reference = inputs[: args.generate_users]
     ref_items, ref_scores, ref_seconds = timed_batches(
         lambda batch: generate_with_trie(model, batch, ones[: len(batch)], trie, args.beam),
         reference, args.generate_batch_size)
-    ours_items, ours_scores = items[: len(reference)], scores[: len(reference)]
-    rate, ref_rate = len(inputs) / seconds, len(reference) / ref_seconds
-    return {
-        "table": name, "items": len(codes), "levels": codes.shape[1], "beam": args.beam, "batch": args.batch_size,
-        "users": len(inputs), "seconds": round(seconds, 4), "users_per_s": round(rate, 1),
-        "generate_batch": args.generate_batch_size, "generate_users": len(reference),
-        "generate_seconds": round(ref_seconds, 4), "generate_users_per_s": round(ref_rate, 2),
-        "speedup": round(rate / ref_rate, 1),
-        "identical_lists": (ours_items == ref_items).all(dim=1).float().mean().item(),
-        "same_item_sets": (ours_items.sort(dim=1).values == ref_items.sort(dim=1).values).all(dim=1).float().mean().item(),
-        "max_abs_score_diff": (ours_scores - ref_scores).abs().max().item(),
-        "index_build_s": round(build_seconds, 4),
-    }
+    ref_rate = len(reference) / ref_seconds
+    rows, first_items = [], None
+    for batch_size in args.batch_size:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        items, scores, seconds = timed_batches(
+            lambda batch: constrained_beam_search(model, batch, ones[: len(batch)], index, vocab, args.beam),
+            inputs, batch_size)
+        first_items = items if first_items is None else first_items
+        ours_items, ours_scores = items[: len(reference)], scores[: len(reference)]
+        rate = len(inputs) / seconds
+        rows.append({
+            "table": name, "items": len(codes), "levels": codes.shape[1], "beam": args.beam, "batch": batch_size,
+            "users": len(inputs), "seconds": round(seconds, 4), "users_per_s": round(rate, 1),
+            "peak_gpu_mb": peak_memory_mb(device),
+            "same_lists_as_first_batch": (items == first_items).all(dim=1).float().mean().item(),
+            "generate_batch": args.generate_batch_size, "generate_users": len(reference),
+            "generate_seconds": round(ref_seconds, 4), "generate_users_per_s": round(ref_rate, 2),
+            "speedup": round(rate / ref_rate, 1),
+            "identical_lists": (ours_items == ref_items).all(dim=1).float().mean().item(),
+            "same_item_sets": (ours_items.sort(dim=1).values == ref_items.sort(dim=1).values).all(dim=1).float().mean().item(),
+            "max_abs_score_diff": (ours_scores - ref_scores).abs().max().item(),
+            "index_build_s": round(build_seconds, 4),
+        })
+    return rows
 
 
 def write_outputs(out: str, rows: list[dict], args: argparse.Namespace, command: str) -> None:
     record = {"machine": machine_name(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "command": command, "settings": vars(args), "rows": rows}
+              "command": command, "commit": args.commit or git_state()[0], "settings": vars(args), "rows": rows}
     write_json_atomic(f"{out}.json", record)
     with atomic_open(f"{out}.csv", "w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
@@ -148,18 +167,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--users", type=int, default=4096, help="users decoded by our search, per table")
-    parser.add_argument("--batch-size", type=int, default=256, help="users per batch of our search")
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[256],
+                        help="users per batch of our search; several: one row each")
     parser.add_argument("--generate-users", type=int, default=128, help="users decoded by generate (also compared)")
     parser.add_argument("--generate-batch-size", type=int, default=32)
     parser.add_argument("--beam", type=int, default=20)
     parser.add_argument("--million-items", type=int, default=1_000_000, help="size of the random table (b)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data_path", help="folder of the processed datasets (default: $QREC_DATA_DIR)")
+    parser.add_argument("--commit", help="this checkout's commit, where git cannot tell (a copied tree)")
     parser.add_argument("--out", default=str(REPO_ROOT / "docs" / "results" / "beam_search"), help="output path without extension")
     args = parser.parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     tables = [instruments_codes(args.seed, args.data_path), ("random 4x256", random_unique_codes(args.million_items, 4, args.seed))]
-    rows = [bench_table(name, codes, args) for name, codes in tables]
+    rows = [row for name, codes in tables for row in bench_table(name, codes, args)]
     print_table(rows)
     write_outputs(args.out, rows, args, command)
     print(f"wrote {args.out}.json and {args.out}.csv")
