@@ -22,7 +22,8 @@ MQL4GRec: ``per_row_task_mix`` (the six tasks weighted equally per row instead o
 ``floor_sum_fusion`` (the two languages' beams fused by the sum of their scores instead of the official rule),
 ``strict_eval`` (only the target's own ID is a hit), ``text_only`` (no image language), ``constant_lr`` (a constant
 1e-3 without gradient clipping, the earlier default), ``cross_domain_pretrain`` (10 epochs on Arts and Games first),
-``games_pretrain`` (3 epochs on Games first), ``batch_1024`` (1024 training rows per batch instead of 256) and
+``games_pretrain`` (3 epochs on Games first), ``batch_1024`` (1024 training rows per batch instead of 256),
+``no_decay_on_norms`` (no weight decay on the layer-norm weights, as the official code's Trainer) and
 ``earlier_run`` (the settings of the 56-epoch run of ``docs/results/generative.md``, all at once).
 
 Each variant runs ``run_recbole_qrec.py`` in its own process (:func:`common.run_model`,
@@ -107,6 +108,7 @@ ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {  # model -> variant -> confi
         "cross_domain_pretrain": {"pretrain_datasets": ["Arts", "Games"], "pretrain_epochs": 10},
         "games_pretrain": {"pretrain_datasets": ["Games"], "pretrain_epochs": 3},
         "batch_1024": {"train_batch_size": 1024},
+        "no_decay_on_norms": {"weight_decay_exempt": "norms"},
         # the settings of docs/results/generative.md's 56-epoch run (.1189 / .0946 on Instruments), all at once
         "earlier_run": {"task_mix": "per_row", "beam_fusion": "floor_sum", "eval_rule": "strict",
                         "learning_rate": 0.001, "lr_scheduler": "constant", "warmup_steps": 0, "clip_grad_norm": None,

@@ -255,6 +255,26 @@ def greedy_codes(model: TIGER, interaction: Interaction) -> torch.Tensor:
     return model.vocab.decode(decoded[:, 1:])
 
 
+@pytest.mark.parametrize("exempt", [None, "norms"])
+def test_weight_decay_spares_the_layer_norms_only_when_told(prepared, exempt):
+    """One AdamW step with zero gradients is weight decay alone: every decayed weight shrinks by lr x decay, and with
+    ``weight_decay_exempt: norms`` T5's layer-norm weights (and nothing else) stay as they were."""
+    config = subset_config(Path(prepared[0]["data_path"]), learner="adamw", learning_rate=0.1, weight_decay=0.5,
+                           weight_decay_exempt=exempt)
+    model = TIGER(config, prepared[1]._dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], "TIGER")(config, model)
+    norms = {name for name, module in model.named_modules() if type(module).__name__ == "T5LayerNorm"}
+    assert len(norms) == 2 * TINY["num_layers"] + 3 * TINY["num_decoder_layers"] + 2  # per block, then the final two
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    trainer.optimizer.step()
+    for name, parameter in model.named_parameters():
+        spared = exempt == "norms" and name.rsplit(".", 1)[0] in norms
+        factor = 1.0 if spared else 1 - 0.1 * 0.5
+        assert torch.allclose(parameter.detach(), before[name] * factor), name
+
+
 # Metrics through RecBole's evaluator
 
 def hand_metrics(ranks: list[float]) -> dict[str, float]:

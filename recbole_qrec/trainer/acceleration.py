@@ -44,11 +44,13 @@ DIVERGED_FIX = "lower learning_rate, or clip gradients (e.g. --clip_grad_norm=\"
 
 
 def check_acceleration(config: Config) -> None:
-    """``autocast_dtype`` must be None or one of :data:`AUTOCAST_DTYPES`, ``compile_mode`` one of
-    :data:`COMPILE_MODES` (other than default with the inductor backend only), ``compile_backend`` one of
-    :data:`COMPILE_BACKENDS` (cudagraphs on a CUDA device only)."""
+    """``autocast_dtype`` must be None or one of :data:`AUTOCAST_DTYPES`, ``weight_decay_exempt`` None or norms,
+    ``compile_mode`` one of :data:`COMPILE_MODES` (other than default with the inductor backend only),
+    ``compile_backend`` one of :data:`COMPILE_BACKENDS` (cudagraphs on a CUDA device only)."""
     checked_choice("autocast_dtype", config["autocast_dtype"], (None, *AUTOCAST_DTYPES),
                    "~: float32; e.g. --autocast_dtype=bfloat16")
+    checked_choice("weight_decay_exempt", config["weight_decay_exempt"], (None, "norms"),
+                   "~: every parameter decayed; norms: not the biases and normalisation weights")
     checked_choice("compile_mode", config["compile_mode"], COMPILE_MODES,
                    "e.g. --compile_model=True --compile_mode=reduce-overhead")
     backend = checked_choice("compile_backend", config["compile_backend"], COMPILE_BACKENDS,
@@ -113,6 +115,24 @@ def summed(losses: Tensor | tuple[Tensor, ...]) -> Tensor:
     return sum(losses) if isinstance(losses, tuple) else losses
 
 
+def weight_decay_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """``model``'s trainable parameters as two optimizer groups: the decayed ones, then the biases and the weights of
+    normalisation layers (``nn.LayerNorm`` and classes named ``*LayerNorm``/``*RMSNorm``, e.g. T5's) with no weight
+    decay, as transformers' Trainer groups them."""
+    exempt = {id(parameter) for module in model.modules() if is_normalisation(module)
+              for parameter in module.parameters(recurse=False)}
+    exempt |= {id(parameter) for name, parameter in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"}
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    return [{"params": [parameter for parameter in trainable if id(parameter) not in exempt]},
+            {"params": [parameter for parameter in trainable if id(parameter) in exempt], "weight_decay": 0.0}]
+
+
+def is_normalisation(module: nn.Module) -> bool:
+    """Whether ``module`` is a normalisation layer (its weights scale activations rather than map them)."""
+    name = type(module).__name__
+    return isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or name.endswith(("LayerNorm", "RMSNorm"))
+
+
 class AccelerationMixin:
     """Mixed in before a RecBole trainer. With ``autocast_dtype`` every loss of a training step and every evaluation
     run under ``torch.autocast`` with that dtype (weights, gradients and optimizer state stay float32; bfloat16 needs
@@ -157,6 +177,8 @@ class AccelerationMixin:
                               enabled=self.autocast_dtype is not None)
 
     def _build_optimizer(self, **kwargs: Any) -> optim.Optimizer:
+        if "params" not in kwargs and self.config["weight_decay_exempt"] == "norms":
+            kwargs["params"] = weight_decay_groups(self.model)
         learner = kwargs.get("learner", self.learner).lower()
         on_cuda = torch.device(self.device).type == "cuda"
         if not (self.device_steps() and on_cuda and learner in FUSED_LEARNERS):
